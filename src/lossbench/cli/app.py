@@ -1,0 +1,43 @@
+"""The Typer application, the shared consoles and the global options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from lossbench.paths import default_data_dir
+
+console = Console()
+console_err = Console(stderr=True)
+
+app = typer.Typer(
+    name="lossbench",
+    help="Benchmark the training losses of sequential recommenders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class GlobalOptions:
+    """Options given before the command (`lossbench --data-dir D download lastfm`)."""
+
+    data_dir: Path = default_data_dir()
+
+
+@app.callback()
+def global_options(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            envvar="LOSSBENCH_DATA_DIR",
+            help="Where datasets are downloaded and prepared.",
+            show_default="per-user cache folder",
+        ),
+    ] = None,
+) -> None:
+    GlobalOptions.data_dir = data_dir if data_dir is not None else default_data_dir()

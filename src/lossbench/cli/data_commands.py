@@ -1,0 +1,1 @@
+"""`lossbench datasets`, `download`, `preprocess` (filled in by the data layer)."""

@@ -1,0 +1,1 @@
+"""Data flow: download -> preprocess (polars -> parquet) -> prepared arrays -> batches."""

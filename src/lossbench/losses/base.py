@@ -1,0 +1,49 @@
+"""The loss protocol shared by every registered loss.
+
+A loss is a pure function `loss(inputs, params) -> scalar tensor`. The trainer has already
+chosen the training positions (all / last / masked) and gathered their hidden states, and a
+sampler outside the loss has drawn the negatives, so a loss never decides *where* or *what* to
+sample: that keeps the comparison fair and the functions testable on tiny tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from torch import Tensor
+
+Positions = Literal["all", "last", "masked"]
+SamplerName = Literal["uniform", "popularity"]
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """Everything a loss may look at, for N training positions."""
+
+    hidden: Tensor  # (N, D) hidden states at the training positions
+    targets: Tensor  # (N,) int64 true next (or masked) item ids, in 1..n_items
+    item_embeddings: Tensor  # (n_items + 1, D) row i scores item i; row 0 (padding) never scored
+    negatives: Tensor | None = None  # (N, K) int64 sampled ids in 1..n_items, never == target
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """Loss-specific knobs; every loss reads only the ones it needs."""
+
+    gbce_t: float = 0.75  # gBCE calibration t (0 turns gBCE into BCE)
+    softmax_chunk: int = 16384  # items per chunk of the full softmax (bounds memory)
+
+
+class LossFn(Protocol):
+    def __call__(self, inputs: LossInputs, params: LossParams) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss and the setup it was published with (the defaults)."""
+
+    fn: LossFn
+    positions: Positions  # default training positions
+    negatives: int  # default negatives per position; 0 = full catalogue softmax
+    description: str
