@@ -33,6 +33,8 @@ class LossParams:
 
     gbce_t: float = 0.75  # gBCE calibration t (0 turns gBCE into BCE)
     softmax_chunk: int = 16384  # items per chunk of the full softmax (bounds memory)
+    # N x n_items logits above which the full softmax is chunked (plain path below: faster).
+    softmax_max_logits: int = 1 << 26
 
 
 class LossFn(Protocol):

@@ -1,0 +1,32 @@
+# lossbench: `make demo` runs the benchmark on the built-in synthetic dataset, `make test` the tests.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install test test-slow demo lint bench clean
+
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==$(TORCH_VERSION)"
+	$(PIP) install -q -e ".[dev]"
+
+test: install
+	$(PYTHON) -m pytest -q
+
+test-slow: install
+	$(PYTHON) -m pytest -q -m slow
+
+demo: install
+	lossbench compare
+
+lint:
+	ruff check src tests bench
+	ruff format --check src tests bench
+	mypy
+
+bench: install
+	$(PYTHON) bench/preprocess.py
+	$(PYTHON) bench/training.py
+
+clean:
+	rm -rf runs build dist .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,133 @@
+"""`lossbench train`, `lossbench losses`, `lossbench models`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from lossbench.cli import options as opt
+from lossbench.cli.app import GlobalOptions, app, console
+from lossbench.data.prepared import ensure_prepared
+from lossbench.losses import LOSSES
+from lossbench.models import MODELS
+from lossbench.training.config import build_config
+from lossbench.training.loop import RunResult, train_run
+
+
+@app.command()
+def train(
+    dataset: Annotated[str | None, typer.Option(help="Dataset name (see `lossbench datasets`).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model: " + ", ".join(MODELS) + ".")] = None,
+    loss: Annotated[str | None, typer.Option(help="Loss (default: the model's own; see `lossbench losses`).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed of the run.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/DATASET/MODEL-LOSS-seedN).")] = None,
+    init: Annotated[Path | None, typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).")] = None,
+    save_topk: Annotated[int | None, typer.Option(help="Write topk.parquet with each test user's K best items.")] = None,
+    config_file: opt.ConfigFile = None,
+    preset: opt.Preset = None,
+    batch_size: opt.BatchSize = None,
+    lr: opt.LearningRate = None,
+    beta2: opt.Beta2 = None,
+    weight_decay: opt.WeightDecay = None,
+    max_epochs: opt.MaxEpochs = None,
+    patience: opt.Patience = None,
+    time_limit: opt.TimeLimit = None,
+    batching: opt.Batching = None,
+    positions: opt.Positions = None,
+    negatives: opt.Negatives = None,
+    sampler: opt.Sampler = None,
+    gbce_t: opt.GbceT = None,
+    mask_prob: opt.MaskProb = None,
+    softmax_chunk: opt.SoftmaxChunk = None,
+    hidden_size: opt.HiddenSize = None,
+    num_layers: opt.NumLayers = None,
+    num_heads: opt.NumHeads = None,
+    dropout: opt.Dropout = None,
+    attention_dropout: opt.AttentionDropout = None,
+    max_len: opt.MaxLen = None,
+    validation_metric: opt.ValidationMetric = None,
+    ks: opt.Ks = None,
+    keep_seen: opt.KeepSeen = None,
+    eval_negatives: opt.EvalNegatives = None,
+    eval_sampler: opt.EvalSampler = None,
+    device: opt.Device = None,
+    precision: opt.Precision = None,
+    compile: opt.Compile = None,
+) -> None:
+    """Train one model with one loss, early-stopped on validation, and test it once."""
+    overrides: dict[str, Any] = {
+        "dataset": dataset, "model": model, "loss": loss, "seed": seed, "init": init,
+        "save_topk": save_topk, "preset": preset, "batch_size": batch_size, "lr": lr,
+        "beta2": beta2, "weight_decay": weight_decay, "max_epochs": max_epochs,
+        "patience": patience, "time_limit": time_limit, "batching": batching,
+        "positions": positions, "negatives": negatives, "sampler": sampler, "gbce_t": gbce_t,
+        "mask_prob": mask_prob, "softmax_chunk": softmax_chunk,
+        "validation_metric": validation_metric, "ks": opt.parse_ks(ks),
+        "exclude_seen": None if keep_seen is None else not keep_seen,
+        "eval_negatives": eval_negatives, "eval_sampler": eval_sampler, "device": device,
+        "precision": precision, "compile": compile,
+        "model_settings": opt.model_settings(
+            hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+            dropout=dropout, attention_dropout=attention_dropout, max_len=max_len,
+        ),
+    }
+    config = build_config(toml_file=config_file, overrides=overrides)
+    prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset)
+    run_dir = out or Path("runs") / config.dataset / f"{config.model}-{config.loss_name}-seed{config.seed}"
+    console.print(
+        f"training [bold]{config.model}[/] with [bold]{config.loss_name}[/] on "
+        f"[bold]{config.dataset}[/] ({prepared.n_users:,} users, {prepared.n_items:,} items), "
+        f"seed {config.seed} -> {run_dir}"
+    )
+    result = train_run(config, prepared, run_dir, console)
+    console.print(result_table(result))
+
+
+def result_table(result: RunResult) -> Table:
+    metrics = result.metrics
+    table = Table(title=f"{metrics['model']} + {metrics['loss']} on {metrics['dataset']} "
+                  f"(best epoch {metrics['best_epoch']} of {metrics['epochs']})")
+    table.add_column("metric")
+    table.add_column("validation", justify="right")
+    table.add_column("test", justify="right")
+    for name, value in metrics["test"].items():
+        table.add_row(name, f"{metrics['valid'].get(name, float('nan')):.4f}", f"{value:.4f}")
+    table.caption = (
+        f"{metrics['train_seconds_per_epoch']:.2f} s/epoch train, "
+        f"{metrics['eval_seconds_per_epoch']:.2f} s validation, "
+        f"peak memory {metrics['peak_memory_mb']:.0f} MB; files in {result.run_dir}"
+    )
+    return table
+
+
+@app.command()
+def losses() -> None:
+    """List the registered losses and the setup each was published with."""
+    table = Table(title="losses")
+    table.add_column("name")
+    table.add_column("positions")
+    table.add_column("negatives", justify="right")
+    table.add_column("what it computes")
+    for name, spec in LOSSES.items():
+        negatives = "full softmax" if spec.negatives == 0 else str(spec.negatives)
+        table.add_row(name, spec.positions, negatives, spec.description)
+    console.print(table)
+
+
+@app.command()
+def models() -> None:
+    """List the models, their default loss and settings."""
+    table = Table(title="models")
+    table.add_column("name")
+    table.add_column("default loss")
+    table.add_column("settings")
+    table.add_column("description")
+    for name, spec in MODELS.items():
+        settings = ", ".join(
+            f"{field}={info.default}" for field, info in spec.config_class.model_fields.items()
+        )
+        table.add_row(name, spec.default_loss, settings, spec.description)
+    console.print(table)

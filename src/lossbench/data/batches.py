@@ -1,0 +1,101 @@
+"""Training batches built by vectorized indexing, with padding bounded by length bucketing.
+
+All batch building happens on the CPU (from tensors made once), including the choice of
+training positions and BERT4Rec's masking, so the training step on the device needs no sync:
+it receives the flat indices of its training positions ready-made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lossbench.data.sequences import SequenceTensors
+from lossbench.losses.base import Positions
+
+Batching = Literal["bucket", "random"]
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    inputs: Tensor  # (B, W) int64 left-padded item ids fed to the model
+    targets: Tensor  # (N,) int64 the item to predict at each training position
+    positions: Tensor  # (N,) int64 flat indices into the (B * W) hidden states
+
+    def to(self, device: torch.device) -> TrainBatch:
+        if device.type == "cpu":
+            return self
+        return TrainBatch(
+            *(t.pin_memory().to(device, non_blocking=True) for t in (self.inputs, self.targets, self.positions))
+        )
+
+
+class TrainBatcher:
+    """Yields one epoch of batches over users with at least two training items.
+
+    `bucket` sorts users by length (ties in random order) before cutting batches and shuffles
+    the batch order, so each batch is trimmed to nearly its rows' own length; `random` draws
+    batches uniformly (the study's scheme) and trims them to their longest row.
+    """
+
+    def __init__(
+        self,
+        sequences: SequenceTensors,
+        batch_size: int,
+        positions: Positions,
+        batching: Batching,
+        seed: int,
+        mask_prob: float = 0.2,
+        mask_token: int | None = None,
+    ) -> None:
+        if positions == "masked" and mask_token is None:
+            raise ValueError("masked positions need the model's mask token")
+        self.windows = sequences.train_windows  # (U, max_len + 1)
+        self.lengths = sequences.train_lengths
+        self.users = torch.nonzero(self.lengths >= 2).squeeze(1)  # (U',)
+        self.batch_size = batch_size
+        self.positions = positions
+        self.batching = batching
+        self.mask_prob = mask_prob
+        self.mask_token = mask_token
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.users) // self.batch_size)
+
+    def epoch(self) -> Iterator[TrainBatch]:
+        order = self.users[torch.randperm(len(self.users), generator=self.generator)]
+        if self.batching == "bucket":
+            order = order[torch.sort(self.lengths[order], stable=True).indices]
+        chunks = list(torch.split(order, self.batch_size))
+        if self.batching == "bucket":
+            chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=self.generator)]
+        for users in chunks:
+            yield self.make_batch(users)
+
+    def make_batch(self, users: Tensor) -> TrainBatch:
+        width = int(self.lengths[users].max())  # real items in the longest window
+        windows = self.windows[users, -width:]  # (B, width)
+        if self.positions == "masked":
+            return self._masked_batch(windows[:, 1:])
+        inputs, next_items = windows[:, :-1], windows[:, 1:]  # (B, W), W = width - 1
+        if self.positions == "all":
+            positions = torch.nonzero(inputs.reshape(-1) > 0).squeeze(1)
+        else:  # "last": the most recent position of every row
+            row_width = inputs.shape[1]
+            positions = torch.arange(1, inputs.shape[0] + 1) * row_width - 1
+        return TrainBatch(inputs, next_items.reshape(-1)[positions], positions)
+
+    def _masked_batch(self, items: Tensor) -> TrainBatch:
+        """BERT4Rec's cloze task: hide a random fraction of the real items."""
+        real = items > 0
+        hidden_here = (torch.rand(items.shape, generator=self.generator) < self.mask_prob) & real
+        positions = torch.nonzero(hidden_here.reshape(-1)).squeeze(1)
+        targets = items.reshape(-1)[positions]
+        assert self.mask_token is not None
+        inputs = items.masked_fill(hidden_here, self.mask_token)
+        return TrainBatch(inputs, targets, positions)

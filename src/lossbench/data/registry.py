@@ -1,0 +1,191 @@
+"""The dataset registry: `datasets.toml` read into validated pydantic models.
+
+The file is found, in order, at `$LOSSBENCH_DATASETS`, as package data
+`lossbench/datasets.toml` (a wheel install), or at the repository root (an editable install).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lossbench.errors import LossbenchError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 needs the `tomli` backport
+    import tomli as tomllib
+
+# Formats with a reader in `readers.py`, plus the generated one.
+FORMATS = (
+    "movielens-dat",
+    "movielens-csv",
+    "movielens-tsv",
+    "s3rec",
+    "bert4rec",
+    "steam",
+    "amazon-csv",
+    "synthetic",
+)
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RemoteFile(_Strict):
+    """One file to fetch. Without a pinned sha256 the user confirms the hash on first download."""
+
+    url: str
+    size: int | None = Field(default=None, gt=0)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    confirm_hash_on_first_download: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc or not parsed.path:
+            raise ValueError("must be an http(s) URL naming a file")
+        return url
+
+    @model_validator(mode="after")
+    def _pinned_or_confirmed(self) -> RemoteFile:
+        if self.sha256 is None and not self.confirm_hash_on_first_download:
+            raise ValueError("sha256 is missing (or set confirm_hash_on_first_download = true)")
+        return self
+
+    @property
+    def file_name(self) -> str:
+        return unquote(Path(urlparse(self.url).path).name)
+
+    @property
+    def is_archive(self) -> bool:
+        return self.file_name.endswith(ARCHIVE_SUFFIXES)
+
+
+class Protocol(_Strict):
+    """How raw interactions become sequences (every knob can be overridden from the CLI)."""
+
+    min_rating: float | None = None  # keep rating >= this (rows without a rating are kept)
+    user_core: int = Field(default=0, ge=0)  # iterative k-core: users with >= user_core items
+    item_core: int = Field(default=0, ge=0)  # ... and items with >= item_core users
+    dedup: bool = True  # keep only the first (user, item) interaction
+    max_length: int = Field(default=50, ge=1)  # training history length (recorded for models)
+
+
+class SyntheticSpec(_Strict):
+    """Sizes and knobs of the generated dataset (see `synthetic.py`)."""
+
+    n_users: int = Field(default=2000, ge=1)
+    n_items: int = Field(default=500, ge=4)
+    mean_length: float = Field(default=30.0, ge=3)
+    min_length: int = Field(default=5, ge=3)
+    n_topics: int = Field(default=10, ge=1)
+    n_attributes: int = Field(default=40, ge=1)
+    topic_stay: float = Field(default=0.85, ge=0, le=1)  # P(next topic = current topic)
+    successor_prob: float = Field(default=0.5, ge=0, le=1)  # P(next item = item's successor)
+    popularity_exponent: float = Field(default=1.0, ge=0)  # Zipf skew inside a topic
+    seed: int = 0
+
+
+class DatasetEntry(_Strict):
+    name: str
+    source: str
+    format: str
+    file: RemoteFile | None = None
+    member: str | None = None  # path of the interactions file inside an archive
+    attributes: RemoteFile | None = None  # S3Rec `<Name>_item2attributes.json`
+    protocol: Protocol = Protocol()
+    generator: SyntheticSpec | None = None
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in FORMATS:
+            raise ValueError(f"unknown format {value!r}; valid: {', '.join(FORMATS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetEntry:
+        if self.format == "synthetic":
+            if self.file is not None or self.generator is None:
+                raise ValueError("a synthetic entry has a [generator] table and no file")
+        elif self.file is None:
+            raise ValueError("file is missing (a [NAME.file] table with url, size, sha256)")
+        elif self.file.is_archive and not self.member:
+            raise ValueError("member is missing: which file inside the archive to read")
+        return self
+
+    @property
+    def remote_files(self) -> list[RemoteFile]:
+        return [f for f in (self.file, self.attributes) if f is not None]
+
+
+Registry = dict[str, DatasetEntry]
+
+
+def registry_path() -> Path:
+    if env := os.environ.get("LOSSBENCH_DATASETS"):
+        return Path(env)
+    packaged = resources.files("lossbench") / "datasets.toml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[3] / "datasets.toml"
+
+
+def load_registry(path: Path | None = None) -> Registry:
+    """Read and validate the registry; an invalid entry fails naming the entry and field."""
+    path = path or registry_path()
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError as error:
+        raise LossbenchError(
+            f"dataset registry {path} cannot be read ({error.strerror}); "
+            "set LOSSBENCH_DATASETS to a datasets.toml"
+        ) from None
+    return _load_cached(str(path), stamp)
+
+
+@lru_cache(maxsize=8)
+def _load_cached(path: str, _stamp: int) -> Registry:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise LossbenchError(f"dataset registry {path} is not valid TOML: {error}") from None
+    registry: Registry = {}
+    for name, table in raw.items():
+        registry[name] = _validate_entry(path, name, table)
+    return registry
+
+
+def _validate_entry(path: str, name: str, table: Any) -> DatasetEntry:
+    if not isinstance(table, dict):
+        raise LossbenchError(f"{path}: entry {name!r} must be a table [{name}]")
+    try:
+        return DatasetEntry.model_validate({"name": name, **table})
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(entry)"
+        raise LossbenchError(
+            f"{path}: entry {name!r}, field {field!r}: {first['msg']}; fix the entry"
+        ) from None
+
+
+def get_dataset(name: str, registry: Registry | None = None) -> DatasetEntry:
+    """The entry named `name`; an unknown name suggests the closest known one."""
+    registry = registry if registry is not None else load_registry()
+    if name in registry:
+        return registry[name]
+    close = difflib.get_close_matches(name, list(registry), n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else "run `lossbench datasets` to list them"
+    raise LossbenchError(f"unknown dataset {name!r}: {hint}")

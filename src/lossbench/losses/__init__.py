@@ -1,0 +1,102 @@
+"""The loss registry: name -> `LossSpec` (function plus the setup it was published with).
+
+`ce`, `improved` (alias `cce`) and `mlm` share one function, the full-catalogue softmax; only
+the training positions the trainer picks differ. Defaults reproduce the study's setups.
+"""
+
+from __future__ import annotations
+
+from lossbench.errors import LossbenchError
+from lossbench.losses.base import LossFn, LossInputs, LossParams, LossSpec
+from lossbench.losses.binary import bce, gbce
+from lossbench.losses.full_softmax import full_softmax_ce
+from lossbench.losses.negatives import popularity_cdf, sample_negatives
+from lossbench.losses.pairwise import bpr, bpr_max, top1, top1_max
+from lossbench.losses.sampled_softmax import sampled_ce
+
+_IMPROVED = LossSpec(
+    fn=full_softmax_ce,
+    positions="all",
+    negatives=0,
+    description="the study's improved loss (CCE): full-catalogue softmax CE at every position",
+)
+
+LOSSES: dict[str, LossSpec] = {
+    "bce": LossSpec(
+        fn=bce,
+        positions="all",
+        negatives=1,
+        description="SASRec's BCE: every position, uniformly sampled negatives (averaged)",
+    ),
+    "ce": LossSpec(
+        fn=full_softmax_ce,
+        positions="last",
+        negatives=0,
+        description="full-catalogue softmax CE at the last position only (GRU4Rec / SR-GNN)",
+    ),
+    "improved": _IMPROVED,
+    "cce": _IMPROVED,
+    "bpr": LossSpec(
+        fn=bpr,
+        positions="last",
+        negatives=10,
+        description="BPR: -mean_j log sig(s(y) - s(n_j)) at the last position",
+    ),
+    "bpr-max": LossSpec(
+        fn=bpr_max,
+        positions="last",
+        negatives=10,
+        description="BPR-max: BPR with negatives weighted by their softmax (GRU4Rec)",
+    ),
+    "top1": LossSpec(
+        fn=top1,
+        positions="last",
+        negatives=10,
+        description="TOP1: mean_j sig(s(n_j) - s(y)) + sig(s(n_j)^2) at the last position",
+    ),
+    "top1-max": LossSpec(
+        fn=top1_max,
+        positions="last",
+        negatives=10,
+        description="TOP1-max: TOP1 with negatives weighted by their softmax (GRU4Rec)",
+    ),
+    "sampled-ce": LossSpec(
+        fn=sampled_ce,
+        positions="all",
+        negatives=128,
+        description="sampled softmax CE over the positive and K negatives at every position",
+    ),
+    "gbce": LossSpec(
+        fn=gbce,
+        positions="all",
+        negatives=256,
+        description="gSASRec's gBCE: calibrated BCE with summed negatives (t = 0.75)",
+    ),
+    "mlm": LossSpec(
+        fn=full_softmax_ce,
+        positions="masked",
+        negatives=0,
+        description="BERT4Rec: full-catalogue softmax CE at randomly masked positions",
+    ),
+}
+
+
+def resolve_loss(name: str) -> LossSpec:
+    """The registered spec for `name`; unknown names fail listing the valid ones."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        valid = ", ".join(LOSSES)
+        raise LossbenchError(f"unknown loss '{name}'; valid losses: {valid}") from None
+
+
+__all__ = [
+    "LOSSES",
+    "LossFn",
+    "LossInputs",
+    "LossParams",
+    "LossSpec",
+    "popularity_cdf",
+    "resolve_loss",
+    "sample_negatives",
+]

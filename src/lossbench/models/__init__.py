@@ -1,0 +1,141 @@
+"""The model registry: name -> how to configure and build a sequence model.
+
+Every model follows `lossbench.models.base.SequenceModel`. To add one, write its module (a
+pydantic config with `extra="forbid"` plus an `nn.Module` whose constructor takes `n_items`
+and the config's fields as keywords) and add one entry to `MODELS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from torch import nn
+
+from lossbench.errors import LossbenchError
+from lossbench.models.bert4rec import BERT4Rec, BERT4RecConfig
+from lossbench.models.gru4rec import GRU4Rec, GRU4RecConfig
+from lossbench.models.sasrec import SASRec, SASRecConfig
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model, the loss it was published with and how to build it."""
+
+    config_class: type[BaseModel]  # every setting with its default (the study's values)
+    build: Callable[[Any, int], nn.Module]  # (config, n_items) -> model
+    default_loss: str  # the model's original training loss, a name in the loss registry
+    bidirectional: bool  # True: sees later items, so it can only train with `mlm`
+    description: str
+    # named override sets for other published setups; the config defaults are the study's
+    presets: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+
+def from_config(model_class: Callable[..., nn.Module]) -> Callable[[BaseModel, int], nn.Module]:
+    """A `build` that passes every config field as a keyword, so none is silently dropped."""
+
+    def build(config: BaseModel, n_items: int) -> nn.Module:
+        return model_class(n_items, **config.model_dump())
+
+    return build
+
+
+MODELS: dict[str, ModelSpec] = {
+    "sasrec": ModelSpec(
+        config_class=SASRecConfig,
+        build=from_config(SASRec),
+        default_loss="bce",
+        bidirectional=False,
+        description="causal self-attention with learned positions (Kang & McAuley 2018)",
+        presets={
+            # REFERENCE.md Table 3 (aprec): embedding 50, 2 blocks, 1 head, dropout 0.2
+            "aprec": {"hidden_size": 50, "num_heads": 1, "dropout": 0.2, "attention_dropout": 0.2},
+        },
+    ),
+    "bert4rec": ModelSpec(
+        config_class=BERT4RecConfig,
+        build=from_config(BERT4Rec),
+        default_loss="mlm",
+        bidirectional=True,
+        description="bidirectional self-attention with a mask token (Sun et al. 2019)",
+    ),
+    "gru4rec": ModelSpec(
+        config_class=GRU4RecConfig,
+        build=from_config(GRU4Rec),
+        default_loss="ce",
+        bidirectional=False,
+        description="item embedding -> GRU, a state per position (Hidasi et al. 2016)",
+    ),
+}
+
+
+def _one_line(error: ValidationError) -> str:
+    """'field: reason (got value)' for each problem, joined on one line."""
+    problems = []
+    for detail in error.errors():
+        where = ".".join(str(part) for part in detail["loc"]) or "settings"
+        got = f" (got {detail['input']!r})" if detail["loc"] else ""
+        problems.append(f"{where}: {detail['msg']}{got}")
+    return "; ".join(problems)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registered spec, or a LossbenchError listing the valid names."""
+    if name not in MODELS:
+        raise LossbenchError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def model_config(
+    name: str, overrides: Mapping[str, object] | None = None, preset: str | None = None
+) -> BaseModel:
+    """Defaults -> preset -> overrides, validated by the model's config class."""
+    spec = model_spec(name)
+    settings: dict[str, object] = {}
+    if preset is not None:
+        if preset not in spec.presets:
+            valid = ", ".join(spec.presets) or "none"
+            raise LossbenchError(f"model {name} has no preset {preset!r}; its presets: {valid}")
+        settings.update(spec.presets[preset])
+    settings.update(overrides or {})
+    known = spec.config_class.model_fields
+    for key in settings:
+        if key not in known:
+            raise LossbenchError(
+                f"model {name} has no setting {key!r}; its settings are: {', '.join(known)}"
+            )
+    try:
+        return spec.config_class.model_validate(settings)
+    except ValidationError as error:
+        raise LossbenchError(f"invalid setting for model {name}: {_one_line(error)}") from None
+
+
+def build_model(
+    name: str,
+    n_items: int,
+    overrides: Mapping[str, object] | None = None,
+    preset: str | None = None,
+) -> tuple[nn.Module, BaseModel]:
+    """Validate the settings and build the model; returns (model, resolved config)."""
+    if n_items < 1:
+        raise LossbenchError(f"model {name} needs at least one item, got n_items={n_items}")
+    config = model_config(name, overrides, preset)
+    return model_spec(name).build(config, n_items), config
+
+
+__all__ = [
+    "MODELS",
+    "BERT4Rec",
+    "BERT4RecConfig",
+    "GRU4Rec",
+    "GRU4RecConfig",
+    "ModelSpec",
+    "SASRec",
+    "SASRecConfig",
+    "build_model",
+    "from_config",
+    "model_config",
+    "model_spec",
+]

@@ -1,0 +1,187 @@
+"""The transformer pieces SASRec, BERT4Rec and S3Rec share.
+
+Post-LayerNorm blocks as in the S3Rec code the study used (residual, then LayerNorm), GELU
+feed-forward, learned positions counted from the right end so length bucketing changes nothing.
+`causal=True` gives SASRec / S3Rec, `causal=False` gives BERT4Rec.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+
+from lossbench.models.base import right_aligned_positions
+
+# The S3Rec code's LayerNorm epsilon; an all-zero row normalizes to zero, never NaN.
+LAYER_NORM_EPS = 1e-12
+
+
+class TransformerConfig(BaseModel):
+    """Defaults: the study's S3Rec-code setting (REFERENCE.md, Table 2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden_size: int = Field(64, ge=1, description="embedding and hidden width D")
+    num_layers: int = Field(2, ge=1, description="transformer blocks")
+    num_heads: int = Field(2, ge=1, description="attention heads; must divide hidden_size")
+    inner_size: int | None = Field(
+        None, ge=1, description="feed-forward width; None means 4 * hidden_size"
+    )
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout on embeddings and hidden")
+    attention_dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout on attention")
+    max_len: int = Field(50, ge=1, description="longest history the model reads")
+    init_std: float = Field(0.02, gt=0.0, description="std of the normal weight init")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TransformerConfig:
+        if self.hidden_size % self.num_heads != 0:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must divide hidden_size ({self.hidden_size})"
+            )
+        return self
+
+
+def init_normal_(module: nn.Module, std: float) -> None:
+    """BERT-style init: Linear / Embedding ~ N(0, std), biases 0, LayerNorm ones / zeros.
+    Embedding padding rows are re-zeroed so padding adds nothing to the input."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.normal_(sub.weight, mean=0.0, std=std)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.Embedding):
+            nn.init.normal_(sub.weight, mean=0.0, std=std)
+            if sub.padding_idx is not None:
+                with torch.no_grad():
+                    sub.weight[sub.padding_idx].zero_()
+        elif isinstance(sub, nn.LayerNorm):
+            nn.init.ones_(sub.weight)
+            nn.init.zeros_(sub.bias)
+
+
+def attention_mask(is_item: Tensor, causal: bool) -> Tensor:
+    """(B, L) bool, True at real items -> (B, 1, L, L) bool, True where a query may attend.
+
+    Keys must be real items (and, if causal, not later than the query). The diagonal is always
+    allowed so a padding query row has at least one key: its softmax stays finite (no NaN), and
+    since real queries already allow their own (real) position, their outputs are unchanged.
+    """
+    width = is_item.shape[1]
+    allowed = is_item[:, None, None, :]  # (B, 1, 1, L) key is a real item
+    if causal:
+        lower = torch.ones(width, width, dtype=torch.bool, device=is_item.device).tril()
+        allowed = allowed & lower  # (B, 1, L, L)
+    diagonal = torch.eye(width, dtype=torch.bool, device=is_item.device)
+    return allowed | diagonal  # (B, 1, L, L)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention + dropout + residual + LayerNorm."""
+
+    def __init__(
+        self, hidden_size: int, num_heads: int, dropout: float, attention_dropout: float
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention_dropout = attention_dropout
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)  # one matmul for Q, K and V
+        self.out = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        batch, width, size = hidden.shape
+        # (B, L, 3D) -> 3 x (B, H, L, D / H)
+        qkv = self.qkv(hidden).view(batch, width, 3, self.num_heads, size // self.num_heads)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        context = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=mask,  # (B, 1, L, L) bool, broadcast over heads
+            dropout_p=self.attention_dropout if self.training else 0.0,
+        )  # (B, H, L, D / H)
+        context = context.transpose(1, 2).reshape(batch, width, size)  # (B, L, D)
+        return self.norm(hidden + self.dropout(self.out(context)))
+
+
+class FeedForward(nn.Module):
+    """Position-wise GELU feed-forward + dropout + residual + LayerNorm."""
+
+    def __init__(self, hidden_size: int, inner_size: int, dropout: float) -> None:
+        super().__init__()
+        self.expand = nn.Linear(hidden_size, inner_size)
+        self.contract = nn.Linear(inner_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        inner = F.gelu(self.expand(hidden))  # exact (erf) GELU, as the S3Rec code
+        return self.norm(hidden + self.dropout(self.contract(inner)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        inner_size: int,
+        dropout: float,
+        attention_dropout: float,
+    ) -> None:
+        super().__init__()
+        self.attention = SelfAttention(hidden_size, num_heads, dropout, attention_dropout)
+        self.feed_forward = FeedForward(hidden_size, inner_size, dropout)
+
+    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+        return self.feed_forward(self.attention(hidden, mask))
+
+
+class PositionalInput(nn.Module):
+    """(B, L, D) item vectors -> (B, L, D): + right-aligned learned positions, LayerNorm,
+    dropout. The item table stays on the model, so it is one Parameter shared with scoring."""
+
+    def __init__(self, hidden_size: int, max_len: int, dropout: float) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.position_embedding = nn.Embedding(max_len, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, item_vectors: Tensor) -> Tensor:
+        width = item_vectors.shape[1]
+        if width > self.max_len:
+            raise ValueError(f"batch width {width} exceeds the model's max_len {self.max_len}")
+        positions = right_aligned_positions(width, self.max_len, item_vectors.device)  # (L,)
+        hidden = item_vectors + self.position_embedding(positions)  # (B, L, D)
+        return self.dropout(self.norm(hidden))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of blocks over (B, L, D) with a padding (and optionally causal) mask."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        hidden_size: int,
+        num_heads: int,
+        inner_size: int,
+        dropout: float,
+        attention_dropout: float,
+        causal: bool,
+    ) -> None:
+        super().__init__()
+        self.causal = causal
+        self.blocks = nn.ModuleList(
+            TransformerBlock(hidden_size, num_heads, inner_size, dropout, attention_dropout)
+            for _ in range(num_layers)
+        )
+
+    def forward(self, hidden: Tensor, is_item: Tensor) -> Tensor:
+        """hidden (B, L, D), is_item (B, L) bool True at non-padding -> (B, L, D)."""
+        mask = attention_mask(is_item, self.causal)  # built once, shared by all layers
+        for block in self.blocks:
+            hidden = block(hidden, mask)
+        return hidden

@@ -1,0 +1,1 @@
+"""Training: configuration layers, batches, the training loop and the run folder."""

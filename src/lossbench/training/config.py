@@ -1,0 +1,171 @@
+"""Training configuration, resolved in layers: defaults -> preset -> TOML file -> CLI flags.
+
+`TrainConfig` is what the user asks for; `resolve()` fills in what the chosen loss and model
+imply (positions, negatives, model defaults) so that a run records exactly what it used.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lossbench.errors import LossbenchError
+from lossbench.losses import LOSSES
+from lossbench.losses.base import Positions, SamplerName
+from lossbench.models import MODELS
+from lossbench.training.presets import DEFAULT_PRESET, PRESETS
+
+Precision = Literal["fp32", "bf16"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+Batching = Literal["bucket", "random"]
+
+
+class TrainConfig(BaseModel):
+    """Every setting of one training run. Unknown names fail at config time."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    dataset: str = "synthetic"
+    model: str = "sasrec"
+    loss: str | None = None  # None: the model's published loss
+    preset: str = DEFAULT_PRESET
+    model_settings: dict[str, Any] = Field(default_factory=dict)
+
+    # Loss settings. None means "the loss's published default" (see `lossbench losses`).
+    positions: Positions | None = None
+    negatives: int | None = Field(default=None, ge=0)
+    sampler: SamplerName = "uniform"
+    gbce_t: float = Field(default=0.75, ge=0.0, le=1.0)
+    mask_prob: float = Field(default=0.2, gt=0.0, lt=1.0)
+    softmax_chunk: int = Field(default=16384, ge=1)
+
+    # Optimisation (Adam, as in the study).
+    batch_size: int = Field(default=256, ge=1)
+    lr: float = Field(default=1e-3, gt=0.0)
+    beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(default=0.999, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    max_epochs: int = Field(default=200, ge=1)
+    patience: int = Field(default=10, ge=1)
+    time_limit: float | None = Field(default=None, gt=0.0)  # seconds of training
+    batching: Batching = "bucket"
+
+    # Evaluation.
+    validation_metric: str = "ndcg@10"
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
+    exclude_seen: bool = True
+    eval_negatives: int = Field(default=0, ge=0)  # 0: full ranking over the catalogue
+    eval_sampler: SamplerName = "uniform"
+    eval_batch_size: int = Field(default=1024, ge=1)
+    save_topk: int = Field(default=0, ge=0)
+
+    # Execution.
+    seed: int = 0
+    device: DeviceName = "auto"
+    precision: Precision = "fp32"
+    compile: bool = False
+    init: Path | None = None  # pre-trained checkpoint (s3rec)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+        return name
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, name: str | None) -> str | None:
+        if name is not None and name not in LOSSES:
+            raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+        return name
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, name: str) -> str:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return name
+
+    @field_validator("validation_metric")
+    @classmethod
+    def _known_metric(cls, name: str) -> str:
+        head, _, k = name.partition("@")
+        if name == "mrr" or (head in {"hr", "ndcg", "recall"} and k.isdigit() and int(k) > 0):
+            return name
+        raise ValueError(f"unknown metric {name!r}; use ndcg@K, hr@K, recall@K or mrr")
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("cut-offs must be positive integers, e.g. 1,5,10,20")
+        return sorted(set(ks))
+
+    @property
+    def loss_name(self) -> str:
+        return self.loss if self.loss is not None else MODELS[self.model].default_loss
+
+
+def build_config(
+    *,
+    toml_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """defaults -> preset -> TOML -> CLI overrides, validated once at the end.
+
+    `overrides` holds only the flags the user gave (None values are dropped); its
+    `model_settings` are merged key by key into those of the lower layers.
+    """
+    file_layer = read_toml(toml_file) if toml_file is not None else {}
+    cli_layer = {k: v for k, v in (overrides or {}).items() if v is not None}
+    preset_name = cli_layer.get("preset", file_layer.get("preset", DEFAULT_PRESET))
+    if preset_name not in PRESETS:
+        raise LossbenchError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
+    model_name = cli_layer.get("model", file_layer.get("model", "sasrec"))
+    preset_layer = _preset_for_model(preset_name, model_name)
+
+    merged: dict[str, Any] = {}
+    model_settings: dict[str, Any] = {}
+    for layer in (preset_layer, file_layer, cli_layer):
+        model_settings.update(layer.get("model_settings", {}))
+        merged.update({k: v for k, v in layer.items() if k != "model_settings"})
+    merged["model_settings"] = model_settings
+    return validate_config(merged, source=str(toml_file) if toml_file else "options")
+
+
+def validate_config(values: dict[str, Any], source: str = "options") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "config"
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = f"unknown setting; valid settings are: {', '.join(TrainConfig.model_fields)}"
+        raise LossbenchError(f"invalid {where} in {source}: {message}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise LossbenchError(f"config file {path} does not exist; check the path")
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise LossbenchError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def _preset_for_model(preset_name: str, model_name: str) -> dict[str, Any]:
+    """The preset, keeping only the model settings that `model_name` has."""
+    preset = dict(PRESETS[preset_name])
+    spec = MODELS.get(model_name)
+    if spec is not None:
+        fields = spec.config_class.model_fields
+        preset["model_settings"] = {
+            k: v for k, v in preset.get("model_settings", {}).items() if k in fields
+        }
+    return preset

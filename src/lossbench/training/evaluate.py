@@ -1,0 +1,115 @@
+"""Ranking every user of an evaluation set, in length-sorted batches on the model's device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lossbench.data.sequences import EvaluationSet
+from lossbench.evaluation.ranking import full_ranking_ranks, sampled_ranks
+from lossbench.models.base import scoring_table
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    ranks: Tensor  # (U,) int64 rank of each user's target, 1 = best (CPU)
+    topk: Tensor | None  # (U, K) int64 best items first, seen items excluded (CPU), if asked
+
+
+class Evaluator:
+    """Holds one evaluation set in length order, ready for repeated evaluations.
+
+    Users are visited shortest history first so each batch is trimmed to its longest row; the
+    seen items of a batch are then one contiguous slice of a reordered CSR.
+    """
+
+    def __init__(
+        self,
+        evaluation_set: EvaluationSet,
+        batch_size: int,
+        exclude_seen: bool,
+        device: torch.device,
+        candidates: Tensor | None = None,  # (U, N) sampled negatives, None = full ranking
+    ) -> None:
+        self.order = torch.argsort(evaluation_set.lengths, stable=True)  # (U,)
+        self.inputs = evaluation_set.inputs[self.order]
+        self.lengths = evaluation_set.lengths[self.order]
+        self.targets = evaluation_set.targets[self.order]
+        self.candidates = candidates[self.order] if candidates is not None else None
+        counts = torch.diff(evaluation_set.seen_offsets)[self.order]
+        self.seen_offsets = torch.zeros(len(counts) + 1, dtype=torch.int64)
+        torch.cumsum(counts, 0, out=self.seen_offsets[1:])
+        starts = evaluation_set.seen_offsets[:-1][self.order]
+        # Gather each user's seen items in the new user order: one flat index per item.
+        within = torch.arange(int(counts.sum())) - torch.repeat_interleave(
+            self.seen_offsets[:-1], counts
+        )
+        self.seen_items = evaluation_set.seen_items[torch.repeat_interleave(starts, counts) + within]
+        self.seen_rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
+        self.batch_size = batch_size
+        self.exclude_seen = exclude_seen
+        self.device = device
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, topk: int = 0) -> EvaluationResult:
+        was_training = model.training
+        model.eval()
+        ranks = torch.empty(len(self.targets), dtype=torch.int64)
+        best: Tensor | None = None
+        if topk > 0:
+            best = torch.empty(len(self.targets), topk, dtype=torch.int64)
+        table = scoring_table(model)  # type: ignore[arg-type]
+        for start in range(0, len(self.targets), self.batch_size):
+            stop = min(start + self.batch_size, len(self.targets))
+            width = max(int(self.lengths[stop - 1]), 1)
+            inputs = self.inputs[start:stop, -width:].to(self.device)
+            targets = self.targets[start:stop].to(self.device)
+            hidden = model.predict_hidden(inputs).float()  # (B, D)
+            if self.candidates is not None:
+                batch_ranks = sampled_ranks(
+                    hidden, table.float(), targets, self.candidates[start:stop].to(self.device)
+                )
+            else:
+                seen_rows, seen_items = self._seen(start, stop)
+                batch_ranks = full_ranking_ranks(hidden, table.float(), targets, seen_rows, seen_items)
+                if best is not None:
+                    best[start:stop] = self._topk(
+                        hidden, table.float(), targets, seen_rows, seen_items, topk
+                    )
+            ranks[start:stop] = batch_ranks.cpu()
+        model.train(was_training)
+        # Back to the user order of the evaluation set.
+        in_user_order = torch.empty_like(ranks)
+        in_user_order[self.order] = ranks
+        best_in_order = None
+        if best is not None:
+            best_in_order = torch.empty_like(best)
+            best_in_order[self.order] = best
+        return EvaluationResult(in_user_order, best_in_order)
+
+    def _seen(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        if not self.exclude_seen:
+            empty = torch.empty(0, dtype=torch.int64, device=self.device)
+            return empty, empty
+        lo, hi = int(self.seen_offsets[start]), int(self.seen_offsets[stop])
+        rows = (self.seen_rows[lo:hi] - start).to(self.device)
+        return rows, self.seen_items[lo:hi].to(self.device)
+
+    def _topk(
+        self,
+        hidden: Tensor,
+        table: Tensor,
+        targets: Tensor,
+        seen_rows: Tensor,
+        seen_items: Tensor,
+        k: int,
+    ) -> Tensor:
+        """(B, k) best items (ids) under the same exclusions as the ranks, for `topk.parquet`."""
+        scores = hidden @ table[1:].T  # (B, n_items): column j scores item j + 1
+        rows = torch.arange(len(targets), device=scores.device)
+        target_scores = scores[rows, targets - 1]
+        scores[seen_rows, seen_items - 1] = float("-inf")
+        scores[rows, targets - 1] = target_scores  # the target is never excluded
+        return (torch.topk(scores, k=min(k, scores.shape[1]), dim=1).indices + 1).cpu()

@@ -1,0 +1,207 @@
+"""The training loop, readable top to bottom: build, train with early stopping, test, save."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from lossbench.data.batches import TrainBatch, TrainBatcher
+from lossbench.data.prepared import PreparedDataset
+from lossbench.data.sequences import build_sequence_tensors
+from lossbench.evaluation.metrics import metrics_from_ranks
+from lossbench.evaluation.ranking import sample_eval_candidates
+from lossbench.losses.base import LossInputs
+from lossbench.losses.negatives import popularity_cdf, sample_negatives
+from lossbench.models.base import scoring_table
+from lossbench.training.config import TrainConfig
+from lossbench.training.evaluate import Evaluator
+from lossbench.training.memory import peak_memory_mb, reset_peak_memory
+from lossbench.training.progress import TrainingProgress
+from lossbench.training.run_files import RunFiles
+from lossbench.training.setup import (
+    LossSettings,
+    make_model,
+    pick_device,
+    resolve_loss,
+    seed_everything,
+)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train_run(
+    config: TrainConfig,
+    dataset: PreparedDataset,
+    run_dir: Path,
+    console: Console | None = None,
+) -> RunResult:
+    """Train one (model, loss, seed), early-stopped on validation, then test once."""
+    console = console or Console(quiet=True)
+    loss = resolve_loss(config)
+    device = pick_device(config.device)
+    seed_everything(config.seed)
+    model, model_settings = make_model(config, dataset.n_items)
+    model.to(device)
+    if config.model == "s3rec" and config.init is None:
+        console.print("[yellow]s3rec without --init has no pre-training: it trains as SASRec[/]")
+
+    sequences = build_sequence_tensors(dataset, max_len=model_settings["max_len"])
+    batcher = TrainBatcher(
+        sequences,
+        batch_size=config.batch_size,
+        positions=loss.positions,
+        batching=config.batching,
+        seed=config.seed,
+        mask_prob=config.mask_prob,
+        mask_token=getattr(model, "mask_token", None),
+    )
+    valid = Evaluator(sequences.valid, config.eval_batch_size, config.exclude_seen, device,
+                      _candidates(config, sequences.valid, sequences.item_counts, 1))
+    test = Evaluator(sequences.test, config.eval_batch_size, config.exclude_seen, device,
+                     _candidates(config, sequences.test, sequences.item_counts, 2))
+    ks = sorted({*config.ks, *_metric_k(config.validation_metric)})
+
+    step_model = torch.compile(model) if config.compile else model
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+        weight_decay=config.weight_decay,
+    )
+    negative_generator = torch.Generator(device=device).manual_seed(config.seed + 7919)
+    cdf = None
+    if config.sampler == "popularity" and loss.negatives > 0:
+        cdf = popularity_cdf(sequences.item_counts.to(device))
+    autocast = _autocast(config.precision, device)
+
+    record = {
+        "config": config.model_dump(mode="json"),
+        "model_settings": model_settings,
+        "loss_settings": loss.record(),
+        "dataset": {"name": dataset.name, "n_users": dataset.n_users, "n_items": dataset.n_items},
+        "environment": {"device": str(device), "torch": torch.__version__,
+                        "threads": torch.get_num_threads(), "precision": config.precision},
+    }
+    files = RunFiles(run_dir)
+    files.start(record)
+
+    history: list[dict[str, Any]] = []
+    best_value, best_epoch, best_state = float("-inf"), 0, copy.deepcopy(model.state_dict())
+    reset_peak_memory(device)
+    started = time.perf_counter()
+    with TrainingProgress(console, config.max_epochs, len(batcher), config.validation_metric) as bar:
+        for epoch in range(1, config.max_epochs + 1):
+            epoch_started = time.perf_counter()
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            for batch in batcher.epoch():
+                with autocast:
+                    step_loss = _batch_loss(step_model, model, batch.to(device), loss,
+                                            negative_generator, cdf)
+                optimizer.zero_grad(set_to_none=True)
+                step_loss.backward()
+                optimizer.step()
+                loss_sum += step_loss.detach()
+                bar.advance_batch()
+            train_seconds = time.perf_counter() - epoch_started
+            epoch_loss = float(loss_sum) / len(batcher)  # the one sync of the epoch
+
+            eval_started = time.perf_counter()
+            with autocast:
+                valid_ranks = valid.evaluate(model).ranks
+            valid_metrics = metrics_from_ranks(valid_ranks, ks)
+            eval_seconds = time.perf_counter() - eval_started
+            value = valid_metrics[config.validation_metric]
+            improved = value > best_value
+            if improved:
+                best_value, best_epoch = value, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            history.append({
+                "epoch": epoch, "loss": epoch_loss, "train_seconds": train_seconds,
+                "eval_seconds": eval_seconds, "elapsed_seconds": time.perf_counter() - started,
+                "peak_memory_mb": peak_memory_mb(device),
+                **{f"valid_{k}": v for k, v in valid_metrics.items()},
+            })
+            files.append_history(history[-1])
+            bar.end_epoch(epoch, epoch_loss, value, best_value)
+            if epoch - best_epoch >= config.patience:
+                break
+            if config.time_limit is not None and time.perf_counter() - started > config.time_limit:
+                console.print(f"time limit of {config.time_limit:g} s reached after epoch {epoch}")
+                break
+
+    model.load_state_dict(best_state)
+    with autocast:
+        test_result = test.evaluate(model, topk=config.save_topk)
+    test_metrics = metrics_from_ranks(test_result.ranks, ks)
+    valid_best = {k.removeprefix("valid_"): v for k, v in history[best_epoch - 1].items()
+                  if k.startswith("valid_")}
+    metrics = {
+        "valid": valid_best,
+        "test": test_metrics,
+        "best_epoch": best_epoch,
+        "epochs": len(history),
+        "train_seconds": sum(h["train_seconds"] for h in history),
+        "train_seconds_per_epoch": sum(h["train_seconds"] for h in history) / len(history),
+        "eval_seconds_per_epoch": sum(h["eval_seconds"] for h in history) / len(history),
+        "peak_memory_mb": peak_memory_mb(device),
+        "validation_metric": config.validation_metric,
+        "loss": loss.name,
+        "model": config.model,
+        "dataset": dataset.name,
+        "seed": config.seed,
+    }
+    files.finish(model.state_dict(), test_result, sequences.test.targets, metrics)
+    return RunResult(run_dir, record, metrics, history)
+
+
+def _batch_loss(
+    step_model: torch.nn.Module,
+    model: torch.nn.Module,
+    batch: TrainBatch,
+    loss: LossSettings,
+    generator: torch.Generator,
+    cdf: torch.Tensor | None,
+) -> torch.Tensor:
+    hidden = step_model(batch.inputs)  # (B, W, D)
+    at_positions = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.positions)  # (N, D)
+    negatives = None
+    if loss.negatives > 0:
+        negatives = sample_negatives(batch.targets, loss.negatives, model.n_items,  # type: ignore[arg-type]
+                                     generator, cdf)
+    inputs = LossInputs(at_positions, batch.targets, scoring_table(model), negatives)  # type: ignore[arg-type]
+    return loss.spec.fn(inputs, loss.params)
+
+
+def _candidates(config: TrainConfig, evaluation_set: Any, item_counts: torch.Tensor,
+                salt: int) -> torch.Tensor | None:
+    """Sampled-ranking negatives, fixed per seed (None for full ranking)."""
+    if config.eval_negatives == 0:
+        return None
+    return sample_eval_candidates(
+        config.eval_negatives, len(item_counts) - 1, evaluation_set.seen_offsets,
+        evaluation_set.seen_items, evaluation_set.targets, by=config.eval_sampler,
+        item_counts=item_counts, seed=config.seed * 1000 + salt,
+    )
+
+
+def _metric_k(name: str) -> list[int]:
+    _, _, k = name.partition("@")
+    return [int(k)] if k else []
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,52 @@
+"""Named hyperparameter presets from the study (REFERENCE.md, "Protocol used by the study").
+
+A preset is a layer of overrides applied after the defaults and before a TOML file and CLI
+flags. Top-level keys are `TrainConfig` fields; `model_settings` go to the model's own config; a preset's model settings that a model does not
+have (GRU4Rec has no attention heads) are left out for that model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Table 2 (S3Rec code base): hidden 64, 2 layers, 2 heads, dropout 0.5, length 50,
+    # Adam 1e-3 (0.9, 0.999), batch 256, up to 200 epochs, patience 10.
+    "study-s3rec": {
+        "batch_size": 256,
+        "lr": 1e-3,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "max_epochs": 200,
+        "patience": 10,
+        "model_settings": {
+            "hidden_size": 64,
+            "max_len": 50,
+            "dropout": 0.5,
+            "init_std": 0.02,
+            "num_layers": 2,
+            "num_heads": 2,
+            "attention_dropout": 0.5,
+        },
+    },
+    # Table 3 (aprec code base): SASRec embedding 50, 2 blocks, 1 head, dropout 0.2,
+    # history 50, batch 128, Adam beta2 0.98.
+    "study-aprec": {
+        "batch_size": 128,
+        "lr": 1e-3,
+        "beta1": 0.9,
+        "beta2": 0.98,
+        "max_epochs": 200,
+        "patience": 10,
+        "model_settings": {
+            "hidden_size": 50,
+            "max_len": 50,
+            "dropout": 0.2,
+            "num_layers": 2,
+            "num_heads": 1,
+            "attention_dropout": 0.2,
+        },
+    },
+}
+
+DEFAULT_PRESET = "study-s3rec"

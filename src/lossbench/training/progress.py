@@ -1,0 +1,55 @@
+"""The live display of a training run: epochs, loss, validation metric, elapsed, ETA."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class TrainingProgress:
+    def __init__(self, console: Console, max_epochs: int, batches: int, metric: str) -> None:
+        self.metric = metric
+        self.batches = batches
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+            disable=console.quiet,
+        )
+        self.epochs = self.progress.add_task("epochs", total=max_epochs, status="")
+        self.batch_task = self.progress.add_task("batches", total=batches, status="")
+
+    def __enter__(self) -> TrainingProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.progress.__exit__(kind, error, trace)
+
+    def advance_batch(self) -> None:
+        self.progress.advance(self.batch_task)
+
+    def end_epoch(self, epoch: int, loss: float, value: float, best: float) -> None:
+        status = f"loss {loss:.4f}  {self.metric} {value:.4f} (best {best:.4f})"
+        self.progress.update(self.epochs, completed=epoch, status=status)
+        self.progress.reset(self.batch_task, total=self.batches)

@@ -1,0 +1,86 @@
+"""Everything a run needs before its first step: device, seeds, model, loss settings."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lossbench.errors import LossbenchError
+from lossbench.losses import LOSSES
+from lossbench.losses.base import LossParams, LossSpec, Positions
+from lossbench.models import MODELS, build_model
+from lossbench.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The loss as it will actually train: the published defaults with the user's overrides."""
+
+    name: str
+    spec: LossSpec
+    positions: Positions
+    negatives: int
+    params: LossParams
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "loss": self.name,
+            "positions": self.positions,
+            "negatives": self.negatives,
+            "gbce_t": self.params.gbce_t,
+            "softmax_chunk": self.params.softmax_chunk,
+        }
+
+
+def resolve_loss(config: TrainConfig) -> LossSettings:
+    name = config.loss_name
+    spec = LOSSES[name]
+    positions = config.positions or spec.positions
+    negatives = spec.negatives if config.negatives is None else config.negatives
+    if spec.negatives > 0 and negatives == 0:
+        raise LossbenchError(f"loss {name} needs sampled negatives; use --negatives 1 or more")
+    if spec.negatives == 0:
+        negatives = 0  # full-catalogue losses ignore sampled negatives
+    bidirectional = MODELS[config.model].bidirectional
+    if (positions == "masked") != bidirectional:
+        if bidirectional:
+            raise LossbenchError(
+                f"model {config.model} sees the whole sequence, so it can only train with the "
+                "masked-item loss mlm; use --loss mlm or a causal model (sasrec, gru4rec)"
+            )
+        raise LossbenchError(
+            f"loss {name} trains on masked positions and needs a bidirectional model; "
+            "use --model bert4rec, or --positions all|last"
+        )
+    params = LossParams(gbce_t=config.gbce_t, softmax_chunk=config.softmax_chunk)
+    return LossSettings(name, spec, positions, negatives, params)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LossbenchError("--device cuda was asked for but no CUDA device is visible; use cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Each run seeds itself, so no result depends on the runs before it."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_model(config: TrainConfig, n_items: int) -> tuple[nn.Module, dict[str, Any]]:
+    model, model_config = build_model(config.model, n_items, config.model_settings)
+    if config.init is not None:
+        load = getattr(model, "load_pretrained", None)
+        if load is None:
+            raise LossbenchError(f"model {config.model} takes no --init checkpoint; only s3rec does")
+        load(config.init)
+    return model, model_config.model_dump()

@@ -1,0 +1,183 @@
+"""Sequence models and their registry: shapes, padding invariance, causality, the mask token,
+finite padding rows, shared item table, and the errors a user sees."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lossbench.errors import LossbenchError
+from lossbench.models import MODELS, build_model, model_config
+from lossbench.models.base import scoring_table
+
+N_ITEMS = 30
+SMALL = {"hidden_size": 8, "max_len": 12}
+NAMES = ["sasrec", "bert4rec", "gru4rec"]
+
+
+def make(name: str, **overrides: object) -> nn.Module:
+    """A tiny float64 model in eval mode (float64: invariances are checked to ~1e-12)."""
+    torch.manual_seed(0)
+    model, _ = build_model(name, N_ITEMS, {**SMALL, **overrides})
+    return model.double().eval()
+
+
+def histories() -> Tensor:
+    """(3, 5) left-padded histories: full, partial, and one item."""
+    return torch.tensor([[3, 7, 1, 30, 9], [0, 0, 4, 4, 12], [0, 0, 0, 0, 5]])
+
+
+def left_pad(item_ids: Tensor, width: int) -> Tensor:
+    padding = torch.zeros(item_ids.shape[0], width - item_ids.shape[1], dtype=item_ids.dtype)
+    return torch.cat([padding, item_ids], dim=1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shapes_and_attributes(name: str) -> None:
+    model = make(name)
+    item_ids = histories()
+    assert model(item_ids).shape == (3, 5, 8)
+    assert model.predict_hidden(item_ids).shape == (3, 8)
+    assert model.n_items == N_ITEMS
+    assert model.max_len == 12
+    assert model.bidirectional is MODELS[name].bidirectional
+    extra = 1 if name == "bert4rec" else 0
+    assert model.item_embedding.weight.shape == (N_ITEMS + 1 + extra, 8)
+    assert scoring_table(model).shape == (N_ITEMS + 1, 8)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_left_padding_changes_nothing(name: str) -> None:
+    """A bucketed batch (width 5) and a full-width batch (width 12) agree at real positions."""
+    model = make(name)
+    item_ids = histories()
+    is_item = item_ids != 0
+    with torch.no_grad():
+        narrow = model(item_ids)  # (3, 5, D)
+        wide = model(left_pad(item_ids, 12))[:, -5:]  # (3, 5, D) the same columns
+        torch.testing.assert_close(narrow[is_item], wide[is_item], rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            model.predict_hidden(item_ids),
+            model.predict_hidden(left_pad(item_ids, 12)),
+            rtol=0,
+            atol=1e-12,
+        )
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec"])
+def test_causal_models_ignore_later_items(name: str) -> None:
+    model = make(name)
+    item_ids = histories()
+    changed = item_ids.clone()
+    changed[:, 3:] = torch.tensor([11, 22])  # only positions 3 and 4 differ
+    with torch.no_grad():
+        before, after = model(item_ids), model(changed)
+    torch.testing.assert_close(before[:1, :3], after[:1, :3], rtol=0, atol=1e-12)
+    assert not torch.allclose(before[:, 3:], after[:, 3:])
+
+
+def test_bert4rec_sees_later_items_and_scores_the_mask_token() -> None:
+    model = make("bert4rec")
+    item_ids = histories()
+    changed = item_ids.clone()
+    changed[0, 4] = 11
+    with torch.no_grad():
+        assert not torch.allclose(model(item_ids)[0, 0], model(changed)[0, 0])
+        # narrow batch: the mask token is appended, no history item dropped
+        expected = model(torch.cat([item_ids, torch.full((3, 1), N_ITEMS + 1)], dim=1))[:, -1]
+        torch.testing.assert_close(model.predict_hidden(item_ids), expected)
+        # full-width batch: the oldest column makes room for the mask token
+        full = left_pad(item_ids, 12)
+        shifted = torch.cat([full[:, 1:], torch.full((3, 1), N_ITEMS + 1)], dim=1)
+        torch.testing.assert_close(model.predict_hidden(full), model(shifted)[:, -1])
+    assert model.mask_token == N_ITEMS + 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_padding_rows_stay_finite_in_training_and_eval(name: str) -> None:
+    torch.manual_seed(0)
+    model, _ = build_model(name, N_ITEMS, SMALL)
+    item_ids = torch.tensor([[0, 0, 0, 0], [0, 0, 2, 3]])  # an all-padding row
+    for train in (True, False):
+        model.train(train)
+        hidden = model(item_ids)
+        assert torch.isfinite(hidden).all()
+        hidden.square().sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        model.zero_grad()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_item_table_is_shared_with_scoring(name: str) -> None:
+    model = make(name)
+    assert scoring_table(model).data_ptr() == model.item_embedding.weight.data_ptr()
+    assert sum(p is model.item_embedding.weight for p in model.parameters()) == 1
+    torch.testing.assert_close(model.item_embedding.weight[0], torch.zeros(8, dtype=torch.float64))
+
+
+def test_transformer_init_and_inner_size() -> None:
+    model = make("sasrec", inner_size=5, init_std=0.5)
+    block = model.encoder.blocks[0]
+    assert block.feed_forward.expand.weight.shape == (5, 8)
+    assert torch.all(block.attention.norm.weight == 1)
+    assert 0.3 < model.item_embedding.weight[1:].std().item() < 0.7
+    assert make("sasrec").encoder.blocks[0].feed_forward.expand.out_features == 32  # 4 * D
+
+
+def test_gru4rec_projects_to_the_embedding_width() -> None:
+    model = make("gru4rec", hidden_size=6, embedding_size=8)
+    assert model(histories()).shape == (3, 5, 8)
+
+
+def test_defaults_are_the_studys_table_2() -> None:
+    config = model_config("sasrec")
+    assert config.model_dump() == {
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_heads": 2,
+        "inner_size": None,
+        "dropout": 0.5,
+        "attention_dropout": 0.5,
+        "max_len": 50,
+        "init_std": 0.02,
+    }
+    assert {name: MODELS[name].default_loss for name in NAMES} == {
+        "sasrec": "bce",
+        "bert4rec": "mlm",
+        "gru4rec": "ce",
+    }
+    aprec = model_config("sasrec", {"num_layers": 3}, preset="aprec")
+    assert (aprec.hidden_size, aprec.num_heads, aprec.num_layers) == (50, 1, 3)
+
+
+def test_unknown_model_lists_the_valid_names() -> None:
+    with pytest.raises(LossbenchError, match="unknown model 'transformer'.*sasrec, bert4rec"):
+        build_model("transformer", N_ITEMS, {})
+
+
+def test_unknown_setting_names_the_model_and_its_settings() -> None:
+    with pytest.raises(LossbenchError) as caught:
+        build_model("gru4rec", N_ITEMS, {"num_heads": 2})
+    message = str(caught.value)
+    assert "model gru4rec has no setting 'num_heads'" in message
+    assert "hidden_size" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"dropout": 1.5}, "dropout"),
+        ({"hidden_size": "wide"}, "hidden_size"),
+        ({"hidden_size": 10, "num_heads": 3}, "must divide hidden_size"),
+    ],
+)
+def test_invalid_values_are_one_line_errors(overrides: dict[str, object], words: str) -> None:
+    with pytest.raises(LossbenchError, match="invalid setting for model sasrec") as caught:
+        build_model("sasrec", N_ITEMS, overrides)
+    assert words in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_wider_batch_than_max_len_is_refused() -> None:
+    with pytest.raises(ValueError, match="exceeds the model's max_len 12"):
+        make("sasrec")(torch.ones(1, 13, dtype=torch.long))
