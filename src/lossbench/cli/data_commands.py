@@ -1,1 +1,141 @@
-"""`lossbench datasets`, `download`, `preprocess` (filled in by the data layer)."""
+"""`lossbench datasets`, `download`, `preprocess`: thin commands over `lossbench.data`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.table import Table
+
+from lossbench.cli.app import GlobalOptions, app, console
+from lossbench.data.download import download_dataset, is_downloaded
+from lossbench.data.prepared import is_prepared
+from lossbench.data.preprocess import PrepareResult, preprocess_dataset
+from lossbench.data.registry import DatasetEntry, get_dataset, load_registry
+
+
+def _size(entry: DatasetEntry) -> str:
+    if entry.generator is not None:
+        return "generated"
+    sizes = [f.size for f in entry.remote_files]
+    if any(size is None for size in sizes):
+        return "unknown"
+    total = float(sum(size or 0 for size in sizes))
+    for unit in ("B", "KB", "MB", "GB"):
+        if total < 1000 or unit == "GB":
+            return f"{total:.0f} {unit}" if unit == "B" else f"{total:.1f} {unit}"
+        total /= 1000
+    return ""
+
+
+def _status(entry: DatasetEntry) -> str:
+    data_dir = GlobalOptions.data_dir
+    if is_prepared(data_dir, entry.name):
+        return "[green]prepared[/]"
+    if entry.generator is not None:
+        return "generated on demand"
+    return "downloaded" if is_downloaded(data_dir, entry) else "[dim]not downloaded[/]"
+
+
+@app.command()
+def datasets() -> None:
+    """List the registered datasets and whether each is downloaded or prepared."""
+    table = Table(title=f"datasets in {GlobalOptions.data_dir}")
+    for column in ("name", "source", "size", "status"):
+        table.add_column(column, overflow="fold")
+    for entry in load_registry().values():
+        table.add_row(entry.name, entry.source, _size(entry), _status(entry))
+    console.print(table)
+
+
+@app.command()
+def download(
+    names: Annotated[list[str], typer.Argument(help="Dataset names (see `lossbench datasets`).")],
+    mirror: Annotated[
+        str | None,
+        typer.Option(
+            "--mirror",
+            envvar="LOSSBENCH_MIRROR",
+            help="Folder or http(s) base URL laid out as <mirror>/<dataset>/<file name>.",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download again.")] = False,
+    trust_new_hash: Annotated[
+        bool,
+        typer.Option("--trust-new-hash", help="Record the hash of a file that has none pinned."),
+    ] = False,
+) -> None:
+    """Download datasets, verifying size and sha256 (resumes an interrupted transfer)."""
+    for name in names:
+        get_dataset(name)  # fail on a misspelled name before any transfer
+    for name in names:
+        message = download_dataset(
+            GlobalOptions.data_dir, name, mirror=mirror, force=force, trust_new_hash=trust_new_hash
+        )
+        console.print(message, highlight=False)
+
+
+@app.command()
+def preprocess(
+    names: Annotated[list[str], typer.Argument(help="Dataset names (see `lossbench datasets`).")],
+    force: Annotated[bool, typer.Option("--force", help="Prepare again.")] = False,
+    min_rating: Annotated[
+        float | None, typer.Option(help="Keep ratings >= this (default: the dataset's).")
+    ] = None,
+    user_core: Annotated[int | None, typer.Option(help="Users keep >= this many items.")] = None,
+    item_core: Annotated[int | None, typer.Option(help="Items keep >= this many users.")] = None,
+    dedup: Annotated[
+        bool | None, typer.Option("--dedup/--no-dedup", help="Keep the first (user, item) only.")
+    ] = None,
+    max_length: Annotated[int | None, typer.Option(help="Training history length.")] = None,
+) -> None:
+    """Filter, order, re-index and split datasets into the prepared format."""
+    knobs = {
+        "min_rating": min_rating,
+        "user_core": user_core,
+        "item_core": item_core,
+        "dedup": dedup,
+        "max_length": max_length,
+    }
+    overrides = {key: value for key, value in knobs.items() if value is not None}
+    for name in names:
+        get_dataset(name)
+    results = [
+        preprocess_dataset(GlobalOptions.data_dir, name, overrides=overrides, force=force)
+        for name in names
+    ]
+    for result in results:
+        if result.skipped:
+            console.print(
+                f"{result.name}: already prepared from the same files and protocol, nothing to do "
+                "(--force prepares again)",
+                highlight=False,
+            )
+    console.print(summary_table(results))
+
+
+def summary_table(results: list[PrepareResult]) -> Table:
+    table = Table(title="prepared datasets", box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = ("dataset", "users", "items", "interactions", "mean", "median", "density")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "dataset" else "right", no_wrap=True)
+    for result in results:
+        meta: dict[str, Any] = result.meta
+        table.add_row(
+            result.name,
+            f"{meta['n_users']:,}",
+            f"{meta['n_items']:,}",
+            f"{meta['n_interactions']:,}",
+            f"{meta['mean_length']:.1f}",
+            f"{meta['median_length']:.0f}",
+            f"{meta['density']:.3%}",
+        )
+    notes = [
+        f"{r.name}: {r.meta['report']['users_too_short']:,} users with < 3 interactions dropped"
+        for r in results
+        if r.meta.get("report", {}).get("users_too_short")
+    ]
+    if notes:
+        table.caption = "; ".join(notes)
+    return table

@@ -30,7 +30,10 @@ class TrainBatch:
         if device.type == "cpu":
             return self
         return TrainBatch(
-            *(t.pin_memory().to(device, non_blocking=True) for t in (self.inputs, self.targets, self.positions))
+            *(
+                t.pin_memory().to(device, non_blocking=True)
+                for t in (self.inputs, self.targets, self.positions)
+            )
         )
 
 
@@ -80,8 +83,8 @@ class TrainBatcher:
     def make_batch(self, users: Tensor) -> TrainBatch:
         width = int(self.lengths[users].max())  # real items in the longest window
         windows = self.windows[users, -width:]  # (B, width)
-        if self.positions == "masked":
-            return self._masked_batch(windows[:, 1:])
+        if self.positions == "masked":  # the model sees at most max_len items
+            return self._masked_batch(windows[:, -min(width, self.windows.shape[1] - 1) :])
         inputs, next_items = windows[:, :-1], windows[:, 1:]  # (B, W), W = width - 1
         if self.positions == "all":
             positions = torch.nonzero(inputs.reshape(-1) > 0).squeeze(1)

@@ -49,7 +49,9 @@ def last_items(offsets: np.ndarray, items: np.ndarray, width: int) -> tuple[np.n
     return matrix.astype(np.int64), lengths.astype(np.int64)
 
 
-def append_column(offsets: np.ndarray, items: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def append_column(
+    offsets: np.ndarray, items: np.ndarray, extra: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """CSR rows with one more item appended to each (train + valid item for the test set)."""
     lengths = np.diff(offsets) + 1
     new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)

@@ -8,7 +8,7 @@ and the config's fields as keywords) and add one entry to `MODELS`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -29,8 +29,6 @@ class ModelSpec:
     default_loss: str  # the model's original training loss, a name in the loss registry
     bidirectional: bool  # True: sees later items, so it can only train with `mlm`
     description: str
-    # named override sets for other published setups; the config defaults are the study's
-    presets: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
 
 def from_config(model_class: Callable[..., nn.Module]) -> Callable[[BaseModel, int], nn.Module]:
@@ -49,10 +47,6 @@ MODELS: dict[str, ModelSpec] = {
         default_loss="bce",
         bidirectional=False,
         description="causal self-attention with learned positions (Kang & McAuley 2018)",
-        presets={
-            # REFERENCE.md Table 3 (aprec): embedding 50, 2 blocks, 1 head, dropout 0.2
-            "aprec": {"hidden_size": 50, "num_heads": 1, "dropout": 0.2, "attention_dropout": 0.2},
-        },
     ),
     "bert4rec": ModelSpec(
         config_class=BERT4RecConfig,
@@ -88,18 +82,10 @@ def model_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
-def model_config(
-    name: str, overrides: Mapping[str, object] | None = None, preset: str | None = None
-) -> BaseModel:
-    """Defaults -> preset -> overrides, validated by the model's config class."""
+def model_config(name: str, overrides: Mapping[str, object] | None = None) -> BaseModel:
+    """The model's defaults with `overrides` applied, validated by its config class."""
     spec = model_spec(name)
-    settings: dict[str, object] = {}
-    if preset is not None:
-        if preset not in spec.presets:
-            valid = ", ".join(spec.presets) or "none"
-            raise LossbenchError(f"model {name} has no preset {preset!r}; its presets: {valid}")
-        settings.update(spec.presets[preset])
-    settings.update(overrides or {})
+    settings = dict(overrides or {})
     known = spec.config_class.model_fields
     for key in settings:
         if key not in known:
@@ -116,12 +102,11 @@ def build_model(
     name: str,
     n_items: int,
     overrides: Mapping[str, object] | None = None,
-    preset: str | None = None,
 ) -> tuple[nn.Module, BaseModel]:
     """Validate the settings and build the model; returns (model, resolved config)."""
     if n_items < 1:
         raise LossbenchError(f"model {name} needs at least one item, got n_items={n_items}")
-    config = model_config(name, overrides, preset)
+    config = model_config(name, overrides)
     return model_spec(name).build(config, n_items), config
 
 

@@ -56,10 +56,11 @@ class BERT4Rec(nn.Module):
         )
         init_normal_(self, init_std)
 
-    def forward(self, item_ids: Tensor) -> Tensor:
+    def forward(self, item_ids: Tensor, last_only: bool = False) -> Tensor:
+        """(B, L) -> (B, L, D); `last_only` -> (B, 1, D), the last column's state only."""
         is_item = item_ids != 0  # (B, L); the mask token is a real key
         hidden = self.positional_input(self.item_embedding(item_ids))  # (B, L, D)
-        return self.encoder(hidden, is_item)  # (B, L, D)
+        return self.encoder(hidden, is_item, last_only)  # (B, L, D) or (B, 1, D)
 
     def predict_hidden(self, item_ids: Tensor) -> Tensor:
         """(B, L) histories -> (B, D): append the mask token and take its state.
@@ -69,4 +70,4 @@ class BERT4Rec(nn.Module):
         item, and a bucketed (narrow) batch loses no history item."""
         mask = torch.full_like(item_ids[:, :1], self.mask_token)  # (B, 1)
         history = item_ids if item_ids.shape[1] < self.max_len else item_ids[:, 1:]
-        return self(torch.cat([history, mask], dim=1))[:, -1]
+        return self(torch.cat([history, mask], dim=1), last_only=True)[:, 0]

@@ -54,11 +54,12 @@ class SASRec(nn.Module):
         )
         init_normal_(self, init_std)
 
-    def forward(self, item_ids: Tensor) -> Tensor:
+    def forward(self, item_ids: Tensor, last_only: bool = False) -> Tensor:
+        """(B, L) -> (B, L, D); `last_only` -> (B, 1, D), the last column's state only."""
         is_item = item_ids != 0  # (B, L)
         hidden = self.positional_input(self.item_embedding(item_ids))  # (B, L, D)
-        return self.encoder(hidden, is_item)  # (B, L, D)
+        return self.encoder(hidden, is_item, last_only)  # (B, L, D) or (B, 1, D)
 
     def predict_hidden(self, item_ids: Tensor) -> Tensor:
         """(B, L) histories -> (B, D): the last column's state scores the next item."""
-        return self(item_ids)[:, -1]
+        return self(item_ids, last_only=True)[:, 0]

@@ -91,19 +91,23 @@ class SelfAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
 
-    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
+        """(B, L, D) -> (B, L, D), or (B, 1, D) for the last column only when `last_only`
+        (prediction needs one state: skip the other queries' attention and feed-forward)."""
         batch, width, size = hidden.shape
         # (B, L, 3D) -> 3 x (B, H, L, D / H)
         qkv = self.qkv(hidden).view(batch, width, 3, self.num_heads, size // self.num_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if last_only:
+            query, mask, hidden = query[:, :, -1:], mask[:, :, -1:], hidden[:, -1:]
         context = F.scaled_dot_product_attention(
             query,
             key,
             value,
-            attn_mask=mask,  # (B, 1, L, L) bool, broadcast over heads
+            attn_mask=mask,  # (B, 1, L or 1, L) bool, broadcast over heads
             dropout_p=self.attention_dropout if self.training else 0.0,
-        )  # (B, H, L, D / H)
-        context = context.transpose(1, 2).reshape(batch, width, size)  # (B, L, D)
+        )  # (B, H, L or 1, D / H)
+        context = context.transpose(1, 2).reshape(batch, query.shape[2], size)  # (B, L or 1, D)
         return self.norm(hidden + self.dropout(self.out(context)))
 
 
@@ -135,8 +139,8 @@ class TransformerBlock(nn.Module):
         self.attention = SelfAttention(hidden_size, num_heads, dropout, attention_dropout)
         self.feed_forward = FeedForward(hidden_size, inner_size, dropout)
 
-    def forward(self, hidden: Tensor, mask: Tensor) -> Tensor:
-        return self.feed_forward(self.attention(hidden, mask))
+    def forward(self, hidden: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
+        return self.feed_forward(self.attention(hidden, mask, last_only))
 
 
 class PositionalInput(nn.Module):
@@ -179,9 +183,11 @@ class TransformerEncoder(nn.Module):
             for _ in range(num_layers)
         )
 
-    def forward(self, hidden: Tensor, is_item: Tensor) -> Tensor:
-        """hidden (B, L, D), is_item (B, L) bool True at non-padding -> (B, L, D)."""
+    def forward(self, hidden: Tensor, is_item: Tensor, last_only: bool = False) -> Tensor:
+        """hidden (B, L, D), is_item (B, L) bool True at non-padding -> (B, L, D); with
+        `last_only`, (B, 1, D): the final block computes only the last column's query."""
         mask = attention_mask(is_item, self.causal)  # built once, shared by all layers
-        for block in self.blocks:
-            hidden = block(hidden, mask)
+        last = len(self.blocks) - 1
+        for index, block in enumerate(self.blocks):
+            hidden = block(hidden, mask, last_only=last_only and index == last)
         return hidden

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import copy
 import time
 from dataclasses import dataclass, field
@@ -174,14 +175,22 @@ def _batch_loss(
     generator: torch.Generator,
     cdf: torch.Tensor | None,
 ) -> torch.Tensor:
-    hidden = step_model(batch.inputs)  # (B, W, D)
-    at_positions = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.positions)  # (N, D)
+    if loss.positions == "last" and _has_last_only(model):
+        # Only the last column is trained: skip the other queries of the final block.
+        at_positions = step_model(batch.inputs, last_only=True)[:, -1]  # (B, D)
+    else:
+        hidden = step_model(batch.inputs)  # (B, W, D)
+        at_positions = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.positions)
     negatives = None
     if loss.negatives > 0:
         negatives = sample_negatives(batch.targets, loss.negatives, model.n_items,  # type: ignore[arg-type]
                                      generator, cdf)
     inputs = LossInputs(at_positions, batch.targets, scoring_table(model), negatives)  # type: ignore[arg-type]
     return loss.spec.fn(inputs, loss.params)
+
+
+def _has_last_only(model: torch.nn.Module) -> bool:
+    return "last_only" in inspect.signature(model.forward).parameters
 
 
 def _candidates(config: TrainConfig, evaluation_set: Any, item_counts: torch.Tensor,

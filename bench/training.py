@@ -1,0 +1,152 @@
+"""Training and validation speed of sasrec x {bce, improved}, with efficiency, plus the
+bounded-memory check on a 1,000,000-item catalogue.
+
+    python bench/training.py                      # lastfm and beauty-s3rec, 2 epochs each
+    python bench/training.py --json               # the same numbers as JSON
+    python bench/training.py --million-items      # only the 1M-item memory check
+
+Efficiency = useful FLOPs / (training seconds x matmul FLOP/s measured just before on the
+shapes that dominate this workload). Useful FLOPs count non-padding positions only, analytically:
+per position and layer 24 D^2 (projections and feed-forward) + 4 c D (attention over c keys),
+plus the loss's scoring (2 D V for the full softmax, 2 D (1 + K) for K negatives), times 3 for
+forward + backward. Datasets come from `--data-dir` (prepared with `lossbench preprocess`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lossbench.data.prepared import PreparedDataset, ensure_prepared
+from lossbench.paths import default_data_dir
+from lossbench.training.config import build_config
+from lossbench.training.loop import train_run
+
+
+def matmul_flops(m: int, k: int, n: int, repeats: int = 3) -> float:
+    """FLOP/s of an (m x k) @ (k x n) fp32 matmul, best of `repeats`."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n / best
+
+
+def workload_flops(hidden: int, n_items: int, positions: int = 12800) -> float:
+    """FLOP/s of the three scoring matmuls of a full-softmax step, weighted by their work:
+    logits (N x D @ D x V), grad of hidden states (N x V @ V x D), grad of items (D x N @ N x V)."""
+    seconds = sum(
+        2 * m * k * n / matmul_flops(m, k, n)
+        for m, k, n in ((positions, hidden, n_items), (positions, n_items, hidden),
+                        (hidden, positions, n_items))
+    )
+    return 3 * 2 * positions * hidden * n_items / seconds
+
+
+def useful_flops_per_epoch(dataset: PreparedDataset, config: dict[str, Any], loss: str,
+                           negatives: int) -> float:
+    d, layers, max_len = config["hidden_size"], config["num_layers"], config["max_len"]
+    lengths = np.minimum(dataset.train_lengths, max_len + 1) - 1  # training positions per user
+    lengths = lengths[lengths > 0].astype(np.float64)
+    positions = lengths.sum()
+    keys = (lengths * (lengths + 1) / 2).sum()  # causal attention: position i sees i + 1 keys
+    encoder = layers * (24 * d * d * positions + 4 * d * keys)
+    scoring = 2 * d * dataset.n_items * positions if loss == "improved" else 2 * d * (1 + negatives) * positions
+    return 3 * (encoder + scoring)
+
+
+def bench_dataset(name: str, loss: str, data_dir: Path, epochs: int, precision: str) -> dict[str, Any]:
+    dataset = ensure_prepared(data_dir, name)
+    config = build_config(overrides={
+        "dataset": name, "model": "sasrec", "loss": loss, "max_epochs": epochs,
+        "patience": epochs + 1, "precision": precision, "device": "cpu",
+    })
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = train_run(config, dataset, Path(run_dir))
+    # The first epoch pays for warm-up (allocator, kernels): report the fastest.
+    train_seconds = min(h["train_seconds"] for h in result.history)
+    valid_seconds = min(h["eval_seconds"] for h in result.history)
+
+    settings = result.config["model_settings"]
+    negatives = result.config["loss_settings"]["negatives"]
+    useful = useful_flops_per_epoch(dataset, settings, loss, negatives)
+    reference = workload_flops(settings["hidden_size"], dataset.n_items + 1)
+    square = matmul_flops(2048, 2048, 2048)
+    return {
+        "dataset": name, "loss": loss, "precision": precision,
+        "train_seconds_per_epoch": train_seconds, "validation_seconds": valid_seconds,
+        "peak_memory_mb": result.metrics["peak_memory_mb"],
+        "useful_gflop_per_epoch": useful / 1e9,
+        "workload_matmul_gflops": reference / 1e9, "square_matmul_gflops": square / 1e9,
+        "efficiency": useful / (train_seconds * reference),
+        "efficiency_vs_square_peak": useful / (train_seconds * square),
+    }
+
+
+def bench_million_items(steps: int = 2) -> dict[str, Any]:
+    """sasrec + improved, batch 128 x length 50, on random sequences over 1,000,000 items."""
+    n_items, users, length = 1_000_000, 128, 51
+    rng = np.random.default_rng(0)
+    dataset = PreparedDataset(
+        name="million", n_items=n_items,
+        train_offsets=np.arange(users + 1, dtype=np.int64) * length,
+        train_items=rng.integers(1, n_items + 1, users * length),
+        valid_items=rng.integers(1, n_items + 1, users),
+        test_items=rng.integers(1, n_items + 1, users),
+    )
+    config = build_config(overrides={
+        "dataset": "million", "model": "sasrec", "loss": "improved", "batch_size": 128,
+        "max_epochs": steps, "patience": steps + 1, "device": "cpu", "eval_batch_size": 128,
+    })
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = train_run(config, dataset, Path(run_dir))
+    return {
+        "n_items": n_items, "batch": "128 x 50", "steps": steps,
+        "seconds_per_step": min(h["train_seconds"] for h in result.history),
+        "total_seconds": time.perf_counter() - start,
+        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--datasets", default="lastfm,beauty-s3rec")
+    parser.add_argument("--losses", default="bce,improved")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--million-items", action="store_true", help="only the 1M-item check")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+
+    rows: list[dict[str, Any]] = []
+    if args.million_items:
+        rows.append(bench_million_items())
+    else:
+        for name in args.datasets.split(","):
+            for loss in args.losses.split(","):
+                rows.append(bench_dataset(name, loss, args.data_dir, args.epochs, args.precision))
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for row in rows:
+        print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+
+
+if __name__ == "__main__":
+    main()

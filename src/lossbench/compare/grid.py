@@ -1,0 +1,183 @@
+"""A comparison as a grid: datasets x models x losses x seeds, one run folder per cell.
+
+Every run of one (dataset, model) shares one base `TrainConfig`; the runs differ only in
+`loss` and `seed` (`model_copy(update=...)`), which is what makes the comparison fair.
+Run folders are `OUT/<dataset>/<model>/<loss>/seed<N>/`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lossbench.errors import LossbenchError
+from lossbench.losses import LOSSES
+from lossbench.models import MODELS, model_config
+from lossbench.training.config import TrainConfig, build_config, read_toml
+from lossbench.training.run_files import CONFIG_FILE, is_finished
+from lossbench.training.setup import resolve_loss
+
+ORIGINAL = "original"  # in a grid's losses: each model's published loss
+DEMO_LOSSES = ["bce", "ce", "improved"]
+DEMO_SEEDS = [0, 1, 2]
+# The synthetic demo must finish in a few minutes on 2 cores: cap its epochs. These form a
+# layer under the grid's [settings] and the CLI flags, so either can lift the cap.
+SYNTHETIC_DEMO_SETTINGS: dict[str, Any] = {"max_epochs": 30, "patience": 5}
+
+RunState = Literal["finished", "changed", "missing"]
+
+
+class Grid(BaseModel):
+    """The `[grid]` table of a grid TOML (or the lists given on the command line)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    datasets: list[str] = Field(default_factory=lambda: ["synthetic"])
+    models: list[str] = Field(default_factory=lambda: ["sasrec"])
+    losses: list[str] = Field(default_factory=lambda: list(DEMO_LOSSES))
+    seeds: list[int] = Field(default_factory=lambda: list(DEMO_SEEDS))
+    baseline: str = ORIGINAL  # a loss name, or each model's own loss
+
+    @field_validator("datasets", "models", "losses", "seeds")
+    @classmethod
+    def _not_empty(cls, values: list[Any]) -> list[Any]:
+        if not values:
+            raise ValueError("must list at least one value")
+        return list(dict.fromkeys(values))  # drop repeats, keep order
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name not in MODELS:
+                raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+        return names
+
+    @field_validator("losses")
+    @classmethod
+    def _known_losses(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name != ORIGINAL and name not in LOSSES:
+                valid = ", ".join([*LOSSES, ORIGINAL])
+                raise ValueError(f"unknown loss {name!r}; choose from {valid}")
+        return names
+
+    @field_validator("baseline")
+    @classmethod
+    def _known_baseline(cls, name: str) -> str:
+        if name != ORIGINAL and name not in LOSSES:
+            raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+        return name
+
+    def losses_for(self, model: str) -> list[str]:
+        """This model's losses, `original` replaced by its published loss, repeats dropped."""
+        named = [MODELS[model].default_loss if name == ORIGINAL else name for name in self.losses]
+        return list(dict.fromkeys(named))
+
+    def baseline_for(self, model: str) -> str:
+        """The explicit baseline; else the model's own loss if it is compared, else the first."""
+        losses = self.losses_for(model)
+        if self.baseline != ORIGINAL:
+            if self.baseline not in losses:
+                raise LossbenchError(
+                    f"baseline {self.baseline!r} is not among the compared losses "
+                    f"({', '.join(losses)}); add it to the losses or pick one of them"
+                )
+            return self.baseline
+        own = MODELS[model].default_loss
+        return own if own in losses else losses[0]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    config: TrainConfig
+    run_dir: Path
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        return f"{c.dataset} {c.model} + {c.loss_name}, seed {c.seed}"
+
+
+def make_grid(values: dict[str, Any], source: str) -> Grid:
+    """Validate grid values; a problem names the field (`invalid grid.losses in F: ...`)."""
+    try:
+        return Grid.model_validate(values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = f"unknown field; valid fields are: {', '.join(Grid.model_fields)}"
+        raise LossbenchError(f"invalid grid.{where} in {source}: {message}") from None
+
+
+def read_grid_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `[grid]` and `[settings]` tables of a grid TOML (other tables are an error)."""
+    document = read_toml(path)
+    unknown = sorted(set(document) - {"grid", "settings"})
+    if unknown:
+        raise LossbenchError(
+            f"invalid {unknown[0]} in {path}: a grid file holds only [grid] and [settings]"
+        )
+    grid, settings = document.get("grid", {}), document.get("settings", {})
+    for name in ("dataset", "model", "loss", "seed"):
+        if name in settings:
+            raise LossbenchError(
+                f"invalid settings.{name} in {path}: set it in [grid] as {name}s = [...]"
+            )
+    return dict(grid), dict(settings)
+
+
+def merge_settings(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Later layers win; `model_settings` merge key by key; None means "not given"."""
+    merged: dict[str, Any] = {}
+    model_settings: dict[str, Any] = {}
+    for layer in layers:
+        model_settings.update(layer.get("model_settings") or {})
+        merged.update({k: v for k, v in layer.items() if k != "model_settings" and v is not None})
+    if model_settings:
+        merged["model_settings"] = model_settings
+    return merged
+
+
+def plan_runs(grid: Grid, settings: dict[str, Any], out_dir: Path) -> list[PlannedRun]:
+    """Every (dataset, model, loss, seed) as a validated config and its run folder.
+
+    `settings` are TrainConfig fields shared by all runs (grid [settings] under CLI flags).
+    Loss/model mismatches (bce on bert4rec) fail here, before anything trains.
+    """
+    planned: list[PlannedRun] = []
+    for dataset in grid.datasets:
+        demo = SYNTHETIC_DEMO_SETTINGS if dataset == "synthetic" else {}
+        for model in grid.models:
+            layers = merge_settings(demo, settings, {"dataset": dataset, "model": model})
+            base = build_config(overrides=layers)
+            model_config(model, base.model_settings)  # unknown model settings fail now
+            grid.baseline_for(model)  # fails early when the baseline is not compared
+            for loss in grid.losses_for(model):
+                loss_config = base.model_copy(update={"loss": loss})
+                resolve_loss(loss_config)
+                for seed in grid.seeds:
+                    config = loss_config.model_copy(update={"seed": seed})
+                    planned.append(PlannedRun(config, run_folder(out_dir, config)))
+    return planned
+
+
+def run_folder(out_dir: Path, config: TrainConfig) -> Path:
+    return out_dir / config.dataset / config.model / config.loss_name / f"seed{config.seed}"
+
+
+def run_state(run: PlannedRun) -> RunState:
+    """finished: metrics.json present and the saved config equals the requested one."""
+    if not is_finished(run.run_dir):
+        return "missing"
+    try:
+        saved = json.loads((run.run_dir / CONFIG_FILE).read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return "changed"
+    return "finished" if saved == run.config.model_dump(mode="json") else "changed"

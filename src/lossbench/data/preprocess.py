@@ -1,0 +1,257 @@
+"""Raw interactions -> the prepared format (see `prepared.py`), with polars.
+
+Steps, in order: rating threshold, chronological order (stable: file order breaks ties),
+deduplication (first (user, item) kept), iterative k-core until stable, users with fewer than
+3 interactions dropped (leave-one-out needs train, valid and test), contiguous ids 1..n
+(numeric order when every original id is numeric), leave-one-out split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from lossbench.data import synthetic
+from lossbench.data.download import (
+    attributes_path,
+    interactions_path,
+    is_downloaded,
+    source_sha256,
+)
+from lossbench.data.prepared import FORMAT_VERSION, prepared_dir, read_meta
+from lossbench.data.readers import read_interactions, read_item_attributes
+from lossbench.data.registry import Protocol, Registry, get_dataset
+from lossbench.errors import LossbenchError
+
+MIN_SEQUENCE = 3  # train (>= 1 item), valid, test
+
+
+@dataclass(frozen=True)
+class PreparedTables:
+    """The prepared files as polars frames, before (or instead of) writing them."""
+
+    interactions: pl.DataFrame  # user, item (Int32), timestamp (Int64); chronological per user
+    users: pl.DataFrame  # user (Int32) -> original_id (String)
+    items: pl.DataFrame  # item (Int32) -> original_id (String)
+    split: pl.DataFrame  # user, train_items (list[Int32]), valid_item, test_item
+    item_attributes: pl.DataFrame | None  # item, attributes (list[Int32]); every item 1..n
+    n_attributes: int
+    report: dict[str, int]  # rows (or users) left after each step
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    name: str
+    meta: dict[str, Any]
+    skipped: bool  # True when an identical preparation already existed
+    path: Path
+
+
+def k_core(frame: pl.DataFrame, user_core: int, item_core: int) -> pl.DataFrame:
+    """Drop users with < user_core rows and items with < item_core rows until nothing changes.
+
+    The k-core is unique, so removing both sides at once converges to the same result.
+    """
+    if user_core <= 1 and item_core <= 1:
+        return frame
+    while True:
+        kept = frame.filter(
+            (pl.len().over("user") >= user_core) & (pl.len().over("item") >= item_core)
+        )
+        if kept.height == frame.height:
+            return kept
+        frame = kept
+
+
+def _dense_ids(column: pl.Series) -> pl.Series:
+    """1..n in numeric order of the original ids when all are integers, else string order."""
+    key = column
+    if column.dtype == pl.String:
+        as_int = column.cast(pl.Int64, strict=False)
+        key = as_int if as_int.null_count() == 0 else column
+    return key.rank("dense").cast(pl.Int32)
+
+
+def clean(raw: pl.DataFrame, protocol: Protocol) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Filter and order raw interactions; returns `user, item, timestamp` with original ids."""
+    report = {"raw_interactions": raw.height}
+    lazy = raw.lazy()
+    if protocol.min_rating is not None:
+        rating = pl.col("rating")
+        lazy = lazy.filter(rating.is_null() | (rating >= protocol.min_rating))
+    # Stable sort: rows with equal timestamps keep their file order.
+    frame = (
+        lazy.select("user", "item", "timestamp")
+        .sort("user", "timestamp", maintain_order=True)
+        .collect()
+    )
+    report["after_rating_filter"] = frame.height
+    if protocol.dedup:
+        frame = frame.unique(["user", "item"], keep="first", maintain_order=True)
+    report["after_dedup"] = frame.height
+    frame = k_core(frame, protocol.user_core, protocol.item_core)
+    report["after_k_core"] = frame.height
+    lengths = frame.group_by("user").len()
+    report["users_too_short"] = lengths.filter(pl.col("len") < MIN_SEQUENCE).height
+    if report["users_too_short"]:
+        frame = k_core(frame, max(protocol.user_core, MIN_SEQUENCE), protocol.item_core)
+    report["interactions"] = frame.height
+    if frame.height == 0:
+        raise LossbenchError(
+            "nothing is left after filtering (no user keeps 3 interactions); "
+            "lower --min-rating, --user-core or --item-core"
+        )
+    return frame, report
+
+
+def build_tables(
+    raw: pl.DataFrame, protocol: Protocol, attributes: pl.DataFrame | None = None
+) -> PreparedTables:
+    """Everything `preprocess` writes, in memory. `attributes`: long `item`, `attribute`."""
+    frame, report = clean(raw, protocol)
+    frame = frame.with_columns(user_id=_dense_ids(frame["user"]), item_id=_dense_ids(frame["item"]))
+    users = _id_map(frame, "user")
+    items = _id_map(frame, "item")
+    interactions = frame.select(
+        user=pl.col("user_id"), item=pl.col("item_id"), timestamp=pl.col("timestamp")
+    ).sort("user", maintain_order=True)  # stable: chronological order within a user stays
+    sequences = interactions.group_by("user", maintain_order=True).agg(pl.col("item"))
+    length = pl.col("item").list.len()
+    split = sequences.select(
+        "user",
+        train_items=pl.col("item").list.slice(0, length - 2),
+        valid_item=pl.col("item").list.get(-2),
+        test_item=pl.col("item").list.get(-1),
+    )
+    item_attributes, n_attributes = (None, 0)
+    if attributes is not None:
+        item_attributes, n_attributes = _map_attributes(attributes, items)
+    return PreparedTables(interactions, users, items, split, item_attributes, n_attributes, report)
+
+
+def _id_map(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    return (
+        frame.select(
+            pl.col(f"{column}_id").alias(column), original_id=pl.col(column).cast(pl.String)
+        )
+        .unique(column)
+        .sort(column)
+    )
+
+
+def _map_attributes(attributes: pl.DataFrame, items: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Attributes of the kept items only, attribute ids made contiguous 1..n_attributes."""
+    mapped = (
+        attributes.select(original_id=pl.col("item").cast(pl.String), attribute="attribute")
+        .join(items, on="original_id", how="inner")
+        .select("item", "attribute")
+        .unique()
+    )
+    mapped = mapped.with_columns(attribute=_dense_ids(mapped["attribute"]))
+    n_attributes = mapped["attribute"].n_unique() if mapped.height else 0
+    per_item = mapped.group_by("item").agg(attributes=pl.col("attribute").sort())
+    table = items.select("item").join(per_item, on="item", how="left").sort("item")
+    empty = pl.lit([], dtype=pl.List(pl.Int32))
+    return table.with_columns(pl.col("attributes").fill_null(empty)), n_attributes
+
+
+def summary_stats(tables: PreparedTables) -> dict[str, Any]:
+    lengths = tables.split["train_items"].list.len() + 2
+    n_users, n_items = tables.users.height, tables.items.height
+    return {
+        "n_users": n_users,
+        "n_items": n_items,
+        "n_interactions": tables.interactions.height,
+        "n_attributes": tables.n_attributes,
+        "mean_length": float(lengths.mean() or 0.0),
+        "median_length": float(lengths.median() or 0.0),
+        "min_length": int(lengths.min() or 0),  # type: ignore[arg-type]
+        "max_length": int(lengths.max() or 0),  # type: ignore[arg-type]
+        "density": tables.interactions.height / (n_users * n_items),
+    }
+
+
+def preprocess_dataset(
+    data_dir: Path,
+    name: str,
+    *,
+    overrides: dict[str, Any] | None = None,
+    force: bool = False,
+    registry: Registry | None = None,
+) -> PrepareResult:
+    """Prepare `name` under `<data_dir>/<name>/prepared`; a no-op when already prepared alike."""
+    entry = get_dataset(name, registry)
+    protocol = Protocol.model_validate({**entry.protocol.model_dump(), **(overrides or {})})
+    if entry.generator is not None:
+        sources: dict[str, Any] = {"generator": entry.generator.model_dump()}
+    elif not is_downloaded(data_dir, entry):
+        raise LossbenchError(f"dataset {name} is not downloaded: run `lossbench download {name}`")
+    else:
+        sources = {"sha256": source_sha256(data_dir, entry)}
+    identity = {
+        "format_version": FORMAT_VERSION,
+        "format": entry.format,
+        "member": entry.member,
+        "protocol": protocol.model_dump(),
+        "sources": sources,
+    }
+    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    target = prepared_dir(data_dir, name)
+    existing = read_meta(target)
+    if not force and existing is not None and existing.get("fingerprint") == fingerprint:
+        return PrepareResult(name, existing, True, target)
+
+    attributes: pl.DataFrame | None
+    if entry.generator is not None:
+        raw, attributes = synthetic.generate_interactions(**entry.generator.model_dump())
+    else:
+        raw = read_interactions(interactions_path(data_dir, entry), entry.format)
+        attributes_file = attributes_path(data_dir, entry)
+        attributes = read_item_attributes(attributes_file) if attributes_file else None
+    tables = build_tables(raw, protocol, attributes)
+    meta = {
+        "name": name,
+        **summary_stats(tables),
+        "report": tables.report,
+        **identity,
+        "fingerprint": fingerprint,
+    }
+    write_prepared(target, tables, meta)
+    return PrepareResult(name, meta, False, target)
+
+
+def write_prepared(target: Path, tables: PreparedTables, meta: dict[str, Any]) -> None:
+    """Write every file into a temporary folder beside `target`, then swap it in."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=".prepared-"))
+    except OSError as error:
+        raise LossbenchError(
+            f"cannot write to {target.parent} ({error.strerror}); "
+            "pass --data-dir (or LOSSBENCH_DATA_DIR) a writable folder"
+        ) from None
+    retired = target.parent / f".retired-{temporary.name}"
+    try:
+        tables.split.write_parquet(temporary / "split.parquet")
+        tables.interactions.write_parquet(temporary / "interactions.parquet")
+        tables.users.write_parquet(temporary / "users.parquet")
+        tables.items.write_parquet(temporary / "items.parquet")
+        if tables.item_attributes is not None:
+            tables.item_attributes.write_parquet(temporary / "item_attributes.parquet")
+        (temporary / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        if target.exists():
+            os.replace(target, retired)
+        os.replace(temporary, target)
+    except OSError as error:
+        raise LossbenchError(f"cannot write {target} ({error}); free space and retry") from None
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)

@@ -1,0 +1,230 @@
+"""Ranking the target item: full catalogue ranking and sampled ranking.
+
+Ranks start at 1 and count every item scoring >= the target, so ties count against the
+target: a model whose scores collapse to a constant gets the worst rank, never the best.
+NaN scores count as -inf. Only items 1..n_items are ranked (never padding or mask ids).
+Scores are computed in float32 with autocast off: bf16 scores would create spurious ties.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lossbench.errors import LossbenchError
+
+
+def _scores(hidden: Tensor, rows: Tensor) -> Tensor:
+    """hidden (B, D) x rows (..., D) -> fp32 scores, NaN replaced by -inf."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        if rows.ndim == 2:
+            scores = hidden.float() @ rows.float().T  # (B, n_items)
+        else:
+            scores = torch.bmm(rows.float(), hidden.float().unsqueeze(-1)).squeeze(-1)  # (B, N)
+    return torch.where(torch.isnan(scores), float("-inf"), scores)
+
+
+def masked_scores(
+    hidden: Tensor,
+    item_embeddings: Tensor,
+    targets: Tensor,
+    seen_rows: Tensor,
+    seen_items: Tensor,
+) -> Tensor:
+    """(B, n_items) fp32 scores of items 1..n_items (column i - 1 is item i).
+
+    Seen items (pairs row index, item id) get -inf; each row's target keeps its score even if
+    seen, so a repeated item is still rankable. NaN scores become -inf.
+    """
+    scores = _scores(hidden, item_embeddings[1:])  # (B, n_items)
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    target_scores = scores[rows, targets - 1]  # (B,)
+    scores.index_put_(
+        (seen_rows, seen_items - 1), torch.tensor(float("-inf"), device=scores.device)
+    )
+    scores[rows, targets - 1] = target_scores  # never mask the target itself
+    return scores
+
+
+def full_ranking_ranks(
+    hidden: Tensor,
+    item_embeddings: Tensor,
+    targets: Tensor,
+    seen_rows: Tensor,
+    seen_items: Tensor,
+) -> Tensor:
+    """(B,) int64 rank of each target among items 1..n_items, seen items excluded.
+
+    hidden (B, D); item_embeddings (n_items + 1, D), row 0 padding; targets (B,) in
+    1..n_items; seen_rows / seen_items (S,) pairs (batch row, item id), S may be 0.
+    """
+    scores = masked_scores(hidden, item_embeddings, targets, seen_rows, seen_items)
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    target_scores = scores[rows, targets - 1].unsqueeze(1)  # (B, 1)
+    return (scores >= target_scores).sum(dim=1)  # counts the target itself: rank >= 1
+
+
+def full_ranking_topk(
+    hidden: Tensor,
+    item_embeddings: Tensor,
+    targets: Tensor,
+    seen_rows: Tensor,
+    seen_items: Tensor,
+    k: int,
+) -> Tensor:
+    """(B, k) int64 item ids, best first, consistent with `full_ranking_ranks`.
+
+    The target's score is nudged to the next float below it, so among equal scores it comes
+    last: its position in the list + 1 equals its rank whenever that rank is <= k.
+    """
+    scores = masked_scores(hidden, item_embeddings, targets, seen_rows, seen_items)
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    target_scores = scores[rows, targets - 1]
+    scores[rows, targets - 1] = torch.nextafter(
+        target_scores, torch.full_like(target_scores, -1e38)
+    )
+    return torch.topk(scores, min(k, scores.shape[1]), dim=1).indices + 1
+
+
+def sampled_ranks(
+    hidden: Tensor, item_embeddings: Tensor, targets: Tensor, candidates: Tensor
+) -> Tensor:
+    """(B,) int64 rank of each target among itself and its N candidates (B, N), ties against."""
+    target_scores = _scores(hidden, item_embeddings[targets].unsqueeze(1))  # (B, 1)
+    candidate_scores = _scores(hidden, item_embeddings[candidates])  # (B, N)
+    return 1 + (candidate_scores >= target_scores).sum(dim=1)
+
+
+def batch_seen_pairs(offsets: Tensor, items: Tensor, user_rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Seen (batch row, item id) pairs for the users `user_rows` (B,) of a CSR history.
+
+    offsets (U + 1,) int64 and items (T,) int64 on the evaluation device; row b of the batch
+    gets items[offsets[u]:offsets[u + 1]] for u = user_rows[b]. Vectorized, no Python loop.
+    """
+    starts, ends = offsets[user_rows], offsets[user_rows + 1]
+    lengths = ends - starts  # (B,)
+    batch_rows = torch.repeat_interleave(torch.arange(len(user_rows), device=items.device), lengths)
+    # position of each pair inside its user's slice: global index - first index of its row
+    first = torch.cumsum(lengths, 0) - lengths  # (B,)
+    within = torch.arange(len(batch_rows), device=items.device) - first[batch_rows]
+    return batch_rows, items[starts[batch_rows] + within]
+
+
+SamplingBy = Literal["uniform", "popularity"]
+_MAX_REJECTION_ROUNDS = 64
+
+
+def sample_eval_candidates(
+    n_negatives: int,
+    n_items: int,
+    seen_offsets: np.ndarray | Tensor,
+    seen_items: np.ndarray | Tensor,
+    targets: np.ndarray | Tensor,
+    by: SamplingBy = "uniform",
+    item_counts: np.ndarray | Tensor | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """(U, N) int64 CPU candidates per user: distinct, never seen, never the target.
+
+    seen_offsets (U + 1,) / seen_items (T,) are the users' histories in CSR form; targets (U,).
+    `popularity` draws proportionally to `item_counts` (indexed by item id, entry 0 ignored).
+    Rejection sampling on sorted user * (n_items + 1) + item keys, resampling collisions a few
+    rounds; the rare rows still short after that are drawn exactly (weighted random keys).
+    Deterministic per seed.
+    """
+    offsets, items = _int64(seen_offsets), _int64(seen_items)
+    target_ids = _int64(targets)
+    n_users, width = len(target_ids), n_items + 1
+    weights = _sampling_weights(n_items, by, item_counts)  # (n_items,) float64
+    users_of_seen = np.repeat(np.arange(n_users), np.diff(offsets))
+    forbidden = np.unique(
+        np.concatenate([users_of_seen * width + items, np.arange(n_users) * width + target_ids])
+    )  # sorted keys user * width + item
+    forbidden_drawable = np.bincount(
+        forbidden // width, weights=weights[forbidden % width - 1] > 0, minlength=n_users
+    )
+    short = int(np.count_nonzero(weights > 0)) - forbidden_drawable < n_negatives
+    if n_users and short.any():
+        raise LossbenchError(
+            f"{int(short.sum())} users have fewer than {n_negatives} unseen items to sample "
+            "as evaluation candidates; lower the number of sampled negatives"
+        )
+    rng = np.random.default_rng(seed)
+    cdf = np.cumsum(weights) / weights.sum()
+    cdf[-1] = 1.0
+
+    def draw(size: int | tuple[int, int]) -> np.ndarray:
+        picked = np.searchsorted(cdf, rng.random(size), side="right")
+        return np.minimum(picked, n_items - 1) + 1
+
+    user_column = np.arange(n_users)[:, None] * width  # (U, 1)
+    candidates = draw((n_users, n_negatives))
+    for _ in range(_MAX_REJECTION_ROUNDS):
+        invalid = _in_sorted(user_column + candidates, forbidden) | _later_duplicates(candidates)
+        if not invalid.any():
+            return torch.from_numpy(candidates)
+        candidates[invalid] = draw(int(invalid.sum()))
+    invalid = _in_sorted(user_column + candidates, forbidden) | _later_duplicates(candidates)
+    rows = np.flatnonzero(invalid.any(axis=1))
+    candidates[rows] = _exact_rows(rows, forbidden, width, weights, n_negatives, rng)
+    return torch.from_numpy(candidates)
+
+
+def _int64(values: np.ndarray | Tensor) -> np.ndarray:
+    if isinstance(values, Tensor):
+        return values.detach().cpu().numpy().astype(np.int64, copy=False)
+    return np.asarray(values, dtype=np.int64)
+
+
+def _sampling_weights(
+    n_items: int, by: SamplingBy, item_counts: np.ndarray | Tensor | None
+) -> np.ndarray:
+    if by == "uniform":
+        return np.ones(n_items, dtype=np.float64)
+    if by != "popularity":
+        raise LossbenchError(f"unknown candidate sampler '{by}'; valid: uniform, popularity")
+    if item_counts is None:
+        raise LossbenchError("popularity sampling needs item_counts")
+    counts = _int64(item_counts)[1:].astype(np.float64)
+    if counts.shape != (n_items,) or (counts < 0).any() or counts.sum() <= 0:
+        raise LossbenchError("item_counts must hold n_items + 1 non-negative counts, some > 0")
+    return counts
+
+
+def _in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """Boolean mask of `keys` present in the sorted 1-d array `sorted_keys`."""
+    if len(sorted_keys) == 0:
+        return np.zeros(keys.shape, dtype=bool)
+    index = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[index] == keys
+
+
+def _later_duplicates(candidates: np.ndarray) -> np.ndarray:
+    """(U, N) True where a value already appeared earlier in its row."""
+    order = np.argsort(candidates, axis=1, kind="stable")
+    ordered = np.take_along_axis(candidates, order, axis=1)
+    repeated = np.zeros(candidates.shape, dtype=bool)
+    repeated[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    duplicates = np.zeros(candidates.shape, dtype=bool)
+    np.put_along_axis(duplicates, order, repeated, axis=1)
+    return duplicates
+
+
+def _exact_rows(
+    rows: np.ndarray,
+    forbidden: np.ndarray,
+    width: int,
+    weights: np.ndarray,
+    n_negatives: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(R, N) weighted sampling without replacement for `rows` (Efraimidis-Spirakis keys)."""
+    with np.errstate(divide="ignore"):
+        keys = -np.log(rng.random((len(rows), len(weights)))) / weights  # (R, n_items)
+    users, items = forbidden // width, forbidden % width
+    keep = np.isin(users, rows)
+    keys[np.searchsorted(rows, users[keep]), items[keep] - 1] = np.inf
+    return np.argpartition(keys, n_negatives - 1, axis=1)[:, :n_negatives] + 1

@@ -1,0 +1,250 @@
+"""Losses: hand-computed values, parity with F.cross_entropy, chunked softmax, edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lossbench.errors import LossbenchError
+from lossbench.losses import LOSSES, LossInputs, LossParams, resolve_loss
+from lossbench.losses.binary import bce, binary_kernel, gbce, gbce_beta
+from lossbench.losses.full_softmax import chunked_logsumexp, full_softmax_ce
+from lossbench.losses.negatives import sampled_scores
+
+E = math.e
+PARAMS = LossParams()
+
+# Five items in 2-d. Row 0 (padding) scores 100 with h = (1, 0): it must never count.
+TABLE = torch.tensor(
+    [[100.0, 100.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [1.0, 1.0]],
+    dtype=torch.float64,
+)
+
+
+def one_position() -> LossInputs:
+    # h = (1, 0): scores of items 1..5 are 1, 0, -1, 0, 1. Target 2 (score 0); negatives
+    # 3 and 5 (scores -1 and 1).
+    return LossInputs(
+        hidden=torch.tensor([[1.0, 0.0]], dtype=torch.float64),
+        targets=torch.tensor([2]),
+        item_embeddings=TABLE,
+        negatives=torch.tensor([[3, 5]]),
+    )
+
+
+def sig(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+HAND_VALUES = {
+    # -(log sig(0) + (log sig(1) + log sig(-1)) / 2); (1 + e^-1)(1 + e) = 2 + e + 1/e
+    "bce": math.log(2) + 0.5 * math.log(2 + E + 1 / E),
+    # alpha = 2 / 4, beta = 0.5 * (0.75 * (1 - 2) + 2) = 0.625; negatives summed
+    "gbce": 0.625 * math.log(2) + math.log(2 + E + 1 / E),
+    "bpr": 0.5 * math.log(2 + E + 1 / E),
+    # weights e^-1 / (e + 1/e), e / (e + 1/e); e^-1 sig(1) + e sig(-1) = 1
+    "bpr-max": math.log(E + 1 / E),
+    # negative 3: sig(-1) + sig(1) = 1; negative 5: sig(1) + sig(1)
+    "top1": 0.5 + sig(1),
+    "top1-max": (1 / E * 1 + E * 2 * sig(1)) / (E + 1 / E),
+    # softmax over (0, -1, 1), class 0
+    "sampled-ce": math.log(1 + E + 1 / E),
+    # logsumexp over items 1..5 (1, 0, -1, 0, 1) minus the target's 0; never the padding row
+    "ce": math.log(2 + 2 * E + 1 / E),
+    "improved": math.log(2 + 2 * E + 1 / E),
+    "cce": math.log(2 + 2 * E + 1 / E),
+    "mlm": math.log(2 + 2 * E + 1 / E),
+}
+
+
+def test_registry_names_and_defaults() -> None:
+    assert set(LOSSES) == set(HAND_VALUES)
+    assert LOSSES["cce"] is LOSSES["improved"]
+    softmax = {LOSSES[name].fn for name in ("ce", "improved", "mlm")}
+    assert softmax == {full_softmax_ce}
+    expected = {
+        "bce": ("all", 1),
+        "ce": ("last", 0),
+        "improved": ("all", 0),
+        "bpr": ("last", 10),
+        "bpr-max": ("last", 10),
+        "top1": ("last", 10),
+        "top1-max": ("last", 10),
+        "sampled-ce": ("all", 128),
+        "gbce": ("all", 256),
+        "mlm": ("masked", 0),
+    }
+    for name, (positions, negatives) in expected.items():
+        assert (LOSSES[name].positions, LOSSES[name].negatives) == (positions, negatives)
+    assert PARAMS.gbce_t == 0.75
+
+
+def test_resolve_loss_lists_valid_names() -> None:
+    assert resolve_loss("bpr-max") is LOSSES["bpr-max"]
+    with pytest.raises(LossbenchError, match="valid losses: bce, ce, improved"):
+        resolve_loss("bce2")
+
+
+@pytest.mark.parametrize("name", sorted(HAND_VALUES))
+def test_hand_computed_values(name: str) -> None:
+    value = LOSSES[name].fn(one_position(), PARAMS)
+    assert value.item() == pytest.approx(HAND_VALUES[name], rel=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(HAND_VALUES))
+def test_mean_over_positions(name: str) -> None:
+    first = one_position()
+    second = LossInputs(
+        hidden=torch.tensor([[0.0, 2.0]], dtype=torch.float64),
+        targets=torch.tensor([5]),
+        item_embeddings=TABLE,
+        negatives=torch.tensor([[1, 4]]),
+    )
+    both = LossInputs(
+        hidden=torch.cat([first.hidden, second.hidden]),
+        targets=torch.cat([first.targets, second.targets]),
+        item_embeddings=TABLE,
+        negatives=torch.cat([first.negatives, second.negatives]),  # type: ignore[list-item]
+    )
+    fn = LOSSES[name].fn
+    expected = (fn(first, PARAMS) + fn(second, PARAMS)) / 2
+    torch.testing.assert_close(fn(both, PARAMS), expected)
+
+
+def random_batch(seed: int, n_items: int = 20, dim: int = 6) -> tuple[torch.Tensor, ...]:
+    """Left-padded (B, L) targets with hidden states (B, L, D) and a table, float64."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(3, 5, dim, generator=generator, dtype=torch.float64)
+    table = torch.randn(n_items + 1, dim, generator=generator, dtype=torch.float64)
+    targets = torch.randint(1, n_items + 1, (3, 5), generator=generator)
+    targets[0, :2] = 0  # padding on the left
+    targets[2, :4] = 0
+    return hidden, table, targets
+
+
+def test_improved_equals_cross_entropy_on_all_non_padding_positions() -> None:
+    hidden, table, targets = random_batch(0)
+    hidden.requires_grad_(True)
+    table.requires_grad_(True)
+    real = targets > 0
+    inputs = LossInputs(hidden=hidden[real], targets=targets[real], item_embeddings=table)
+    ours = LOSSES["improved"].fn(inputs, PARAMS)
+    logits = hidden @ table[1:].T  # (B, L, n_items)
+    reference = F.cross_entropy(logits.reshape(-1, 20), (targets - 1).reshape(-1), ignore_index=-1)
+    torch.testing.assert_close(ours, reference)
+    ours_grads = torch.autograd.grad(ours, (hidden, table))
+    reference_grads = torch.autograd.grad(reference, (hidden, table))
+    for mine, theirs in zip(ours_grads, reference_grads, strict=True):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_ce_equals_cross_entropy_on_last_position() -> None:
+    hidden, table, targets = random_batch(1)
+    inputs = LossInputs(hidden=hidden[:, -1], targets=targets[:, -1], item_embeddings=table)
+    reference = F.cross_entropy(hidden[:, -1] @ table[1:].T, targets[:, -1] - 1)
+    torch.testing.assert_close(LOSSES["ce"].fn(inputs, PARAMS), reference)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 20, 64])
+def test_chunked_softmax_matches_plain_values_and_grads(chunk: int) -> None:
+    hidden, table, targets = random_batch(2)
+    flat_hidden = hidden.reshape(-1, 6).clone().requires_grad_(True)
+    flat_table = table.clone().requires_grad_(True)
+    inputs = LossInputs(
+        hidden=flat_hidden, targets=targets.reshape(-1).clamp(min=1), item_embeddings=flat_table
+    )
+    plain = full_softmax_ce(inputs, LossParams(softmax_max_logits=10**9))
+    chunked = full_softmax_ce(inputs, LossParams(softmax_chunk=chunk, softmax_max_logits=0))
+    torch.testing.assert_close(chunked, plain, rtol=1e-12, atol=1e-12)
+    plain_grads = torch.autograd.grad(plain, (flat_hidden, flat_table))
+    chunked_grads = torch.autograd.grad(chunked, (flat_hidden, flat_table))
+    for mine, theirs in zip(chunked_grads, plain_grads, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
+    assert torch.all(chunked_grads[1][0] == 0)  # the padding row gets no gradient
+
+
+def test_chunked_logsumexp_gradcheck() -> None:
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(4, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    rows = torch.randn(7, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda h, r: chunked_logsumexp(h, r, 3), (hidden, rows))
+
+
+def test_chunked_softmax_under_bf16_autocast_accumulates_in_fp32() -> None:
+    hidden, table, targets = random_batch(4, n_items=50, dim=8)
+    hidden32 = hidden.reshape(-1, 8).float().requires_grad_(True)
+    table32 = table.float().requires_grad_(True)
+    inputs = LossInputs(
+        hidden=hidden32, targets=targets.reshape(-1).clamp(min=1), item_embeddings=table32
+    )
+    reference = full_softmax_ce(inputs, PARAMS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        chunked = full_softmax_ce(inputs, LossParams(softmax_chunk=16, softmax_max_logits=0))
+    assert chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, reference, rtol=2e-2, atol=2e-2)
+    grads = torch.autograd.grad(chunked, (hidden32, table32))
+    reference_grads = torch.autograd.grad(reference, (hidden32, table32))
+    for mine, theirs in zip(grads, reference_grads, strict=True):
+        assert mine.dtype == torch.float32
+        torch.testing.assert_close(mine, theirs, rtol=5e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("name", sorted(HAND_VALUES))
+@pytest.mark.parametrize("max_logits", [0, -1])  # -1 forces the chunked path even for N = 0
+def test_all_padding_gives_connected_zero(name: str, max_logits: int) -> None:
+    hidden = torch.zeros(0, 2, dtype=torch.float64, requires_grad=True)
+    table = TABLE.clone().requires_grad_(True)
+    inputs = LossInputs(
+        hidden=hidden,
+        targets=torch.zeros(0, dtype=torch.int64),
+        item_embeddings=table,
+        negatives=torch.zeros(0, 3, dtype=torch.int64),
+    )
+    value = LOSSES[name].fn(inputs, LossParams(softmax_max_logits=max_logits))
+    assert value.item() == 0.0
+    assert value.grad_fn is not None
+    value.backward()
+    assert table.grad is not None and torch.all(table.grad == 0)
+
+
+def test_gbce_identities() -> None:
+    inputs = one_position()
+    positive, negative = sampled_scores(inputs, "gbce")
+    summed = binary_kernel(positive, negative, beta=1.0, negative_reduction="sum")
+    assert gbce(inputs, LossParams(gbce_t=0.0)).item() == summed.item()
+    single = LossInputs(
+        hidden=inputs.hidden,
+        targets=inputs.targets,
+        item_embeddings=TABLE,
+        negatives=torch.tensor([[3]]),
+    )
+    assert gbce(single, LossParams(gbce_t=0.0)).item() == bce(single, PARAMS).item()
+
+
+def test_gbce_beta_by_hand() -> None:
+    assert gbce_beta(2, 5, 0.75) == pytest.approx(0.625)  # alpha = 0.5
+    assert gbce_beta(2, 5, 1.0) == pytest.approx(0.5)  # t = 1: beta = alpha
+    assert gbce_beta(256, 12102, 0.0) == pytest.approx(1.0)
+    with pytest.raises(LossbenchError):
+        gbce_beta(1, 1, 0.75)
+
+
+def test_binary_losses_stay_finite_for_extreme_scores() -> None:
+    inputs = LossInputs(
+        hidden=torch.tensor([[300.0, 0.0]]),
+        targets=torch.tensor([3]),  # score -300
+        item_embeddings=TABLE.float(),
+        negatives=torch.tensor([[1, 5]]),  # scores 300
+    )
+    for name in ("bce", "gbce", "bpr", "bpr-max", "top1", "top1-max", "sampled-ce"):
+        assert torch.isfinite(LOSSES[name].fn(inputs, PARAMS)), name
+
+
+@pytest.mark.parametrize("name", ["bce", "gbce", "bpr", "bpr-max", "top1", "top1-max"])
+def test_sampled_losses_require_negatives(name: str) -> None:
+    inputs = LossInputs(hidden=TABLE[1:2], targets=torch.tensor([1]), item_embeddings=TABLE)
+    with pytest.raises(LossbenchError, match="negative"):
+        LOSSES[name].fn(inputs, PARAMS)

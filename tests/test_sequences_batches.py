@@ -1,0 +1,88 @@
+"""Prepared splits -> padded tensors -> training batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lossbench.data.batches import TrainBatcher
+from lossbench.data.prepared import PreparedDataset
+from lossbench.data.sequences import append_column, build_sequence_tensors, last_items
+
+
+def tiny_dataset() -> PreparedDataset:
+    # user 1: train [1, 2, 3, 4], user 2: train [5], user 3: train [2, 6, 7]
+    return PreparedDataset(
+        name="tiny",
+        n_items=8,
+        train_offsets=np.array([0, 4, 5, 8]),
+        train_items=np.array([1, 2, 3, 4, 5, 2, 6, 7]),
+        valid_items=np.array([5, 6, 8]),
+        test_items=np.array([6, 7, 1]),
+    )
+
+
+def test_last_items_left_pads_and_truncates() -> None:
+    dataset = tiny_dataset()
+    matrix, lengths = last_items(dataset.train_offsets, dataset.train_items, 3)
+    assert matrix.tolist() == [[2, 3, 4], [0, 0, 5], [2, 6, 7]]
+    assert lengths.tolist() == [3, 1, 3]
+
+
+def test_append_column_adds_the_validation_item() -> None:
+    dataset = tiny_dataset()
+    offsets, items = append_column(dataset.train_offsets, dataset.train_items, dataset.valid_items)
+    assert offsets.tolist() == [0, 5, 7, 11]
+    assert items.tolist() == [1, 2, 3, 4, 5, 5, 6, 2, 6, 7, 8]
+
+
+def test_sequence_tensors_hold_the_leave_one_out_split() -> None:
+    tensors = build_sequence_tensors(tiny_dataset(), max_len=4)
+    assert tensors.train_windows.tolist() == [[0, 1, 2, 3, 4],
+                                              [0, 0, 0, 0, 5], [0, 0, 2, 6, 7]]
+    assert tensors.valid.inputs.tolist() == [[1, 2, 3, 4], [0, 0, 0, 5], [0, 2, 6, 7]]
+    assert tensors.valid.targets.tolist() == [5, 6, 8]
+    # The test history ends with the validation item; the target is the last item.
+    assert tensors.test.inputs.tolist() == [[2, 3, 4, 5], [0, 0, 5, 6], [2, 6, 7, 8]]
+    assert tensors.test.targets.tolist() == [6, 7, 1]
+    assert tensors.item_counts.tolist() == [0, 1, 2, 1, 1, 1, 1, 1, 0]
+
+
+def test_all_positions_are_every_real_input_with_its_next_item() -> None:
+    tensors = build_sequence_tensors(tiny_dataset(), max_len=4)
+    batcher = TrainBatcher(tensors, batch_size=8, positions="all", batching="random", seed=0)
+    batch = batcher.make_batch(torch.tensor([0, 2]))  # users 1 and 3 (user 2 has 1 item)
+    assert batch.inputs.tolist() == [[1, 2, 3], [0, 2, 6]]
+    flat = batch.inputs.reshape(-1)
+    assert flat[batch.positions].tolist() == [1, 2, 3, 2, 6]
+    assert batch.targets.tolist() == [2, 3, 4, 6, 7]
+
+
+def test_last_position_is_the_most_recent_item() -> None:
+    tensors = build_sequence_tensors(tiny_dataset(), max_len=4)
+    batcher = TrainBatcher(tensors, batch_size=8, positions="last", batching="random", seed=0)
+    batch = batcher.make_batch(torch.tensor([0, 2]))
+    assert batch.inputs.reshape(-1)[batch.positions].tolist() == [3, 6]
+    assert batch.targets.tolist() == [4, 7]
+
+
+def test_masked_batch_hides_real_items_only() -> None:
+    tensors = build_sequence_tensors(tiny_dataset(), max_len=4)
+    batcher = TrainBatcher(tensors, batch_size=8, positions="masked", batching="random", seed=0,
+                           mask_prob=0.5, mask_token=9)
+    for _ in range(20):
+        batch = batcher.make_batch(torch.tensor([0, 2]))
+        flat = batch.inputs.reshape(-1)
+        assert (flat[batch.positions] == 9).all()
+        assert ((flat == 9).sum() == len(batch.positions)).item()
+        original = tensors.train_windows[[0, 2], -4:].reshape(-1)
+        assert batch.targets.tolist() == original[batch.positions].tolist()
+        assert (batch.targets > 0).all()
+
+
+def test_an_epoch_visits_every_trainable_user_once() -> None:
+    tensors = build_sequence_tensors(tiny_dataset(), max_len=4)
+    for batching in ("bucket", "random"):
+        batcher = TrainBatcher(tensors, batch_size=1, positions="last", batching=batching, seed=3)
+        seen = sorted(int(b.targets[0]) for b in batcher.epoch())
+        assert seen == [4, 7]  # user 2 has a single training item and cannot train
