@@ -49,30 +49,47 @@ def workload_flops(hidden: int, n_items: int, positions: int = 12800) -> float:
     logits (N x D @ D x V), grad of hidden states (N x V @ V x D), grad of items (D x N @ N x V)."""
     seconds = sum(
         2 * m * k * n / matmul_flops(m, k, n)
-        for m, k, n in ((positions, hidden, n_items), (positions, n_items, hidden),
-                        (hidden, positions, n_items))
+        for m, k, n in (
+            (positions, hidden, n_items),
+            (positions, n_items, hidden),
+            (hidden, positions, n_items),
+        )
     )
     return 3 * 2 * positions * hidden * n_items / seconds
 
 
-def useful_flops_per_epoch(dataset: PreparedDataset, config: dict[str, Any], loss: str,
-                           negatives: int) -> float:
+def useful_flops_per_epoch(
+    dataset: PreparedDataset, config: dict[str, Any], loss: str, negatives: int
+) -> float:
     d, layers, max_len = config["hidden_size"], config["num_layers"], config["max_len"]
     lengths = np.minimum(dataset.train_lengths, max_len + 1) - 1  # training positions per user
     lengths = lengths[lengths > 0].astype(np.float64)
     positions = lengths.sum()
     keys = (lengths * (lengths + 1) / 2).sum()  # causal attention: position i sees i + 1 keys
     encoder = layers * (24 * d * d * positions + 4 * d * keys)
-    scoring = 2 * d * dataset.n_items * positions if loss == "improved" else 2 * d * (1 + negatives) * positions
+    scoring = (
+        2 * d * dataset.n_items * positions
+        if loss == "improved"
+        else 2 * d * (1 + negatives) * positions
+    )
     return 3 * (encoder + scoring)
 
 
-def bench_dataset(name: str, loss: str, data_dir: Path, epochs: int, precision: str) -> dict[str, Any]:
+def bench_dataset(
+    name: str, loss: str, data_dir: Path, epochs: int, precision: str
+) -> dict[str, Any]:
     dataset = ensure_prepared(data_dir, name)
-    config = build_config(overrides={
-        "dataset": name, "model": "sasrec", "loss": loss, "max_epochs": epochs,
-        "patience": epochs + 1, "precision": precision, "device": "cpu",
-    })
+    config = build_config(
+        overrides={
+            "dataset": name,
+            "model": "sasrec",
+            "loss": loss,
+            "max_epochs": epochs,
+            "patience": epochs + 1,
+            "precision": precision,
+            "device": "cpu",
+        }
+    )
     with tempfile.TemporaryDirectory() as run_dir:
         result = train_run(config, dataset, Path(run_dir))
     # The first epoch pays for warm-up (allocator, kernels): report the fastest.
@@ -85,11 +102,15 @@ def bench_dataset(name: str, loss: str, data_dir: Path, epochs: int, precision: 
     reference = workload_flops(settings["hidden_size"], dataset.n_items + 1)
     square = matmul_flops(2048, 2048, 2048)
     return {
-        "dataset": name, "loss": loss, "precision": precision,
-        "train_seconds_per_epoch": train_seconds, "validation_seconds": valid_seconds,
+        "dataset": name,
+        "loss": loss,
+        "precision": precision,
+        "train_seconds_per_epoch": train_seconds,
+        "validation_seconds": valid_seconds,
         "peak_memory_mb": result.metrics["peak_memory_mb"],
         "useful_gflop_per_epoch": useful / 1e9,
-        "workload_matmul_gflops": reference / 1e9, "square_matmul_gflops": square / 1e9,
+        "workload_matmul_gflops": reference / 1e9,
+        "square_matmul_gflops": square / 1e9,
         "efficiency": useful / (train_seconds * reference),
         "efficiency_vs_square_peak": useful / (train_seconds * square),
     }
@@ -100,21 +121,32 @@ def bench_million_items(steps: int = 2) -> dict[str, Any]:
     n_items, users, length = 1_000_000, 128, 51
     rng = np.random.default_rng(0)
     dataset = PreparedDataset(
-        name="million", n_items=n_items,
+        name="million",
+        n_items=n_items,
         train_offsets=np.arange(users + 1, dtype=np.int64) * length,
         train_items=rng.integers(1, n_items + 1, users * length),
         valid_items=rng.integers(1, n_items + 1, users),
         test_items=rng.integers(1, n_items + 1, users),
     )
-    config = build_config(overrides={
-        "dataset": "million", "model": "sasrec", "loss": "improved", "batch_size": 128,
-        "max_epochs": steps, "patience": steps + 1, "device": "cpu", "eval_batch_size": 128,
-    })
+    config = build_config(
+        overrides={
+            "dataset": "million",
+            "model": "sasrec",
+            "loss": "improved",
+            "batch_size": 128,
+            "max_epochs": steps,
+            "patience": steps + 1,
+            "device": "cpu",
+            "eval_batch_size": 128,
+        }
+    )
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as run_dir:
         result = train_run(config, dataset, Path(run_dir))
     return {
-        "n_items": n_items, "batch": "128 x 50", "steps": steps,
+        "n_items": n_items,
+        "batch": "128 x 50",
+        "steps": steps,
         "seconds_per_step": min(h["train_seconds"] for h in result.history),
         "total_seconds": time.perf_counter() - start,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -145,7 +177,11 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for row in rows:
-        print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        print(
+            "  ".join(
+                f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,7 @@ def test_append_column_adds_the_validation_item() -> None:
 
 def test_sequence_tensors_hold_the_leave_one_out_split() -> None:
     tensors = build_sequence_tensors(tiny_dataset(), max_len=4)
-    assert tensors.train_windows.tolist() == [[0, 1, 2, 3, 4],
-                                              [0, 0, 0, 0, 5], [0, 0, 2, 6, 7]]
+    assert tensors.train_windows.tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 0, 5], [0, 0, 2, 6, 7]]
     assert tensors.valid.inputs.tolist() == [[1, 2, 3, 4], [0, 0, 0, 5], [0, 2, 6, 7]]
     assert tensors.valid.targets.tolist() == [5, 6, 8]
     # The test history ends with the validation item; the target is the last item.
@@ -68,8 +67,15 @@ def test_last_position_is_the_most_recent_item() -> None:
 
 def test_masked_batch_hides_real_items_only() -> None:
     tensors = build_sequence_tensors(tiny_dataset(), max_len=4)
-    batcher = TrainBatcher(tensors, batch_size=8, positions="masked", batching="random", seed=0,
-                           mask_prob=0.5, mask_token=9)
+    batcher = TrainBatcher(
+        tensors,
+        batch_size=8,
+        positions="masked",
+        batching="random",
+        seed=0,
+        mask_prob=0.5,
+        mask_token=9,
+    )
     for _ in range(20):
         batch = batcher.make_batch(torch.tensor([0, 2]))
         flat = batch.inputs.reshape(-1)

@@ -6,6 +6,7 @@ configuration layers (defaults -> preset -> TOML file).
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,40 +18,158 @@ MODEL = "Model"
 EVALUATION = "Evaluation"
 RUN = "Execution"
 
-Preset = Annotated[str | None, typer.Option(help="Hyperparameter preset: study-s3rec (Table 2) or study-aprec (Table 3).", rich_help_panel=TRAINING)]
+Preset = Annotated[
+    str | None,
+    typer.Option(
+        help="Hyperparameter preset: study-s3rec (Table 2) or study-aprec (Table 3).",
+        rich_help_panel=TRAINING,
+    ),
+]
 BatchSize = Annotated[int | None, typer.Option(help="Users per batch.", rich_help_panel=TRAINING)]
-LearningRate = Annotated[float | None, typer.Option("--lr", help="Adam learning rate.", rich_help_panel=TRAINING)]
+LearningRate = Annotated[
+    float | None, typer.Option("--lr", help="Adam learning rate.", rich_help_panel=TRAINING)
+]
 Beta2 = Annotated[float | None, typer.Option(help="Adam beta2.", rich_help_panel=TRAINING)]
-WeightDecay = Annotated[float | None, typer.Option(help="Adam weight decay.", rich_help_panel=TRAINING)]
-MaxEpochs = Annotated[int | None, typer.Option(help="Most epochs to train.", rich_help_panel=TRAINING)]
-Patience = Annotated[int | None, typer.Option(help="Stop after this many epochs without a better validation metric.", rich_help_panel=TRAINING)]
-TimeLimit = Annotated[float | None, typer.Option(help="Stop training after this many seconds.", rich_help_panel=TRAINING)]
-Batching = Annotated[str | None, typer.Option(help="bucket (group similar lengths, less padding) or random.", rich_help_panel=TRAINING)]
+WeightDecay = Annotated[
+    float | None, typer.Option(help="Adam weight decay.", rich_help_panel=TRAINING)
+]
+MaxEpochs = Annotated[
+    int | None, typer.Option(help="Most epochs to train.", rich_help_panel=TRAINING)
+]
+Patience = Annotated[
+    int | None,
+    typer.Option(
+        help="Stop after this many epochs without a better validation metric.",
+        rich_help_panel=TRAINING,
+    ),
+]
+TimeLimit = Annotated[
+    float | None,
+    typer.Option(help="Stop training after this many seconds.", rich_help_panel=TRAINING),
+]
+Batching = Annotated[
+    str | None,
+    typer.Option(
+        help="bucket (group similar lengths, less padding) or random.", rich_help_panel=TRAINING
+    ),
+]
 
-Positions = Annotated[str | None, typer.Option(help="Training positions: all or last (default: the loss's own).", rich_help_panel=LOSS)]
-Negatives = Annotated[int | None, typer.Option(help="Sampled negatives per position (sampled losses).", rich_help_panel=LOSS)]
-Sampler = Annotated[str | None, typer.Option(help="Negative sampler: uniform or popularity.", rich_help_panel=LOSS)]
-GbceT = Annotated[float | None, typer.Option("--gbce-t", help="gBCE calibration t (0 = BCE).", rich_help_panel=LOSS)]
-MaskProb = Annotated[float | None, typer.Option(help="Fraction of items masked by mlm.", rich_help_panel=LOSS)]
-SoftmaxChunk = Annotated[int | None, typer.Option(help="Items per chunk of the full softmax (bounds memory).", rich_help_panel=LOSS)]
+Positions = Annotated[
+    str | None,
+    typer.Option(
+        help="Training positions: all or last (default: the loss's own).", rich_help_panel=LOSS
+    ),
+]
+Negatives = Annotated[
+    int | None,
+    typer.Option(help="Sampled negatives per position (sampled losses).", rich_help_panel=LOSS),
+]
+Sampler = Annotated[
+    str | None, typer.Option(help="Negative sampler: uniform or popularity.", rich_help_panel=LOSS)
+]
+GbceT = Annotated[
+    float | None,
+    typer.Option("--gbce-t", help="gBCE calibration t (0 = BCE).", rich_help_panel=LOSS),
+]
+MaskProb = Annotated[
+    float | None, typer.Option(help="Fraction of items masked by mlm.", rich_help_panel=LOSS)
+]
+SoftmaxChunk = Annotated[
+    int | None,
+    typer.Option(help="Items per chunk of the full softmax (bounds memory).", rich_help_panel=LOSS),
+]
 
-HiddenSize = Annotated[int | None, typer.Option(help="Embedding / hidden size.", rich_help_panel=MODEL)]
+HiddenSize = Annotated[
+    int | None, typer.Option(help="Embedding / hidden size.", rich_help_panel=MODEL)
+]
 NumLayers = Annotated[int | None, typer.Option(help="Layers (blocks).", rich_help_panel=MODEL)]
 NumHeads = Annotated[int | None, typer.Option(help="Attention heads.", rich_help_panel=MODEL)]
 Dropout = Annotated[float | None, typer.Option(help="Hidden dropout.", rich_help_panel=MODEL)]
-AttentionDropout = Annotated[float | None, typer.Option(help="Attention dropout.", rich_help_panel=MODEL)]
-MaxLen = Annotated[int | None, typer.Option(help="Longest history fed to the model.", rich_help_panel=MODEL)]
+AttentionDropout = Annotated[
+    float | None, typer.Option(help="Attention dropout.", rich_help_panel=MODEL)
+]
+MaxLen = Annotated[
+    int | None, typer.Option(help="Longest history fed to the model.", rich_help_panel=MODEL)
+]
 
-ValidationMetric = Annotated[str | None, typer.Option(help="Early-stopping metric, e.g. ndcg@10.", rich_help_panel=EVALUATION)]
-Ks = Annotated[str | None, typer.Option("--ks", help="Metric cut-offs, e.g. 1,5,10,20.", rich_help_panel=EVALUATION)]
-KeepSeen = Annotated[bool | None, typer.Option("--keep-seen/--exclude-seen", help="Rank items the user already has (default: excluded).", rich_help_panel=EVALUATION, show_default=False)]
-EvalNegatives = Annotated[int | None, typer.Option(help="Sampled ranking among N negatives (0 = full ranking).", rich_help_panel=EVALUATION)]
-EvalSampler = Annotated[str | None, typer.Option(help="Sampled-ranking negatives: uniform or popularity.", rich_help_panel=EVALUATION)]
+ValidationMetric = Annotated[
+    str | None,
+    typer.Option(help="Early-stopping metric, e.g. ndcg@10.", rich_help_panel=EVALUATION),
+]
+Ks = Annotated[
+    str | None,
+    typer.Option("--ks", help="Metric cut-offs, e.g. 1,5,10,20.", rich_help_panel=EVALUATION),
+]
+KeepSeen = Annotated[
+    bool | None,
+    typer.Option(
+        "--keep-seen/--exclude-seen",
+        help="Rank items the user already has (default: excluded).",
+        rich_help_panel=EVALUATION,
+        show_default=False,
+    ),
+]
+EvalNegatives = Annotated[
+    int | None,
+    typer.Option(
+        help="Sampled ranking among N negatives (0 = full ranking).", rich_help_panel=EVALUATION
+    ),
+]
+EvalSampler = Annotated[
+    str | None,
+    typer.Option(
+        help="Sampled-ranking negatives: uniform or popularity.", rich_help_panel=EVALUATION
+    ),
+]
 
 Device = Annotated[str | None, typer.Option(help="auto, cpu or cuda.", rich_help_panel=RUN)]
-Precision = Annotated[str | None, typer.Option(help="fp32 or bf16 (autocast).", rich_help_panel=RUN)]
-Compile = Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model.", rich_help_panel=RUN, show_default=False)]
-ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML file of settings (flags override it).", rich_help_panel=RUN)]
+Precision = Annotated[
+    str | None, typer.Option(help="fp32 or bf16 (autocast).", rich_help_panel=RUN)
+]
+Compile = Annotated[
+    bool | None,
+    typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile the model.",
+        rich_help_panel=RUN,
+        show_default=False,
+    ),
+]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="TOML file of settings (flags override it).", rich_help_panel=RUN
+    ),
+]
+
+
+# Flags that become `model_settings` entries rather than top-level TrainConfig fields.
+MODEL_FLAGS = ("hidden_size", "num_layers", "num_heads", "dropout", "attention_dropout", "max_len")
+
+
+def training_overrides(flags: Mapping[str, Any], skip: Collection[str] = ()) -> dict[str, Any]:
+    """The TrainConfig override layer from a command's flags (pass the command's `locals()`).
+
+    Renames and parses where flag and field differ (`--keep-seen` -> `exclude_seen`, `--ks`
+    text -> list) and groups the model flags; `skip` names the command's own non-config flags.
+    A flag that is neither a TrainConfig field nor skipped is a programming error.
+    """
+    from lossbench.training.config import TrainConfig
+
+    overrides: dict[str, Any] = {}
+    for name, value in flags.items():
+        if name in skip or name in MODEL_FLAGS:
+            continue
+        if name == "keep_seen":
+            overrides["exclude_seen"] = None if value is None else not value
+        elif name == "ks":
+            overrides["ks"] = parse_ks(value)
+        elif name in TrainConfig.model_fields:
+            overrides[name] = value
+        else:
+            raise TypeError(f"flag {name!r} is not a TrainConfig field; add it to `skip`")
+    overrides["model_settings"] = model_settings(**{n: flags.get(n) for n in MODEL_FLAGS})
+    return overrides
 
 
 def model_settings(**given: Any) -> dict[str, Any]:
@@ -66,4 +185,6 @@ def parse_ks(text: str | None) -> list[int] | None:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise LossbenchError(f"--ks must be comma-separated integers such as 1,5,10,20, not {text!r}") from None
+        raise LossbenchError(
+            f"--ks must be comma-separated integers such as 1,5,10,20, not {text!r}"
+        ) from None

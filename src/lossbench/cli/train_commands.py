@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -19,13 +19,23 @@ from lossbench.training.loop import RunResult, train_run
 
 @app.command()
 def train(
-    dataset: Annotated[str | None, typer.Option(help="Dataset name (see `lossbench datasets`).")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset name (see `lossbench datasets`).")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model: " + ", ".join(MODELS) + ".")] = None,
-    loss: Annotated[str | None, typer.Option(help="Loss (default: the model's own; see `lossbench losses`).")] = None,
+    loss: Annotated[
+        str | None, typer.Option(help="Loss (default: the model's own; see `lossbench losses`).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed of the run.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/DATASET/MODEL-LOSS-seedN).")] = None,
-    init: Annotated[Path | None, typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).")] = None,
-    save_topk: Annotated[int | None, typer.Option(help="Write topk.parquet with each test user's K best items.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default runs/DATASET/MODEL-LOSS-seedN).")
+    ] = None,
+    init: Annotated[
+        Path | None, typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).")
+    ] = None,
+    save_topk: Annotated[
+        int | None, typer.Option(help="Write topk.parquet with each test user's K best items.")
+    ] = None,
     config_file: opt.ConfigFile = None,
     preset: opt.Preset = None,
     batch_size: opt.BatchSize = None,
@@ -58,25 +68,13 @@ def train(
     compile: opt.Compile = None,
 ) -> None:
     """Train one model with one loss, early-stopped on validation, and test it once."""
-    overrides: dict[str, Any] = {
-        "dataset": dataset, "model": model, "loss": loss, "seed": seed, "init": init,
-        "save_topk": save_topk, "preset": preset, "batch_size": batch_size, "lr": lr,
-        "beta2": beta2, "weight_decay": weight_decay, "max_epochs": max_epochs,
-        "patience": patience, "time_limit": time_limit, "batching": batching,
-        "positions": positions, "negatives": negatives, "sampler": sampler, "gbce_t": gbce_t,
-        "mask_prob": mask_prob, "softmax_chunk": softmax_chunk,
-        "validation_metric": validation_metric, "ks": opt.parse_ks(ks),
-        "exclude_seen": None if keep_seen is None else not keep_seen,
-        "eval_negatives": eval_negatives, "eval_sampler": eval_sampler, "device": device,
-        "precision": precision, "compile": compile,
-        "model_settings": opt.model_settings(
-            hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
-            dropout=dropout, attention_dropout=attention_dropout, max_len=max_len,
-        ),
-    }
+    overrides = opt.training_overrides(locals(), skip=("out", "config_file"))
     config = build_config(toml_file=config_file, overrides=overrides)
     prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset)
-    run_dir = out or Path("runs") / config.dataset / f"{config.model}-{config.loss_name}-seed{config.seed}"
+    run_dir = (
+        out
+        or Path("runs") / config.dataset / f"{config.model}-{config.loss_name}-seed{config.seed}"
+    )
     console.print(
         f"training [bold]{config.model}[/] with [bold]{config.loss_name}[/] on "
         f"[bold]{config.dataset}[/] ({prepared.n_users:,} users, {prepared.n_items:,} items), "
@@ -88,8 +86,10 @@ def train(
 
 def result_table(result: RunResult) -> Table:
     metrics = result.metrics
-    table = Table(title=f"{metrics['model']} + {metrics['loss']} on {metrics['dataset']} "
-                  f"(best epoch {metrics['best_epoch']} of {metrics['epochs']})")
+    table = Table(
+        title=f"{metrics['model']} + {metrics['loss']} on {metrics['dataset']} "
+        f"(best epoch {metrics['best_epoch']} of {metrics['epochs']})"
+    )
     table.add_column("metric")
     table.add_column("validation", justify="right")
     table.add_column("test", justify="right")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from lossbench.data import synthetic
@@ -60,42 +61,65 @@ def k_core(frame: pl.DataFrame, user_core: int, item_core: int) -> pl.DataFrame:
 
     The k-core is unique, so removing both sides at once converges to the same result.
     """
-    if user_core <= 1 and item_core <= 1:
-        return frame
-    while True:
-        kept = frame.filter(
-            (pl.len().over("user") >= user_core) & (pl.len().over("item") >= item_core)
-        )
+    conditions = [
+        pl.len().over(column) >= core
+        for column, core in (("user", user_core), ("item", item_core))
+        if core > 1
+    ]
+    while conditions:
+        kept = frame.filter(*conditions)
         if kept.height == frame.height:
-            return kept
+            break
         frame = kept
+    return frame
 
 
-def _dense_ids(column: pl.Series) -> pl.Series:
-    """1..n in numeric order of the original ids when all are integers, else string order."""
-    key = column
+def id_keys(column: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """(key 1..n of each row, original id of key k at k - 1), in numeric order of the ids
+    when every id is a canonical integer, else in string order."""
+    source = column
     if column.dtype == pl.String:
         as_int = column.cast(pl.Int64, strict=False)
-        key = as_int if as_int.null_count() == 0 else column
-    return key.rank("dense").cast(pl.Int32)
+        if as_int.null_count() == 0 and (as_int.cast(pl.String) == column).all():
+            source = as_int  # "007" stays a string: numeric order would merge it with "7"
+    originals = source.unique().sort()
+    return source.rank("dense").cast(pl.Int64), originals.cast(pl.String)
+
+
+def _chronological(frame: pl.DataFrame) -> pl.DataFrame:
+    """Sort by (user key, timestamp), stable so that file order breaks timestamp ties."""
+    low, high = frame["timestamp"].min(), frame["timestamp"].max()
+    if isinstance(low, int) and isinstance(high, int) and high - low < 1 << 31:
+        # One int64 key sorts faster than two columns (user keys are < 2**31).
+        key = pl.col("user") * (1 << 31) + (pl.col("timestamp") - low)
+        return frame.sort(key, maintain_order=True)
+    return frame.sort("user", "timestamp", maintain_order=True)
+
+
+def _first_of_each_pair(frame: pl.DataFrame) -> pl.DataFrame:
+    """Keep the first (chronological) row of every (user, item) pair; order is kept.
+
+    A stable sort by the pair puts repeats side by side: cheaper than hashing two columns.
+    """
+    n_items = int(frame.select(pl.col("item").max()).item())
+    pair = frame["user"] * (n_items + 1) + frame["item"]  # (N,) int64
+    by_pair = pl.DataFrame({"pair": pair}).with_row_index("row").sort("pair", maintain_order=True)
+    firsts = by_pair.filter(pl.col("pair").ne_missing(pl.col("pair").shift(1)))["row"]
+    keep = np.zeros(frame.height, dtype=bool)
+    keep[firsts.to_numpy()] = True
+    return frame.filter(pl.Series(keep))
 
 
 def clean(raw: pl.DataFrame, protocol: Protocol) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Filter and order raw interactions; returns `user, item, timestamp` with original ids."""
+    """Filter and order raw interactions: `user`, `item` keys (see `id_keys`), `timestamp`."""
     report = {"raw_interactions": raw.height}
-    lazy = raw.lazy()
     if protocol.min_rating is not None:
         rating = pl.col("rating")
-        lazy = lazy.filter(rating.is_null() | (rating >= protocol.min_rating))
-    # Stable sort: rows with equal timestamps keep their file order.
-    frame = (
-        lazy.select("user", "item", "timestamp")
-        .sort("user", "timestamp", maintain_order=True)
-        .collect()
-    )
+        raw = raw.filter(rating.is_null() | (rating >= protocol.min_rating))
+    frame = _chronological(raw.select("user", "item", "timestamp"))
     report["after_rating_filter"] = frame.height
-    if protocol.dedup:
-        frame = frame.unique(["user", "item"], keep="first", maintain_order=True)
+    if protocol.dedup and frame.height:
+        frame = _first_of_each_pair(frame)
     report["after_dedup"] = frame.height
     frame = k_core(frame, protocol.user_core, protocol.item_core)
     report["after_k_core"] = frame.height
@@ -116,13 +140,19 @@ def build_tables(
     raw: pl.DataFrame, protocol: Protocol, attributes: pl.DataFrame | None = None
 ) -> PreparedTables:
     """Everything `preprocess` writes, in memory. `attributes`: long `item`, `attribute`."""
-    frame, report = clean(raw, protocol)
-    frame = frame.with_columns(user_id=_dense_ids(frame["user"]), item_id=_dense_ids(frame["item"]))
-    users = _id_map(frame, "user")
-    items = _id_map(frame, "item")
+    user_keys, user_originals = id_keys(raw["user"])
+    item_keys, item_originals = id_keys(raw["item"])
+    keyed = raw.with_columns(user=user_keys, item=item_keys)
+    )
+    frame, report = clean(keyed, protocol)
+    # Keys of the kept ids -> contiguous 1..n (rank keeps their order, and the row order).
+    users = _id_map(frame["user"], user_originals, "user")
+    items = _id_map(frame["item"], item_originals, "item")
     interactions = frame.select(
-        user=pl.col("user_id"), item=pl.col("item_id"), timestamp=pl.col("timestamp")
-    ).sort("user", maintain_order=True)  # stable: chronological order within a user stays
+        pl.col("user").rank("dense").cast(pl.Int32),
+        pl.col("item").rank("dense").cast(pl.Int32),
+        "timestamp",
+    )
     sequences = interactions.group_by("user", maintain_order=True).agg(pl.col("item"))
     length = pl.col("item").list.len()
     split = sequences.select(
@@ -137,13 +167,14 @@ def build_tables(
     return PreparedTables(interactions, users, items, split, item_attributes, n_attributes, report)
 
 
-def _id_map(frame: pl.DataFrame, column: str) -> pl.DataFrame:
-    return (
-        frame.select(
-            pl.col(f"{column}_id").alias(column), original_id=pl.col(column).cast(pl.String)
-        )
-        .unique(column)
-        .sort(column)
+def _id_map(kept_keys: pl.Series, originals: pl.Series, column: str) -> pl.DataFrame:
+    """`column` (Int32, 1..n) -> `original_id` (String) for the keys still present."""
+    keys = kept_keys.unique().sort()
+    return pl.DataFrame(
+        {
+            column: pl.int_range(1, len(keys) + 1, eager=True).cast(pl.Int32),
+            "original_id": originals.gather(keys - 1),
+        }
     )
 
 
@@ -155,7 +186,7 @@ def _map_attributes(attributes: pl.DataFrame, items: pl.DataFrame) -> tuple[pl.D
         .select("item", "attribute")
         .unique()
     )
-    mapped = mapped.with_columns(attribute=_dense_ids(mapped["attribute"]))
+    mapped = mapped.with_columns(attribute=id_keys(mapped["attribute"])[0].cast(pl.Int32))
     n_attributes = mapped["attribute"].n_unique() if mapped.height else 0
     per_item = mapped.group_by("item").agg(attributes=pl.col("attribute").sort())
     table = items.select("item").join(per_item, on="item", how="left").sort("item")

@@ -17,7 +17,9 @@ from torch import nn
 from lossbench.errors import LossbenchError
 from lossbench.models.bert4rec import BERT4Rec, BERT4RecConfig
 from lossbench.models.gru4rec import GRU4Rec, GRU4RecConfig
+from lossbench.models.s3rec import S3Rec, S3RecConfig
 from lossbench.models.sasrec import SASRec, SASRecConfig
+from lossbench.models.srgnn import SRGNN, SRGNNConfig
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,20 @@ MODELS: dict[str, ModelSpec] = {
         default_loss="ce",
         bidirectional=False,
         description="item embedding -> GRU, a state per position (Hidasi et al. 2016)",
+    ),
+    "srgnn": ModelSpec(
+        config_class=SRGNNConfig,
+        build=from_config(SRGNN),
+        default_loss="ce",
+        bidirectional=False,
+        description="session graph, gated GNN, attention readout, causal (Wu et al. 2019)",
+    ),
+    "s3rec": ModelSpec(
+        config_class=S3RecConfig,
+        build=from_config(S3Rec),
+        default_loss="bce",
+        bidirectional=False,
+        description="SASRec fine-tuned from self-supervised pre-training (Zhou et al. 2020)",
     ),
 }
 

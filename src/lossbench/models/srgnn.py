@@ -41,13 +41,16 @@ class SRGNNConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    hidden_size: int = Field(64, ge=1, description="item embedding and node state width D")
-    num_steps: int = Field(1, ge=1, description="gated graph propagation steps")
-    max_len: int = Field(50, ge=1, description="longest history the model reads")
-    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout on the item embeddings")
-    init_std: float = Field(0.02, gt=0.0, description="std of the normal weight init")
+    hidden_size: int = Field(default=64, ge=1, description="item embedding and node state width D")
+    num_steps: int = Field(default=1, ge=1, description="gated graph propagation steps")
+    max_len: int = Field(default=50, ge=1, description="longest history the model reads")
+    dropout: float = Field(
+        default=0.5, ge=0.0, lt=1.0, description="dropout on the item embeddings"
+    )
+    init_std: float = Field(default=0.02, gt=0.0, description="std of the normal weight init")
     edge_weight: EdgeWeight = Field(
-        "binary", description="binary: a repeated transition counts once; count: by occurrence"
+        default="binary",
+        description="binary: a repeated transition counts once; count: by occurrence",
     )
 
 

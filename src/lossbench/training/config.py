@@ -6,10 +6,10 @@ imply (positions, negatives, model defaults) so that a run records exactly what 
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lossbench.errors import LossbenchError

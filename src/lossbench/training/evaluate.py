@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from lossbench.data.sequences import EvaluationSet
-from lossbench.evaluation.ranking import full_ranking_ranks, sampled_ranks
-from lossbench.models.base import scoring_table
+from lossbench.evaluation.ranking import full_ranking_ranks, full_ranking_topk, sampled_ranks
+from lossbench.models.base import SequenceModel, scoring_table
 
 
 @dataclass(frozen=True)
@@ -46,21 +47,24 @@ class Evaluator:
         within = torch.arange(int(counts.sum())) - torch.repeat_interleave(
             self.seen_offsets[:-1], counts
         )
-        self.seen_items = evaluation_set.seen_items[torch.repeat_interleave(starts, counts) + within]
+        self.seen_items = evaluation_set.seen_items[
+            torch.repeat_interleave(starts, counts) + within
+        ]
         self.seen_rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
         self.batch_size = batch_size
         self.exclude_seen = exclude_seen
         self.device = device
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, topk: int = 0) -> EvaluationResult:
-        was_training = model.training
-        model.eval()
+    def evaluate(self, module: nn.Module, topk: int = 0) -> EvaluationResult:
+        model = cast(SequenceModel, module)
+        was_training = module.training
+        module.eval()
         ranks = torch.empty(len(self.targets), dtype=torch.int64)
         best: Tensor | None = None
         if topk > 0:
             best = torch.empty(len(self.targets), topk, dtype=torch.int64)
-        table = scoring_table(model)  # type: ignore[arg-type]
+        table = scoring_table(model)
         for start in range(0, len(self.targets), self.batch_size):
             stop = min(start + self.batch_size, len(self.targets))
             width = max(int(self.lengths[stop - 1]), 1)
@@ -73,13 +77,15 @@ class Evaluator:
                 )
             else:
                 seen_rows, seen_items = self._seen(start, stop)
-                batch_ranks = full_ranking_ranks(hidden, table.float(), targets, seen_rows, seen_items)
+                batch_ranks = full_ranking_ranks(
+                    hidden, table.float(), targets, seen_rows, seen_items
+                )
                 if best is not None:
-                    best[start:stop] = self._topk(
+                    best[start:stop] = full_ranking_topk(
                         hidden, table.float(), targets, seen_rows, seen_items, topk
-                    )
+                    ).cpu()
             ranks[start:stop] = batch_ranks.cpu()
-        model.train(was_training)
+        module.train(was_training)
         # Back to the user order of the evaluation set.
         in_user_order = torch.empty_like(ranks)
         in_user_order[self.order] = ranks
@@ -96,20 +102,3 @@ class Evaluator:
         lo, hi = int(self.seen_offsets[start]), int(self.seen_offsets[stop])
         rows = (self.seen_rows[lo:hi] - start).to(self.device)
         return rows, self.seen_items[lo:hi].to(self.device)
-
-    def _topk(
-        self,
-        hidden: Tensor,
-        table: Tensor,
-        targets: Tensor,
-        seen_rows: Tensor,
-        seen_items: Tensor,
-        k: int,
-    ) -> Tensor:
-        """(B, k) best items (ids) under the same exclusions as the ranks, for `topk.parquet`."""
-        scores = hidden @ table[1:].T  # (B, n_items): column j scores item j + 1
-        rows = torch.arange(len(targets), device=scores.device)
-        target_scores = scores[rows, targets - 1]
-        scores[seen_rows, seen_items - 1] = float("-inf")
-        scores[rows, targets - 1] = target_scores  # the target is never excluded
-        return (torch.topk(scores, k=min(k, scores.shape[1]), dim=1).indices + 1).cpu()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import copy
+import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,15 +70,27 @@ def train_run(
         mask_prob=config.mask_prob,
         mask_token=getattr(model, "mask_token", None),
     )
-    valid = Evaluator(sequences.valid, config.eval_batch_size, config.exclude_seen, device,
-                      _candidates(config, sequences.valid, sequences.item_counts, 1))
-    test = Evaluator(sequences.test, config.eval_batch_size, config.exclude_seen, device,
-                     _candidates(config, sequences.test, sequences.item_counts, 2))
+    valid = Evaluator(
+        sequences.valid,
+        config.eval_batch_size,
+        config.exclude_seen,
+        device,
+        _candidates(config, sequences.valid, sequences.item_counts, 1),
+    )
+    test = Evaluator(
+        sequences.test,
+        config.eval_batch_size,
+        config.exclude_seen,
+        device,
+        _candidates(config, sequences.test, sequences.item_counts, 2),
+    )
     ks = sorted({*config.ks, *_metric_k(config.validation_metric)})
 
     step_model = torch.compile(model) if config.compile else model
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+        model.parameters(),
+        lr=config.lr,
+        betas=(config.beta1, config.beta2),
         weight_decay=config.weight_decay,
     )
     negative_generator = torch.Generator(device=device).manual_seed(config.seed + 7919)
@@ -91,8 +104,12 @@ def train_run(
         "model_settings": model_settings,
         "loss_settings": loss.record(),
         "dataset": {"name": dataset.name, "n_users": dataset.n_users, "n_items": dataset.n_items},
-        "environment": {"device": str(device), "torch": torch.__version__,
-                        "threads": torch.get_num_threads(), "precision": config.precision},
+        "environment": {
+            "device": str(device),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "precision": config.precision,
+        },
     }
     files = RunFiles(run_dir)
     files.start(record)
@@ -101,22 +118,25 @@ def train_run(
     best_value, best_epoch, best_state = float("-inf"), 0, copy.deepcopy(model.state_dict())
     reset_peak_memory(device)
     started = time.perf_counter()
-    with TrainingProgress(console, config.max_epochs, len(batcher), config.validation_metric) as bar:
+    with TrainingProgress(
+        console, config.max_epochs, len(batcher), config.validation_metric
+    ) as bar:
         for epoch in range(1, config.max_epochs + 1):
             epoch_started = time.perf_counter()
             model.train()
             loss_sum = torch.zeros((), device=device)
             for batch in batcher.epoch():
                 with autocast:
-                    step_loss = _batch_loss(step_model, model, batch.to(device), loss,
-                                            negative_generator, cdf)
+                    step_loss = _batch_loss(
+                        step_model, model, batch.to(device), loss, negative_generator, cdf
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 step_loss.backward()
                 optimizer.step()
                 loss_sum += step_loss.detach()
                 bar.advance_batch()
-            train_seconds = time.perf_counter() - epoch_started
             epoch_loss = float(loss_sum) / len(batcher)  # the one sync of the epoch
+            train_seconds = time.perf_counter() - epoch_started
 
             eval_started = time.perf_counter()
             with autocast:
@@ -128,12 +148,17 @@ def train_run(
             if improved:
                 best_value, best_epoch = value, epoch
                 best_state = copy.deepcopy(model.state_dict())
-            history.append({
-                "epoch": epoch, "loss": epoch_loss, "train_seconds": train_seconds,
-                "eval_seconds": eval_seconds, "elapsed_seconds": time.perf_counter() - started,
-                "peak_memory_mb": peak_memory_mb(device),
-                **{f"valid_{k}": v for k, v in valid_metrics.items()},
-            })
+            history.append(
+                {
+                    "epoch": epoch,
+                    "loss": epoch_loss,
+                    "train_seconds": train_seconds,
+                    "eval_seconds": eval_seconds,
+                    "elapsed_seconds": time.perf_counter() - started,
+                    "peak_memory_mb": peak_memory_mb(device),
+                    **{f"valid_{k}": v for k, v in valid_metrics.items()},
+                }
+            )
             files.append_history(history[-1])
             bar.end_epoch(epoch, epoch_loss, value, best_value)
             if epoch - best_epoch >= config.patience:
@@ -146,8 +171,11 @@ def train_run(
     with autocast:
         test_result = test.evaluate(model, topk=config.save_topk)
     test_metrics = metrics_from_ranks(test_result.ranks, ks)
-    valid_best = {k.removeprefix("valid_"): v for k, v in history[best_epoch - 1].items()
-                  if k.startswith("valid_")}
+    valid_best = {
+        k.removeprefix("valid_"): v
+        for k, v in history[best_epoch - 1].items()
+        if k.startswith("valid_")
+    }
     metrics = {
         "valid": valid_best,
         "test": test_metrics,
@@ -168,7 +196,7 @@ def train_run(
 
 
 def _batch_loss(
-    step_model: torch.nn.Module,
+    step_model: Callable[..., torch.Tensor],
     model: torch.nn.Module,
     batch: TrainBatch,
     loss: LossSettings,
@@ -183,8 +211,13 @@ def _batch_loss(
         at_positions = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.positions)
     negatives = None
     if loss.negatives > 0:
-        negatives = sample_negatives(batch.targets, loss.negatives, model.n_items,  # type: ignore[arg-type]
-                                     generator, cdf)
+        negatives = sample_negatives(
+            batch.targets,
+            loss.negatives,
+            model.n_items,  # type: ignore[arg-type]
+            generator,
+            cdf,
+        )
     inputs = LossInputs(at_positions, batch.targets, scoring_table(model), negatives)  # type: ignore[arg-type]
     return loss.spec.fn(inputs, loss.params)
 
@@ -193,15 +226,21 @@ def _has_last_only(model: torch.nn.Module) -> bool:
     return "last_only" in inspect.signature(model.forward).parameters
 
 
-def _candidates(config: TrainConfig, evaluation_set: Any, item_counts: torch.Tensor,
-                salt: int) -> torch.Tensor | None:
+def _candidates(
+    config: TrainConfig, evaluation_set: Any, item_counts: torch.Tensor, salt: int
+) -> torch.Tensor | None:
     """Sampled-ranking negatives, fixed per seed (None for full ranking)."""
     if config.eval_negatives == 0:
         return None
     return sample_eval_candidates(
-        config.eval_negatives, len(item_counts) - 1, evaluation_set.seen_offsets,
-        evaluation_set.seen_items, evaluation_set.targets, by=config.eval_sampler,
-        item_counts=item_counts, seed=config.seed * 1000 + salt,
+        config.eval_negatives,
+        len(item_counts) - 1,
+        evaluation_set.seen_offsets,
+        evaluation_set.seen_items,
+        evaluation_set.targets,
+        by=config.eval_sampler,
+        item_counts=item_counts,
+        seed=config.seed * 1000 + salt,
     )
 
 

@@ -1,8 +1,8 @@
 """Named hyperparameter presets from the study (REFERENCE.md, "Protocol used by the study").
 
 A preset is a layer of overrides applied after the defaults and before a TOML file and CLI
-flags. Top-level keys are `TrainConfig` fields; `model_settings` go to the model's own config; a preset's model settings that a model does not
-have (GRU4Rec has no attention heads) are left out for that model.
+flags. Top-level keys are `TrainConfig` fields; `model_settings` go to the model's own config.
+Model settings that a model does not have (GRU4Rec has no attention heads) are left out for it.
 """
 
 from __future__ import annotations

@@ -57,8 +57,11 @@ class RunFiles:
         write_with(self.run_dir / WEIGHTS_FILE, lambda path: torch.save(cpu_state, path))
         users = pl.Series("user", range(1, len(targets) + 1), dtype=pl.Int32)
         ranks = pl.DataFrame(
-            [users, pl.Series("target", targets.numpy(), dtype=pl.Int32),
-             pl.Series("rank", result.ranks.numpy(), dtype=pl.Int64)]
+            [
+                users,
+                pl.Series("target", targets.numpy(), dtype=pl.Int32),
+                pl.Series("rank", result.ranks.numpy(), dtype=pl.Int64),
+            ]
         )
         write_with(self.run_dir / RANKS_FILE, ranks.write_parquet)
         if result.topk is not None:

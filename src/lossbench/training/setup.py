@@ -81,6 +81,8 @@ def make_model(config: TrainConfig, n_items: int) -> tuple[nn.Module, dict[str, 
     if config.init is not None:
         load = getattr(model, "load_pretrained", None)
         if load is None:
-            raise LossbenchError(f"model {config.model} takes no --init checkpoint; only s3rec does")
+            raise LossbenchError(
+                f"model {config.model} takes no --init checkpoint; only s3rec does"
+            )
         load(config.init)
     return model, model_config.model_dump()

@@ -1,0 +1,79 @@
+"""`lossbench pretrain`: self-supervised pre-training (S3Rec) before `train --init`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lossbench.cli import options as opt
+from lossbench.cli.app import GlobalOptions, app, console
+from lossbench.data.prepared import ensure_prepared
+from lossbench.errors import LossbenchError
+from lossbench.models import model_config
+from lossbench.models.s3rec import S3RecConfig
+from lossbench.training.pretrain import pretrain_s3rec
+
+PRETRAINABLE = ("s3rec",)
+
+
+@app.command()
+def pretrain(
+    dataset: Annotated[str, typer.Option(help="Dataset with item attributes, e.g. lastfm.")],
+    model: Annotated[str, typer.Option(help="Model to pre-train: s3rec.")] = "s3rec",
+    epochs: Annotated[int, typer.Option(min=1, help="Pre-training epochs (study: 150).")] = 150,
+    checkpoint_every: Annotated[
+        int, typer.Option(min=1, help="Write pretrain-epochN.pt every N epochs.")
+    ] = 10,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default runs/DATASET/MODEL-pretrain-seedN).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per batch.")] = 100,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Adam learning rate.")] = 1e-3,
+    hidden_size: opt.HiddenSize = None,
+    num_layers: opt.NumLayers = None,
+    num_heads: opt.NumHeads = None,
+    dropout: opt.Dropout = None,
+    attention_dropout: opt.AttentionDropout = None,
+    max_len: opt.MaxLen = None,
+) -> None:
+    """Pre-train a model's encoder; fine-tune it with `lossbench train --init OUT/pretrained.pt`
+    (model settings must match those of the fine-tuning run)."""
+    if model not in PRETRAINABLE:
+        raise LossbenchError(
+            f"model {model} has no pre-training; pre-trainable: {', '.join(PRETRAINABLE)}"
+        )
+    if device not in ("auto", "cpu", "cuda"):
+        raise LossbenchError(f"unknown device {device!r}; use auto, cpu or cuda")
+    settings = opt.model_settings(
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        dropout=dropout,
+        attention_dropout=attention_dropout,
+        max_len=max_len,
+    )
+    config = model_config(model, settings)
+    assert isinstance(config, S3RecConfig)
+    prepared = ensure_prepared(GlobalOptions.data_dir, dataset)
+    out_dir = out or Path("runs") / dataset / f"{model}-pretrain-seed{seed}"
+    console.print(f"pre-training [bold]{model}[/] on [bold]{dataset}[/] -> {out_dir}")
+    final = pretrain_s3rec(
+        prepared,
+        config,
+        out_dir,
+        epochs=epochs,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        lr=lr,
+        console=console,
+    )
+    console.print(
+        f"wrote {final}; fine-tune with "
+        f"`lossbench train --dataset {dataset} --model {model} --init {final}`"
+    )

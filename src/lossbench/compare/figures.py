@@ -1,0 +1,109 @@
+"""The comparison's figures as PNGs: quality vs training time (the study's Figure 1) and
+validation curves against wall-clock time.
+
+Figures are built with `matplotlib.figure.Figure` (Agg canvas), never pyplot: no global
+backend or open-figure state, so it works headless and inside tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import polars as pl
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from lossbench.atomic import write_with
+from lossbench.compare.results import read_history
+
+QUALITY_VS_TIME = "quality_vs_time.png"
+VALIDATION_CURVES = "validation_curves.png"
+_BUBBLE_AREA = 1500.0  # points^2 of the largest peak memory
+
+
+def quality_vs_time(summary: pl.DataFrame, path: Path, metric: str = "ndcg@10") -> Path:
+    """One bubble per (model, loss): x = mean total training seconds, y = mean test metric,
+    area = mean peak memory; one panel per dataset."""
+    datasets = summary["dataset"].unique(maintain_order=True).to_list()
+    figure, panels = _panels(len(datasets))
+    colors = _colors(summary["loss"].to_list())
+    largest = summary["peak_memory_mb"].max() if "peak_memory_mb" in summary.columns else None
+    for axes, dataset in zip(panels, datasets, strict=False):
+        part = summary.filter(pl.col("dataset") == dataset)
+        several_models = part["model"].n_unique() > 1
+        for row in part.iter_rows(named=True):
+            memory = row.get("peak_memory_mb")
+            area = (_BUBBLE_AREA * memory / largest
+                    if memory is not None and isinstance(largest, float) and largest > 0 else 200.0)
+            x, y = row.get("train_seconds") or 0.0, row[f"{metric}_mean"]
+            axes.scatter([x], [y], s=area, color=colors[row["loss"]], alpha=0.55,
+                         edgecolors="black", linewidths=0.6)
+            if row.get(f"{metric}_std") is not None:
+                axes.errorbar([x], [y], yerr=[row[f"{metric}_std"]], color="black",
+                              linewidth=0.8, capsize=2)
+            label = f"{row['model']} + {row['loss']}" if several_models else row["loss"]
+            memory_text = "" if memory is None else f"\n{memory:.0f} MB"
+            axes.annotate(label + memory_text, (x, y), textcoords="offset points",
+                          xytext=(8, 6), fontsize=8)
+        axes.set_title(dataset)
+        axes.set_xlabel("training seconds (mean over seeds)")
+        axes.set_ylabel(f"test {metric.upper()} (mean over seeds)")
+        axes.margins(0.25)
+        axes.grid(alpha=0.3)
+    figure.suptitle("quality against training time (bubble area = peak memory)")
+    return _save(figure, path)
+
+
+def validation_curves(runs: pl.DataFrame, path: Path, metric: str = "ndcg@10") -> Path:
+    """Validation metric against elapsed wall-clock seconds, one panel per (dataset, model):
+    each seed a thin line, the mean over seeds (per epoch) a thick one, one colour per loss."""
+    groups = runs.select("dataset", "model").unique(maintain_order=True).rows()
+    figure, panels = _panels(len(groups))
+    colors = _colors(runs["loss"].to_list())
+    column = f"valid_{metric}"
+    for axes, (dataset, model) in zip(panels, groups, strict=False):
+        part = runs.filter((pl.col("dataset") == dataset) & (pl.col("model") == model))
+        for (loss,), of_loss in part.group_by("loss", maintain_order=True):
+            histories = [read_history(Path(run_dir)).with_columns(pl.lit(i).alias("run"))
+                         for i, run_dir in enumerate(of_loss["run_dir"].to_list())]
+            histories = [h for h in histories if column in h.columns]
+            if not histories:
+                continue
+            for history in histories:
+                axes.plot(history["elapsed_seconds"], history[column], color=colors[loss],
+                          linewidth=0.7, alpha=0.35)
+            mean = (pl.concat(histories, how="diagonal").group_by("epoch").agg(
+                pl.col("elapsed_seconds").mean(), pl.col(column).mean()).sort("epoch"))
+            axes.plot(mean["elapsed_seconds"], mean[column], color=colors[loss], linewidth=2.0,
+                      label=f"{loss} ({len(histories)} seed{'s' if len(histories) > 1 else ''})")
+        axes.set_title(f"{dataset}: {model}")
+        axes.set_xlabel("wall-clock seconds since the start of training")
+        axes.set_ylabel(f"validation {metric.upper()}")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.suptitle("validation curves (thin: seeds, thick: mean over seeds per epoch)")
+    return _save(figure, path)
+
+
+def _panels(count: int) -> tuple[Figure, list[Axes]]:
+    columns = min(count, 3)
+    rows = math.ceil(count / columns)
+    figure = Figure(figsize=(6.0 * columns, 4.5 * rows), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False)
+    every = [axes for row in grid for axes in row]
+    for unused in every[count:]:
+        unused.set_visible(False)
+    return figure, every[:count]
+
+
+def _colors(losses: Iterable[str]) -> dict[str, str]:
+    """The same colour for a loss in every panel and figure."""
+    names = sorted(set(losses))
+    return {name: f"C{i % 10}" for i, name in enumerate(names)}
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    write_with(path, lambda temporary: figure.savefig(temporary, format="png", dpi=130))
+    return path

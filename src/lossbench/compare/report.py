@@ -1,0 +1,108 @@
+"""Saved run folders -> tables, `summary.md`, `results.*` and figures (no training).
+
+`compare` writes `comparison.json` into its output folder before training: the run folders
+it asked for, each (dataset, model)'s baseline and the loss order. `lossbench report DIR`
+reads it to re-render exactly that comparison; without it, every finished run under DIR.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from lossbench.atomic import atomic_path, write_json
+from lossbench.compare.figures import (
+    QUALITY_VS_TIME,
+    VALIDATION_CURVES,
+    quality_vs_time,
+    validation_curves,
+)
+from lossbench.compare.grid import PlannedRun
+from lossbench.compare.results import find_finished_runs, results_frame, write_results
+from lossbench.compare.summary import SummaryOptions, summarize
+from lossbench.compare.tables import markdown, rich_tables
+from lossbench.errors import LossbenchError
+from lossbench.models import MODELS
+from lossbench.training.run_files import is_finished
+
+COMPARISON_FILE = "comparison.json"
+SUMMARY_FILE = "summary.md"
+
+
+@dataclass(frozen=True)
+class ComparisonPlan:
+    run_dirs: list[Path]
+    baselines: dict[tuple[str, str], str]  # (dataset, model) -> baseline loss
+    loss_order: list[str]
+
+
+def save_plan(out_dir: Path, runs: list[PlannedRun], baselines: dict[tuple[str, str], str],
+              loss_order: list[str]) -> None:
+    write_json(out_dir / COMPARISON_FILE, {
+        "runs": [str(run.run_dir.relative_to(out_dir)) for run in runs],
+        "baselines": [{"dataset": d, "model": m, "loss": loss}
+                      for (d, m), loss in baselines.items()],
+        "losses": loss_order,
+    })
+
+
+def load_plan(out_dir: Path) -> ComparisonPlan | None:
+    path = out_dir / COMPARISON_FILE
+    if not path.is_file():
+        return None
+    saved: dict[str, Any] = json.loads(path.read_text())
+    return ComparisonPlan(
+        run_dirs=[out_dir / run for run in saved["runs"]],
+        baselines={(b["dataset"], b["model"]): b["loss"] for b in saved["baselines"]},
+        loss_order=list(saved["losses"]),
+    )
+
+
+def render_report(
+    out_dir: Path,
+    options: SummaryOptions,
+    console: Console | None = None,
+    baseline: str | None = None,
+) -> list[Path]:
+    """Re-render everything from the finished runs of DIR; return the files written."""
+    console = console or Console(quiet=True)
+    if not out_dir.is_dir():
+        raise LossbenchError(f"{out_dir} is not a folder; give the --out folder of a comparison")
+    plan = load_plan(out_dir)
+    if plan is not None:
+        run_dirs, baselines, order = plan.run_dirs, dict(plan.baselines), plan.loss_order
+        run_dirs = [run_dir for run_dir in run_dirs if is_finished(run_dir)]
+    else:
+        run_dirs, baselines, order = find_finished_runs(out_dir), {}, []
+    if not run_dirs:
+        raise LossbenchError(
+            f"no finished runs in {out_dir}; run `lossbench compare --out {out_dir}` first"
+        )
+    runs = results_frame(run_dirs)
+    if baseline is not None and baseline not in runs["loss"].to_list():
+        losses = ", ".join(runs["loss"].unique(maintain_order=True).to_list())
+        raise LossbenchError(f"baseline {baseline!r} has no finished runs in {out_dir}; "
+                             f"choose one of {losses}")
+    for dataset, model in runs.select("dataset", "model").unique().rows():
+        if baseline is not None:
+            baselines[(dataset, model)] = baseline
+        elif (dataset, model) not in baselines and model in MODELS:
+            baselines[(dataset, model)] = MODELS[model].default_loss
+    summary = summarize(runs, baselines, options, order)
+    for table in rich_tables(summary, options):
+        console.print(table)
+
+    written = write_results(runs, out_dir)
+    with atomic_path(out_dir / SUMMARY_FILE) as temporary:
+        temporary.write_text(markdown(summary, options))
+    written.append(out_dir / SUMMARY_FILE)
+    metric = options.significance_metric
+    written.append(quality_vs_time(summary, out_dir / QUALITY_VS_TIME, metric))
+    written.append(validation_curves(runs, out_dir / VALIDATION_CURVES, metric))
+    console.print(f"{len(run_dirs)} runs; wrote {', '.join(path.name for path in written)} "
+                  f"in {out_dir}")
+    return written

@@ -1,0 +1,85 @@
+"""Finished run folders -> one polars row per run -> `results.parquet` / `results.csv`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from lossbench.atomic import write_with
+from lossbench.training.run_files import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    RANKS_FILE,
+    read_metrics,
+)
+
+RESULTS_PARQUET = "results.parquet"
+RESULTS_CSV = "results.csv"
+KEY_COLUMNS = ["dataset", "model", "loss", "seed"]
+TIMING_COLUMNS = [
+    "best_epoch",
+    "epochs",
+    "train_seconds",
+    "train_seconds_per_epoch",
+    "eval_seconds_per_epoch",
+    "peak_memory_mb",
+]
+
+
+def find_finished_runs(root: Path) -> list[Path]:
+    """Every run folder under `root` (or `root` itself) whose metrics.json exists, sorted."""
+    return sorted(path.parent for path in root.rglob(METRICS_FILE))
+
+
+def run_row(run_dir: Path) -> dict[str, Any]:
+    """One run as a flat row: keys, resolved loss settings, metrics, timings, config."""
+    metrics = read_metrics(run_dir)
+    record = json.loads((run_dir / CONFIG_FILE).read_text())
+    config = record.get("config", {})
+    loss_settings = {k: v for k, v in record.get("loss_settings", {}).items() if k != "loss"}
+    environment = record.get("environment", {})
+    return {
+        "dataset": metrics["dataset"],
+        "model": metrics["model"],
+        "loss": metrics["loss"],
+        "seed": int(metrics["seed"]),
+        **loss_settings,
+        "sampler": config.get("sampler"),
+        **{f"valid_{name}": float(value) for name, value in metrics["valid"].items()},
+        **{f"test_{name}": float(value) for name, value in metrics["test"].items()},
+        **{name: metrics.get(name) for name in TIMING_COLUMNS},
+        "validation_metric": metrics.get("validation_metric"),
+        "device": environment.get("device"),
+        "precision": environment.get("precision"),
+        "model_settings": json.dumps(record.get("model_settings", {}), sort_keys=True),
+        "config": json.dumps(config, sort_keys=True),
+        "run_dir": str(run_dir),
+    }
+
+
+def results_frame(run_dirs: list[Path]) -> pl.DataFrame:
+    """(runs, columns) frame sorted by dataset, model, loss, seed; missing metrics are null."""
+    rows = [run_row(run_dir) for run_dir in run_dirs]
+    frame = pl.from_dicts(rows, infer_schema_length=None)
+    return frame.sort(KEY_COLUMNS, maintain_order=True)
+
+
+def write_results(frame: pl.DataFrame, out_dir: Path) -> list[Path]:
+    parquet, csv = out_dir / RESULTS_PARQUET, out_dir / RESULTS_CSV
+    write_with(parquet, frame.write_parquet)
+    write_with(csv, frame.write_csv)
+    return [parquet, csv]
+
+
+def read_ranks(run_dir: Path) -> pl.DataFrame:
+    """`user`, `target`, `rank` of every test user of one run."""
+    return pl.read_parquet(run_dir / RANKS_FILE)
+
+
+def read_history(run_dir: Path) -> pl.DataFrame:
+    """One row per epoch: loss, validation metrics, seconds, peak memory."""
+    return pl.read_csv(run_dir / HISTORY_FILE)

@@ -1,0 +1,104 @@
+"""The comparison table, one per dataset, as rich tables and as markdown (same cells)."""
+
+from __future__ import annotations
+
+import polars as pl
+from rich.table import Table
+
+from lossbench.compare.summary import BETTER, WORSE, SummaryOptions
+
+Cells = tuple[list[str], list[list[str]]]  # (headers, rows)
+
+
+def legend(options: SummaryOptions) -> str:
+    metric = options.significance_metric.upper().replace("@", "@")
+    return (
+        f"{BETTER} / {WORSE}: test {metric} significantly higher / lower than the baseline "
+        f"(two-sided paired sign-flip permutation test over (user, seed) pairs, "
+        f"{options.n_permutations:,} permutations, Holm-corrected across the rows of a "
+        f"dataset, alpha = {options.alpha:g}). Values are mean ± std over seeds; "
+        "change is relative to the baseline's mean."
+    )
+
+
+def table_cells(summary: pl.DataFrame, options: SummaryOptions) -> Cells:
+    """Header and formatted rows of one dataset's table (`summary` holds one dataset)."""
+    several_models = summary["model"].n_unique() > 1
+    headers = [*(["model"] if several_models else []), "loss", "seeds"]
+    headers += [_label(name) for name in options.metrics]
+    headers += [f"Δ {_label(name)}" for name in options.metrics]
+    headers += [f"p ({_label(options.significance_metric)})", "s / epoch", "best epoch",
+                "peak MB"]
+    rows = []
+    for row in summary.iter_rows(named=True):
+        is_baseline = row["loss"] == row["baseline"]
+        cells = [*([row["model"]] if several_models else [])]
+        cells += [f"{row['loss']} (baseline)" if is_baseline else row["loss"], str(row["seeds"])]
+        cells += [_mean_std(row[f"{name}_mean"], row[f"{name}_std"]) for name in options.metrics]
+        for name in options.metrics:
+            change = "—" if is_baseline else _percent(row[f"{name}_change"])
+            if name == options.significance_metric and row["mark"]:
+                change = f"{change} {row['mark']}"
+            cells.append(change)
+        cells += ["—" if is_baseline else _p_value(row["p_holm"]),
+                  _number(row.get("train_seconds_per_epoch"), "{:.2f}"),
+                  _number(row.get("best_epoch"), "{:.1f}"),
+                  _number(row.get("peak_memory_mb"), "{:.0f}")]
+        rows.append(cells)
+    return headers, rows
+
+
+def rich_tables(summary: pl.DataFrame, options: SummaryOptions) -> list[Table]:
+    tables = []
+    for (dataset,), part in summary.group_by("dataset", maintain_order=True):
+        headers, rows = table_cells(part, options)
+        table = Table(title=f"losses compared on {dataset}", caption=legend(options))
+        for i, header in enumerate(headers):
+            table.add_column(header, justify="left" if i < headers.index("seeds") else "right")
+        for cells in rows:
+            style = "green" if BETTER in "".join(cells) else "red" if WORSE in "".join(cells) else None
+            table.add_row(*cells, style=style)
+        tables.append(table)
+    return tables
+
+
+def markdown(summary: pl.DataFrame, options: SummaryOptions) -> str:
+    """Ready-to-paste markdown: one section and table per dataset, then the legend."""
+    sections = ["# Loss comparison", ""]
+    for (dataset,), part in summary.group_by("dataset", maintain_order=True):
+        headers, rows = table_cells(part, options)
+        first = headers.index("seeds")
+        align = ["---" if i < first else "---:" for i in range(len(headers))]
+        sections += [f"## {dataset}", "", _md_row(headers), _md_row(align)]
+        sections += [_md_row(cells) for cells in rows]
+        sections.append("")
+    sections += [legend(options), ""]
+    return "\n".join(sections)
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def _label(metric: str) -> str:
+    return metric.upper() if metric == "mrr" else metric.replace("ndcg", "NDCG").replace("hr", "HR").replace("recall", "Recall")
+
+
+def _mean_std(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.1f}%"
+
+
+def _p_value(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.1e}" if value < 1e-3 else f"{value:.3f}"
+
+
+def _number(value: object, pattern: str) -> str:
+    return "—" if value is None else pattern.format(value)
