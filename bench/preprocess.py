@@ -26,14 +26,24 @@ N_USERS, N_ITEMS = 138_493, 26_744  # ml-20m's sizes
 
 
 def generate_ratings(path: Path, rows: int, seed: int = 0) -> None:
-    """`userId,movieId,rating,timestamp`, sorted by user like the real file, Zipf-like items."""
+    """`userId,movieId,rating,timestamp`, sorted by user like the real file.
+
+    Like ml-20m, a user rates a movie at most once: user u's j-th movie is
+    `(start_u + j * stride_u) mod N_ITEMS` with a stride coprime to N_ITEMS.
+    """
     rng = np.random.default_rng(seed)
     weights = rng.lognormal(0.0, 1.0, N_USERS)
-    lengths = np.floor(weights / weights.sum() * rows).astype(np.int64)
-    lengths[: rows - lengths.sum()] += 1  # exactly `rows` rows in total
+    lengths = np.minimum(np.floor(weights / weights.sum() * rows), N_ITEMS).astype(np.int64)
+    while (missing := rows - lengths.sum()) > 0:  # exactly `rows` rows in total
+        room = np.flatnonzero(lengths < N_ITEMS)[:missing]
+        lengths[room] += 1
     users = np.repeat(np.arange(1, N_USERS + 1, dtype=np.int64), lengths)  # (rows,)
-    popularity = 1.0 / np.arange(1, N_ITEMS + 1) ** 0.9
-    items = rng.choice(N_ITEMS, size=rows, p=popularity / popularity.sum()) + 1
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    position = np.arange(rows, dtype=np.int64) - starts  # j: index within the user's rows
+    strides = rng.choice(np.arange(1, N_ITEMS, 2), N_USERS)
+    strides[np.gcd(strides, N_ITEMS) != 1] = 1
+    offsets = rng.integers(0, N_ITEMS, N_USERS)
+    items = (np.repeat(offsets, lengths) + position * np.repeat(strides, lengths)) % N_ITEMS + 1
     ratings = rng.integers(1, 11, size=rows) / 2.0  # 0.5 .. 5.0
     timestamps = rng.integers(789_652_009, 1_427_784_002, size=rows)
     frame = pl.DataFrame(

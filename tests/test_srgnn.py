@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import Tensor
@@ -149,3 +151,30 @@ def test_too_wide_batch_is_refused() -> None:
     model = make_model(max_len=4)
     with pytest.raises(ValueError, match="max_len"):
         model(torch.ones(1, 5, dtype=torch.long))
+
+
+def test_last_only_is_the_last_column() -> None:
+    model = make_model()
+    items = torch.tensor([[0, 2, 3, 2, 4], [1, 1, 5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(items, last_only=True), model(items)[:, -1:])
+
+
+def test_registered_and_trains_end_to_end(tmp_path: Path) -> None:
+    from lossbench.data.synthetic import make_synthetic_prepared
+    from lossbench.models import MODELS
+    from lossbench.training.config import build_config
+    from lossbench.training.loop import train_run
+
+    assert MODELS["srgnn"].default_loss == "ce" and not MODELS["srgnn"].bidirectional
+    dataset = make_synthetic_prepared(n_users=40, n_items=30, mean_length=8, seed=0)
+    for loss in ("ce", "improved"):
+        config = build_config(
+            overrides={
+                "dataset": "synthetic", "model": "srgnn", "loss": loss, "max_epochs": 1,
+                "batch_size": 16, "device": "cpu",
+                "model_settings": {"hidden_size": 8, "max_len": 8},
+            }
+        )  # fmt: skip
+        result = train_run(config, dataset, tmp_path / loss)
+        assert 0.0 <= result.metrics["test"]["ndcg@10"] <= 1.0

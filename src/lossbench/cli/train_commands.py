@@ -82,24 +82,32 @@ def train(
     )
     result = train_run(config, prepared, run_dir, console)
     console.print(result_table(result))
+    console.print(f"run files in {result.run_dir}")
 
 
 def result_table(result: RunResult) -> Table:
+    """Rows: (split, metric family); columns: the cut-offs. Recall@k equals HR@k with one
+    target per user, so it stays in metrics.json and out of the way here."""
     metrics = result.metrics
+    ks = sorted({int(name.split("@")[1]) for name in metrics["test"] if "@" in name})
     table = Table(
-        title=f"{metrics['model']} + {metrics['loss']} on {metrics['dataset']} "
-        f"(best epoch {metrics['best_epoch']} of {metrics['epochs']})"
-    )
-    table.add_column("metric")
-    table.add_column("validation", justify="right")
-    table.add_column("test", justify="right")
-    for name, value in metrics["test"].items():
-        table.add_row(name, f"{metrics['valid'].get(name, float('nan')):.4f}", f"{value:.4f}")
-    table.caption = (
-        f"{metrics['train_seconds_per_epoch']:.2f} s/epoch train, "
+        title=f"{metrics['model']} + {metrics['loss']} on {metrics['dataset']}, seed "
+        f"{metrics['seed']} (best epoch {metrics['best_epoch']} of {metrics['epochs']})",
+        caption=f"{metrics['train_seconds_per_epoch']:.2f} s/epoch training, "
         f"{metrics['eval_seconds_per_epoch']:.2f} s validation, "
-        f"peak memory {metrics['peak_memory_mb']:.0f} MB; files in {result.run_dir}"
+        f"peak memory {metrics['peak_memory_mb']:,.0f} MB",
     )
+    table.add_column("split")
+    table.add_column("metric")
+    for k in ks:
+        table.add_column(f"@{k}", justify="right")
+    table.add_column("MRR", justify="right")
+    for split in ("valid", "test"):
+        values = metrics[split]
+        for family in ("hr", "ndcg"):
+            mrr = f"{values['mrr']:.4f}" if family == "hr" else ""
+            cells = [f"{values.get(f'{family}@{k}', float('nan')):.4f}" for k in ks]
+            table.add_row(split if family == "hr" else "", family.upper(), *cells, mrr)
     return table
 
 

@@ -35,18 +35,30 @@ def quality_vs_time(summary: pl.DataFrame, path: Path, metric: str = "ndcg@10") 
         several_models = part["model"].n_unique() > 1
         for row in part.iter_rows(named=True):
             memory = row.get("peak_memory_mb")
-            area = (_BUBBLE_AREA * memory / largest
-                    if memory is not None and isinstance(largest, float) and largest > 0 else 200.0)
+            area = (
+                _BUBBLE_AREA * memory / largest
+                if memory is not None and isinstance(largest, float) and largest > 0
+                else 200.0
+            )
             x, y = row.get("train_seconds") or 0.0, row[f"{metric}_mean"]
-            axes.scatter([x], [y], s=area, color=colors[row["loss"]], alpha=0.55,
-                         edgecolors="black", linewidths=0.6)
+            axes.scatter(
+                [x],
+                [y],
+                s=area,
+                color=colors[row["loss"]],
+                alpha=0.55,
+                edgecolors="black",
+                linewidths=0.6,
+            )
             if row.get(f"{metric}_std") is not None:
-                axes.errorbar([x], [y], yerr=[row[f"{metric}_std"]], color="black",
-                              linewidth=0.8, capsize=2)
+                axes.errorbar(
+                    [x], [y], yerr=[row[f"{metric}_std"]], color="black", linewidth=0.8, capsize=2
+                )
             label = f"{row['model']} + {row['loss']}" if several_models else row["loss"]
             memory_text = "" if memory is None else f"\n{memory:.0f} MB"
-            axes.annotate(label + memory_text, (x, y), textcoords="offset points",
-                          xytext=(8, 6), fontsize=8)
+            axes.annotate(
+                label + memory_text, (x, y), textcoords="offset points", xytext=(8, 6), fontsize=8
+            )
         axes.set_title(dataset)
         axes.set_xlabel("training seconds (mean over seeds)")
         axes.set_ylabel(f"test {metric.upper()} (mean over seeds)")
@@ -66,18 +78,34 @@ def validation_curves(runs: pl.DataFrame, path: Path, metric: str = "ndcg@10") -
     for axes, (dataset, model) in zip(panels, groups, strict=False):
         part = runs.filter((pl.col("dataset") == dataset) & (pl.col("model") == model))
         for (loss,), of_loss in part.group_by("loss", maintain_order=True):
-            histories = [read_history(Path(run_dir)).with_columns(pl.lit(i).alias("run"))
-                         for i, run_dir in enumerate(of_loss["run_dir"].to_list())]
+            histories = [
+                read_history(Path(run_dir)).with_columns(pl.lit(i).alias("run"))
+                for i, run_dir in enumerate(of_loss["run_dir"].to_list())
+            ]
             histories = [h for h in histories if column in h.columns]
             if not histories:
                 continue
             for history in histories:
-                axes.plot(history["elapsed_seconds"], history[column], color=colors[loss],
-                          linewidth=0.7, alpha=0.35)
-            mean = (pl.concat(histories, how="diagonal").group_by("epoch").agg(
-                pl.col("elapsed_seconds").mean(), pl.col(column).mean()).sort("epoch"))
-            axes.plot(mean["elapsed_seconds"], mean[column], color=colors[loss], linewidth=2.0,
-                      label=f"{loss} ({len(histories)} seed{'s' if len(histories) > 1 else ''})")
+                axes.plot(
+                    history["elapsed_seconds"],
+                    history[column],
+                    color=colors[loss],
+                    linewidth=0.7,
+                    alpha=0.35,
+                )
+            mean = (
+                pl.concat(histories, how="diagonal")
+                .group_by("epoch")
+                .agg(pl.col("elapsed_seconds").mean(), pl.col(column).mean())
+                .sort("epoch")
+            )
+            axes.plot(
+                mean["elapsed_seconds"],
+                mean[column],
+                color=colors[loss],
+                linewidth=2.0,
+                label=f"{loss} ({len(histories)} seed{'s' if len(histories) > 1 else ''})",
+            )
         axes.set_title(f"{dataset}: {model}")
         axes.set_xlabel("wall-clock seconds since the start of training")
         axes.set_ylabel(f"validation {metric.upper()}")

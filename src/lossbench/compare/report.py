@@ -40,14 +40,22 @@ class ComparisonPlan:
     loss_order: list[str]
 
 
-def save_plan(out_dir: Path, runs: list[PlannedRun], baselines: dict[tuple[str, str], str],
-              loss_order: list[str]) -> None:
-    write_json(out_dir / COMPARISON_FILE, {
-        "runs": [str(run.run_dir.relative_to(out_dir)) for run in runs],
-        "baselines": [{"dataset": d, "model": m, "loss": loss}
-                      for (d, m), loss in baselines.items()],
-        "losses": loss_order,
-    })
+def save_plan(
+    out_dir: Path,
+    runs: list[PlannedRun],
+    baselines: dict[tuple[str, str], str],
+    loss_order: list[str],
+) -> None:
+    write_json(
+        out_dir / COMPARISON_FILE,
+        {
+            "runs": [str(run.run_dir.relative_to(out_dir)) for run in runs],
+            "baselines": [
+                {"dataset": d, "model": m, "loss": loss} for (d, m), loss in baselines.items()
+            ],
+            "losses": loss_order,
+        },
+    )
 
 
 def load_plan(out_dir: Path) -> ComparisonPlan | None:
@@ -85,8 +93,9 @@ def render_report(
     runs = results_frame(run_dirs)
     if baseline is not None and baseline not in runs["loss"].to_list():
         losses = ", ".join(runs["loss"].unique(maintain_order=True).to_list())
-        raise LossbenchError(f"baseline {baseline!r} has no finished runs in {out_dir}; "
-                             f"choose one of {losses}")
+        raise LossbenchError(
+            f"baseline {baseline!r} has no finished runs in {out_dir}; choose one of {losses}"
+        )
     for dataset, model in runs.select("dataset", "model").unique().rows():
         if baseline is not None:
             baselines[(dataset, model)] = baseline
@@ -103,6 +112,7 @@ def render_report(
     metric = options.significance_metric
     written.append(quality_vs_time(summary, out_dir / QUALITY_VS_TIME, metric))
     written.append(validation_curves(runs, out_dir / VALIDATION_CURVES, metric))
-    console.print(f"{len(run_dirs)} runs; wrote {', '.join(path.name for path in written)} "
-                  f"in {out_dir}")
+    console.print(
+        f"{len(run_dirs)} runs; wrote {', '.join(path.name for path in written)} in {out_dir}"
+    )
     return written

@@ -51,8 +51,13 @@ def summarize(
         reference = group.filter(pl.col("loss") == baseline)
         for loss in losses:
             runs_of_loss = group.filter(pl.col("loss") == loss)
-            row: dict[str, object] = {"dataset": dataset, "model": model, "loss": loss,
-                                      "baseline": baseline, "seeds": runs_of_loss.height}
+            row: dict[str, object] = {
+                "dataset": dataset,
+                "model": model,
+                "loss": loss,
+                "baseline": baseline,
+                "seeds": runs_of_loss.height,
+            }
             for name in metrics:
                 values = runs_of_loss[f"test_{name}"]
                 mean, base_mean = values.mean(), reference[f"test_{name}"].mean()
@@ -61,7 +66,8 @@ def summarize(
                 row[f"{name}_change"] = _relative_change(mean, base_mean)
             row.update(_timings(runs_of_loss))
             row["mean_difference"], row["p_value"], row["pairs"] = (
-                _paired(runs_of_loss, reference, options, ranks) if loss != baseline
+                _paired(runs_of_loss, reference, options, ranks)
+                if loss != baseline
                 else (None, None, None)
             )
             rows.append(row)
@@ -79,8 +85,9 @@ def _with_holm(table: pl.DataFrame, alpha: float) -> pl.DataFrame:
         adjusted[rows] = holm_adjust(p_values[rows])
     difference = table["mean_difference"].cast(pl.Float64).fill_null(0.0).to_numpy()
     significant = np.nan_to_num(adjusted, nan=1.0) < alpha
-    marks = np.where(significant & (difference > 0), BETTER,
-                     np.where(significant & (difference < 0), WORSE, ""))
+    marks = np.where(
+        significant & (difference > 0), BETTER, np.where(significant & (difference < 0), WORSE, "")
+    )
     return table.with_columns(
         pl.Series("p_holm", adjusted).fill_nan(None), pl.Series("mark", marks)
     )
@@ -109,16 +116,25 @@ def _run_means(runs: pl.DataFrame, name: str, ranks: _RankCache) -> list[float]:
     column = f"test_{name}"
     saved = runs[column].to_list() if column in runs.columns else [None] * runs.height
     return [
-        float(value) if value is not None
+        float(value)
+        if value is not None
         else float(per_user_metric(ranks.get(run_dir)["rank"].to_numpy(), name).mean())
         for value, run_dir in zip(saved, runs["run_dir"].to_list(), strict=True)
     ]
 
 
 def _timings(runs: pl.DataFrame) -> dict[str, float | None]:
-    return {name: runs[name].cast(pl.Float64).mean()  # type: ignore[misc]
-            for name in ("train_seconds_per_epoch", "train_seconds", "best_epoch", "epochs",
-                         "peak_memory_mb") if name in runs.columns}
+    return {
+        name: runs[name].cast(pl.Float64).mean()  # type: ignore[misc]
+        for name in (
+            "train_seconds_per_epoch",
+            "train_seconds",
+            "best_epoch",
+            "epochs",
+            "peak_memory_mb",
+        )
+        if name in runs.columns
+    }
 
 
 def _relative_change(value: object, reference: object) -> float | None:

@@ -27,8 +27,7 @@ def table_cells(summary: pl.DataFrame, options: SummaryOptions) -> Cells:
     headers = [*(["model"] if several_models else []), "loss", "seeds"]
     headers += [_label(name) for name in options.metrics]
     headers += [f"Δ {_label(name)}" for name in options.metrics]
-    headers += [f"p ({_label(options.significance_metric)})", "s / epoch", "best epoch",
-                "peak MB"]
+    headers += [f"p ({_label(options.significance_metric)})", "s / epoch", "best epoch", "peak MB"]
     rows = []
     for row in summary.iter_rows(named=True):
         is_baseline = row["loss"] == row["baseline"]
@@ -40,10 +39,12 @@ def table_cells(summary: pl.DataFrame, options: SummaryOptions) -> Cells:
             if name == options.significance_metric and row["mark"]:
                 change = f"{change} {row['mark']}"
             cells.append(change)
-        cells += ["—" if is_baseline else _p_value(row["p_holm"]),
-                  _number(row.get("train_seconds_per_epoch"), "{:.2f}"),
-                  _number(row.get("best_epoch"), "{:.1f}"),
-                  _number(row.get("peak_memory_mb"), "{:.0f}")]
+        cells += [
+            "—" if is_baseline else _p_value(row["p_holm"]),
+            _number(row.get("train_seconds_per_epoch"), "{:.2f}"),
+            _number(row.get("best_epoch"), "{:.1f}"),
+            _number(row.get("peak_memory_mb"), "{:.0f}"),
+        ]
         rows.append(cells)
     return headers, rows
 
@@ -56,7 +57,9 @@ def rich_tables(summary: pl.DataFrame, options: SummaryOptions) -> list[Table]:
         for i, header in enumerate(headers):
             table.add_column(header, justify="left" if i < headers.index("seeds") else "right")
         for cells in rows:
-            style = "green" if BETTER in "".join(cells) else "red" if WORSE in "".join(cells) else None
+            style = (
+                "green" if BETTER in "".join(cells) else "red" if WORSE in "".join(cells) else None
+            )
             table.add_row(*cells, style=style)
         tables.append(table)
     return tables
@@ -81,7 +84,11 @@ def _md_row(cells: list[str]) -> str:
 
 
 def _label(metric: str) -> str:
-    return metric.upper() if metric == "mrr" else metric.replace("ndcg", "NDCG").replace("hr", "HR").replace("recall", "Recall")
+    return (
+        metric.upper()
+        if metric == "mrr"
+        else metric.replace("ndcg", "NDCG").replace("hr", "HR").replace("recall", "Recall")
+    )
 
 
 def _mean_std(mean: float | None, std: float | None) -> str:

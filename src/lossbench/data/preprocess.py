@@ -143,7 +143,6 @@ def build_tables(
     user_keys, user_originals = id_keys(raw["user"])
     item_keys, item_originals = id_keys(raw["item"])
     keyed = raw.with_columns(user=user_keys, item=item_keys)
-    )
     frame, report = clean(keyed, protocol)
     # Keys of the kept ids -> contiguous 1..n (rank keeps their order, and the row order).
     users = _id_map(frame["user"], user_originals, "user")

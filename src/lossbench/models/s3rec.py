@@ -158,14 +158,16 @@ class S3RecPretrainer(nn.Module):
     def mask_id(self) -> int:
         return self.backbone.n_items + 1
 
-    def encode(self, item_ids: Tensor) -> Tensor:
-        """(B, L) ids, mask id allowed -> (B, L, D), attending both ways (padding excluded)."""
+    def encode(self, item_ids: Tensor, last_only: bool = False) -> Tensor:
+        """(B, L) ids, mask id allowed -> (B, L, D), attending both ways (padding excluded);
+        `last_only` -> (B, 1, D), the last column only."""
         table = torch.cat([self.backbone.item_embedding.weight, self.mask_embedding[None]])
         vectors = F.embedding(item_ids, table, padding_idx=0)  # (B, L, D)
         hidden = self.backbone.positional_input(vectors)
         mask = attention_mask(item_ids != 0, causal=False)  # (B, 1, L, L)
-        for block in self.backbone.encoder.blocks:
-            hidden = block(hidden, mask)
+        last = len(self.backbone.encoder.blocks) - 1
+        for index, block in enumerate(self.backbone.encoder.blocks):
+            hidden = block(hidden, mask, last_only=last_only and index == last)
         return hidden
 
     def forward(self, batch: PretrainBatch) -> dict[str, Tensor]:
@@ -190,9 +192,9 @@ class S3RecPretrainer(nn.Module):
             ),
         }
         # segments: the context's and each segment's last state (the original's readout)
-        context = self.encode(batch.segment_context)[:, -1]  # (B, D)
-        positive = self.encode(batch.positive_segment)[:, -1]
-        negative = self.encode(batch.negative_segment)[:, -1]
+        context = self.encode(batch.segment_context, last_only=True)[:, 0]  # (B, D)
+        positive = self.encode(batch.positive_segment, last_only=True)[:, 0]
+        negative = self.encode(batch.negative_segment, last_only=True)[:, 0]
         losses["sp"] = pairwise_sigmoid_loss(
             self.heads["sp"](context), positive, negative, batch.has_segment
         )

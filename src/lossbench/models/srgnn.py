@@ -168,15 +168,17 @@ class SRGNN(nn.Module):
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
 
-    def forward(self, item_ids: Tensor) -> Tensor:
-        """(B, L) -> (B, L, D): position t from the prefix ending at t; padding rows are 0."""
-        positions = torch.arange(item_ids.shape[1], device=item_ids.device)
-        return self.encode_prefixes(item_ids, positions)
+    def forward(self, item_ids: Tensor, last_only: bool = False) -> Tensor:
+        """(B, L) -> (B, L, D): position t from the prefix ending at t; padding rows are 0.
+        `last_only` -> (B, 1, D): only the whole sequence's graph (one prefix, not L)."""
+        width = item_ids.shape[1]
+        start = width - 1 if last_only else 0
+        ends = torch.arange(start, width, device=item_ids.device)
+        return self.encode_prefixes(item_ids, ends)
 
     def predict_hidden(self, item_ids: Tensor) -> Tensor:
-        """(B, L) histories -> (B, D): the whole history's representation (one prefix)."""
-        last = torch.tensor([item_ids.shape[1] - 1], device=item_ids.device)
-        return self.encode_prefixes(item_ids, last)[:, 0]
+        """(B, L) histories -> (B, D): the whole history's representation."""
+        return self(item_ids, last_only=True)[:, 0]
 
     def encode_prefixes(self, item_ids: Tensor, ends: Tensor) -> Tensor:
         """(B, L) ids, (T,) last positions of the prefixes -> (B, T, D) representations."""

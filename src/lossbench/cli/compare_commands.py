@@ -1,0 +1,227 @@
+"""`lossbench compare` (train a grid of losses, then report) and `lossbench report DIR`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from lossbench.cli import options as opt
+from lossbench.cli.app import GlobalOptions, app, console
+from lossbench.compare import SummaryOptions, compare_losses, make_grid, read_grid_file
+from lossbench.compare.grid import merge_settings
+from lossbench.compare.report import render_report
+from lossbench.compare.stats import DEFAULT_PERMUTATIONS
+from lossbench.data.prepared import PreparedDataset, ensure_prepared
+from lossbench.errors import LossbenchError
+from lossbench.evaluation.metrics import per_user_metric
+from lossbench.losses import LOSSES
+from lossbench.models import MODELS
+
+COMPARE = "Comparison"
+DEFAULT_OUT = Path("runs/compare")
+
+Metrics = Annotated[
+    str,
+    typer.Option(
+        help="Test metrics in the table, e.g. hr@10,ndcg@10,mrr "
+        "(any k: recomputed from the saved ranks).",
+        rich_help_panel=COMPARE,
+    ),
+]
+SignificanceMetric = Annotated[
+    str,
+    typer.Option(help="Per-user metric of the paired significance test.", rich_help_panel=COMPARE),
+]
+Permutations = Annotated[
+    int, typer.Option(help="Random sign flips of the permutation test.", rich_help_panel=COMPARE)
+]
+Alpha = Annotated[
+    float,
+    typer.Option(help="Significance level (Holm-corrected across rows).", rich_help_panel=COMPARE),
+]
+
+
+@app.command()
+def compare(
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Dataset (default synthetic; several: a,b).", rich_help_panel=COMPARE),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model: " + ", ".join(MODELS) + " (several: a,b).", rich_help_panel=COMPARE
+        ),
+    ] = None,
+    losses: Annotated[
+        str | None,
+        typer.Option(
+            help="Losses to compare, e.g. bce,ce,improved (the default); "
+            "'original' = the model's own.",
+            rich_help_panel=COMPARE,
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Seeds of every loss, e.g. 0,1,2 (the default).", rich_help_panel=COMPARE
+        ),
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="Loss the others are compared with "
+            "(default: the first; in a grid, each model's own).",
+            rich_help_panel=COMPARE,
+        ),
+    ] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Folder of the runs and reports; finished runs in it are reused.",
+            rich_help_panel=COMPARE,
+        ),
+    ] = DEFAULT_OUT,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Grid TOML: [grid] datasets, models, losses, seeds; "
+            "[settings] shared by all runs (flags override both).",
+            rich_help_panel=COMPARE,
+        ),
+    ] = None,
+    metrics: Metrics = "hr@10,ndcg@10",
+    significance_metric: SignificanceMetric = "ndcg@10",
+    permutations: Permutations = DEFAULT_PERMUTATIONS,
+    alpha: Alpha = 0.05,
+    init: Annotated[
+        Path | None, typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).")
+    ] = None,
+    save_topk: Annotated[
+        int | None, typer.Option(help="Write topk.parquet with each test user's K best items.")
+    ] = None,
+    preset: opt.Preset = None,
+    batch_size: opt.BatchSize = None,
+    lr: opt.LearningRate = None,
+    beta2: opt.Beta2 = None,
+    weight_decay: opt.WeightDecay = None,
+    max_epochs: opt.MaxEpochs = None,
+    patience: opt.Patience = None,
+    time_limit: opt.TimeLimit = None,
+    batching: opt.Batching = None,
+    positions: opt.Positions = None,
+    negatives: opt.Negatives = None,
+    sampler: opt.Sampler = None,
+    gbce_t: opt.GbceT = None,
+    mask_prob: opt.MaskProb = None,
+    softmax_chunk: opt.SoftmaxChunk = None,
+    hidden_size: opt.HiddenSize = None,
+    num_layers: opt.NumLayers = None,
+    num_heads: opt.NumHeads = None,
+    dropout: opt.Dropout = None,
+    attention_dropout: opt.AttentionDropout = None,
+    max_len: opt.MaxLen = None,
+    validation_metric: opt.ValidationMetric = None,
+    ks: opt.Ks = None,
+    keep_seen: opt.KeepSeen = None,
+    eval_negatives: opt.EvalNegatives = None,
+    eval_sampler: opt.EvalSampler = None,
+    device: opt.Device = None,
+    precision: opt.Precision = None,
+    compile: opt.Compile = None,
+) -> None:
+    """Train one model with several losses (everything else identical) and compare them."""
+    flags = opt.training_overrides(
+        locals(),
+        skip=(
+            "dataset",
+            "model",
+            "losses",
+            "seeds",
+            "baseline",
+            "out",
+            "config_file",
+            "metrics",
+            "significance_metric",
+            "permutations",
+            "alpha",
+        ),
+    )
+    grid_values, settings = read_grid_file(config_file) if config_file else ({}, {})
+    given = {
+        "datasets": _names(dataset, "--dataset"),
+        "models": _names(model, "--model"),
+        "losses": _names(losses, "--losses"),
+        "seeds": _seeds(seeds),
+        "baseline": baseline,
+    }
+    grid_values.update({k: v for k, v in given.items() if v is not None})
+    if baseline is None and "baseline" not in grid_values and config_file is None:
+        grid_values["baseline"] = grid_values.get("losses", ["bce"])[0]  # the first loss
+    grid = make_grid(grid_values, str(config_file) if config_file else "options")
+    summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
+
+    def prepare(name: str) -> PreparedDataset:
+        return ensure_prepared(GlobalOptions.data_dir, name)
+
+    compare_losses(grid, merge_settings(settings, flags), out, prepare, summary_options, console)
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="Output folder of `lossbench compare`.")],
+    baseline: Annotated[
+        str | None,
+        typer.Option(help="Loss the others are compared with (default: the comparison's)."),
+    ] = None,
+    metrics: Metrics = "hr@10,ndcg@10",
+    significance_metric: SignificanceMetric = "ndcg@10",
+    permutations: Permutations = DEFAULT_PERMUTATIONS,
+    alpha: Alpha = 0.05,
+) -> None:
+    """Re-render tables, summary.md, results files and figures from saved runs (no training)."""
+    summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
+    render_report(directory, summary_options, console, baseline)
+
+
+def _summary_options(
+    metrics: str, significance: str, permutations: int, alpha: float
+) -> SummaryOptions:
+    shown = _names(metrics, "--metrics") or []
+    for name in [*shown, significance]:
+        per_user_metric(np.ones(1), name)  # raises a LossbenchError naming the valid forms
+    if not shown:
+        raise LossbenchError("--metrics is empty; give metrics such as hr@10,ndcg@10")
+    if permutations < 1:
+        raise LossbenchError(f"--permutations must be at least 1, not {permutations}")
+    if not 0.0 < alpha < 1.0:
+        raise LossbenchError(f"--alpha must be between 0 and 1, not {alpha}")
+    return SummaryOptions(shown, significance, alpha, permutations)
+
+
+def _names(text: str | None, flag: str) -> list[str] | None:
+    """'a, b,c' -> ['a', 'b', 'c']; an empty list is an error (None: not given)."""
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        valid = f"; valid losses: {', '.join(LOSSES)}" if flag == "--losses" else ""
+        raise LossbenchError(f"{flag} is empty{valid}")
+    return names
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    names = _names(text, "--seeds")
+    if names is None:
+        return None
+    try:
+        return [int(name) for name in names]
+    except ValueError:
+        raise LossbenchError(f"--seeds must be integers such as 0,1,2, not {text!r}") from None
+
+
+__all__: list[Any] = ["compare", "report"]

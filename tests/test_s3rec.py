@@ -1,0 +1,225 @@
+"""S3Rec: the four objectives on hand-computed values, batch building, pre-training then
+fine-tuning on tiny synthetic data with attributes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lossbench.data.prepared import PreparedDataset
+from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.errors import LossbenchError
+from lossbench.models.s3rec import (
+    PretrainObjectives,
+    S3Rec,
+    S3RecConfig,
+    S3RecPretrainer,
+    attribute_prediction_loss,
+    pairwise_sigmoid_loss,
+)
+from lossbench.models.sasrec import SASRec
+from lossbench.training.pretrain import (
+    make_batch,
+    pretrain_s3rec,
+    pretrain_samples,
+    sample_absent_items,
+)
+
+TINY = {"hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_len": 8}
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_attribute_prediction_loss_by_hand() -> None:
+    hidden = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # (B=1, L=2, D=2)
+    table = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # attributes 1, 2
+    targets = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
+    # only position 0: logits (1, 0), targets (1, 0) -> softplus(-1) + softplus(0)
+    loss = attribute_prediction_loss(hidden, table, targets, torch.tensor([[True, False]]))
+    assert loss.item() == pytest.approx(softplus(-1.0) + math.log(2.0))
+    both = attribute_prediction_loss(hidden, table, targets, torch.tensor([[True, True]]))
+    # position 1: logits (0, 2), targets (1, 1) -> softplus(0) + softplus(-2)
+    assert both.item() == pytest.approx(softplus(-1.0) + 2 * math.log(2.0) + softplus(-2.0))
+
+
+def test_pairwise_sigmoid_loss_by_hand() -> None:
+    context = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    positive = torch.tensor([[2.0, 0.0], [5.0, 5.0]])
+    negative = torch.tensor([[0.0, 3.0], [0.0, -1.0]])
+    where = torch.tensor([True, False])
+    # row 0: sigmoid(2) - sigmoid(0), loss -log sigmoid(that); row 1 excluded
+    distance = 1 / (1 + math.exp(-2.0)) - 0.5
+    loss = pairwise_sigmoid_loss(context, positive, negative, where)
+    assert loss.item() == pytest.approx(softplus(-distance))
+    assert pairwise_sigmoid_loss(context, positive, negative, ~where | where).item() > loss.item()
+
+
+def test_objective_weights_are_the_papers() -> None:
+    losses = {name: torch.tensor(1.0) for name in ("aap", "mip", "map", "sp")}
+    assert PretrainObjectives().total(losses).item() == pytest.approx(0.2 + 1 + 1 + 0.5)
+    assert PretrainObjectives().mask_prob == 0.2
+
+
+def test_sample_absent_items_never_hits_the_sequence() -> None:
+    generator = torch.Generator().manual_seed(0)
+    items = torch.tensor([[0, 1, 2, 3]] * 200 + [[2, 2, 0, 5]] * 200)
+    drawn = sample_absent_items(items, 5, generator)
+    assert set(drawn[:200].flatten().tolist()) == {4, 5}
+    assert set(drawn[200:].flatten().tolist()) == {1, 3, 4}
+    share = (drawn[:200] == 4).float().mean().item()
+    assert 0.4 < share < 0.6  # uniform over the absent items
+    full = sample_absent_items(torch.tensor([[1, 2, 3]]), 3, generator)
+    assert 1 <= full.min() and full.max() <= 3  # nothing absent: any item
+
+
+def hand_made_dataset() -> PreparedDataset:
+    """Users' training items [1, 2, 3, 4] and [5, 6]; valid / test items 9, 10 (never used)."""
+    counts = [0, 1, 2, 1, 0, 1, 1, 0, 0, 1, 1]  # attributes per item id 0..10
+    return PreparedDataset(
+        name="hand",
+        n_items=10,
+        train_offsets=np.array([0, 4, 6]),
+        train_items=np.array([1, 2, 3, 4, 5, 6]),
+        valid_items=np.array([9, 9]),
+        test_items=np.array([10, 10]),
+        attribute_offsets=np.concatenate([[0], np.cumsum(counts)]),
+        attribute_ids=np.array([1, 1, 2, 3, 2, 3, 1, 2]),
+        n_attributes=3,
+    )
+
+
+def test_samples_are_every_training_prefix() -> None:
+    samples = pretrain_samples(hand_made_dataset(), 3, torch.device("cpu"))
+    assert samples.windows.tolist() == [[2, 3, 4], [0, 5, 6]]  # last max_len training items
+    assert samples.user.tolist() == [0, 0, 0, 1, 1]
+    assert samples.length.tolist() == [1, 2, 3, 1, 2]
+    assert samples.item_attributes[2].tolist() == [1.0, 1.0, 0.0]  # item 2: attributes 1, 2
+    assert samples.item_attributes[0].sum() == 0
+    generator = torch.Generator().manual_seed(0)
+    batch = make_batch(samples, torch.arange(5), 0.5, generator)
+    assert batch.items.tolist() == [[0, 0, 2], [0, 2, 3], [2, 3, 4], [0, 0, 5], [0, 5, 6]]
+    real = batch.items != 0
+    mask_id = 11
+    assert (batch.masked_items[:, -1] == mask_id).all()  # the last item is always masked
+    kept = real & (batch.masked_items != mask_id)
+    assert torch.equal(batch.masked_items[kept], batch.items[kept])
+    masked = batch.masked_items == mask_id
+    clash = (batch.negative_items[:, :, None] == batch.items[:, None, :]).any(-1)
+    assert not (clash & masked).any()  # MIP negatives are outside the sequence
+    assert torch.equal(batch.attributes, samples.item_attributes[batch.items])
+    assert batch.has_segment.tolist() == [False, True, True, False, True]
+    for row in range(5):
+        in_segment = batch.segment_context[row] == mask_id
+        if not batch.has_segment[row]:
+            continue
+        assert 1 <= in_segment.sum() <= batch.items[row].ne(0).sum() // 2
+        assert torch.equal(batch.positive_segment[row][in_segment], batch.items[row][in_segment])
+        outside = real[row] & ~in_segment
+        assert (batch.positive_segment[row][outside] == mask_id).all()
+        assert (batch.negative_segment[row][outside] == mask_id).all()
+    for field in ("items", "negative_segment", "positive_segment", "segment_context"):
+        values = set(getattr(batch, field).flatten().tolist())
+        assert not values & {9, 10}, field  # validation / test items never appear
+
+
+def test_without_attributes_the_error_names_datasets_that_have_them() -> None:
+    dataset = hand_made_dataset()
+    plain = PreparedDataset(
+        "plain", 10, dataset.train_offsets, dataset.train_items, dataset.valid_items,
+        dataset.test_items,
+    )  # fmt: skip
+    with pytest.raises(LossbenchError, match="no item attributes.*lastfm"):
+        pretrain_samples(plain, 3, torch.device("cpu"))
+
+
+def test_finetune_model_is_sasrec_and_causal_while_pretraining_is_bidirectional() -> None:
+    config = S3RecConfig.model_validate({**TINY, "dropout": 0.0, "attention_dropout": 0.0})
+    torch.manual_seed(0)
+    s3rec = S3Rec(20, **config.model_dump()).eval()
+    torch.manual_seed(0)
+    sasrec = SASRec(20, **config.model_dump()).eval()
+    items = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]])
+    torch.testing.assert_close(s3rec(items), sasrec(items), atol=0, rtol=0)
+    assert S3Rec.bidirectional is False
+    changed = items.clone()
+    changed[:, -1] = 9
+    torch.testing.assert_close(s3rec(changed)[:, :-1], s3rec(items)[:, :-1])
+    pretrainer = S3RecPretrainer(s3rec, n_attributes=3, init_std=0.02).eval()
+    assert (pretrainer.encode(changed)[:, :-1] - pretrainer.encode(items)[:, :-1]).abs().max() > 0
+
+
+def tiny_synthetic() -> PreparedDataset:
+    return make_synthetic_prepared(n_users=40, n_items=30, mean_length=8, n_attributes=6, seed=0)
+
+
+def test_pretrain_then_finetune_end_to_end(tmp_path: Path) -> None:
+    from lossbench.training.config import build_config
+    from lossbench.training.loop import train_run
+
+    dataset = tiny_synthetic()
+    config = S3RecConfig.model_validate(TINY)
+    final = pretrain_s3rec(dataset, config, tmp_path, epochs=2, checkpoint_every=1, seed=0)
+    assert final == tmp_path / "pretrained.pt"
+    names = {path.name for path in tmp_path.iterdir()}
+    assert {"pretrain-epoch1.pt", "pretrain-epoch2.pt", "pretrained.pt"} <= names
+    checkpoint = torch.load(final, weights_only=True)
+    fresh = S3Rec(dataset.n_items, **config.model_dump())
+    fresh.load_pretrained(final)
+    for name, value in fresh.state_dict().items():
+        torch.testing.assert_close(value, checkpoint["backbone"][name])
+    epoch1 = torch.load(tmp_path / "pretrain-epoch1.pt", weights_only=True)["backbone"]
+    moved = epoch1["item_embedding.weight"] - checkpoint["backbone"]["item_embedding.weight"]
+    assert moved.abs().max() > 0  # the second epoch trained
+
+    run = build_config(
+        overrides={
+            "dataset": "synthetic", "model": "s3rec", "loss": "bce", "init": final,
+            "max_epochs": 1, "batch_size": 16, "device": "cpu", "model_settings": TINY,
+        }
+    )  # fmt: skip
+    result = train_run(run, dataset, tmp_path / "run")
+    assert 0.0 <= result.metrics["test"]["ndcg@10"] <= 1.0
+
+
+def test_load_pretrained_errors(tmp_path: Path) -> None:
+    dataset = tiny_synthetic()
+    config = S3RecConfig.model_validate(TINY)
+    final = pretrain_s3rec(dataset, config, tmp_path, epochs=1, checkpoint_every=5, seed=1)
+    assert not (tmp_path / "pretrain-epoch1.pt").exists()
+    with pytest.raises(LossbenchError, match="no pre-trained checkpoint"):
+        S3Rec(dataset.n_items, **config.model_dump()).load_pretrained(tmp_path / "missing.pt")
+    with pytest.raises(LossbenchError, match=f"{dataset.n_items} items but this dataset has 7"):
+        S3Rec(7, **config.model_dump()).load_pretrained(final)
+    wider = S3RecConfig.model_validate({**TINY, "hidden_size": 16})
+    with pytest.raises(LossbenchError, match="does not fit this model's settings"):
+        S3Rec(dataset.n_items, **wider.model_dump()).load_pretrained(final)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(LossbenchError, match="not a readable checkpoint"):
+        S3Rec(dataset.n_items, **config.model_dump()).load_pretrained(junk)
+    torch.save({"weights": torch.zeros(1)}, junk)
+    with pytest.raises(LossbenchError, match="not an S3Rec pre-training checkpoint"):
+        S3Rec(dataset.n_items, **config.model_dump()).load_pretrained(junk)
+
+
+def test_pretrain_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lossbench.cli.pretrain_commands as commands
+    from lossbench.cli import app
+
+    monkeypatch.setattr(commands, "ensure_prepared", lambda data_dir, name: tiny_synthetic())
+    out = tmp_path / "pre"
+    arguments = ["pretrain", "--dataset", "synthetic", "--epochs", "1", "--out", str(out)]
+    arguments += ["--hidden-size", "8", "--num-layers", "1", "--max-len", "8", "--device", "cpu"]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "--init" in result.output and (out / "pretrained.pt").is_file()
+    wrong = CliRunner().invoke(app, ["pretrain", "--dataset", "synthetic", "--model", "sasrec"])
+    assert isinstance(wrong.exception, LossbenchError)
+    assert "pre-trainable: s3rec" in str(wrong.exception)
