@@ -223,3 +223,40 @@ def test_pretrain_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     wrong = CliRunner().invoke(app, ["pretrain", "--dataset", "synthetic", "--model", "sasrec"])
     assert isinstance(wrong.exception, LossbenchError)
     assert "pre-trainable: s3rec" in str(wrong.exception)
+
+
+def test_pretrainer_applies_each_objective_at_its_positions() -> None:
+    samples = pretrain_samples(hand_made_dataset(), 4, torch.device("cpu"))
+    batch = make_batch(samples, torch.arange(6), 0.5, torch.Generator().manual_seed(3))
+    config = S3RecConfig.model_validate({**TINY, "max_len": 4, "dropout": 0.0})
+    model = S3RecPretrainer(S3Rec(10, **config.model_dump()), 3, init_std=0.5).eval()
+    with torch.no_grad():
+        losses = model(batch)
+        hidden = model.encode(batch.masked_items)
+        table = model.attribute_embedding.weight[1:]
+        masked = batch.masked_items == 11
+        unmasked = (batch.masked_items != 0) & ~masked
+        embed = model.backbone.item_embedding
+        expected = {
+            "aap": attribute_prediction_loss(
+                model.heads["aap"](hidden), table, batch.attributes, unmasked
+            ),
+            "map": attribute_prediction_loss(
+                model.heads["map"](hidden), table, batch.attributes, masked
+            ),
+            "mip": pairwise_sigmoid_loss(
+                model.heads["mip"](hidden),
+                embed(batch.items),
+                embed(batch.negative_items),
+                masked,
+            ),
+            "sp": pairwise_sigmoid_loss(
+                model.heads["sp"](model.encode(batch.segment_context)[:, -1]),
+                model.encode(batch.positive_segment)[:, -1],
+                model.encode(batch.negative_segment)[:, -1],
+                batch.has_segment,
+            ),
+        }
+    assert masked.any() and unmasked.any()
+    for name, value in expected.items():
+        torch.testing.assert_close(losses[name], value, msg=name)

@@ -35,8 +35,13 @@ def small() -> PreparedDataset:
 
 
 def quick(**overrides: object) -> dict[str, object]:
-    return {"dataset": "synthetic", "max_epochs": 1, "batch_size": 64,
-            "model_settings": {"hidden_size": 16, "max_len": 20}, **overrides}
+    return {
+        "dataset": "synthetic",
+        "max_epochs": 1,
+        "batch_size": 64,
+        "model_settings": {"hidden_size": 16, "max_len": 20},
+        **overrides,
+    }
 
 
 @pytest.mark.parametrize("loss", sorted(set(LOSSES) - {"mlm"}))
@@ -64,15 +69,25 @@ def popularity_ndcg10(dataset: PreparedDataset) -> float:
     counts = tensors.item_counts.double()[:, None]  # (n_items + 1, 1): score = popularity
     test = tensors.test
     rows = torch.repeat_interleave(torch.arange(dataset.n_users), torch.diff(test.seen_offsets))
-    ranks = full_ranking_ranks(torch.ones(dataset.n_users, 1, dtype=torch.float64), counts,
-                               test.targets, rows, test.seen_items)
+    ranks = full_ranking_ranks(
+        torch.ones(dataset.n_users, 1, dtype=torch.float64),
+        counts,
+        test.targets,
+        rows,
+        test.seen_items,
+    )
     return metrics_from_ranks(ranks)["ndcg@10"]
 
 
 def test_improved_sasrec_beats_popularity(small: PreparedDataset, tmp_path: Path) -> None:
-    config = build_config(overrides=quick(loss="improved", max_epochs=6, lr=3e-3,
-                                          model_settings={"hidden_size": 32, "max_len": 30,
-                                                          "dropout": 0.2}))
+    config = build_config(
+        overrides=quick(
+            loss="improved",
+            max_epochs=6,
+            lr=3e-3,
+            model_settings={"hidden_size": 32, "max_len": 30, "dropout": 0.2},
+        )
+    )
     result = train_run(config, small, tmp_path)
     assert result.metrics["test"]["ndcg@10"] > 1.5 * popularity_ndcg10(small)
 
@@ -116,8 +131,19 @@ def test_run_folder_holds_everything(tiny: PreparedDataset, tmp_path: Path) -> N
 def test_cli_train_on_synthetic(tmp_path: Path) -> None:
     result = runner.invoke(
         app,
-        ["--data-dir", str(tmp_path / "data"), "train", "--max-epochs", "1", "--hidden-size",
-         "16", "--loss", "improved", "--out", str(tmp_path / "run")],
+        [
+            "--data-dir",
+            str(tmp_path / "data"),
+            "train",
+            "--max-epochs",
+            "1",
+            "--hidden-size",
+            "16",
+            "--loss",
+            "improved",
+            "--out",
+            str(tmp_path / "run"),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "sasrec + improved on synthetic" in result.output
@@ -150,7 +176,9 @@ def test_bad_input_is_one_line_without_traceback(tmp_path: Path) -> None:
 
     completed = subprocess.run(
         [sys.executable, "-m", "lossbench", "--data-dir", str(tmp_path), "train", "--loss", "nope"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert completed.returncode == 2
     assert "Traceback" not in completed.stderr

@@ -12,7 +12,7 @@ from lossbench.cli.app import app, console_err
 from lossbench.errors import LossbenchError
 
 # Importing the command modules registers their commands on `app`.
-from lossbench.cli import data_commands, train_commands  # noqa: E402,F401  isort: skip
+from lossbench.cli import compare_commands, data_commands, pretrain_commands, train_commands  # noqa: E402,F401  isort: skip
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 import typer
@@ -89,8 +89,8 @@ def compare(
         Path | None,
         typer.Option(
             "--config",
-            help="Grid TOML: [grid] datasets, models, losses, seeds; "
-            "[settings] shared by all runs (flags override both).",
+            help="Grid TOML: \\[grid] datasets, models, losses, seeds; "
+            "\\[settings] shared by all runs (flags override both).",
             rich_help_panel=COMPARE,
         ),
     ] = None,
@@ -99,10 +99,14 @@ def compare(
     permutations: Permutations = DEFAULT_PERMUTATIONS,
     alpha: Alpha = 0.05,
     init: Annotated[
-        Path | None, typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).")
+        Path | None,
+        typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).", rich_help_panel=opt.RUN),
     ] = None,
     save_topk: Annotated[
-        int | None, typer.Option(help="Write topk.parquet with each test user's K best items.")
+        int | None,
+        typer.Option(
+            help="Write topk.parquet with each test user's K best items.", rich_help_panel=opt.RUN
+        ),
     ] = None,
     preset: opt.Preset = None,
     batch_size: opt.BatchSize = None,
@@ -224,4 +228,4 @@ def _seeds(text: str | None) -> list[int] | None:
         raise LossbenchError(f"--seeds must be integers such as 0,1,2, not {text!r}") from None
 
 
-__all__: list[Any] = ["compare", "report"]
+__all__ = ["compare", "report"]

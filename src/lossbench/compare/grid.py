@@ -26,7 +26,7 @@ DEMO_LOSSES = ["bce", "ce", "improved"]
 DEMO_SEEDS = [0, 1, 2]
 # The synthetic demo must finish in a few minutes on 2 cores: cap its epochs. These form a
 # layer under the grid's [settings] and the CLI flags, so either can lift the cap.
-SYNTHETIC_DEMO_SETTINGS: dict[str, Any] = {"max_epochs": 30, "patience": 5}
+SYNTHETIC_DEMO_SETTINGS: dict[str, Any] = {"max_epochs": 10, "patience": 3}
 
 RunState = Literal["finished", "changed", "missing"]
 

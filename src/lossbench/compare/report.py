@@ -24,7 +24,7 @@ from lossbench.compare.figures import (
 from lossbench.compare.grid import PlannedRun
 from lossbench.compare.results import find_finished_runs, results_frame, write_results
 from lossbench.compare.summary import SummaryOptions, summarize
-from lossbench.compare.tables import markdown, rich_tables
+from lossbench.compare.tables import markdown, print_unsqueezed, rich_tables
 from lossbench.errors import LossbenchError
 from lossbench.models import MODELS
 from lossbench.training.run_files import is_finished
@@ -103,7 +103,7 @@ def render_report(
             baselines[(dataset, model)] = MODELS[model].default_loss
     summary = summarize(runs, baselines, options, order)
     for table in rich_tables(summary, options):
-        console.print(table)
+        print_unsqueezed(console, table)
 
     written = write_results(runs, out_dir)
     with atomic_path(out_dir / SUMMARY_FILE) as temporary:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import polars as pl
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from lossbench.compare.summary import BETTER, WORSE, SummaryOptions
@@ -17,23 +20,30 @@ def legend(options: SummaryOptions) -> str:
         f"(two-sided paired sign-flip permutation test over (user, seed) pairs, "
         f"{options.n_permutations:,} permutations, Holm-corrected across the rows of a "
         f"dataset, alpha = {options.alpha:g}). Values are mean ± std over seeds; "
-        "change is relative to the baseline's mean."
+        "change is relative to the baseline's mean; p is the Holm-adjusted p-value."
     )
 
 
-def table_cells(summary: pl.DataFrame, options: SummaryOptions) -> Cells:
-    """Header and formatted rows of one dataset's table (`summary` holds one dataset)."""
+def table_cells(summary: pl.DataFrame, options: SummaryOptions, compact: bool = False) -> Cells:
+    """Header and formatted rows of one dataset's table (`summary` holds one dataset).
+
+    `compact` (the terminal) puts each std under its mean and shortens the headers, so the
+    table fits 80 columns.
+    """
     several_models = summary["model"].n_unique() > 1
     headers = [*(["model"] if several_models else []), "loss", "seeds"]
     headers += [_label(name) for name in options.metrics]
     headers += [f"Δ {_label(name)}" for name in options.metrics]
-    headers += [f"p ({_label(options.significance_metric)})", "s / epoch", "best epoch", "peak MB"]
+    headers += ["p", "s / epoch", "best epoch", "peak MB"]
     rows = []
     for row in summary.iter_rows(named=True):
         is_baseline = row["loss"] == row["baseline"]
         cells = [*([row["model"]] if several_models else [])]
-        cells += [f"{row['loss']} (baseline)" if is_baseline else row["loss"], str(row["seeds"])]
-        cells += [_mean_std(row[f"{name}_mean"], row[f"{name}_std"]) for name in options.metrics]
+        cells += [f"{row['loss']} (base)" if is_baseline else row["loss"], str(row["seeds"])]
+        cells += [
+            _mean_std(row[f"{name}_mean"], row[f"{name}_std"], "\n±" if compact else " ± ")
+            for name in options.metrics
+        ]
         for name in options.metrics:
             change = "—" if is_baseline else _percent(row[f"{name}_change"])
             if name == options.significance_metric and row["mark"]:
@@ -52,10 +62,16 @@ def table_cells(summary: pl.DataFrame, options: SummaryOptions) -> Cells:
 def rich_tables(summary: pl.DataFrame, options: SummaryOptions) -> list[Table]:
     tables = []
     for (dataset,), part in summary.group_by("dataset", maintain_order=True):
-        headers, rows = table_cells(part, options)
-        table = Table(title=f"losses compared on {dataset}", caption=legend(options))
+        headers, rows = table_cells(part, options, compact=True)
+        table = Table(
+            title=f"losses compared on {dataset}",
+            caption=legend(options),
+            box=box.SIMPLE_HEAD,
+            collapse_padding=True,
+        )
+        first_number = headers.index("seeds")
         for i, header in enumerate(headers):
-            table.add_column(header, justify="left" if i < headers.index("seeds") else "right")
+            table.add_column(header, justify="right" if i >= first_number else "left")
         for cells in rows:
             style = (
                 "green" if BETTER in "".join(cells) else "red" if WORSE in "".join(cells) else None
@@ -91,10 +107,10 @@ def _label(metric: str) -> str:
     )
 
 
-def _mean_std(mean: float | None, std: float | None) -> str:
+def _mean_std(mean: float | None, std: float | None, separator: str) -> str:
     if mean is None:
         return "—"
-    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+    return f"{mean:.4f}" if std is None else f"{mean:.4f}{separator}{std:.4f}"
 
 
 def _percent(value: float | None) -> str:
@@ -109,3 +125,20 @@ def _p_value(value: float | None) -> str:
 
 def _number(value: object, pattern: str) -> str:
     return "—" if value is None else pattern.format(value)
+
+
+def print_unsqueezed(console: Console, table: Table) -> None:
+    """Print at the table's natural width: rich would squeeze numbers into ellipses on a
+    narrow (or non-terminal, 80-column) console; a wide line wraps instead, digits intact."""
+    width = Measurement.get(console, console.options.update_width(1000), table).maximum
+    if width <= console.width or console.quiet:
+        console.print(table)
+        return
+    wide = Console(
+        file=console.file,
+        width=width,
+        force_terminal=console.is_terminal,
+        color_system=console.color_system,  # type: ignore[arg-type]
+        highlight=False,
+    )
+    wide.print(table)

@@ -16,23 +16,14 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote, urlparse
 from urllib.request import Request, urlopen
 
+from rich import progress as bars
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from lossbench.atomic import write_json
 from lossbench.data.registry import DatasetEntry, Registry, RemoteFile, get_dataset
@@ -68,10 +59,8 @@ def attributes_path(data_dir: Path, entry: DatasetEntry) -> Path | None:
 
 def is_downloaded(data_dir: Path, entry: DatasetEntry) -> bool:
     raw = raw_dir(data_dir, entry.name)
-    files_present = all((raw / f.file_name).is_file() for f in entry.remote_files)
-    return (
-        bool(entry.remote_files) and files_present and interactions_path(data_dir, entry).exists()
-    )
+    present = all((raw / f.file_name).is_file() for f in entry.remote_files)
+    return bool(entry.remote_files) and present and interactions_path(data_dir, entry).exists()
 
 
 def trusted_hashes(data_dir: Path, name: str) -> dict[str, dict[str, int | str]]:
@@ -127,7 +116,7 @@ def download_dataset(
         raise
     except BaseException as error:
         _remove(created + [raw_dir(data_dir, name)])
-        if not existed:
+        if not existed or not any(folder.iterdir()):
             shutil.rmtree(folder, ignore_errors=True)
         if isinstance(error, OSError):
             raise LossbenchError(
@@ -232,9 +221,8 @@ def _http_fetch(url: str, part: Path, size: int | None, show_progress: bool) -> 
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length else size
         with part.open("ab" if offset else "wb") as out:
-            received = offset + _copy(
-                response, out, total, part.name.removesuffix(".part"), show_progress, offset
-            )
+            label = part.name.removesuffix(".part")
+            received = offset + _copy(response, out, total, label, show_progress, offset)
     if total is not None and received < total:
         raise DownloadInterrupted(
             f"download of {url} was cut after {received} of {total} bytes; "
@@ -243,44 +231,26 @@ def _http_fetch(url: str, part: Path, size: int | None, show_progress: bool) -> 
 
 
 def _copy(
-    stream: _Readable,
-    out: BinaryIO,
-    total: int | None,
-    label: str,
-    show_progress: bool,
-    start: int = 0,
+    stream: _Readable, out: BinaryIO, total: int | None, label: str, show: bool, start: int = 0
 ) -> int:
     """Copy `stream` into `out` with a progress bar; returns the number of bytes copied."""
+    columns = (bars.TextColumn("{task.description}"), bars.BarColumn(), bars.DownloadColumn(),
+               bars.TransferSpeedColumn(), bars.TimeRemainingColumn())  # fmt: skip
     copied = 0
-    with _progress(label, total, start, show_progress) as advance:
+    console = Console(stderr=True)
+    with bars.Progress(*columns, console=console, transient=True, disable=not show) as bar:
+        task = bar.add_task(label, total=total, completed=start)
         try:
             while chunk := stream.read(CHUNK):
                 out.write(chunk)
                 copied += len(chunk)
-                advance(len(chunk))
+                bar.advance(task, len(chunk))
         except (http.client.HTTPException, TimeoutError, ConnectionError) as error:
-            out.flush()
             raise DownloadInterrupted(
                 f"download of {label} was cut after {start + copied} bytes ({error!r}); "
                 "run the same command again to resume"
             ) from None
     return copied
-
-
-@contextmanager
-def _progress(
-    label: str, total: int | None, start: int, show: bool
-) -> Iterator[Callable[[int], None]]:
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True, disable=not show) as bar:
-        task = bar.add_task(label, total=total, completed=start)
-        yield lambda n: bar.advance(task, n)
 
 
 def _sha256(path: Path) -> str:
@@ -292,24 +262,21 @@ def _sha256(path: Path) -> str:
 
 
 def _extract(archive: Path, destination: Path, label: str, name: str) -> None:
-    """Extract into a temporary folder, then rename; refuse any member that would escape."""
+    """Extract into a temporary folder, then rename; refuse any member that could escape."""
     temporary = Path(tempfile.mkdtemp(dir=destination.parent, prefix=".extracting-"))
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zipped:
-                for info in zipped.infolist():
-                    _check_member(
-                        info.filename, temporary, label, (info.external_attr >> 28) == 0xA
-                    )
+                for info in zipped.infolist():  # mode bits 0xA...: a symbolic link
+                    _check_member(info.filename, temporary, label, info.external_attr >> 28 == 0xA)
                 zipped.extractall(temporary)
         else:
             with tarfile.open(archive) as tarred:
-                members = tarred.getmembers()
-                for member in members:
-                    _check_member(
-                        member.name, temporary, label, not (member.isfile() or member.isdir())
-                    )
-                tarred.extractall(temporary, members=members)
+                for member in tarred.getmembers():
+                    special = not (member.isfile() or member.isdir())
+                    _check_member(member.name, temporary, label, special)
+                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tarred.extractall(temporary, **safe)  # type: ignore[arg-type]
         shutil.rmtree(destination, ignore_errors=True)
         os.replace(temporary, destination)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as error:
@@ -321,10 +288,10 @@ def _extract(archive: Path, destination: Path, label: str, name: str) -> None:
         shutil.rmtree(temporary, ignore_errors=True)
 
 
-def _check_member(member: str, root: Path, label: str, is_link_or_special: bool) -> None:
+def _check_member(member: str, root: Path, label: str, special: bool) -> None:
     path = PurePosixPath(member.replace("\\", "/"))
     inside = (root / path).resolve().is_relative_to(root.resolve())
-    if is_link_or_special or path.is_absolute() or ".." in path.parts or not inside:
+    if special or path.is_absolute() or ".." in path.parts or not inside:
         raise LossbenchError(
             f"archive {label} has a member {member!r} that is a link or would land outside the "
             "dataset folder; refusing to extract it (the archive is unsafe)"

@@ -74,6 +74,20 @@ def k_core(frame: pl.DataFrame, user_core: int, item_core: int) -> pl.DataFrame:
     return frame
 
 
+def dense_rank(values: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """(rank 1..n of each value in sorted order of the distinct values, the distinct values)."""
+    if values.dtype.is_integer() and len(values):
+        array = values.to_numpy()
+        low, high = int(array.min()), int(array.max())
+        if low >= 0 and high <= max(4 * len(array), 1 << 24):
+            # Counting beats sorting 20M values by an order of magnitude.
+            present = np.bincount(array, minlength=high + 1) > 0  # (high + 1,)
+            lookup = np.cumsum(present)
+            return pl.Series(lookup[array], dtype=pl.Int64), pl.Series(np.flatnonzero(present))
+    distinct = values.unique().sort()
+    return (distinct.search_sorted(values) + 1).cast(pl.Int64), distinct
+
+
 def id_keys(column: pl.Series) -> tuple[pl.Series, pl.Series]:
     """(key 1..n of each row, original id of key k at k - 1), in numeric order of the ids
     when every id is a canonical integer, else in string order."""
@@ -82,8 +96,8 @@ def id_keys(column: pl.Series) -> tuple[pl.Series, pl.Series]:
         as_int = column.cast(pl.Int64, strict=False)
         if as_int.null_count() == 0 and (as_int.cast(pl.String) == column).all():
             source = as_int  # "007" stays a string: numeric order would merge it with "7"
-    originals = source.unique().sort()
-    return source.rank("dense").cast(pl.Int64), originals.cast(pl.String)
+    keys, originals = dense_rank(source)
+    return keys, originals.cast(pl.String)
 
 
 def _chronological(frame: pl.DataFrame) -> pl.DataFrame:
@@ -144,13 +158,17 @@ def build_tables(
     item_keys, item_originals = id_keys(raw["item"])
     keyed = raw.with_columns(user=user_keys, item=item_keys)
     frame, report = clean(keyed, protocol)
-    # Keys of the kept ids -> contiguous 1..n (rank keeps their order, and the row order).
-    users = _id_map(frame["user"], user_originals, "user")
-    items = _id_map(frame["item"], item_originals, "item")
-    interactions = frame.select(
-        pl.col("user").rank("dense").cast(pl.Int32),
-        pl.col("item").rank("dense").cast(pl.Int32),
-        "timestamp",
+    # Keys of the kept ids -> contiguous 1..n (ranks keep the key order and the row order).
+    user_ids, kept_users = dense_rank(frame["user"])
+    item_ids, kept_items = dense_rank(frame["item"])
+    users = _id_map(kept_users, user_originals, "user")
+    items = _id_map(kept_items, item_originals, "item")
+    interactions = pl.DataFrame(
+        {
+            "user": user_ids.cast(pl.Int32),
+            "item": item_ids.cast(pl.Int32),
+            "timestamp": frame["timestamp"],
+        }
     )
     sequences = interactions.group_by("user", maintain_order=True).agg(pl.col("item"))
     length = pl.col("item").list.len()
@@ -167,14 +185,9 @@ def build_tables(
 
 
 def _id_map(kept_keys: pl.Series, originals: pl.Series, column: str) -> pl.DataFrame:
-    """`column` (Int32, 1..n) -> `original_id` (String) for the keys still present."""
-    keys = kept_keys.unique().sort()
-    return pl.DataFrame(
-        {
-            column: pl.int_range(1, len(keys) + 1, eager=True).cast(pl.Int32),
-            "original_id": originals.gather(keys - 1),
-        }
-    )
+    """`column` (Int32, 1..n) -> `original_id` (String); `kept_keys` sorted distinct keys."""
+    ids = pl.int_range(1, len(kept_keys) + 1, eager=True).cast(pl.Int32)
+    return pl.DataFrame({column: ids, "original_id": originals.gather(kept_keys - 1)})
 
 
 def _map_attributes(attributes: pl.DataFrame, items: pl.DataFrame) -> tuple[pl.DataFrame, int]:

@@ -36,12 +36,16 @@ def _item_structure(
         popularity[topic, members] = ranks**-spec.popularity_exponent
     popularity /= popularity.sum(axis=1, keepdims=True)
     # Successors stay in the item's topic 80% of the time; never the item itself.
+    by_topic = np.argsort(item_topic[1:], kind="stable") + 1  # (n,) items grouped by topic
+    sizes = np.bincount(item_topic[1:], minlength=k)
+    starts = np.cumsum(sizes) - sizes
+    topics = item_topic[1:]
+    same_topic = by_topic[starts[topics] + rng.integers(0, sizes[topics])]
+    anywhere = rng.integers(1, n + 1, n)
     successor = np.zeros(n + 1, dtype=np.int64)
-    for item in range(1, n + 1):
-        same = rng.random() < 0.8
-        pool = np.flatnonzero(item_topic == item_topic[item]) if same else np.arange(1, n + 1)
-        pool = pool[(pool != item) & (pool > 0)]
-        successor[item] = rng.choice(pool) if len(pool) else (item % n) + 1
+    successor[1:] = np.where(rng.random(n) < 0.8, same_topic, anywhere)
+    items = np.arange(1, n + 1)
+    successor[1:] = np.where(successor[1:] == items, items % n + 1, successor[1:])
     return item_topic, successor, popularity
 
 
@@ -61,6 +65,8 @@ def generate_interactions(
     extra = rng.geometric(1.0 / max(1.0, spec.mean_length - spec.min_length + 1), spec.n_users)
     lengths = np.clip(spec.min_length + extra - 1, spec.min_length, max_length)
 
+    # Topic t's cumulative popularity shifted by t, flattened: one searchsorted draws for all.
+    popularity_cdf = (popularity.cumsum(axis=1) + np.arange(n_topics)[:, None]).ravel()
     users = spec.n_users
     seen = np.zeros((users, spec.n_items + 1), dtype=bool)
     seen[:, 0] = True  # padding is never drawn
@@ -73,16 +79,15 @@ def generate_interactions(
             cumulative = transition[topic[active]].cumsum(axis=1)
             draws = rng.random((len(active), 1))
             topic[active] = np.minimum((cumulative < draws).sum(axis=1), n_topics - 1)
-        # (A, n_items + 1) next-item distribution: topic popularity mixed with the successor.
-        weights = (1 - spec.successor_prob) * popularity[topic[active]]
-        if step:
-            weights[np.arange(len(active)), successor[previous[active]]] += spec.successor_prob
-        weights[seen[active]] = 0.0
-        empty = weights.sum(axis=1) == 0  # topic exhausted: any unseen item
-        weights[empty] = (~seen[active[empty]]).astype(float)
-        cumulative = weights.cumsum(axis=1)
-        draws = rng.random(len(active)) * cumulative[:, -1]
-        chosen = (cumulative < draws[:, None]).sum(axis=1)
+        chosen = _next_items(
+            rng,
+            topic[active],
+            previous[active] if step else None,
+            seen[active],
+            successor,
+            popularity_cdf,
+            spec.successor_prob,
+        )
         sequences[active, step] = chosen
         seen[active, chosen] = True
         previous[active] = chosen
@@ -101,23 +106,49 @@ def generate_interactions(
     return interactions, _attributes(spec, item_topic, rng)
 
 
+def _next_items(
+    rng: np.random.Generator,
+    topic: np.ndarray,
+    previous: np.ndarray | None,
+    seen: np.ndarray,
+    successor: np.ndarray,
+    popularity_cdf: np.ndarray,
+    successor_prob: float,
+) -> np.ndarray:
+    """(A,) next items of A users: the successor of the previous item (when unseen) with
+    probability `successor_prob`, else a draw from the topic's popularity among unseen items."""
+    count, width = len(topic), seen.shape[1]
+    rows = np.arange(count)
+    chosen = np.zeros(count, dtype=np.int64)
+    if previous is not None:
+        candidate = successor[previous]
+        take = (rng.random(count) < successor_prob) & ~seen[rows, candidate]
+        chosen[take] = candidate[take]
+    for _ in range(16):  # rejection sampling: redraw the ones that hit a seen item
+        todo = np.flatnonzero(chosen == 0)
+        if not len(todo):
+            return chosen
+        flat = np.searchsorted(popularity_cdf, topic[todo] + rng.random(len(todo)), side="right")
+        draw = np.clip(flat - topic[todo] * width, 0, width - 1)
+        fresh = ~seen[todo, draw]
+        chosen[todo[fresh]] = draw[fresh]
+    for row in np.flatnonzero(chosen == 0):  # topic (nearly) exhausted: any unseen item
+        chosen[row] = rng.choice(np.flatnonzero(~seen[row]))
+    return chosen
+
+
 def _attributes(
     spec: SyntheticSpec, item_topic: np.ndarray, rng: np.random.Generator
 ) -> pl.DataFrame:
-    """1-3 attributes per item, 80% from the 4 attributes tied to the item's topic."""
-    n_attrs = spec.n_attributes
-    rows_item, rows_attr = [], []
-    for item in range(1, spec.n_items + 1):
-        base = (item_topic[item] * 4) % n_attrs
-        for _ in range(rng.integers(1, 4)):
-            own = rng.random() < 0.8
-            attr = (base + rng.integers(4)) % n_attrs if own else rng.integers(n_attrs)
-            rows_item.append(item)
-            rows_attr.append(int(attr) + 1)
-    return pl.DataFrame(
-        {"item": rows_item, "attribute": rows_attr},
-        schema=[("item", pl.Int64), ("attribute", pl.Int64)],
-    )
+    """1-3 attributes per item, 80% from the block of attributes owned by the item's topic."""
+    n_topics = int(item_topic.max()) + 1
+    block = max(1, spec.n_attributes // n_topics)  # attributes per topic
+    counts = rng.integers(1, 4, size=spec.n_items)  # (n_items,)
+    items = np.repeat(np.arange(1, spec.n_items + 1), counts)  # (A,)
+    own = (item_topic[items] * block + rng.integers(0, block, len(items))) % spec.n_attributes
+    anywhere = rng.integers(0, spec.n_attributes, len(items))
+    attributes = np.where(rng.random(len(items)) < 0.8, own, anywhere) + 1
+    return pl.DataFrame({"item": items, "attribute": attributes}).cast(pl.Int64)
 
 
 def make_synthetic_prepared(

@@ -1,0 +1,230 @@
+"""Tables, results files, summary.md and figures from saved (constructed) run folders, and
+the `report` / `compare` commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+import lossbench.cli.compare_commands  # noqa: F401  (registers compare and report)
+from lossbench.cli.app import app
+from lossbench.compare.report import SUMMARY_FILE, render_report
+from lossbench.compare.results import results_frame
+from lossbench.compare.summary import BETTER, SummaryOptions, summarize
+from lossbench.errors import LossbenchError
+from lossbench.evaluation.metrics import metrics_from_ranks
+from lossbench.training.config import TrainConfig
+
+N_USERS = 300
+OPTIONS = SummaryOptions(n_permutations=999)
+
+
+def write_fake_run(
+    root: Path, loss: str, seed: int, ranks: np.ndarray, model: str = "sasrec", dataset: str = "toy"
+) -> Path:
+    """A finished run folder as `train_run` leaves it (without weights)."""
+    run_dir = root / dataset / model / loss / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    config = TrainConfig(dataset=dataset, model=model, loss=loss, seed=seed, max_epochs=3)
+    record = {
+        "config": config.model_dump(mode="json"),
+        "model_settings": {"hidden_size": 64},
+        "loss_settings": {
+            "loss": loss,
+            "positions": "all",
+            "negatives": 1,
+            "gbce_t": 0.75,
+            "softmax_chunk": 16384,
+        },
+        "environment": {"device": "cpu", "precision": "fp32"},
+    }
+    (run_dir / "config.json").write_text(json.dumps(record))
+    elapsed = np.cumsum([1.0 + seed, 1.0, 1.0])
+    pl.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "loss": [3.0, 2.0, 1.5],
+            "train_seconds": [1.0] * 3,
+            "eval_seconds": [0.1] * 3,
+            "elapsed_seconds": elapsed,
+            "peak_memory_mb": [100.0] * 3,
+            "valid_ndcg@10": [0.1, 0.2 + seed / 100, 0.25],
+        }
+    ).write_csv(run_dir / "history.csv")
+    pl.DataFrame(
+        {
+            "user": np.arange(1, N_USERS + 1, dtype=np.int32),
+            "target": np.ones(N_USERS, dtype=np.int32),
+            "rank": ranks.astype(np.int64),
+        }
+    ).write_parquet(run_dir / "test_ranks.parquet")
+    metrics = {
+        "valid": metrics_from_ranks(ranks, [10]),
+        "test": metrics_from_ranks(ranks, [10]),
+        "best_epoch": 3,
+        "epochs": 3,
+        "train_seconds": 3.0 + seed,
+        "train_seconds_per_epoch": 1.0,
+        "eval_seconds_per_epoch": 0.1,
+        "peak_memory_mb": 100.0 if loss == "bce" else 300.0,
+        "validation_metric": "ndcg@10",
+        "loss": loss,
+        "model": model,
+        "dataset": dataset,
+        "seed": seed,
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return run_dir
+
+
+@pytest.fixture
+def saved_runs(tmp_path: Path) -> Path:
+    """bce (random ranks), improved (every rank halved: better), ce (identical to bce)."""
+    rng = np.random.default_rng(0)
+    for seed in (0, 1, 2):
+        ranks = rng.integers(1, 40, N_USERS)
+        write_fake_run(tmp_path, "bce", seed, ranks)
+        write_fake_run(tmp_path, "improved", seed, np.maximum(ranks // 2, 1))
+        write_fake_run(tmp_path, "ce", seed, ranks)
+    return tmp_path
+
+
+def test_summary_values_from_saved_runs(saved_runs: Path) -> None:
+    runs = results_frame(sorted(p.parent for p in saved_runs.rglob("metrics.json")))
+    assert runs.height == 9 and {"test_ndcg@10", "valid_hr@10", "positions"} <= set(runs.columns)
+    summary = summarize(runs, {("toy", "sasrec"): "bce"}, OPTIONS, ["bce", "improved", "ce"])
+    assert summary["loss"].to_list() == ["bce", "improved", "ce"]
+    bce = runs.filter(pl.col("loss") == "bce")["test_ndcg@10"]
+    improved = runs.filter(pl.col("loss") == "improved")["test_ndcg@10"]
+    row = summary.row(1, named=True)
+    assert row["ndcg@10_mean"] == pytest.approx(improved.mean())
+    assert row["ndcg@10_std"] == pytest.approx(improved.std())
+    assert row["ndcg@10_change"] == pytest.approx(100 * (improved.mean() / bce.mean() - 1))
+    assert row["pairs"] == 3 * N_USERS
+    assert row["p_value"] == pytest.approx(1 / 1000)  # never a sign flip as extreme
+    assert row["p_holm"] == pytest.approx(2 / 1000) and row["mark"] == BETTER
+    ce = summary.row(2, named=True)
+    assert ce["p_value"] == 1.0 and ce["mark"] == "" and ce["ndcg@10_change"] == 0.0
+    assert summary.row(0, named=True)["p_value"] is None  # the baseline row is not tested
+    assert row["peak_memory_mb"] == 300.0 and row["train_seconds"] == pytest.approx(4.0)
+
+
+def test_metrics_not_saved_are_recomputed_from_ranks(saved_runs: Path) -> None:
+    runs = results_frame(sorted(p.parent for p in saved_runs.rglob("metrics.json")))
+    assert "test_hr@5" not in runs.columns  # the fake runs saved @10 only
+    summary = summarize(runs, {}, SummaryOptions(metrics=["hr@5", "mrr"], n_permutations=99))
+    per_seed = [
+        pl.read_parquet(saved_runs / f"toy/sasrec/bce/seed{seed}/test_ranks.parquet")["rank"]
+        for seed in (0, 1, 2)
+    ]
+    expected = np.mean([float((ranks.to_numpy() <= 5).mean()) for ranks in per_seed])
+    bce = summary.filter(pl.col("loss") == "bce")
+    assert bce["hr@5_mean"].item() == pytest.approx(expected)
+    assert bce["baseline"].item() == "bce"  # no baseline given: the first loss
+
+
+def test_report_writes_tables_and_files(saved_runs: Path) -> None:
+    written = render_report(saved_runs, OPTIONS, baseline="bce")
+    names = {path.name for path in written}
+    assert names == {
+        "results.parquet",
+        "results.csv",
+        "summary.md",
+        "quality_vs_time.png",
+        "validation_curves.png",
+    }
+    assert pl.read_parquet(saved_runs / "results.parquet").height == 9
+    assert pl.read_csv(saved_runs / "results.csv").height == 9
+    summary = (saved_runs / SUMMARY_FILE).read_text()
+    assert "| bce (base) |" in summary and BETTER in summary and "Holm" in summary
+    for name in ("quality_vs_time.png", "validation_curves.png"):
+        data = (saved_runs / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5_000
+    assert not list(saved_runs.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_report_command(saved_runs: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "report",
+            str(saved_runs),
+            "--permutations",
+            "199",
+            "--baseline",
+            "bce",
+            "--metrics",
+            "hr@10,ndcg@10,mrr",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "improved" in result.output and "MRR" in result.output and BETTER in result.output
+
+
+def test_report_errors_are_one_liners(tmp_path: Path, saved_runs: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LossbenchError, match="no finished runs"):
+        render_report(empty, OPTIONS)
+    result = CliRunner().invoke(app, ["report", str(saved_runs), "--baseline", "bpr"])
+    assert isinstance(result.exception, LossbenchError) and "bpr" in str(result.exception)
+    result = CliRunner().invoke(app, ["report", str(saved_runs), "--metrics", "ndcg@x"])
+    assert isinstance(result.exception, LossbenchError)
+
+
+def test_compare_rejects_bad_lists(tmp_path: Path) -> None:
+    runner = CliRunner()
+    cases = {
+        "--losses=bce,nope": "choose from",
+        "--seeds=": "--seeds is empty",
+        "--baseline=bpr": "not among",
+    }
+    for flag, words in cases.items():
+        result = runner.invoke(app, ["compare", "--out", str(tmp_path), flag])
+        assert isinstance(result.exception, LossbenchError), flag
+        assert words in str(result.exception)
+
+
+def test_tiny_real_compare_then_resume(tmp_path: Path) -> None:
+    """Two losses, one seed, one epoch of a tiny SASRec; a second call trains nothing."""
+    args = [
+        "--data-dir",
+        str(tmp_path / "data"),
+        "compare",
+        "--out",
+        str(tmp_path / "out"),
+        "--losses",
+        "bce,improved",
+        "--seeds",
+        "0",
+        "--max-epochs",
+        "1",
+        "--hidden-size",
+        "8",
+        "--num-layers",
+        "1",
+        "--num-heads",
+        "1",
+        "--max-len",
+        "10",
+        "--permutations",
+        "99",
+    ]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "improved" in first.output
+    runs = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert sorted(runs["loss"].to_list()) == ["bce", "improved"]
+    assert (runs["epochs"] == 1).all()
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "reusing 2 finished run(s) of 2" in second.output
+    assert "seed 0 ->" not in second.output  # nothing trained again
+    report = CliRunner().invoke(app, ["report", str(tmp_path / "out"), "--permutations", "99"])
+    assert report.exit_code == 0, report.output
+    assert "bce (base)" in report.output and "2 runs" in report.output
