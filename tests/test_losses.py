@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from lossbench.errors import LossbenchError
-from lossbench.losses import LOSSES, LossInputs, LossParams, resolve_loss
+from lossbench.losses import LOSSES, LossInputs, LossParams, full_softmax, resolve_loss
 from lossbench.losses.binary import bce, binary_kernel, gbce, gbce_beta
 from lossbench.losses.full_softmax import chunked_logsumexp, full_softmax_ce
 from lossbench.losses.negatives import sampled_scores
@@ -148,22 +149,67 @@ def test_ce_equals_cross_entropy_on_last_position() -> None:
     torch.testing.assert_close(LOSSES["ce"].fn(inputs, PARAMS), reference)
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 7, 20, 64])
+def plain_softmax_ce(hidden: Tensor, table: Tensor, targets: Tensor) -> Tensor:
+    """The reference: N x n_items logits materialized, F.cross_entropy over items 1..n."""
+    return F.cross_entropy(hidden @ table[1:].T, targets - 1)
+
+
+# 20 items, 3 x 5 = 15 positions: chunks of up to 299 logits take the item-chunked path
+# (fewer than 15 positions' logits fit), 10**6 the fused path in one chunk.
+@pytest.mark.parametrize("chunk", [1, 15, 20, 60, 10**6])
 def test_chunked_softmax_matches_plain_values_and_grads(chunk: int) -> None:
     hidden, table, targets = random_batch(2)
     flat_hidden = hidden.reshape(-1, 6).clone().requires_grad_(True)
     flat_table = table.clone().requires_grad_(True)
-    inputs = LossInputs(
-        hidden=flat_hidden, targets=targets.reshape(-1).clamp(min=1), item_embeddings=flat_table
-    )
-    plain = full_softmax_ce(inputs, LossParams(softmax_max_logits=10**9))
-    chunked = full_softmax_ce(inputs, LossParams(softmax_chunk=chunk, softmax_max_logits=0))
+    flat_targets = targets.reshape(-1).clamp(min=1)
+    inputs = LossInputs(hidden=flat_hidden, targets=flat_targets, item_embeddings=flat_table)
+    plain = plain_softmax_ce(flat_hidden, flat_table, flat_targets)
+    chunked = full_softmax_ce(inputs, LossParams(softmax_chunk=chunk))
     torch.testing.assert_close(chunked, plain, rtol=1e-12, atol=1e-12)
     plain_grads = torch.autograd.grad(plain, (flat_hidden, flat_table))
     chunked_grads = torch.autograd.grad(chunked, (flat_hidden, flat_table))
     for mine, theirs in zip(chunked_grads, plain_grads, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
     assert torch.all(chunked_grads[1][0] == 0)  # the padding row gets no gradient
+
+
+@pytest.mark.parametrize("chunk", [64 * 20, 100 * 20, 10**6])  # 4, 2 and 1 position chunks
+def test_fused_softmax_over_position_chunks_matches_plain(chunk: int) -> None:
+    generator = torch.Generator().manual_seed(9)
+    hidden = torch.randn(200, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(21, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(1, 21, (200,), generator=generator)
+    plain = plain_softmax_ce(hidden, table, targets)
+    fused = full_softmax_ce(LossInputs(hidden, targets, table), LossParams(softmax_chunk=chunk))
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
+    for mine, theirs in zip(
+        torch.autograd.grad(fused * 3.0, (hidden, table)),  # an upstream scale reaches both
+        torch.autograd.grad(plain * 3.0, (hidden, table)),
+        strict=True,
+    ):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_softmax_gradcheck(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(full_softmax, "MIN_FUSED_ROWS", 1)  # chunks of 2 positions
+    generator = torch.Generator().manual_seed(5)
+    table = torch.randn(8, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    hidden = torch.randn(5, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([1, 7, 3, 3, 2])
+
+    def fused(h: Tensor, t: Tensor) -> Tensor:
+        return full_softmax_ce(LossInputs(h, targets, t), LossParams(softmax_chunk=14))
+
+    assert torch.autograd.gradcheck(fused, (hidden, table))
+
+
+def test_softmax_chunk_must_be_positive() -> None:
+    hidden, table, targets = random_batch(1)
+    inputs = LossInputs(
+        hidden=hidden[:, -1], targets=targets[:, -1].clamp(min=1), item_embeddings=table
+    )
+    with pytest.raises(LossbenchError, match="softmax_chunk"):
+        full_softmax_ce(inputs, LossParams(softmax_chunk=0))
 
 
 def test_chunked_logsumexp_gradcheck() -> None:
@@ -173,7 +219,8 @@ def test_chunked_logsumexp_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda h, r: chunked_logsumexp(h, r, 3), (hidden, rows))
 
 
-def test_chunked_softmax_under_bf16_autocast_accumulates_in_fp32() -> None:
+@pytest.mark.parametrize("chunk", [16, 10**6])  # item-chunked and fused paths
+def test_chunked_softmax_under_bf16_autocast_accumulates_in_fp32(chunk: int) -> None:
     hidden, table, targets = random_batch(4, n_items=50, dim=8)
     hidden32 = hidden.reshape(-1, 8).float().requires_grad_(True)
     table32 = table.float().requires_grad_(True)
@@ -182,7 +229,7 @@ def test_chunked_softmax_under_bf16_autocast_accumulates_in_fp32() -> None:
     )
     reference = full_softmax_ce(inputs, PARAMS)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        chunked = full_softmax_ce(inputs, LossParams(softmax_chunk=16, softmax_max_logits=0))
+        chunked = full_softmax_ce(inputs, LossParams(softmax_chunk=chunk))
     assert chunked.dtype == torch.float32
     torch.testing.assert_close(chunked, reference, rtol=2e-2, atol=2e-2)
     grads = torch.autograd.grad(chunked, (hidden32, table32))
@@ -193,8 +240,8 @@ def test_chunked_softmax_under_bf16_autocast_accumulates_in_fp32() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(HAND_VALUES))
-@pytest.mark.parametrize("max_logits", [0, -1])  # -1 forces the chunked path even for N = 0
-def test_all_padding_gives_connected_zero(name: str, max_logits: int) -> None:
+@pytest.mark.parametrize("chunk", [1, 10**6])  # item-chunked and fused paths
+def test_all_padding_gives_connected_zero(name: str, chunk: int) -> None:
     hidden = torch.zeros(0, 2, dtype=torch.float64, requires_grad=True)
     table = TABLE.clone().requires_grad_(True)
     inputs = LossInputs(
@@ -203,7 +250,7 @@ def test_all_padding_gives_connected_zero(name: str, max_logits: int) -> None:
         item_embeddings=table,
         negatives=torch.zeros(0, 3, dtype=torch.int64),
     )
-    value = LOSSES[name].fn(inputs, LossParams(softmax_max_logits=max_logits))
+    value = LOSSES[name].fn(inputs, LossParams(softmax_chunk=chunk))
     assert value.item() == 0.0
     assert value.grad_fn is not None
     value.backward()

@@ -76,7 +76,10 @@ MaskProb = Annotated[
 ]
 SoftmaxChunk = Annotated[
     int | None,
-    typer.Option(help="Items per chunk of the full softmax (bounds memory).", rich_help_panel=LOSS),
+    typer.Option(
+        help="Logits the full softmax holds at once (bounds memory; default 256K CPU, 64M GPU).",
+        rich_help_panel=LOSS,
+    ),
 ]
 
 HiddenSize = Annotated[

@@ -32,9 +32,8 @@ class LossParams:
     """Loss-specific knobs; every loss reads only the ones it needs."""
 
     gbce_t: float = 0.75  # gBCE calibration t (0 turns gBCE into BCE)
-    softmax_chunk: int = 16384  # items per chunk of the full softmax (bounds memory)
-    # N x n_items logits above which the full softmax is chunked (plain path below: faster).
-    softmax_max_logits: int = 1 << 26
+    # Logits the full softmax holds at once (bounds its memory); None: 256K on CPU, 64M on GPU.
+    softmax_chunk: int | None = None
 
 
 class LossFn(Protocol):

@@ -1,10 +1,16 @@
 """Softmax cross-entropy over the full catalogue (`ce`, `improved`, `mlm`).
 
 Classes are items 1..n_items only: the padding row 0 and any special ids (BERT4Rec's mask)
-are never scored. Small problems take the plain path (`F.cross_entropy` on the logits); when
-N x n_items exceeds `params.softmax_max_logits`, the log-sum-exp is computed over item chunks
-by a custom autograd function that recomputes each chunk's logits in backward, so peak memory
-is about N x softmax_chunk instead of N x n_items.
+are never scored. Nothing N x n_items is ever materialized; at most `softmax_chunk` logits
+exist at once, so peak memory is set by the chunk, not by positions x catalogue:
+
+- usual catalogues (a chunk holds at least `MIN_FUSED_ROWS` positions' logits): one pass over
+  position chunks computes each chunk's logits, loss and both gradients at once (the softmax
+  minus the one-hot target, pushed into the hidden states and the item table) while the chunk
+  is still in cache; backward only scales them. Three matmuls, no recomputation, and about
+  twice as fast as `F.cross_entropy` on CPU, which writes, fills and re-reads N x n_items.
+- huge catalogues: the log-sum-exp runs over item chunks (`_ChunkedLogSumExp`), recomputing
+  each chunk's logits in backward.
 """
 
 from __future__ import annotations
@@ -12,11 +18,22 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from lossbench.errors import LossbenchError
 from lossbench.losses.base import LossInputs, LossParams
+
+# Below this many positions per chunk the matmuls get too thin: switch to item chunks.
+MIN_FUSED_ROWS = 16
+
+
+def softmax_chunk_for(device: torch.device, chunk: int | None) -> int:
+    """Logits held at once: `chunk` when given, else 256K (1 MB, cache-sized) on CPU, 64M on GPU."""
+    if chunk is not None:
+        if chunk < 1:
+            raise LossbenchError(f"softmax_chunk must be >= 1, got {chunk}")
+        return chunk
+    return 1 << 26 if device.type == "cuda" else 1 << 18
 
 
 def full_softmax_ce(inputs: LossInputs, params: LossParams) -> Tensor:
@@ -24,14 +41,88 @@ def full_softmax_ce(inputs: LossInputs, params: LossParams) -> Tensor:
     hidden, targets, table = inputs.hidden, inputs.targets, inputs.item_embeddings
     item_rows = table[1:]  # (n_items, D): padding row 0 is never a class
     n_positions, n_items = hidden.shape[0], item_rows.shape[0]
-    if n_positions * n_items <= params.softmax_max_logits:
-        logits = hidden @ item_rows.T  # (N, n_items); autocast upcasts the CE itself to fp32
-        per_position = F.cross_entropy(logits, targets - 1, reduction="none")
-    else:
-        log_norm = chunked_logsumexp(hidden, item_rows, params.softmax_chunk)  # (N,) fp32+
-        target_logits = (hidden * table[targets]).sum(-1)  # (N,)
-        per_position = log_norm - target_logits.to(log_norm.dtype)
+    chunk = softmax_chunk_for(hidden.device, params.softmax_chunk)
+    compute_dtype = _compute_dtype(hidden, item_rows)
+    if chunk // max(n_items, 1) >= min(MIN_FUSED_ROWS, max(n_positions, 1)):
+        rows = max(1, chunk // max(n_items, 1))
+        total: Tensor = _FusedSoftmaxCE.apply(hidden, item_rows, targets - 1, rows, compute_dtype)
+        return total / max(n_positions, 1)
+    items_per_chunk = max(1, chunk // max(n_positions, 1))
+    log_norm = chunked_logsumexp(hidden, item_rows, items_per_chunk)  # (N,) fp32+
+    target_logits = (hidden * table[targets]).sum(-1)  # (N,)
+    per_position = log_norm - target_logits.to(log_norm.dtype)
     return per_position.sum() / max(n_positions, 1)
+
+
+def _compute_dtype(hidden: Tensor, item_rows: Tensor) -> torch.dtype:
+    """The matmuls' dtype: autocast's when it is on (fp64 inputs excepted), else the inputs'."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type) and hidden.dtype != torch.float64:
+        return torch.get_autocast_dtype(device_type)
+    return torch.promote_types(hidden.dtype, item_rows.dtype)
+
+
+class _FusedSoftmaxCE(torch.autograd.Function):
+    """sum_n (logsumexp_i z_ni - z_n,y_n) with z = hidden @ item_rows.T, `rows` positions at a
+    time. Forward also computes the gradients (each chunk's logits are used while hot);
+    backward multiplies them by the upstream scalar."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: Tensor,
+        item_rows: Tensor,
+        classes: Tensor,
+        rows: int,
+        compute_dtype: torch.dtype,
+    ) -> Tensor:
+        accumulate = torch.promote_types(compute_dtype, torch.float32)  # softmax in fp32+
+        want_grads = hidden.requires_grad or item_rows.requires_grad
+        with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+            h = hidden.detach().to(compute_dtype)  # (N, D)
+            items = item_rows.detach().to(compute_dtype)  # (V, D)
+            total = torch.zeros((), dtype=accumulate, device=hidden.device)
+            grad_hidden = torch.empty_like(h, dtype=accumulate) if want_grads else None
+            grad_items = torch.zeros_like(items, dtype=accumulate) if want_grads else None
+            for start in range(0, h.shape[0], rows):
+                h_chunk = h[start : start + rows]  # (n, D)
+                target = classes[start : start + rows].unsqueeze(0)  # (1, n)
+                # Items along dim 0: (V, D) @ (D, n) is the faster layout on CPU.
+                logits = (items @ h_chunk.T).to(accumulate)  # (V, n)
+                max_logit = logits.amax(0, keepdim=True)  # (1, n)
+                target_logit = logits.gather(0, target)  # (1, n)
+                probs = logits.sub_(max_logit).exp_()  # in place: (V, n) unnormalized
+                norm = probs.sum(0, keepdim=True)  # (1, n)
+                total += (max_logit + norm.log() - target_logit).sum()
+                if grad_hidden is None or grad_items is None:
+                    continue
+                # d loss / d logits = softmax - one_hot(target)
+                probs.div_(norm).scatter_add_(0, target, torch.full_like(target_logit, -1.0))
+                if compute_dtype == accumulate:  # fp32 / fp64: accumulate in place
+                    torch.mm(probs.T, items, out=grad_hidden[start : start + rows])  # (n, D)
+                    grad_items.addmm_(probs, h_chunk)  # (V, D)
+                else:  # low-precision matmuls, fp32 accumulation
+                    probs_c = probs.to(compute_dtype)
+                    grad_hidden[start : start + rows] = probs_c.T @ items
+                    grad_items += (probs_c @ h_chunk).to(accumulate)
+        ctx.save_for_backward(
+            *(g for g in (grad_hidden, grad_items) if g is not None),
+        )
+        ctx.dtypes = (hidden.dtype, item_rows.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: Tensor) -> tuple[Tensor | None, ...]:
+        grad_hidden, grad_items = ctx.saved_tensors
+        hidden_dtype, items_dtype = ctx.dtypes
+        scale = grad_total.to(grad_hidden.dtype)
+        return (
+            (grad_hidden * scale).to(hidden_dtype) if ctx.needs_input_grad[0] else None,
+            (grad_items * scale).to(items_dtype) if ctx.needs_input_grad[1] else None,
+            None,
+            None,
+            None,
+        )
 
 
 def chunked_logsumexp(hidden: Tensor, item_rows: Tensor, chunk: int) -> Tensor:
@@ -42,11 +133,7 @@ def chunked_logsumexp(hidden: Tensor, item_rows: Tensor, chunk: int) -> Tensor:
     """
     if chunk < 1:
         raise LossbenchError(f"softmax_chunk must be >= 1, got {chunk}")
-    device_type = hidden.device.type
-    if torch.is_autocast_enabled(device_type) and hidden.dtype != torch.float64:
-        compute_dtype = torch.get_autocast_dtype(device_type)
-    else:
-        compute_dtype = torch.promote_types(hidden.dtype, item_rows.dtype)
+    compute_dtype = _compute_dtype(hidden, item_rows)
     result: Tensor = _ChunkedLogSumExp.apply(hidden, item_rows, chunk, compute_dtype)
     return result
 

@@ -7,6 +7,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from lossbench.models.dropout import Dropout
+
 
 class GRU4RecConfig(BaseModel):
     """The study's defaults: width 64, one GRU layer, embedding dropout 0.5, max_len 50."""
@@ -51,7 +53,7 @@ class GRU4Rec(nn.Module):
         width = embedding_size or hidden_size
         # row 0 padding, rows 1..n_items items; also the scoring table
         self.item_embedding = nn.Embedding(n_items + 1, width, padding_idx=0)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.gru = nn.GRU(width, hidden_size, num_layers=num_layers, batch_first=True)
         self.projection: nn.Module = (
             nn.Linear(hidden_size, width) if hidden_size != width else nn.Identity()

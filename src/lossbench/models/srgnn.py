@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from lossbench.models.dropout import Dropout
+
 EdgeWeight = Literal["binary", "count"]
 
 
@@ -144,7 +146,7 @@ class SRGNN(nn.Module):
         size = hidden_size
         # row 0 padding, rows 1..n_items items; also the scoring table
         self.item_embedding = nn.Embedding(n_items + 1, size, padding_idx=0)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         # gated graph cell, as in the SR-GNN code (GNNCell)
         self.edge_in = nn.Linear(size, size)
         self.edge_out = nn.Linear(size, size)

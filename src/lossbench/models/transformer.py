@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from lossbench.models.base import right_aligned_positions
+from lossbench.models.dropout import Dropout, attention
 
 # The S3Rec code's LayerNorm epsilon; an all-zero row normalizes to zero, never NaN.
 LAYER_NORM_EPS = 1e-12
@@ -88,7 +89,7 @@ class SelfAttention(nn.Module):
         self.attention_dropout = attention_dropout
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)  # one matmul for Q, K and V
         self.out = nn.Linear(hidden_size, hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
 
     def forward(self, hidden: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
@@ -100,12 +101,12 @@ class SelfAttention(nn.Module):
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if last_only:
             query, mask, hidden = query[:, :, -1:], mask[:, :, -1:], hidden[:, -1:]
-        context = F.scaled_dot_product_attention(
+        context = attention(
             query,
             key,
             value,
-            attn_mask=mask,  # (B, 1, L or 1, L) bool, broadcast over heads
-            dropout_p=self.attention_dropout if self.training else 0.0,
+            mask,  # (B, 1, L or 1, L) bool, broadcast over heads
+            self.attention_dropout if self.training else 0.0,
         )  # (B, H, L or 1, D / H)
         context = context.transpose(1, 2).reshape(batch, query.shape[2], size)  # (B, L or 1, D)
         return self.norm(hidden + self.dropout(self.out(context)))
@@ -118,7 +119,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.expand = nn.Linear(hidden_size, inner_size)
         self.contract = nn.Linear(inner_size, hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
 
     def forward(self, hidden: Tensor) -> Tensor:
@@ -152,7 +153,7 @@ class PositionalInput(nn.Module):
         self.max_len = max_len
         self.position_embedding = nn.Embedding(max_len, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, item_vectors: Tensor) -> Tensor:
         width = item_vectors.shape[1]

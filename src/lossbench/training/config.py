@@ -40,7 +40,7 @@ class TrainConfig(BaseModel):
     sampler: SamplerName = "uniform"
     gbce_t: float = Field(default=0.75, ge=0.0, le=1.0)
     mask_prob: float = Field(default=0.2, gt=0.0, lt=1.0)
-    softmax_chunk: int = Field(default=16384, ge=1)
+    softmax_chunk: int | None = Field(default=None, ge=1)
 
     # Optimisation (Adam, as in the study).
     batch_size: int = Field(default=256, ge=1)
