@@ -77,7 +77,7 @@ MaskProb = Annotated[
 SoftmaxChunk = Annotated[
     int | None,
     typer.Option(
-        help="Logits the full softmax holds at once (bounds memory; default 256K CPU, 64M GPU).",
+        help="Logits the full softmax holds at once (bounds memory; default 1M CPU, 64M GPU).",
         rich_help_panel=LOSS,
     ),
 ]

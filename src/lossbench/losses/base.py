@@ -32,7 +32,7 @@ class LossParams:
     """Loss-specific knobs; every loss reads only the ones it needs."""
 
     gbce_t: float = 0.75  # gBCE calibration t (0 turns gBCE into BCE)
-    # Logits the full softmax holds at once (bounds its memory); None: 256K on CPU, 64M on GPU.
+    # Logits the full softmax holds at once (bounds its memory); None: 1M on CPU, 64M on GPU.
     softmax_chunk: int | None = None
 
 

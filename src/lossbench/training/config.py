@@ -6,10 +6,10 @@ imply (positions, negatives, model defaults) so that a run records exactly what 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lossbench.errors import LossbenchError
@@ -17,6 +17,11 @@ from lossbench.losses import LOSSES
 from lossbench.losses.base import Positions, SamplerName
 from lossbench.models import MODELS
 from lossbench.training.presets import DEFAULT_PRESET, PRESETS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 Precision = Literal["fp32", "bf16"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -59,7 +64,7 @@ class TrainConfig(BaseModel):
     exclude_seen: bool = True
     eval_negatives: int = Field(default=0, ge=0)  # 0: full ranking over the catalogue
     eval_sampler: SamplerName = "uniform"
-    eval_batch_size: int = Field(default=1024, ge=1)
+    eval_batch_size: int = Field(default=256, ge=1)
     save_topk: int = Field(default=0, ge=0)
 
     # Execution.

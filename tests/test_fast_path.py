@@ -1,0 +1,79 @@
+"""The fast path changes speed, not results.
+
+Fast: length-bucketed batches trimmed to their longest row, hidden states gathered at real
+positions only, the fused chunked softmax, the last-column-only encoder for `ce`.
+Plain: every user padded to max_len, the model run on all positions, (B x L x n_items)
+logits materialized and `F.cross_entropy` over the non-padding positions, as the study's
+code does. On the same batch (dropout off, float64) loss and every gradient must agree.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lossbench.data.batches import TrainBatch, TrainBatcher
+from lossbench.data.sequences import build_sequence_tensors
+from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.training.config import build_config
+from lossbench.training.loop import _batch_loss
+from lossbench.training.setup import make_model, resolve_loss
+
+MAX_LEN = 20
+
+
+def padded_targets(batch: TrainBatch, max_len: int) -> tuple[Tensor, Tensor]:
+    """The batch as the plain code sees it: inputs (B, max_len) and targets (B, max_len)
+    left-padded to max_len, target 0 where nothing trains."""
+    rows, width = batch.inputs.shape
+    shift = max_len - width
+    inputs = F.pad(batch.inputs, (shift, 0))
+    targets = torch.zeros(rows, max_len, dtype=torch.int64)
+    row, column = batch.positions // width, batch.positions % width
+    targets[row, column + shift] = batch.targets
+    return inputs, targets
+
+
+@pytest.mark.parametrize(("loss_name", "chunk"), [("improved", 50), ("improved", None), ("ce", 7)])
+def test_fast_batch_equals_plain_padded_computation(loss_name: str, chunk: int | None) -> None:
+    dataset = make_synthetic_prepared(n_users=120, n_items=40, mean_length=9.0, seed=4)
+    config = build_config(
+        overrides={
+            "dataset": "synthetic",
+            "model": "sasrec",
+            "loss": loss_name,
+            "softmax_chunk": chunk,
+            "model_settings": {"hidden_size": 8, "max_len": MAX_LEN, "num_heads": 2},
+        }
+    )
+    torch.manual_seed(0)
+    model, settings = make_model(config, dataset.n_items)
+    model = model.double().eval()  # dropout off: both paths see the same function
+    loss = resolve_loss(config)
+    sequences = build_sequence_tensors(dataset, max_len=settings["max_len"])
+    batcher = TrainBatcher(
+        sequences, batch_size=32, positions=loss.positions, batching="bucket", seed=0
+    )
+    batch = next(iter(batcher.epoch()))
+    assert batch.inputs.shape[1] < MAX_LEN  # the fast batch really is trimmed
+
+    generator = torch.Generator().manual_seed(0)
+    fast = _batch_loss(model, model, batch, loss, generator, None)
+    fast_grads = torch.autograd.grad(fast, list(model.parameters()), allow_unused=True)
+
+    inputs, targets = padded_targets(batch, MAX_LEN)
+    hidden = model(inputs)  # (B, max_len, D), every position computed
+    logits = hidden @ model.item_embedding.weight[1:].T  # (B, max_len, n_items)
+    trains = targets > 0
+    plain = F.cross_entropy(logits[trains], targets[trains] - 1)
+    plain_grads = torch.autograd.grad(plain, list(model.parameters()), allow_unused=True)
+
+    torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-12)
+    for mine, theirs in zip(fast_grads, plain_grads, strict=True):
+        if theirs is None:
+            assert mine is None or torch.all(mine == 0)
+            continue
+        assert mine is not None
+        torch.testing.assert_close(mine, theirs, rtol=1e-8, atol=1e-10)
