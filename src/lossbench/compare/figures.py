@@ -10,13 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from lossbench.atomic import write_with
 from lossbench.compare.results import read_history
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn: it costs a second at startup
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 QUALITY_VS_TIME = "quality_vs_time.png"
 VALIDATION_CURVES = "validation_curves.png"
@@ -118,6 +121,8 @@ def validation_curves(runs: pl.DataFrame, path: Path, metric: str = "ndcg@10") -
 def _panels(count: int) -> tuple[Figure, list[Axes]]:
     columns = min(count, 3)
     rows = math.ceil(count / columns)
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(6.0 * columns, 4.5 * rows), layout="constrained")
     grid = figure.subplots(rows, columns, squeeze=False)
     every = [axes for row in grid for axes in row]
