@@ -1,7 +1,8 @@
 """The fast path changes speed, not results.
 
-Fast: length-bucketed batches trimmed to their longest row, hidden states gathered at real
-positions only, the fused chunked softmax, the last-column-only encoder for `ce`.
+Fast: a random batch cut into length-sorted parts, each trimmed to its longest row, hidden
+states gathered at real positions only, the fused chunked softmax, the last-column-only
+encoder for `ce`.
 Plain: every user padded to max_len, the model run on all positions, (B x L x n_items)
 logits materialized and `F.cross_entropy` over the non-padding positions, as the study's
 code does. On the same batch (dropout off, float64) loss and every gradient must agree.
@@ -24,16 +25,19 @@ from lossbench.training.setup import make_model, resolve_loss
 MAX_LEN = 20
 
 
-def padded_targets(batch: TrainBatch, max_len: int) -> tuple[Tensor, Tensor]:
+def padded(parts: list[TrainBatch], max_len: int) -> tuple[Tensor, Tensor]:
     """The batch as the plain code sees it: inputs (B, max_len) and targets (B, max_len)
     left-padded to max_len, target 0 where nothing trains."""
-    rows, width = batch.inputs.shape
-    shift = max_len - width
-    inputs = F.pad(batch.inputs, (shift, 0))
-    targets = torch.zeros(rows, max_len, dtype=torch.int64)
-    row, column = batch.positions // width, batch.positions % width
-    targets[row, column + shift] = batch.targets
-    return inputs, targets
+    all_inputs, all_targets = [], []
+    for part in parts:
+        rows, width = part.inputs.shape
+        shift = max_len - width
+        all_inputs.append(F.pad(part.inputs, (shift, 0)))
+        targets = torch.zeros(rows, max_len, dtype=torch.int64)
+        row, column = part.positions // width, part.positions % width
+        targets[row, column + shift] = part.targets
+        all_targets.append(targets)
+    return torch.cat(all_inputs), torch.cat(all_targets)
 
 
 @pytest.mark.parametrize(("loss_name", "chunk"), [("improved", 50), ("improved", None), ("ce", 7)])
@@ -54,16 +58,16 @@ def test_fast_batch_equals_plain_padded_computation(loss_name: str, chunk: int |
     loss = resolve_loss(config)
     sequences = build_sequence_tensors(dataset, max_len=settings["max_len"])
     batcher = TrainBatcher(
-        sequences, batch_size=32, positions=loss.positions, batching="bucket", seed=0
+        sequences, batch_size=100, positions=loss.positions, batching="random", seed=0
     )
-    batch = next(iter(batcher.epoch()))
-    assert batch.inputs.shape[1] < MAX_LEN  # the fast batch really is trimmed
+    parts = next(iter(batcher.epoch()))
+    assert len(parts) == 2 and parts[0].inputs.shape[1] < MAX_LEN  # parts, trimmed
 
     generator = torch.Generator().manual_seed(0)
-    fast = _batch_loss(model, model, batch, loss, generator, None)
+    fast = _batch_loss(model, model, parts, loss, generator, None)
     fast_grads = torch.autograd.grad(fast, list(model.parameters()), allow_unused=True)
 
-    inputs, targets = padded_targets(batch, MAX_LEN)
+    inputs, targets = padded(parts, MAX_LEN)
     hidden = model(inputs)  # (B, max_len, D), every position computed
     logits = hidden @ model.item_embedding.weight[1:].T  # (B, max_len, n_items)
     trains = targets > 0

@@ -90,5 +90,23 @@ def test_an_epoch_visits_every_trainable_user_once() -> None:
     tensors = build_sequence_tensors(tiny_dataset(), max_len=4)
     for batching in ("bucket", "random"):
         batcher = TrainBatcher(tensors, batch_size=1, positions="last", batching=batching, seed=3)
-        seen = sorted(int(b.targets[0]) for b in batcher.epoch())
+        seen = sorted(int(b.targets[0]) for parts in batcher.epoch() for b in parts)
         assert seen == [4, 7]  # user 2 has a single training item and cannot train
+
+
+def test_random_batches_run_in_length_sorted_parts() -> None:
+    from lossbench.data.batches import PART_ROWS
+    from lossbench.data.synthetic import make_synthetic_prepared
+
+    dataset = make_synthetic_prepared(n_users=300, n_items=50, mean_length=10.0, seed=2)
+    tensors = build_sequence_tensors(dataset, max_len=30)
+    batcher = TrainBatcher(tensors, batch_size=200, positions="all", batching="random", seed=0)
+    steps = list(batcher.epoch())
+    assert [sum(part.inputs.shape[0] for part in parts) for parts in steps] == [200, 100]
+    for parts in steps:
+        widths = [part.inputs.shape[1] for part in parts]
+        assert widths == sorted(widths)  # each part trimmed to its own (longer) rows
+        assert all(part.inputs.shape[0] <= PART_ROWS for part in parts)
+        # every real input position trains, and nothing else
+        for part in parts:
+            assert len(part.positions) == int((part.inputs > 0).sum())

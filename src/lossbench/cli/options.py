@@ -50,7 +50,9 @@ TimeLimit = Annotated[
 Batching = Annotated[
     str | None,
     typer.Option(
-        help="bucket (group similar lengths, less padding) or random.", rich_help_panel=TRAINING
+        help="random (the study's batches, run in length-sorted parts; the default) or bucket "
+        "(similar lengths share a batch: fastest, but batches differ from the study's).",
+        rich_help_panel=TRAINING,
     ),
 ]
 

@@ -1,4 +1,14 @@
-"""Training batches built by vectorized indexing, with padding bounded by length bucketing.
+"""Training batches built by vectorized indexing, with bounded padding.
+
+Two schemes (`--batching`):
+
+- `random` (default): the study's batches, users drawn uniformly without replacement. Each
+  batch is sorted by length and cut into parts of `PART_ROWS` rows, each part trimmed to its
+  own longest row; the model runs once per part and the loss once over all the batch's
+  positions. The result equals padding every row to max_len (tested), with little padding.
+- `bucket`: users of similar length share a batch (sorted, cut, batch order shuffled): the
+  least padding and one model call per batch, but batch composition, and so the weight of
+  each position in the per-batch mean, differs from the study's.
 
 All batch building happens on the CPU (from tensors made once), including the choice of
 training positions and BERT4Rec's masking, so the training step on the device needs no sync:
@@ -18,6 +28,10 @@ from lossbench.data.sequences import SequenceTensors
 from lossbench.losses.base import Positions
 
 Batching = Literal["bucket", "random"]
+
+# Rows per part of a `random` batch: enough for efficient matmuls, few enough that a part's
+# rows have similar lengths.
+PART_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -70,15 +84,20 @@ class TrainBatcher:
     def __len__(self) -> int:
         return -(-len(self.users) // self.batch_size)
 
-    def epoch(self) -> Iterator[TrainBatch]:
+    def epoch(self) -> Iterator[list[TrainBatch]]:
+        """One epoch of training steps; each step is a list of parts, trained as one batch."""
         order = self.users[torch.randperm(len(self.users), generator=self.generator)]
         if self.batching == "bucket":
             order = order[torch.sort(self.lengths[order], stable=True).indices]
         chunks = list(torch.split(order, self.batch_size))
         if self.batching == "bucket":
             chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=self.generator)]
+            for users in chunks:
+                yield [self.make_batch(users)]
+            return
         for users in chunks:
-            yield self.make_batch(users)
+            by_length = users[torch.sort(self.lengths[users], stable=True).indices]
+            yield [self.make_batch(part) for part in torch.split(by_length, PART_ROWS)]
 
     def make_batch(self, users: Tensor) -> TrainBatch:
         width = int(self.lengths[users].max())  # real items in the longest window

@@ -56,7 +56,7 @@ class TrainConfig(BaseModel):
     max_epochs: int = Field(default=200, ge=1)
     patience: int = Field(default=10, ge=1)
     time_limit: float | None = Field(default=None, gt=0.0)  # seconds of training
-    batching: Batching = "bucket"
+    batching: Batching = "random"
 
     # Evaluation.
     validation_metric: str = "ndcg@10"

@@ -125,10 +125,15 @@ def train_run(
             epoch_started = time.perf_counter()
             model.train()
             loss_sum = torch.zeros((), device=device)
-            for batch in batcher.epoch():
+            for parts in batcher.epoch():
                 with autocast:
                     step_loss = _batch_loss(
-                        step_model, model, batch.to(device), loss, negative_generator, cdf
+                        step_model,
+                        model,
+                        [part.to(device) for part in parts],
+                        loss,
+                        negative_generator,
+                        cdf,
                     )
                 optimizer.zero_grad(set_to_none=True)
                 step_loss.backward()
@@ -198,28 +203,41 @@ def train_run(
 def _batch_loss(
     step_model: Callable[..., torch.Tensor],
     model: torch.nn.Module,
-    batch: TrainBatch,
+    parts: list[TrainBatch],
     loss: LossSettings,
     generator: torch.Generator,
     cdf: torch.Tensor | None,
 ) -> torch.Tensor:
-    if loss.positions == "last" and _has_last_only(model):
-        # Only the last column is trained: skip the other queries of the final block.
-        at_positions = step_model(batch.inputs, last_only=True)[:, -1]  # (B, D)
-    else:
-        hidden = step_model(batch.inputs)  # (B, W, D)
-        at_positions = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.positions)
+    """The loss of one training step over the training positions of all its parts (the model
+    runs once per part; the loss once, so its mean is over the whole batch)."""
+    states = [_part_states(step_model, model, part, loss) for part in parts]
+    at_positions = states[0] if len(states) == 1 else torch.cat(states)  # (N, D)
+    targets = parts[0].targets if len(parts) == 1 else torch.cat([p.targets for p in parts])
     negatives = None
     if loss.negatives > 0:
         negatives = sample_negatives(
-            batch.targets,
+            targets,
             loss.negatives,
             model.n_items,  # type: ignore[arg-type]
             generator,
             cdf,
         )
-    inputs = LossInputs(at_positions, batch.targets, scoring_table(model), negatives)  # type: ignore[arg-type]
+    inputs = LossInputs(at_positions, targets, scoring_table(model), negatives)  # type: ignore[arg-type]
     return loss.spec.fn(inputs, loss.params)
+
+
+def _part_states(
+    step_model: Callable[..., torch.Tensor],
+    model: torch.nn.Module,
+    part: TrainBatch,
+    loss: LossSettings,
+) -> torch.Tensor:
+    """(N_part, D) hidden states at the part's training positions."""
+    if loss.positions == "last" and _has_last_only(model):
+        # Only the last column is trained: skip the other queries of the final block.
+        return step_model(part.inputs, last_only=True)[:, -1]  # (B, D)
+    hidden = step_model(part.inputs)  # (B, W, D)
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, part.positions)
 
 
 def _has_last_only(model: torch.nn.Module) -> bool:
