@@ -191,3 +191,27 @@ def test_invalid_values_are_one_line_errors(overrides: dict[str, object], words:
 def test_wider_batch_than_max_len_is_refused() -> None:
     with pytest.raises(ValueError, match="exceeds the model's max_len 12"):
         make("sasrec")(torch.ones(1, 13, dtype=torch.long))
+
+
+def test_cpu_dropout_keeps_one_minus_p_and_rescales() -> None:
+    from lossbench.models.dropout import Dropout, attention
+
+    torch.manual_seed(0)
+    layer = Dropout(0.3)
+    x = torch.ones(200, 500)
+    out = layer(x)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.7))
+    layer.eval()
+    assert layer(x) is x
+    # Attention without dropout is SDPA's; with dropout, rows still mix only allowed keys.
+    q, k, v = (torch.randn(2, 1, 4, 3) for _ in range(3))
+    mask = torch.ones(4, 4, dtype=torch.bool).tril()[None, None]
+    plain = attention(q, k, v, mask, 0.0)
+    reference = (
+        torch.softmax((q @ k.transpose(-2, -1) / 3**0.5).masked_fill(~mask, float("-inf")), -1) @ v
+    )
+    torch.testing.assert_close(plain, reference)
+    dropped = attention(q, k, v, mask, 0.999999)  # nearly everything dropped
+    assert torch.isfinite(dropped).all()
