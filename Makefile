@@ -27,6 +27,7 @@ lint:
 bench: install
 	$(PYTHON) bench/preprocess.py
 	$(PYTHON) bench/training.py
+	$(PYTHON) bench/training.py --million-items
 
 clean:
 	rm -rf runs build dist .pytest_cache .ruff_cache .mypy_cache
