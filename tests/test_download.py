@@ -267,3 +267,15 @@ def test_real_registry_entries_point_at_their_files() -> None:
     assert registry["lastfm"].attributes is not None
     assert registry["lastfm"].attributes.file_name == "LastFM_item2attributes.json"
     assert registry["ml-1m"].file is not None and registry["ml-1m"].file.is_archive
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path: Path) -> None:
+    import os
+
+    from lossbench.atomic import write_json
+
+    target = tmp_path / "x.json"
+    write_json(target, {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask

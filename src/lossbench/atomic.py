@@ -20,6 +20,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     temporary = Path(name)
     try:
         yield temporary
+        # mkstemp creates 0600; give the file the permissions a plain open() would.
+        if temporary.exists():
+            os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -34,3 +37,10 @@ def write_with(path: Path, writer: Callable[[Path], None]) -> None:
     """Atomically write `path` with a function that writes to a given path."""
     with atomic_path(path) as temporary:
         writer(temporary)
+
+
+def _umask() -> int:
+    """The process umask (reading it requires setting it; set it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
