@@ -54,11 +54,12 @@ def popularity_ndcg10(dataset: PreparedDataset) -> float:
 
 
 def test_lastfm_improved_beats_bce_and_popularity(lastfm: PreparedDataset, tmp_path: Path) -> None:
-    """Eight epochs each with the study's Table 2 settings: the improved loss is ahead."""
+    """30 epochs each with the study's Table 2 settings (both losses sit near popularity for
+    the first ~15 epochs on LastFM): the improved loss is ahead."""
     scores = {}
     for loss in ("bce", "improved"):
         config = build_config(
-            overrides={"dataset": "lastfm", "loss": loss, "max_epochs": 8, "patience": 8}
+            overrides={"dataset": "lastfm", "loss": loss, "max_epochs": 30, "patience": 30}
         )
         scores[loss] = train_run(config, lastfm, tmp_path / loss).metrics["test"]["ndcg@10"]
     assert scores["improved"] > scores["bce"]
