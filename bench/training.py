@@ -97,7 +97,7 @@ def bench_dataset(
         result = train_run(config, dataset, Path(run_dir))
     # The first epoch pays for warm-up (allocator, kernels): report the fastest.
     train_seconds = min(h["train_seconds"] for h in result.history)
-    plain_seconds = plain_padded_epoch_seconds(dataset, config, loss, epochs)
+    plain_seconds = plain_padded_epoch_seconds(dataset, config, loss, epochs=1)
     valid_seconds = min(h["eval_seconds"] for h in result.history)
 
     settings = result.config["model_settings"]
