@@ -156,10 +156,20 @@ class _ChunkedLogSumExp(torch.autograd.Function):
         ctx: Any, hidden: Tensor, item_rows: Tensor, chunk: int, compute_dtype: torch.dtype
     ) -> Tensor:
         starts = range(0, item_rows.shape[0], chunk)
-        with torch.autocast(hidden.device.type, enabled=False):
-            h = hidden.to(compute_dtype)  # (N, D)
-            per_chunk = [torch.logsumexp(_chunk_logits(h, item_rows, s, chunk), 1) for s in starts]
-            log_norm = torch.logsumexp(torch.stack(per_chunk, dim=1), dim=1)  # (N,)
+        with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+            h = hidden.detach().to(compute_dtype)  # (N, D)
+            # One preallocated (chunks, N) result: small per-chunk results interleaved with the
+            # big per-chunk temporaries fragment the heap (1M items: 2.5 GB of RSS).
+            per_chunk = torch.empty(
+                len(starts),
+                h.shape[0],
+                dtype=torch.promote_types(h.dtype, torch.float32),
+                device=h.device,
+            )
+            for index, start in enumerate(starts):
+                logits = _chunk_logits(h, item_rows, start, chunk)  # (N, C)
+                torch.logsumexp(logits, 1, out=per_chunk[index])
+            log_norm = torch.logsumexp(per_chunk, dim=0)  # (N,)
         ctx.save_for_backward(hidden, item_rows, log_norm)
         ctx.chunk = chunk
         ctx.compute_dtype = compute_dtype
@@ -172,8 +182,8 @@ class _ChunkedLogSumExp(torch.autograd.Function):
         need_hidden, need_rows = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.zeros_like(hidden, dtype=log_norm.dtype) if need_hidden else None
         grad_rows = torch.empty_like(item_rows) if need_rows else None
-        with torch.autocast(hidden.device.type, enabled=False):
-            h = hidden.to(compute_dtype)  # (N, D)
+        with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+            h = hidden.detach().to(compute_dtype)  # (N, D)
             upstream = grad_log_norm.to(log_norm.dtype).unsqueeze(1)  # (N, 1)
             for start in range(0, item_rows.shape[0], chunk):
                 rows = item_rows[start : start + chunk].to(compute_dtype)  # (C, D)
