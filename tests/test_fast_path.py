@@ -18,6 +18,7 @@ from torch import Tensor
 from lossbench.data.batches import TrainBatch, TrainBatcher
 from lossbench.data.sequences import build_sequence_tensors
 from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.models.transformer import TransformerEncoder
 from lossbench.training.config import build_config
 from lossbench.training.loop import _batch_loss
 from lossbench.training.setup import make_model, resolve_loss
@@ -41,7 +42,9 @@ def padded(parts: list[TrainBatch], max_len: int) -> tuple[Tensor, Tensor]:
 
 
 @pytest.mark.parametrize(("loss_name", "chunk"), [("improved", 50), ("improved", None), ("ce", 7)])
-def test_fast_batch_equals_plain_padded_computation(loss_name: str, chunk: int | None) -> None:
+def test_fast_batch_equals_plain_padded_computation(
+    loss_name: str, chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dataset = make_synthetic_prepared(n_users=120, n_items=40, mean_length=9.0, seed=4)
     config = build_config(
         overrides={
@@ -68,6 +71,7 @@ def test_fast_batch_equals_plain_padded_computation(loss_name: str, chunk: int |
     fast_grads = torch.autograd.grad(fast, list(model.parameters()), allow_unused=True)
 
     inputs, targets = padded(parts, MAX_LEN)
+    monkeypatch.setattr(TransformerEncoder, "pack_padding", False)  # every position computed
     hidden = model(inputs)  # (B, max_len, D), every position computed
     logits = hidden @ model.item_embedding.weight[1:].T  # (B, max_len, n_items)
     trains = targets > 0
@@ -81,3 +85,31 @@ def test_fast_batch_equals_plain_padded_computation(loss_name: str, chunk: int |
             continue
         assert mine is not None
         torch.testing.assert_close(mine, theirs, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("model_name", ["sasrec", "bert4rec"])
+def test_packed_encoder_equals_padded_encoder(
+    model_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Running the blocks on real-item rows only gives the padded layout's states at every
+    real position (causal and bidirectional), and zeros at padding."""
+    config = build_config(
+        overrides={
+            "dataset": "synthetic",
+            "model": model_name,
+            "loss": "mlm" if model_name == "bert4rec" else "improved",
+            "model_settings": {"hidden_size": 8, "max_len": 12, "num_heads": 2},
+        }
+    )
+    torch.manual_seed(1)
+    model, _ = make_model(config, 30)
+    model = model.double().eval()
+    lengths = torch.tensor([12, 1, 5, 0, 9])  # full, single item, all padding
+    columns = torch.arange(12)
+    inputs = torch.randint(1, 31, (5, 12)).where(columns >= 12 - lengths[:, None], 0)
+    packed = model(inputs)
+    monkeypatch.setattr(TransformerEncoder, "pack_padding", False)
+    padded = model(inputs)
+    real = inputs != 0
+    torch.testing.assert_close(packed[real], padded[real], rtol=1e-12, atol=1e-12)
+    assert torch.all(packed[~real] == 0)

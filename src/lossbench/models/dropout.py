@@ -22,7 +22,8 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, training=True)
-    keep = (torch.rand_like(x) >= p).to(x.dtype).mul_(1.0 / (1.0 - p))  # 0 or 1 / (1 - p)
+    # ge_ in place writes 1.0 / 0.0 into the uniform draw itself: no bool mask, no cast.
+    keep = torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))  # 0 or 1 / (1 - p)
     return x * keep
 
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from lossbench.errors import LossbenchError
 from lossbench.models.sasrec import SASRec, SASRecConfig
-from lossbench.models.transformer import attention_mask, init_normal_
+from lossbench.models.transformer import init_normal_
 
 CHECKPOINT_KIND = "lossbench-s3rec-pretrained"
 OBJECTIVES = ("aap", "mip", "map", "sp")
@@ -164,11 +164,7 @@ class S3RecPretrainer(nn.Module):
         table = torch.cat([self.backbone.item_embedding.weight, self.mask_embedding[None]])
         vectors = F.embedding(item_ids, table, padding_idx=0)  # (B, L, D)
         hidden = self.backbone.positional_input(vectors)
-        mask = attention_mask(item_ids != 0, causal=False)  # (B, 1, L, L)
-        last = len(self.backbone.encoder.blocks) - 1
-        for index, block in enumerate(self.backbone.encoder.blocks):
-            hidden = block(hidden, mask, last_only=last_only and index == last)
-        return hidden
+        return self.backbone.encoder(hidden, item_ids != 0, last_only, causal=False)
 
     def forward(self, batch: PretrainBatch) -> dict[str, Tensor]:
         """The four objective losses (sums over the batch), keyed aap, mip, map, sp."""

@@ -7,6 +7,8 @@ feed-forward, learned positions counted from the right end so length bucketing c
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -78,6 +80,15 @@ def attention_mask(is_item: Tensor, causal: bool) -> Tensor:
     return allowed | diagonal  # (B, 1, L, L)
 
 
+class PackedRows(NamedTuple):
+    """Where the real items of a (B, L) batch sit: hidden states travel as (N, D) rows of real
+    items only, and are laid out as (B, L) just for the attention scores."""
+
+    rows: Tensor  # (N,) int64, flat indices into B * L, increasing
+    batch: int
+    width: int
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention + dropout + residual + LayerNorm."""
 
@@ -92,9 +103,18 @@ class SelfAttention(nn.Module):
         self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
 
-    def forward(self, hidden: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
+    def forward(
+        self,
+        hidden: Tensor,
+        mask: Tensor,
+        last_only: bool = False,
+        packed: PackedRows | None = None,
+    ) -> Tensor:
         """(B, L, D) -> (B, L, D), or (B, 1, D) for the last column only when `last_only`
-        (prediction needs one state: skip the other queries' attention and feed-forward)."""
+        (prediction needs one state: skip the other queries' attention and feed-forward).
+        With `packed`, (N, D) real-item rows -> (N, D)."""
+        if packed is not None:
+            return self._forward_packed(hidden, mask, packed)
         batch, width, size = hidden.shape
         # (B, L, 3D) -> 3 x (B, H, L, D / H)
         qkv = self.qkv(hidden).view(batch, width, 3, self.num_heads, size // self.num_heads)
@@ -110,6 +130,21 @@ class SelfAttention(nn.Module):
         )  # (B, H, L or 1, D / H)
         context = context.transpose(1, 2).reshape(batch, query.shape[2], size)  # (B, L or 1, D)
         return self.norm(hidden + self.dropout(self.out(context)))
+
+    def _forward_packed(self, hidden: Tensor, mask: Tensor, packed: PackedRows) -> Tensor:
+        """(N, D) -> (N, D): projections on real rows only; Q, K, V are scattered into the
+        (B, L) layout for the scores (padding rows zero, masked as keys, dropped after)."""
+        size = hidden.shape[1]
+        batch, width, rows = packed.batch, packed.width, packed.rows
+        qkv = self.qkv(hidden)  # (N, 3D)
+        laid_out = qkv.new_zeros(batch * width, 3 * size).index_copy(0, rows, qkv)
+        heads = laid_out.view(batch, width, 3, self.num_heads, size // self.num_heads)
+        query, key, value = heads.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, L, D / H)
+        context = attention(
+            query, key, value, mask, self.attention_dropout if self.training else 0.0
+        )  # (B, H, L, D / H)
+        context = context.transpose(1, 2).reshape(batch * width, size).index_select(0, rows)
+        return self.norm(hidden + self.dropout(self.out(context)))  # (N, D)
 
 
 class FeedForward(nn.Module):
@@ -140,8 +175,16 @@ class TransformerBlock(nn.Module):
         self.attention = SelfAttention(hidden_size, num_heads, dropout, attention_dropout)
         self.feed_forward = FeedForward(hidden_size, inner_size, dropout)
 
-    def forward(self, hidden: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
-        return self.feed_forward(self.attention(hidden, mask, last_only))
+    def forward(
+        self,
+        hidden: Tensor,
+        mask: Tensor,
+        last_only: bool = False,
+        packed: PackedRows | None = None,
+    ) -> Tensor:
+        """(B, L, D) -> (B, L, D) (or (B, 1, D) with `last_only`); (N, D) -> (N, D) with
+        `packed` (the feed-forward is position-wise: it runs on any rows)."""
+        return self.feed_forward(self.attention(hidden, mask, last_only, packed))
 
 
 class PositionalInput(nn.Module):
@@ -165,7 +208,16 @@ class PositionalInput(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """A stack of blocks over (B, L, D) with a padding (and optionally causal) mask."""
+    """A stack of blocks over (B, L, D) with a padding (and optionally causal) mask.
+
+    On CPU, when the batch has padding, the blocks run on the real items' rows only (the
+    attention scores alone use the (B, L) layout): a length-sorted part of beauty-s3rec is
+    still 60% padding, and every projection, feed-forward and dropout would compute it.
+    Real positions get the same states either way (tested); padding positions come out 0.
+    """
+
+    # Class-level switch so tests can run the padded reference path.
+    pack_padding: bool = True
 
     def __init__(
         self,
@@ -184,11 +236,36 @@ class TransformerEncoder(nn.Module):
             for _ in range(num_layers)
         )
 
-    def forward(self, hidden: Tensor, is_item: Tensor, last_only: bool = False) -> Tensor:
+    def forward(
+        self,
+        hidden: Tensor,
+        is_item: Tensor,
+        last_only: bool = False,
+        causal: bool | None = None,
+    ) -> Tensor:
         """hidden (B, L, D), is_item (B, L) bool True at non-padding -> (B, L, D); with
-        `last_only`, (B, 1, D): the final block computes only the last column's query."""
-        mask = attention_mask(is_item, self.causal)  # built once, shared by all layers
+        `last_only`, (B, 1, D): the final block computes only the last column's query.
+        `causal` overrides the encoder's own setting (S3Rec pre-training attends both ways)."""
+        mask = attention_mask(is_item, self.causal if causal is None else causal)  # all layers
+        if self._packs(hidden, is_item, last_only):
+            return self._forward_packed(hidden, is_item, mask)
         last = len(self.blocks) - 1
         for index, block in enumerate(self.blocks):
             hidden = block(hidden, mask, last_only=last_only and index == last)
         return hidden
+
+    def _packs(self, hidden: Tensor, is_item: Tensor, last_only: bool) -> bool:
+        # CPU only: finding the rows syncs a GPU, whose fused kernels care less about padding.
+        if not self.pack_padding or last_only or hidden.device.type != "cpu":
+            return False
+        return not bool(is_item.all())
+
+    def _forward_packed(self, hidden: Tensor, is_item: Tensor, mask: Tensor) -> Tensor:
+        batch, width, size = hidden.shape
+        rows = is_item.reshape(-1).nonzero().squeeze(1)  # (N,) real items, row-major order
+        packed = PackedRows(rows, batch, width)
+        states = hidden.reshape(batch * width, size).index_select(0, rows)  # (N, D)
+        for block in self.blocks:
+            states = block(states, mask, packed=packed)
+        laid_out = states.new_zeros(batch * width, size).index_copy(0, rows, states)
+        return laid_out.view(batch, width, size)

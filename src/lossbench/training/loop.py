@@ -29,6 +29,7 @@ from lossbench.training.progress import TrainingProgress
 from lossbench.training.run_files import RunFiles
 from lossbench.training.setup import (
     LossSettings,
+    make_adam,
     make_model,
     pick_device,
     resolve_loss,
@@ -87,11 +88,8 @@ def train_run(
     ks = sorted({*config.ks, *_metric_k(config.validation_metric)})
 
     step_model = torch.compile(model) if config.compile else model
-    optimizer = torch.optim.Adam(
-        model.parameters(),
-        lr=config.lr,
-        betas=(config.beta1, config.beta2),
-        weight_decay=config.weight_decay,
+    optimizer = make_adam(
+        model, device, config.lr, (config.beta1, config.beta2), config.weight_decay
     )
     negative_generator = torch.Generator(device=device).manual_seed(config.seed + 7919)
     cdf = None

@@ -31,7 +31,7 @@ from lossbench.models.s3rec import (
     S3RecConfig,
     S3RecPretrainer,
 )
-from lossbench.training.setup import pick_device, seed_everything
+from lossbench.training.setup import make_adam, pick_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ def pretrain_s3rec(
     generator = torch.Generator(device=target).manual_seed(seed)
     backbone = S3Rec(dataset.n_items, **config.model_dump())
     model = S3RecPretrainer(backbone, dataset.n_attributes, config.init_std).to(target)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999))
+    optimizer = make_adam(model, target, lr)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_samples = len(samples.user)
     n_batches = -(-n_samples // batch_size)

@@ -69,6 +69,23 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def make_adam(
+    model: nn.Module,
+    device: torch.device,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+) -> torch.optim.Adam:
+    """Adam, fused into one kernel per step on CPU and CUDA (the per-parameter loop cost
+    ~5% of a SASRec step on CPU); same update, same hyperparameters for every loss."""
+    fused = device.type in ("cpu", "cuda") and all(
+        p.is_floating_point() for p in model.parameters()
+    )
+    return torch.optim.Adam(
+        model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None
+    )
+
+
 def seed_everything(seed: int) -> None:
     """Each run seeds itself, so no result depends on the runs before it."""
     random.seed(seed)
