@@ -295,3 +295,51 @@ def test_sampled_losses_require_negatives(name: str) -> None:
     inputs = LossInputs(hidden=TABLE[1:2], targets=torch.tensor([1]), item_embeddings=TABLE)
     with pytest.raises(LossbenchError, match="negative"):
         LOSSES[name].fn(inputs, PARAMS)
+
+
+@pytest.mark.parametrize(
+    ("hidden_scale", "unshifted"),
+    [(1.0, True), (60.0, False)],  # logits bounded well below exp's overflow, or not
+)
+def test_fused_softmax_with_and_without_max_shift_matches_plain(
+    hidden_scale: float, unshifted: bool
+) -> None:
+    generator = torch.Generator().manual_seed(11)
+    hidden = torch.randn(96, 6, generator=generator, dtype=torch.float64) * hidden_scale
+    hidden.requires_grad_(True)
+    table = torch.randn(31, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(1, 31, (96,), generator=generator)
+    assert full_softmax._exp_cannot_overflow(hidden, table[1:]) is unshifted
+    plain = plain_softmax_ce(hidden, table, targets)
+    fused = full_softmax_ce(LossInputs(hidden, targets, table), LossParams(softmax_chunk=30 * 32))
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
+    for mine, theirs in zip(
+        torch.autograd.grad(fused, (hidden, table)),
+        torch.autograd.grad(plain, (hidden, table)),
+        strict=True,
+    ):
+        torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_softmax_without_shift_is_accurate_for_very_negative_logits() -> None:
+    """Every logit of half the positions near -70, just inside the no-shift bound: exp stays
+    a normal float32, and loss and gradients match the plain (max-shifted) computation."""
+    generator = torch.Generator().manual_seed(12)
+    direction = torch.nn.functional.normalize(torch.randn(8, generator=generator), dim=0)
+    table = direction.repeat(41, 1) + 0.01 * torch.randn(41, 8, generator=generator)
+    hidden = -70.0 * direction.repeat(40, 1)
+    hidden[::2] *= -0.01  # half the positions are ordinary
+    hidden.requires_grad_(True)
+    table.requires_grad_(True)
+    targets = torch.randint(1, 41, (40,), generator=generator)
+    assert full_softmax._exp_cannot_overflow(hidden, table[1:])
+    plain = plain_softmax_ce(hidden, table, targets)
+    fused = full_softmax_ce(LossInputs(hidden, targets, table), LossParams(softmax_chunk=10**6))
+    assert torch.isfinite(fused)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(
+        torch.autograd.grad(fused, (hidden, table)),
+        torch.autograd.grad(plain, (hidden, table)),
+        strict=True,
+    ):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
