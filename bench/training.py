@@ -4,9 +4,15 @@ bounded-memory check on a 1,000,000-item catalogue.
     python bench/training.py                      # lastfm and beauty-s3rec, 2 epochs each
     python bench/training.py --json               # the same numbers as JSON
     python bench/training.py --million-items      # only the 1M-item memory check
+    python bench/training.py --no-plain           # skip the plain reference (minutes on beauty)
+
+Each row also times one epoch of the plain computation the study's code does (padded to
+max_len, logits of every non-padding position materialized), in the same process: this
+machine's speed drifts by +-30% over minutes, so the ratio to it is steadier than seconds.
 
 Efficiency = useful FLOPs / (training seconds x matmul FLOP/s measured just before on the
-shapes that dominate this workload). Useful FLOPs count non-padding positions only, analytically:
+shapes that dominate this workload; `efficiency_vs_square_peak` uses a 2048^3 matmul
+instead). Useful FLOPs count non-padding positions only, analytically:
 per position and layer 24 D^2 (projections and feed-forward) + 4 c D (attention over c keys),
 plus the loss's scoring (2 D V for the full softmax, 2 D (1 + K) for K negatives), times 3 for
 forward + backward. Datasets come from `--data-dir` (prepared with `lossbench preprocess`).
@@ -94,6 +100,10 @@ def bench_dataset(
             "device": "cpu",
         }
     )
+    # Matmul speed just before training: this machine's speed drifts over minutes.
+    hidden_size = make_model(config, dataset.n_items)[1]["hidden_size"]
+    reference = workload_flops(hidden_size, dataset.n_items + 1)
+    square = matmul_flops(2048, 2048, 2048)
     with tempfile.TemporaryDirectory() as run_dir:
         result = train_run(config, dataset, Path(run_dir))
     # The first epoch pays for warm-up (allocator, kernels): report the fastest.
@@ -106,8 +116,6 @@ def bench_dataset(
     settings = result.config["model_settings"]
     negatives = result.config["loss_settings"]["negatives"]
     useful = useful_flops_per_epoch(dataset, settings, loss, negatives)
-    reference = workload_flops(settings["hidden_size"], dataset.n_items + 1)
-    square = matmul_flops(2048, 2048, 2048)
     return {
         "dataset": name,
         "loss": loss,

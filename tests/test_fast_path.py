@@ -113,3 +113,36 @@ def test_packed_encoder_equals_padded_encoder(
     real = inputs != 0
     torch.testing.assert_close(packed[real], padded[real], rtol=1e-12, atol=1e-12)
     assert torch.all(packed[~real] == 0)
+
+
+@pytest.mark.parametrize("model_name", ["sasrec", "bert4rec"])
+def test_forward_parts_equals_one_padded_call_per_part(
+    model_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All parts of a batch through the blocks at once (real items only) give each part's
+    states of its own padded call, at every real position."""
+    config = build_config(
+        overrides={
+            "dataset": "synthetic",
+            "model": model_name,
+            "loss": "mlm" if model_name == "bert4rec" else "improved",
+            "model_settings": {"hidden_size": 8, "max_len": 12, "num_heads": 2},
+        }
+    )
+    torch.manual_seed(2)
+    model, _ = make_model(config, 30)
+    model = model.double().eval()
+    parts = []
+    for lengths in ([3, 1, 2], [7, 5, 6, 4], [12, 9]):
+        width = max(lengths)
+        columns = torch.arange(width)
+        ids = torch.randint(1, 31, (len(lengths), width))
+        parts.append(ids.where(columns >= width - torch.tensor(lengths)[:, None], 0))
+    together = model.forward_parts(parts)
+    monkeypatch.setattr(TransformerEncoder, "pack_padding", False)
+    for ids, mine in zip(parts, together, strict=True):
+        theirs = model(ids)
+        real = ids != 0
+        assert mine.shape == theirs.shape
+        torch.testing.assert_close(mine[real], theirs[real], rtol=1e-12, atol=1e-12)
+        assert torch.all(mine[~real] == 0)

@@ -11,6 +11,7 @@ from lossbench.models.transformer import (
     PositionalInput,
     TransformerConfig,
     TransformerEncoder,
+    encode_parts,
     init_normal_,
 )
 
@@ -61,6 +62,13 @@ class BERT4Rec(nn.Module):
         is_item = item_ids != 0  # (B, L); the mask token is a real key
         hidden = self.positional_input(self.item_embedding(item_ids))  # (B, L, D)
         return self.encoder(hidden, is_item, last_only)  # (B, L, D) or (B, 1, D)
+
+    def forward_parts(self, inputs: list[Tensor]) -> list[Tensor]:
+        """The (B_p, W_p) parts of one training batch -> their (B_p, W_p, D) states. On CPU the
+        blocks run once over all parts' real items (0 at padding); elsewhere, part by part."""
+        if not self.encoder.packs(inputs[0].device):
+            return [self(ids) for ids in inputs]
+        return encode_parts(self.item_embedding, self.positional_input, self.encoder, inputs)
 
     def predict_hidden(self, item_ids: Tensor) -> Tensor:
         """(B, L) histories -> (B, D): append the mask token and take its state.

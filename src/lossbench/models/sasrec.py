@@ -10,6 +10,7 @@ from lossbench.models.transformer import (
     PositionalInput,
     TransformerConfig,
     TransformerEncoder,
+    encode_parts,
     init_normal_,
 )
 
@@ -59,6 +60,13 @@ class SASRec(nn.Module):
         is_item = item_ids != 0  # (B, L)
         hidden = self.positional_input(self.item_embedding(item_ids))  # (B, L, D)
         return self.encoder(hidden, is_item, last_only)  # (B, L, D) or (B, 1, D)
+
+    def forward_parts(self, inputs: list[Tensor]) -> list[Tensor]:
+        """The (B_p, W_p) parts of one training batch -> their (B_p, W_p, D) states. On CPU the
+        blocks run once over all parts' real items (0 at padding); elsewhere, part by part."""
+        if not self.encoder.packs(inputs[0].device):
+            return [self(ids) for ids in inputs]
+        return encode_parts(self.item_embedding, self.positional_input, self.encoder, inputs)
 
     def predict_hidden(self, item_ids: Tensor) -> Tensor:
         """(B, L) histories -> (B, D): the last column's state scores the next item."""

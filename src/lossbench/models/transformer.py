@@ -80,13 +80,27 @@ def attention_mask(is_item: Tensor, causal: bool) -> Tensor:
     return allowed | diagonal  # (B, 1, L, L)
 
 
-class PackedRows(NamedTuple):
-    """Where the real items of a (B, L) batch sit: hidden states travel as (N, D) rows of real
-    items only, and are laid out as (B, L) just for the attention scores."""
+class PackedLayout(NamedTuple):
+    """Where the real items of one or more (B_p, W_p) parts sit. Hidden states travel as (N, D)
+    rows of real items only; the attention scores alone use each part's (B_p, W_p) layout,
+    laid end to end in one flat buffer of `size` rows."""
 
-    rows: Tensor  # (N,) int64, flat indices into B * L, increasing
-    batch: int
-    width: int
+    rows: Tensor  # (N,) int64, increasing flat indices into the parts' B_p * W_p slots
+    shapes: list[tuple[int, int]]  # (B_p, W_p) of each part, in order
+    masks: list[Tensor]  # (B_p, 1, W_p, W_p) bool attention mask of each part
+    size: int  # sum of B_p * W_p
+
+
+def packed_layout(is_items: list[Tensor], causal: bool) -> PackedLayout:
+    """(B_p, W_p) bool masks of real items, one per part -> their packed layout."""
+    rows, shapes, offset = [], [], 0
+    for is_item in is_items:
+        batch, width = is_item.shape
+        rows.append(is_item.reshape(-1).nonzero().squeeze(1) + offset)  # (N_p,)
+        shapes.append((batch, width))
+        offset += batch * width
+    masks = [attention_mask(is_item, causal) for is_item in is_items]
+    return PackedLayout(rows[0] if len(rows) == 1 else torch.cat(rows), shapes, masks, offset)
 
 
 class SelfAttention(nn.Module):
@@ -108,13 +122,13 @@ class SelfAttention(nn.Module):
         hidden: Tensor,
         mask: Tensor,
         last_only: bool = False,
-        packed: PackedRows | None = None,
+        packed: PackedLayout | None = None,
     ) -> Tensor:
         """(B, L, D) -> (B, L, D), or (B, 1, D) for the last column only when `last_only`
         (prediction needs one state: skip the other queries' attention and feed-forward).
-        With `packed`, (N, D) real-item rows -> (N, D)."""
+        With `packed`, (N, D) real-item rows -> (N, D) (`mask` unused: the layout has them)."""
         if packed is not None:
-            return self._forward_packed(hidden, mask, packed)
+            return self._forward_packed(hidden, packed)
         batch, width, size = hidden.shape
         # (B, L, 3D) -> 3 x (B, H, L, D / H)
         qkv = self.qkv(hidden).view(batch, width, 3, self.num_heads, size // self.num_heads)
@@ -131,20 +145,25 @@ class SelfAttention(nn.Module):
         context = context.transpose(1, 2).reshape(batch, query.shape[2], size)  # (B, L or 1, D)
         return self.norm(hidden + self.dropout(self.out(context)))
 
-    def _forward_packed(self, hidden: Tensor, mask: Tensor, packed: PackedRows) -> Tensor:
-        """(N, D) -> (N, D): projections on real rows only; Q, K, V are scattered into the
-        (B, L) layout for the scores (padding rows zero, masked as keys, dropped after)."""
+    def _forward_packed(self, hidden: Tensor, packed: PackedLayout) -> Tensor:
+        """(N, D) -> (N, D): projections on real rows only; Q, K, V are scattered into each
+        part's (B_p, W_p) layout for the scores (padding rows zero, masked as keys, dropped)."""
         size = hidden.shape[1]
-        batch, width, rows = packed.batch, packed.width, packed.rows
         qkv = self.qkv(hidden)  # (N, 3D)
-        laid_out = qkv.new_zeros(batch * width, 3 * size).index_copy(0, rows, qkv)
-        heads = laid_out.view(batch, width, 3, self.num_heads, size // self.num_heads)
-        query, key, value = heads.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, L, D / H)
-        context = attention(
-            query, key, value, mask, self.attention_dropout if self.training else 0.0
-        )  # (B, H, L, D / H)
-        context = context.transpose(1, 2).reshape(batch * width, size).index_select(0, rows)
-        return self.norm(hidden + self.dropout(self.out(context)))  # (N, D)
+        laid_out = qkv.new_zeros(packed.size, 3 * size).index_copy(0, packed.rows, qkv)
+        contexts, offset = [], 0
+        for (batch, width), mask in zip(packed.shapes, packed.masks, strict=True):
+            part = laid_out[offset : offset + batch * width]
+            heads = part.view(batch, width, 3, self.num_heads, size // self.num_heads)
+            query, key, value = heads.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, W, D / H)
+            context = attention(
+                query, key, value, mask, self.attention_dropout if self.training else 0.0
+            )  # (B, H, W, D / H)
+            contexts.append(context.transpose(1, 2).reshape(batch * width, size))
+            offset += batch * width
+        context = contexts[0] if len(contexts) == 1 else torch.cat(contexts)  # (size, D)
+        out = self.out(context.index_select(0, packed.rows))  # (N, D)
+        return self.norm(hidden + self.dropout(out))
 
 
 class FeedForward(nn.Module):
@@ -180,7 +199,7 @@ class TransformerBlock(nn.Module):
         hidden: Tensor,
         mask: Tensor,
         last_only: bool = False,
-        packed: PackedRows | None = None,
+        packed: PackedLayout | None = None,
     ) -> Tensor:
         """(B, L, D) -> (B, L, D) (or (B, 1, D) with `last_only`); (N, D) -> (N, D) with
         `packed` (the feed-forward is position-wise: it runs on any rows)."""
@@ -205,6 +224,10 @@ class PositionalInput(nn.Module):
         positions = right_aligned_positions(width, self.max_len, item_vectors.device)  # (L,)
         hidden = item_vectors + self.position_embedding(positions)  # (B, L, D)
         return self.dropout(self.norm(hidden))
+
+    def rows(self, item_vectors: Tensor, positions: Tensor) -> Tensor:
+        """(N, D) item vectors and their (N,) position ids -> (N, D), as `forward`."""
+        return self.dropout(self.norm(item_vectors + self.position_embedding(positions)))
 
 
 class TransformerEncoder(nn.Module):
@@ -254,18 +277,53 @@ class TransformerEncoder(nn.Module):
             hidden = block(hidden, mask, last_only=last_only and index == last)
         return hidden
 
+    def packs(self, device: torch.device) -> bool:
+        """Run on real-item rows? CPU only: finding the rows syncs a GPU, whose fused
+        attention kernels care less about padding."""
+        return self.pack_padding and device.type == "cpu"
+
     def _packs(self, hidden: Tensor, is_item: Tensor, last_only: bool) -> bool:
-        # CPU only: finding the rows syncs a GPU, whose fused kernels care less about padding.
-        if not self.pack_padding or last_only or hidden.device.type != "cpu":
-            return False
-        return not bool(is_item.all())
+        return self.packs(hidden.device) and not last_only and not bool(is_item.all())
 
     def _forward_packed(self, hidden: Tensor, is_item: Tensor, mask: Tensor) -> Tensor:
         batch, width, size = hidden.shape
         rows = is_item.reshape(-1).nonzero().squeeze(1)  # (N,) real items, row-major order
-        packed = PackedRows(rows, batch, width)
-        states = hidden.reshape(batch * width, size).index_select(0, rows)  # (N, D)
-        for block in self.blocks:
-            states = block(states, mask, packed=packed)
-        laid_out = states.new_zeros(batch * width, size).index_copy(0, rows, states)
+        layout = PackedLayout(rows, [(batch, width)], [mask], batch * width)
+        states = hidden.reshape(batch * width, size).index_select(0, layout.rows)  # (N, D)
+        states = self.forward_rows(states, layout)
+        laid_out = states.new_zeros(batch * width, size).index_copy(0, layout.rows, states)
         return laid_out.view(batch, width, size)
+
+    def forward_rows(self, states: Tensor, layout: PackedLayout) -> Tensor:
+        """(N, D) real-item rows of a packed layout -> (N, D) after every block."""
+        for block in self.blocks:
+            states = block(states, layout.masks[0], packed=layout)  # masks come from layout
+        return states
+
+
+def encode_parts(
+    item_embedding: nn.Module,
+    positional_input: PositionalInput,
+    encoder: TransformerEncoder,
+    inputs: list[Tensor],
+) -> list[Tensor]:
+    """The parts of one batch, (B_p, W_p) left-padded ids each -> their (B_p, W_p, D) states
+    (0 at padding), with every projection, feed-forward, LayerNorm and dropout run once over
+    all parts' real items: far fewer, larger operations than one model call per part."""
+    layout = packed_layout([ids != 0 for ids in inputs], encoder.causal)
+    device, max_len = inputs[0].device, positional_input.max_len
+    ids = torch.cat([part.reshape(-1) for part in inputs]).index_select(0, layout.rows)  # (N,)
+    positions = torch.cat(
+        [
+            right_aligned_positions(width, max_len, device).expand(batch, width).reshape(-1)
+            for batch, width in layout.shapes
+        ]
+    ).index_select(0, layout.rows)  # (N,)
+    states = positional_input.rows(item_embedding(ids), positions)  # (N, D)
+    states = encoder.forward_rows(states, layout)
+    laid_out = states.new_zeros(layout.size, states.shape[1]).index_copy(0, layout.rows, states)
+    sizes = [batch * width for batch, width in layout.shapes]
+    return [
+        part.view(batch, width, -1)
+        for part, (batch, width) in zip(laid_out.split(sizes), layout.shapes, strict=True)
+    ]

@@ -208,7 +208,15 @@ def _batch_loss(
 ) -> torch.Tensor:
     """The loss of one training step over the training positions of all its parts (the model
     runs once per part; the loss once, so its mean is over the whole batch)."""
-    states = [_part_states(step_model, model, part, loss) for part in parts]
+    forward_parts = getattr(model, "forward_parts", None)  # transformers: all parts at once
+    if loss.positions != "last" and step_model is model and forward_parts is not None:
+        hidden_parts = forward_parts([part.inputs for part in parts])
+        states = [
+            hidden.reshape(-1, hidden.shape[-1]).index_select(0, part.positions)
+            for hidden, part in zip(hidden_parts, parts, strict=True)
+        ]
+    else:
+        states = [_part_states(step_model, model, part, loss) for part in parts]
     at_positions = states[0] if len(states) == 1 else torch.cat(states)  # (N, D)
     targets = parts[0].targets if len(parts) == 1 else torch.cat([p.targets for p in parts])
     negatives = None
