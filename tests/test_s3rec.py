@@ -3,6 +3,7 @@ fine-tuning on tiny synthetic data with attributes."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -260,3 +261,26 @@ def test_pretrainer_applies_each_objective_at_its_positions() -> None:
     assert masked.any() and unmasked.any()
     for name, value in expected.items():
         torch.testing.assert_close(losses[name], value, msg=name)
+
+
+def test_pretrain_resumes_from_a_checkpoint(tmp_path: Path) -> None:
+    dataset = tiny_synthetic()
+    config = S3RecConfig.model_validate(TINY)
+    pretrain_s3rec(dataset, config, tmp_path, epochs=2, checkpoint_every=1, seed=0)
+    start = tmp_path / "pretrain-epoch1.pt"
+    # lr ~ 0: the resumed epochs leave the weights where the checkpoint had them
+    final = pretrain_s3rec(
+        dataset, config, tmp_path, epochs=3, checkpoint_every=1, seed=0, lr=1e-12, resume=start
+    )
+    checkpoint = torch.load(final, weights_only=True)
+    assert checkpoint["epoch"] == 3
+    history = json.loads((tmp_path / "pretrain-history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    before = torch.load(start, weights_only=True)
+    for part in ("backbone", "pretrainer"):  # heads too, not only the backbone
+        for name, value in before[part].items():
+            torch.testing.assert_close(checkpoint[part][name], value, rtol=0, atol=1e-8)
+    with pytest.raises(LossbenchError, match="already at epoch 3; ask for more --epochs"):
+        pretrain_s3rec(
+            dataset, config, tmp_path, epochs=3, checkpoint_every=1, seed=0, resume=final
+        )

@@ -33,6 +33,12 @@ def pretrain(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per batch.")] = 100,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Adam learning rate.")] = 1e-3,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Continue from a pretrain-epochN.pt up to --epochs in all (Adam restarts)."
+        ),
+    ] = None,
     hidden_size: opt.HiddenSize = None,
     num_layers: opt.NumLayers = None,
     num_heads: opt.NumHeads = None,
@@ -72,6 +78,7 @@ def pretrain(
         batch_size=batch_size,
         lr=lr,
         console=console,
+        resume=resume,
     )
     console.print(
         f"wrote {final}; fine-tune with "

@@ -168,6 +168,34 @@ def _save_atomic(payload: Any, path: Path) -> None:
     os.replace(temporary, path)
 
 
+def _load_for_resume(model: S3RecPretrainer, path: Path, epochs: int) -> int:
+    """Load a pre-training checkpoint's backbone and heads into `model`; its epoch count."""
+    model.backbone.load_pretrained(path)  # checks kind, catalogue and settings
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if checkpoint["n_attributes"] != model.n_attributes:
+        raise LossbenchError(
+            f"{path} has {checkpoint['n_attributes']} attributes but this dataset has "
+            f"{model.n_attributes}; resume on the same dataset"
+        )
+    backbone = {f"backbone.{k}": v for k, v in checkpoint["backbone"].items()}
+    model.load_state_dict({**backbone, **checkpoint["pretrainer"]})
+    done = int(checkpoint["epoch"])
+    if done >= epochs:
+        raise LossbenchError(
+            f"{path} is already at epoch {done}; ask for more --epochs (the total) to resume"
+        )
+    return done
+
+
+def _earlier_history(out_dir: Path, done: int) -> list[dict[str, float]]:
+    """The first `done` epochs of `out_dir`'s history when resuming there, else nothing."""
+    path = out_dir / "pretrain-history.json"
+    if done == 0 or not path.is_file():
+        return []
+    earlier: list[dict[str, float]] = json.loads(path.read_text())
+    return [row for row in earlier if row["epoch"] <= done]
+
+
 def pretrain_s3rec(
     dataset: PreparedDataset,
     config: S3RecConfig,
@@ -180,10 +208,14 @@ def pretrain_s3rec(
     lr: float = 1e-3,
     objectives: PretrainObjectives | None = None,
     console: Console | None = None,
+    resume: Path | None = None,
 ) -> Path:
     """Pre-train S3Rec on `dataset`; writes `pretrain-epoch{N}.pt` every `checkpoint_every`
     epochs, `pretrained.pt` at the end and `pretrain-history.json` (mean losses per epoch).
-    Returns the path of `pretrained.pt`, which `S3Rec.load_pretrained` reads."""
+    Returns the path of `pretrained.pt`, which `S3Rec.load_pretrained` reads.
+
+    `resume` continues from a checkpoint of an earlier run (its weights and epoch count) up to
+    `epochs` in all; Adam's moment estimates start afresh (checkpoints hold weights only)."""
     if epochs < 1 or checkpoint_every < 1 or batch_size < 1 or lr <= 0:
         raise LossbenchError("epochs, checkpoint_every and batch_size must be >= 1, lr > 0")
     objectives = objectives or PretrainObjectives()
@@ -192,16 +224,20 @@ def pretrain_s3rec(
     seed_everything(seed)
     generator = torch.Generator(device=target).manual_seed(seed)
     backbone = S3Rec(dataset.n_items, **config.model_dump())
-    model = S3RecPretrainer(backbone, dataset.n_attributes, config.init_std).to(target)
+    model = S3RecPretrainer(backbone, dataset.n_attributes, config.init_std)
+    done = _load_for_resume(model, resume, epochs) if resume is not None else 0
+    model.to(target)
+    if done:  # a new stream of epoch orders and masks, not a replay of epochs 1..done
+        generator.manual_seed(seed + 1_000_003 * done)
     optimizer = make_adam(model, target, lr)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_samples = len(samples.user)
     n_batches = -(-n_samples // batch_size)
-    history: list[dict[str, float]] = []
+    history = _earlier_history(out_dir, done)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
-        task = progress.add_task("pre-training s3rec", total=epochs * n_batches)
-        for epoch in range(1, epochs + 1):
+        task = progress.add_task("pre-training s3rec", total=(epochs - done) * n_batches)
+        for epoch in range(done + 1, epochs + 1):
             model.train()
             sums = torch.zeros(len(OBJECTIVES), device=target)
             order = torch.randperm(n_samples, generator=generator, device=target)
