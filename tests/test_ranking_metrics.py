@@ -13,6 +13,7 @@ from lossbench.evaluation import (
     batch_seen_pairs,
     full_ranking_ranks,
     full_ranking_topk,
+    masked_scores,
     metrics_from_ranks,
     per_user_metric,
     sample_eval_candidates,
@@ -70,6 +71,28 @@ def test_nan_scores_count_as_minus_infinity() -> None:
     nan_model = torch.full((1, 1), float("nan"))
     worst = full_ranking_ranks(nan_model, TABLE, torch.tensor([1]), NO_PAIRS, NO_PAIRS)
     assert worst.tolist() == [5]
+
+
+def test_full_ranking_equals_counting_on_masked_scores() -> None:
+    """The fast ranks (transposed scores, in-place comparison) against the definition:
+    count the items whose masked score (NaN as -inf) is >= the target's, on integer-valued
+    scores (many ties), with NaN, +-inf, seen items and seen targets."""
+    generator = torch.Generator().manual_seed(3)
+    table = torch.randint(-3, 4, (41, 2), generator=generator).float()
+    table[5, 0], table[6, 0], table[7, 0] = float("nan"), float("inf"), float("-inf")
+    hidden = torch.randint(-2, 3, (64, 2), generator=generator).float()
+    hidden[0] = float("nan")  # every score NaN
+    targets = torch.randint(1, 41, (64,), generator=generator)
+    targets[1:4] = torch.tensor([5, 6, 7])  # NaN, +inf and -inf targets
+    seen_rows = torch.randint(0, 64, (300,), generator=generator)
+    seen_items = torch.randint(1, 41, (300,), generator=generator)
+    seen_items[:64] = targets  # every target is also seen once
+    seen_rows[:64] = torch.arange(64)
+    scores = masked_scores(hidden, table, targets, seen_rows, seen_items)
+    expected = (scores >= scores[torch.arange(64), targets - 1].unsqueeze(1)).sum(1)
+    result = full_ranking_ranks(hidden, table, targets, seen_rows, seen_items)
+    assert result.dtype == torch.int64
+    assert result.tolist() == expected.tolist()
 
 
 def test_topk_agrees_with_ranks_under_ties() -> None:

