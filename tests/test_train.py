@@ -20,6 +20,7 @@ from lossbench.evaluation.ranking import full_ranking_ranks
 from lossbench.losses import LOSSES
 from lossbench.training.config import build_config
 from lossbench.training.loop import train_run
+from lossbench.training.memory import peak_memory_mb, reset_peak_memory
 
 runner = CliRunner()
 
@@ -184,3 +185,17 @@ def test_bad_input_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in completed.stderr
     lines = [line for line in completed.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "unknown loss 'nope'" in lines[0], completed.stderr
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc/self/clear_refs"
+)
+def test_cpu_peak_memory_is_reset_per_run() -> None:
+    """A later run must not report an earlier run's peak (runs share one process)."""
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    big = torch.ones(64 * 2**20)  # 256 MiB, touched
+    with_big = peak_memory_mb(cpu)
+    del big
+    reset_peak_memory(cpu)
+    assert peak_memory_mb(cpu) < with_big - 200
