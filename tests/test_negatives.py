@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lossbench.errors import LossbenchError
-from lossbench.losses.negatives import popularity_cdf, sample_negatives
+from lossbench.losses.negatives import UnseenSampler, popularity_cdf, sample_negatives
 
 
 def generator(seed: int = 0) -> torch.Generator:
@@ -89,3 +89,48 @@ def test_one_item_catalogue_is_an_error() -> None:
 def test_two_item_catalogue_has_one_choice() -> None:
     negatives = sample_negatives(torch.tensor([1, 2]), 5, 2, generator())
     assert torch.equal(negatives, torch.tensor([[2] * 5, [1] * 5]))
+
+
+def _histories() -> tuple[torch.Tensor, torch.Tensor, list[set[int]]]:
+    """CSR training histories over 12 items: repeats, unsorted, an empty user, a user who
+    has seen all but one item, and one who has seen only the last item."""
+    rows = [[5, 2, 5, 9], [], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12], [12], [3, 1, 3, 11, 7]]
+    offsets = torch.tensor([0, *torch.cumsum(torch.tensor([len(r) for r in rows]), 0).tolist()])
+    items = torch.tensor([i for r in rows for i in r], dtype=torch.int64)
+    return offsets, items, [set(r) for r in rows]
+
+
+def test_unseen_sampler_maps_each_rank_to_the_next_unseen_item() -> None:
+    offsets, items, seen = _histories()
+    sampler = UnseenSampler(offsets, items, 12, "cpu")
+    for user, history in enumerate(seen):
+        expected = sorted(set(range(1, 13)) - history)  # brute force
+        assert int(sampler.unseen[user]) == len(expected)
+        r = torch.arange(len(expected)).unsqueeze(0)
+        got = sampler.unseen_item(torch.tensor([user]), r)
+        assert got.tolist() == [expected]
+
+
+def test_unseen_sampler_draws_uniformly_outside_the_history() -> None:
+    offsets, items, seen = _histories()
+    sampler = UnseenSampler(offsets, items, 12, "cpu")
+    users = torch.tensor([0, 1, 2, 3, 4]).repeat_interleave(4000)
+    draws = sampler.sample(users, 5, torch.Generator().manual_seed(0))  # (20000, 5)
+    assert draws.shape == (20000, 5)
+    for user, history in enumerate(seen):
+        mine = draws[users == user].reshape(-1)
+        allowed = sorted(set(range(1, 13)) - history)
+        assert set(mine.tolist()) == set(allowed)  # never seen, every unseen one reachable
+        frequencies = torch.bincount(mine, minlength=13)[allowed].double() / len(mine)
+        assert torch.allclose(
+            frequencies, torch.full_like(frequencies, 1 / len(allowed)), atol=0.01
+        )
+
+
+def test_unseen_sampler_refuses_a_user_who_has_seen_everything() -> None:
+    offsets = torch.tensor([0, 2, 5])
+    items = torch.tensor([1, 2, 1, 2, 3])  # user 1 has seen all 3 items
+    sampler = UnseenSampler(offsets, items, 3, "cpu")
+    sampler.check(torch.tensor([0]))
+    with pytest.raises(LossbenchError, match="every item"):
+        sampler.check(torch.tensor([0, 1]))

@@ -55,6 +55,7 @@ def test_all_positions_are_every_real_input_with_its_next_item() -> None:
     flat = batch.inputs.reshape(-1)
     assert flat[batch.positions].tolist() == [1, 2, 3, 2, 6]
     assert batch.targets.tolist() == [2, 3, 4, 6, 7]
+    assert batch.position_users().tolist() == [0, 0, 0, 2, 2]  # user rows, for the sampler
 
 
 def test_last_position_is_the_most_recent_item() -> None:
@@ -63,6 +64,7 @@ def test_last_position_is_the_most_recent_item() -> None:
     batch = batcher.make_batch(torch.tensor([0, 2]))
     assert batch.inputs.reshape(-1)[batch.positions].tolist() == [3, 6]
     assert batch.targets.tolist() == [4, 7]
+    assert batch.position_users().tolist() == [0, 2]
 
 
 def test_masked_batch_hides_real_items_only() -> None:
@@ -84,6 +86,8 @@ def test_masked_batch_hides_real_items_only() -> None:
         original = tensors.train_windows[[0, 2], -4:].reshape(-1)
         assert batch.targets.tolist() == original[batch.positions].tolist()
         assert (batch.targets > 0).all()
+        rows = torch.div(batch.positions, batch.inputs.shape[1], rounding_mode="floor")
+        assert batch.position_users().tolist() == torch.tensor([0, 2])[rows].tolist()
 
 
 def test_an_epoch_visits_every_trainable_user_once() -> None:

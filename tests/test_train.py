@@ -15,6 +15,7 @@ from lossbench.cli import app
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.sequences import build_sequence_tensors
 from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.errors import LossbenchError
 from lossbench.evaluation.metrics import metrics_from_ranks
 from lossbench.evaluation.ranking import full_ranking_ranks
 from lossbench.losses import LOSSES
@@ -199,3 +200,48 @@ def test_cpu_peak_memory_is_reset_per_run() -> None:
     del big
     reset_peak_memory(cpu)
     assert peak_memory_mb(cpu) < with_big - 200
+
+
+def test_negatives_unseen_needs_the_uniform_sampler() -> None:
+    assert build_config(overrides={"loss": "bce"}).negatives_unseen  # the study preset's
+    assert not build_config(overrides={"loss": "bce", "negatives_unseen": False}).negatives_unseen
+    with pytest.raises(LossbenchError, match="--negatives-anywhere"):
+        build_config(overrides={"loss": "bce", "sampler": "popularity"})
+    config = build_config(overrides={"sampler": "popularity", "negatives_unseen": False})
+    assert config.sampler == "popularity"
+
+
+def test_training_step_draws_negatives_outside_the_users_history() -> None:
+    """The loop hands the loss negatives from `UnseenSampler` when `negatives_unseen` is on:
+    none of them is an item of its position's user's training history."""
+    import dataclasses
+
+    from lossbench.data.batches import TrainBatcher
+    from lossbench.losses.negatives import UnseenSampler
+    from lossbench.training.loop import _batch_loss
+    from lossbench.training.setup import make_model, resolve_loss
+
+    dataset = make_synthetic_prepared(n_users=60, n_items=40, mean_length=25.0, seed=1)
+    config = build_config(overrides={"loss": "bce", "negatives": 30, "model": "sasrec"})
+    loss = resolve_loss(config)
+    bce, captured = loss.spec.fn, []
+
+    def recording(inputs, params):  # type: ignore[no-untyped-def]
+        captured.append(inputs.negatives)
+        return bce(inputs, params)
+
+    loss = dataclasses.replace(loss, spec=dataclasses.replace(loss.spec, fn=recording))
+    model, settings = make_model(config, dataset.n_items)
+    tensors = build_sequence_tensors(dataset, max_len=settings["max_len"])
+    history = tensors.valid
+    sampler = UnseenSampler(history.seen_offsets, history.seen_items, dataset.n_items, "cpu")
+    batcher = TrainBatcher(tensors, batch_size=16, positions="all", batching="random", seed=0)
+    parts = next(iter(batcher.epoch()))
+    _batch_loss(model, model, parts, loss, torch.Generator().manual_seed(0), None, sampler)
+    users = torch.cat([part.position_users() for part in parts])
+    negatives = captured[0]
+    assert negatives.shape == (len(users), 30)
+    offsets, items = history.seen_offsets, history.seen_items
+    for user, row in zip(users.tolist(), negatives.tolist(), strict=True):
+        seen = set(items[offsets[user] : offsets[user + 1]].tolist())
+        assert not seen & set(row)

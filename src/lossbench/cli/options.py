@@ -69,6 +69,15 @@ Negatives = Annotated[
 Sampler = Annotated[
     str | None, typer.Option(help="Negative sampler: uniform or popularity.", rich_help_panel=LOSS)
 ]
+NegativesUnseen = Annotated[
+    bool | None,
+    typer.Option(
+        "--negatives-unseen/--negatives-anywhere",
+        help="Draw negatives only outside the user's training history (uniform sampler; the "
+        "study-s3rec preset's default, as in SASRec's and S3Rec's code).",
+        rich_help_panel=LOSS,
+    ),
+]
 GbceT = Annotated[
     float | None,
     typer.Option("--gbce-t", help="gBCE calibration t (0 = BCE).", rich_help_panel=LOSS),

@@ -49,6 +49,7 @@ def train(
     positions: opt.Positions = None,
     negatives: opt.Negatives = None,
     sampler: opt.Sampler = None,
+    negatives_unseen: opt.NegativesUnseen = None,
     gbce_t: opt.GbceT = None,
     mask_prob: opt.MaskProb = None,
     softmax_chunk: opt.SoftmaxChunk = None,

@@ -49,6 +49,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "seed": int(metrics["seed"]),
         **loss_settings,
         "sampler": config.get("sampler"),
+        "negatives_unseen": config.get("negatives_unseen", False),
         **{f"valid_{name}": float(value) for name, value in metrics["valid"].items()},
         **{f"test_{name}": float(value) for name, value in metrics["test"].items()},
         **{name: metrics.get(name) for name in TIMING_COLUMNS},

@@ -39,6 +39,7 @@ class TrainBatch:
     inputs: Tensor  # (B, W) int64 left-padded item ids fed to the model
     targets: Tensor  # (N,) int64 the item to predict at each training position
     positions: Tensor  # (N,) int64 flat indices into the (B * W) hidden states
+    users: Tensor  # (B,) int64 user row of each batch row
 
     def to(self, device: torch.device) -> TrainBatch:
         if device.type == "cpu":
@@ -46,9 +47,13 @@ class TrainBatch:
         return TrainBatch(
             *(
                 t.pin_memory().to(device, non_blocking=True)
-                for t in (self.inputs, self.targets, self.positions)
+                for t in (self.inputs, self.targets, self.positions, self.users)
             )
         )
+
+    def position_users(self) -> Tensor:
+        """(N,) int64 user row of each training position."""
+        return self.users[torch.div(self.positions, self.inputs.shape[1], rounding_mode="floor")]
 
 
 class TrainBatcher:
@@ -103,16 +108,17 @@ class TrainBatcher:
         width = int(self.lengths[users].max())  # real items in the longest window
         windows = self.windows[users, -width:]  # (B, width)
         if self.positions == "masked":  # the model sees at most max_len items
-            return self._masked_batch(windows[:, -min(width, self.windows.shape[1] - 1) :])
+            items = windows[:, -min(width, self.windows.shape[1] - 1) :]
+            return self._masked_batch(items, users)
         inputs, next_items = windows[:, :-1], windows[:, 1:]  # (B, W), W = width - 1
         if self.positions == "all":
             positions = torch.nonzero(inputs.reshape(-1) > 0).squeeze(1)
         else:  # "last": the most recent position of every row
             row_width = inputs.shape[1]
             positions = torch.arange(1, inputs.shape[0] + 1) * row_width - 1
-        return TrainBatch(inputs, next_items.reshape(-1)[positions], positions)
+        return TrainBatch(inputs, next_items.reshape(-1)[positions], positions, users)
 
-    def _masked_batch(self, items: Tensor) -> TrainBatch:
+    def _masked_batch(self, items: Tensor, users: Tensor) -> TrainBatch:
         """BERT4Rec's cloze task: hide a random fraction of the real items."""
         real = items > 0
         hidden_here = (torch.rand(items.shape, generator=self.generator) < self.mask_prob) & real
@@ -120,4 +126,4 @@ class TrainBatcher:
         targets = items.reshape(-1)[positions]
         assert self.mask_token is not None
         inputs = items.masked_fill(hidden_here, self.mask_token)
-        return TrainBatch(inputs, targets, positions)
+        return TrainBatch(inputs, targets, positions, users)

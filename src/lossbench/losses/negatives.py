@@ -84,6 +84,63 @@ def _popularity_draws(
     return torch.where(items == column, column % n_items + 1, items)
 
 
+class UnseenSampler:
+    """Uniform negatives among the items a user has NOT interacted with in training, as the
+    samplers of SASRec's and S3Rec's code do (they exclude the user's history; S3Rec's also
+    its validation and test items, which lossbench does not: that would leak the targets).
+
+    Exact and loop-free: with the user's distinct history items s_0 < s_1 < ... sorted, the
+    r-th unseen item (r from 0) is r + 1 + #{j : s_j - 1 - j <= r}, where s_j - 1 - j counts
+    the unseen items below s_j. Those counts are non-decreasing within a user, so the keys
+    user * (n_items + 1) + (s_j - 1 - j) are sorted over all users and one `searchsorted`
+    answers every draw. Built once per run on the model's device.
+    """
+
+    def __init__(
+        self, offsets: Tensor, items: Tensor, n_items: int, device: torch.device | str
+    ) -> None:
+        """offsets (U + 1,) / items (T,): each user's training items in CSR form (any order,
+        repeats allowed); user u is row u."""
+        n_users, width = len(offsets) - 1, n_items + 1
+        users = torch.repeat_interleave(torch.arange(n_users), torch.diff(offsets))
+        keys = torch.unique(users * width + items)  # sorted distinct (user, item) pairs
+        key_users, key_items = keys // width, keys % width
+        counts = torch.bincount(key_users, minlength=n_users)  # (U,) distinct items per user
+        starts = torch.cumsum(counts, 0) - counts  # (U,)
+        rank_in_user = torch.arange(len(keys)) - starts[key_users]  # j
+        self.skip_keys = (key_users * width + key_items - 1 - rank_in_user).to(device)  # (T',)
+        self.starts = starts.to(device)  # (U,)
+        self.unseen = (n_items - counts).to(device)  # (U,) items a negative may be
+        self.width = width
+        self.n_items = n_items
+
+    def sample(self, users: Tensor, n_negatives: int, generator: torch.Generator) -> Tensor:
+        """(N, K) int64 negatives for positions of users (N,), none in their user's history
+        (so never the position's own target, itself a history item). Users who have seen
+        every item cannot be sampled for: `check` refuses them before training."""
+        unseen = self.unseen[users].unsqueeze(1)  # (N, 1)
+        u = torch.rand(
+            (len(users), n_negatives), generator=generator, device=users.device, dtype=torch.float64
+        )
+        r = torch.minimum((u * unseen).long(), unseen - 1)  # (N, K) in 0..unseen - 1
+        return self.unseen_item(users, r)
+
+    def unseen_item(self, users: Tensor, r: Tensor) -> Tensor:
+        """(N, K) the r-th (from 0) item outside each user's history, for users (N,)."""
+        query = users.unsqueeze(1) * self.width + r
+        below = torch.searchsorted(self.skip_keys, query, right=True) - self.starts[users, None]
+        return r + 1 + below
+
+    def check(self, users: Tensor) -> None:
+        """Refuse (one line, before training) users whose history covers the catalogue."""
+        full = users[self.unseen[users] < 1]
+        if len(full):
+            raise LossbenchError(
+                f"user row {int(full[0])} has interacted with every item, so no negative can "
+                "be drawn outside their history; train without --negatives-unseen"
+            )
+
+
 def sampled_scores(inputs: LossInputs, loss_name: str) -> tuple[Tensor, Tensor]:
     """Scores of the positives (N,) and of the sampled negatives (N, K) for a sampled loss."""
     negatives = inputs.negatives

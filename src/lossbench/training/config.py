@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lossbench.errors import LossbenchError
 from lossbench.losses import LOSSES
@@ -43,6 +43,8 @@ class TrainConfig(BaseModel):
     positions: Positions | None = None
     negatives: int | None = Field(default=None, ge=0)
     sampler: SamplerName = "uniform"
+    # Draw negatives only outside the user's training history (uniform sampler only).
+    negatives_unseen: bool = False
     gbce_t: float = Field(default=0.75, ge=0.0, le=1.0)
     mask_prob: float = Field(default=0.2, gt=0.0, lt=1.0)
     softmax_chunk: int | None = Field(default=None, ge=1)
@@ -109,6 +111,15 @@ class TrainConfig(BaseModel):
         if not ks or any(k < 1 for k in ks):
             raise ValueError("cut-offs must be positive integers, e.g. 1,5,10,20")
         return sorted(set(ks))
+
+    @model_validator(mode="after")
+    def _unseen_needs_uniform(self) -> TrainConfig:
+        if self.negatives_unseen and self.sampler == "popularity":
+            raise ValueError(
+                "negatives outside the user's history are drawn uniformly; with --sampler "
+                "popularity add --negatives-anywhere"
+            )
+        return self
 
     @property
     def loss_name(self) -> str:

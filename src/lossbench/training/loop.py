@@ -20,7 +20,7 @@ from lossbench.data.sequences import build_sequence_tensors
 from lossbench.evaluation.metrics import metrics_from_ranks
 from lossbench.evaluation.ranking import sample_eval_candidates
 from lossbench.losses.base import LossInputs
-from lossbench.losses.negatives import popularity_cdf, sample_negatives
+from lossbench.losses.negatives import UnseenSampler, popularity_cdf, sample_negatives
 from lossbench.models.base import scoring_table
 from lossbench.training.config import TrainConfig
 from lossbench.training.evaluate import Evaluator
@@ -92,9 +92,15 @@ def train_run(
         model, device, config.lr, (config.beta1, config.beta2), config.weight_decay
     )
     negative_generator = torch.Generator(device=device).manual_seed(config.seed + 7919)
-    cdf = None
+    cdf, unseen = None, None
     if config.sampler == "popularity" and loss.negatives > 0:
         cdf = popularity_cdf(sequences.item_counts.to(device))
+    if config.negatives_unseen and loss.negatives > 0:
+        histories = sequences.valid  # its seen items are each user's training items
+        unseen = UnseenSampler(
+            histories.seen_offsets, histories.seen_items, dataset.n_items, device
+        )
+        unseen.check(batcher.users.to(device))
     autocast = _autocast(config.precision, device)
 
     record = {
@@ -132,6 +138,7 @@ def train_run(
                         loss,
                         negative_generator,
                         cdf,
+                        unseen,
                     )
                 optimizer.zero_grad(set_to_none=True)
                 step_loss.backward()
@@ -205,6 +212,7 @@ def _batch_loss(
     loss: LossSettings,
     generator: torch.Generator,
     cdf: torch.Tensor | None,
+    unseen: UnseenSampler | None = None,
 ) -> torch.Tensor:
     """The loss of one training step over the training positions of all its parts (the model
     runs once per part; the loss once, so its mean is over the whole batch)."""
@@ -220,7 +228,10 @@ def _batch_loss(
     at_positions = states[0] if len(states) == 1 else torch.cat(states)  # (N, D)
     targets = parts[0].targets if len(parts) == 1 else torch.cat([p.targets for p in parts])
     negatives = None
-    if loss.negatives > 0:
+    if loss.negatives > 0 and unseen is not None:
+        users = torch.cat([part.position_users() for part in parts])  # (N,)
+        negatives = unseen.sample(users, loss.negatives, generator)
+    elif loss.negatives > 0:
         negatives = sample_negatives(
             targets,
             loss.negatives,

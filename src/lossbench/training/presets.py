@@ -14,8 +14,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Adam 1e-3 (0.9, 0.999), batch 256, up to 200 epochs, patience 10 on validation NDCG@20.
     # NDCG@20 matters: on LastFM, NDCG@10 peaks early (near popularity, epoch ~5) and dips
     # while the model leaves popularity, which stops training 10 epochs later.
+    # Negatives are never items of the user's history, as in the S3Rec (and SASRec) code.
     "study-s3rec": {
         "validation_metric": "ndcg@20",
+        "negatives_unseen": True,
         "batch_size": 256,
         "lr": 1e-3,
         "beta1": 0.9,
