@@ -1,12 +1,15 @@
 """Peak memory of a run: the CUDA allocator's high-water mark, or the process's peak RSS.
 
 On Linux the RSS high-water mark (VmHWM) is reset at the start of every run (writing 5 to
-/proc/self/clear_refs), so each run of a comparison reports its own peak, not the largest
-of all runs before it in the same process. Elsewhere it is the peak RSS of the process.
+/proc/self/clear_refs), after handing freed heap memory back to the system (glibc's
+`malloc_trim`), so each run of a comparison reports its own peak, not the largest of all
+runs before it in the same process. Elsewhere it is the peak RSS of the process.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import resource
 import sys
 from pathlib import Path
@@ -21,10 +24,24 @@ def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
+    _release_free_heap()
     try:
         _CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
     except OSError:
         pass  # not Linux, or not allowed: peak_memory_mb falls back to the process peak
+
+
+def _release_free_heap() -> None:
+    """glibc keeps freed memory in the process (it still counts as RSS); give it back."""
+    if not sys.platform.startswith("linux"):
+        return
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass  # not glibc: nothing to trim
 
 
 def peak_memory_mb(device: torch.device) -> float:
