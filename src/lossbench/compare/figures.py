@@ -73,7 +73,8 @@ def quality_vs_time(summary: pl.DataFrame, path: Path, metric: str = "ndcg@10") 
 
 def validation_curves(runs: pl.DataFrame, path: Path, metric: str = "ndcg@10") -> Path:
     """Validation metric against elapsed wall-clock seconds, one panel per (dataset, model):
-    each seed a thin line, the mean over seeds (per epoch) a thick one, one colour per loss."""
+    each seed a thin line, the mean over seeds (per epoch, while every seed still trains) a
+    thick one, one colour per loss."""
     groups = runs.select("dataset", "model").unique(maintain_order=True).rows()
     figure, panels = _panels(len(groups))
     colors = _colors(runs["loss"].to_list())
@@ -96,10 +97,13 @@ def validation_curves(runs: pl.DataFrame, path: Path, metric: str = "ndcg@10") -
                     linewidth=0.7,
                     alpha=0.35,
                 )
+            # Only epochs every seed reached: once a seed stops early, a mean over the rest
+            # would jump (and its mean time step backwards).
             mean = (
                 pl.concat(histories, how="diagonal")
                 .group_by("epoch")
-                .agg(pl.col("elapsed_seconds").mean(), pl.col(column).mean())
+                .agg(pl.col("elapsed_seconds").mean(), pl.col(column).mean(), pl.len())
+                .filter(pl.col("len") == len(histories))
                 .sort("epoch")
             )
             axes.plot(
@@ -114,7 +118,7 @@ def validation_curves(runs: pl.DataFrame, path: Path, metric: str = "ndcg@10") -
         axes.set_ylabel(f"validation {metric.upper()}")
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
-    figure.suptitle("validation curves (thin: seeds, thick: mean over seeds per epoch)")
+    figure.suptitle("validation curves (thin: seeds; thick: mean while all seeds train)")
     return _save(figure, path)
 
 
