@@ -193,6 +193,39 @@ def test_wider_batch_than_max_len_is_refused() -> None:
         make("sasrec")(torch.ones(1, 13, dtype=torch.long))
 
 
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.375, 0.2])
+def test_cpu_dropout_mask_keeps_each_element_with_probability_one_minus_p(p: float) -> None:
+    from lossbench.models.dropout import keep_scale
+
+    torch.manual_seed(1)
+    shape = torch.Size((4001, 64))  # not a multiple of the elements one random word gives
+    keep = keep_scale(shape, p, torch.float32)
+    assert keep.shape == shape
+    torch.testing.assert_close(keep[keep != 0], torch.full_like(keep[keep != 0], 1 / (1 - p)))
+    kept = (keep != 0).float()
+    assert abs(kept.mean().item() - (1 - p)) < 0.005
+    # Every bit field of the random words (32 / k of them per word, sign bit included) and
+    # every column are fair: no position in the layout is kept more often than another.
+    flat = kept.reshape(-1)[: 4000 * 64]
+    for period in (32, 64):
+        by_slot = flat.reshape(-1, period).mean(0)
+        assert (by_slot - (1 - p)).abs().max().item() < 0.03
+    # Neighbouring elements (often fields of one word) are independent.
+    pairs = flat.reshape(-1, 2)
+    both = (pairs[:, 0] * pairs[:, 1]).mean().item()
+    assert abs(both - (1 - p) ** 2) < 0.01
+
+
+def test_dropout_bit_fields_are_exact_for_dyadic_p() -> None:
+    from lossbench.models.dropout import _bit_field
+
+    assert _bit_field(0.5) == (1, 1)
+    assert _bit_field(0.25) == (2, 1)
+    assert _bit_field(0.375) == (4, 6)
+    assert _bit_field(1 / 256) == (8, 1)
+    assert _bit_field(0.2) is None and _bit_field(0.1) is None
+
+
 def test_cpu_dropout_keeps_one_minus_p_and_rescales() -> None:
     from lossbench.models.dropout import Dropout, attention
 

@@ -46,14 +46,16 @@ def softmax_chunk_for(device: torch.device, chunk: int | None) -> int:
 def full_softmax_ce(inputs: LossInputs, params: LossParams) -> Tensor:
     """-mean_n log softmax(h_n E[1:]^T)[y_n - 1]; N = 0 gives a connected zero."""
     hidden, targets, table = inputs.hidden, inputs.targets, inputs.item_embeddings
-    item_rows = table[1:]  # (n_items, D): padding row 0 is never a class
-    n_positions, n_items = hidden.shape[0], item_rows.shape[0]
+    n_positions, n_items = hidden.shape[0], table.shape[0] - 1
     chunk = softmax_chunk_for(hidden.device, params.softmax_chunk)
-    compute_dtype = _compute_dtype(hidden, item_rows)
+    compute_dtype = _compute_dtype(hidden, table)
     if chunk // max(n_items, 1) >= min(MIN_FUSED_ROWS, max(n_positions, 1)):
         rows = _aligned(max(1, chunk // max(n_items, 1)))
-        total: Tensor = _FusedSoftmaxCE.apply(hidden, item_rows, targets - 1, rows, compute_dtype)
+        # The whole table goes in (row 0 gets a zero gradient): a `table[1:]` slice would cost
+        # a table-sized zero fill and copy in its backward, every step.
+        total: Tensor = _FusedSoftmaxCE.apply(hidden, table, targets, rows, compute_dtype)
         return total / max(n_positions, 1)
+    item_rows = table[1:]  # (n_items, D): padding row 0 is never a class
     items_per_chunk = max(1, chunk // max(n_positions, 1))
     log_norm = chunked_logsumexp(hidden, item_rows, items_per_chunk)  # (N,) fp32+
     target_logits = (hidden * table[targets]).sum(-1)  # (N,)
@@ -77,12 +79,14 @@ def _compute_dtype(hidden: Tensor, item_rows: Tensor) -> torch.dtype:
 
 
 class _FusedSoftmaxCE(torch.autograd.Function):
-    """sum_n (logsumexp_i z_ni - z_n,y_n) with z = hidden @ item_rows.T, `rows` positions at a
-    time. Forward also computes the gradients (each chunk's logits are used while hot);
+    """sum_n (logsumexp_i z_ni - z_n,y_n) with z = hidden @ table[1:].T, `rows` positions at
+    a time. Forward also computes the gradients (each chunk's logits are used while hot);
     backward multiplies them by the upstream scalar.
 
-    Per chunk, w = exp(z - shift) with norm = sum_i w; d loss / d z = (w - norm * one_hot) /
-    norm, and the 1 / norm is applied to the small (n, D) matmul operands, not to (V, n).
+    Per chunk, w = exp(z - shift) with norm = sum_i w; d loss / d z = w / norm - one_hot, and
+    the 1 / norm is applied to the small (n, D) matmul operands, not to (V, n). The one-hot
+    part and the target logits are done once for all positions after the loop (a gather and
+    an index_add on (N, D) rows), so each chunk runs as few operations as possible.
     shift is the column max (any logits), or 0 on CPU when a bound shows that no logit can
     leave exp's normal range: that skips two of the four passes over the chunk (max,
     subtract), about 5% of the loss on beauty-s3rec, where matmuls take three quarters."""
@@ -91,62 +95,66 @@ class _FusedSoftmaxCE(torch.autograd.Function):
     def forward(
         ctx: Any,
         hidden: Tensor,
-        item_rows: Tensor,
-        classes: Tensor,
+        table: Tensor,
+        targets: Tensor,
         rows: int,
         compute_dtype: torch.dtype,
     ) -> Tensor:
         accumulate = torch.promote_types(compute_dtype, torch.float32)  # softmax in fp32+
-        want_grads = hidden.requires_grad or item_rows.requires_grad
+        want_grads = hidden.requires_grad or table.requires_grad
         with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
             h = hidden.detach().to(compute_dtype)  # (N, D)
             # Logits in base 2 (z * log2 e, scaled on the small operand, before any cast):
             # exp2 is ~1.7x faster than exp on CPU and w = 2^(z log2 e) = e^z all the same.
             h_base2 = (hidden.detach().to(accumulate) * _LOG2_E).to(compute_dtype)  # (N, D)
-            items = item_rows.detach().to(compute_dtype)  # (V, D)
-            total = torch.zeros((), dtype=accumulate, device=hidden.device)
+            items = table.detach()[1:].to(compute_dtype)  # (V, D): row 0 is never a class
+            n_positions, n_items = h.shape[0], items.shape[0]
+            log_norms = torch.empty(n_positions, dtype=accumulate, device=h.device)  # (N,)
             grad_hidden = torch.empty_like(h, dtype=accumulate) if want_grads else None
-            grad_items = torch.zeros_like(items, dtype=accumulate) if want_grads else None
+            grad_table = torch.zeros_like(table, dtype=accumulate) if want_grads else None
             unshifted = _exp_cannot_overflow(h, items)
             # Every chunk's logits go to this one buffer: a fresh (V, n) tensor per chunk
             # (allocated while the previous chunk's is still alive) made the loss ~15%
             # slower on CPU, its memory cold in cache.
-            buffer = torch.empty(items.shape[0] * rows, dtype=compute_dtype, device=h.device)
-            for start in range(0, h.shape[0], rows):
-                h_chunk = h[start : start + rows]  # (n, D)
-                target = classes[start : start + rows].unsqueeze(0)  # (1, n)
-                logits = buffer[: items.shape[0] * h_chunk.shape[0]].view(items.shape[0], -1)
-                torch.mm(items, h_base2[start : start + rows].T, out=logits)  # (V, n), base 2
-                weights, norm, log_norm, target_logit = _chunk_weights(
-                    logits.to(accumulate), target, unshifted
+            buffer = torch.empty(n_items * rows, dtype=compute_dtype, device=h.device)
+            for start in range(0, n_positions, rows):
+                stop = min(start + rows, n_positions)
+                logits = buffer[: n_items * (stop - start)].view(n_items, -1)
+                torch.mm(items, h_base2[start:stop].T, out=logits)  # (V, n), base 2
+                weights, norm = _chunk_weights(
+                    logits.to(accumulate), log_norms[start:stop], unshifted
                 )
-                total += (log_norm - target_logit).sum()
-                if grad_hidden is None or grad_items is None:
+                if grad_hidden is None or grad_table is None:
                     continue
-                weights.scatter_add_(0, target, -norm)  # (w - norm * one_hot), (V, n)
                 if compute_dtype == accumulate:  # fp32 / fp64: scale the small operands
-                    inverse = norm.reciprocal().T  # (n, 1)
-                    out = grad_hidden[start : start + rows]
+                    inverse = norm.reciprocal_().T  # (n, 1)
+                    out = grad_hidden[start:stop]
                     torch.mm(weights.T, items, out=out).mul_(inverse)  # (n, D)
-                    grad_items.addmm_(weights, h_chunk * inverse)  # (V, D)
+                    grad_table[1:].addmm_(weights, h[start:stop] * inverse)  # (V, D)
                 else:  # low-precision matmuls on the normalized softmax, fp32 accumulation
                     probs = weights.div_(norm).to(compute_dtype)
-                    grad_hidden[start : start + rows] = probs.T @ items
-                    grad_items += (probs @ h_chunk).to(accumulate)
+                    grad_hidden[start:stop] = probs.T @ items
+                    grad_table[1:] += (probs @ h[start:stop]).to(accumulate)
+            target_rows = table.detach()[targets].to(accumulate)  # (N, D)
+            h_wide = hidden.detach().to(accumulate)
+            total = (log_norms - (h_wide * target_rows).sum(1)).sum()
+            if grad_hidden is not None and grad_table is not None:
+                grad_hidden -= target_rows  # the one-hot part: d z_y / d h = e_y
+                grad_table.index_add_(0, targets, h_wide, alpha=-1.0)  # d z_y / d e_y = h
         ctx.save_for_backward(
-            *(g for g in (grad_hidden, grad_items) if g is not None),
+            *(g for g in (grad_hidden, grad_table) if g is not None),
         )
-        ctx.dtypes = (hidden.dtype, item_rows.dtype)
+        ctx.dtypes = (hidden.dtype, table.dtype)
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_total: Tensor) -> tuple[Tensor | None, ...]:
-        grad_hidden, grad_items = ctx.saved_tensors
-        hidden_dtype, items_dtype = ctx.dtypes
+        grad_hidden, grad_table = ctx.saved_tensors
+        hidden_dtype, table_dtype = ctx.dtypes
         scale = grad_total.to(grad_hidden.dtype)
         return (
             (grad_hidden * scale).to(hidden_dtype) if ctx.needs_input_grad[0] else None,
-            (grad_items * scale).to(items_dtype) if ctx.needs_input_grad[1] else None,
+            (grad_table * scale).to(table_dtype) if ctx.needs_input_grad[1] else None,
             None,
             None,
             None,
@@ -163,21 +171,20 @@ def _exp_cannot_overflow(hidden: Tensor, items: Tensor) -> bool:
     return bound + math.log(items.shape[0]) < _EXP_LIMIT
 
 
-def _chunk_weights(
-    logits: Tensor, target: Tensor, unshifted: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """From (V, n) logits in base 2 (z log2 e), overwritten: w = exp(z - shift) (V, n), its
-    column sums (1, n), the natural-log normalizers shift + log(sum) (1, n) and the target
-    logits z (1, n)."""
-    target_logit = logits.gather(0, target) * _LN_2  # (1, n), before exp2_ overwrites logits
+def _chunk_weights(logits: Tensor, log_norm: Tensor, unshifted: bool) -> tuple[Tensor, Tensor]:
+    """From (V, n) logits in base 2 (z log2 e), overwritten: w = exp(z - shift) (V, n) and
+    its column sums (1, n); the natural-log normalizers shift + log(sum) go to `log_norm`
+    (n,)."""
     if unshifted:  # |logits| < _EXP_LIMIT - log V: exp needs no shift
         weights = logits.exp2_()  # in place, (V, n)
         norm = weights.sum(0, keepdim=True)  # (1, n)
-        return weights, norm, norm.log(), target_logit
+        torch.log(norm[0], out=log_norm)
+        return weights, norm
     shift = logits.amax(0, keepdim=True)  # (1, n), base 2
     weights = logits.sub_(shift).exp2_()  # in place: (V, n), max 1
     norm = weights.sum(0, keepdim=True)  # (1, n), >= 1
-    return weights, norm, shift * _LN_2 + norm.log(), target_logit
+    torch.add(norm[0].log(), shift[0], alpha=_LN_2, out=log_norm)
+    return weights, norm
 
 
 def chunked_logsumexp(hidden: Tensor, item_rows: Tensor, chunk: int) -> Tensor:

@@ -31,8 +31,12 @@ class SequenceModel(Protocol):
 
 
 def scoring_table(model: SequenceModel) -> Tensor:
-    """(n_items + 1, D) rows that score items 0..n_items (row 0 is padding, never scored)."""
-    return model.item_embedding.weight[: model.n_items + 1]
+    """(n_items + 1, D) rows that score items 0..n_items (row 0 is padding, never scored).
+
+    The weight itself when it has no special rows: a slice would add a table-sized zero fill
+    and copy to every backward pass."""
+    weight = model.item_embedding.weight
+    return weight if weight.shape[0] == model.n_items + 1 else weight[: model.n_items + 1]
 
 
 def right_aligned_positions(width: int, max_len: int, device: torch.device) -> Tensor:
