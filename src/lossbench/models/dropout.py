@@ -79,6 +79,7 @@ def attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor, dropout_p
         return F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, dropout_p=dropout_p
         )
-    scores = (query @ key.transpose(-2, -1)) * (1.0 / math.sqrt(query.shape[-1]))  # (B,H,Lq,Lk)
-    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    # In place on the fresh scores: two fewer (B, H, Lq, Lk) tensors per call.
+    scores = (query @ key.transpose(-2, -1)).mul_(1.0 / math.sqrt(query.shape[-1]))
+    weights = torch.softmax(scores.masked_fill_(~mask, float("-inf")), dim=-1)  # (B,H,Lq,Lk)
     return dropout(weights, dropout_p, training=True) @ value  # (B, H, Lq, D / H)
