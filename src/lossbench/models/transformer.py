@@ -146,54 +146,24 @@ class SelfAttention(nn.Module):
         return self.norm(hidden + self.dropout(self.out(context)))
 
     def _forward_packed(self, hidden: Tensor, packed: PackedLayout) -> Tensor:
-        """(N, D) -> (N, D): projections on real rows only; Q, K, V are scattered head-major
-        into each part's (3, B_p, H, W_p, D / H) block (padding rows zero, masked as keys,
-        dropped), so every part's attention runs on contiguous views, with no copies."""
+        """(N, D) -> (N, D): projections on real rows only; Q, K, V are scattered into each
+        part's (B_p, W_p) layout for the scores (padding rows zero, masked as keys, dropped)."""
         size = hidden.shape[1]
-        heads, head_size = self.num_heads, size // self.num_heads
-        qkv_rows, context_rows = head_major_rows(packed, heads)  # (N, 3, H), (N, H)
-        qkv = self.qkv(hidden).view(-1, head_size)  # (N * 3 * H, D / H), rows (n, j, h)
-        laid_out = qkv.new_zeros(3 * heads * packed.size, head_size)
-        laid_out.index_copy_(0, qkv_rows.reshape(-1), qkv)
+        qkv = self.qkv(hidden)  # (N, 3D)
+        laid_out = qkv.new_zeros(packed.size, 3 * size).index_copy(0, packed.rows, qkv)
         contexts, offset = [], 0
         for (batch, width), mask in zip(packed.shapes, packed.masks, strict=True):
-            block = laid_out[offset : offset + 3 * heads * batch * width]
-            query, key, value = block.view(3, batch, heads, width, head_size).unbind(0)
+            part = laid_out[offset : offset + batch * width]
+            heads = part.view(batch, width, 3, self.num_heads, size // self.num_heads)
+            query, key, value = heads.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, W, D / H)
             context = attention(
                 query, key, value, mask, self.attention_dropout if self.training else 0.0
             )  # (B, H, W, D / H)
-            contexts.append(context.reshape(-1, head_size))
-            offset += 3 * heads * batch * width
-        context = contexts[0] if len(contexts) == 1 else torch.cat(contexts)  # (H size, D/H)
-        out = self.out(context.index_select(0, context_rows.reshape(-1)).view(-1, size))
+            contexts.append(context.transpose(1, 2).reshape(batch * width, size))
+            offset += batch * width
+        context = contexts[0] if len(contexts) == 1 else torch.cat(contexts)  # (size, D)
+        out = self.out(context.index_select(0, packed.rows))  # (N, D)
         return self.norm(hidden + self.dropout(out))
-
-
-def head_major_rows(packed: PackedLayout, heads: int) -> tuple[Tensor, Tensor]:
-    """Where each real item's heads live in head-major per-part blocks.
-
-    Part p starts at slot P_p of the packed layout and holds B_p x W_p slots; an item at local
-    slot b W_p + w has, in the (3, B_p, H, W_p) Q/K/V block that starts at row 3 H P_p, rows
-    3 H P_p + j H B_p W_p + (b H + h) W_p + w (j = 0, 1, 2 for Q, K, V), and in the
-    (B_p, H, W_p) context block that starts at row H P_p, rows H P_p + (b H + h) W_p + w.
-    Returns (N, 3, H) and (N, H) int64 row indices."""
-    device = packed.rows.device
-    widths = torch.tensor([width for _, width in packed.shapes], device=device)
-    sizes = torch.tensor([batch * width for batch, width in packed.shapes], device=device)
-    starts = torch.cumsum(sizes, 0) - sizes  # (parts,)
-    part = torch.searchsorted(starts, packed.rows, right=True) - 1  # (N,)
-    start, width = starts[part], widths[part]
-    local = packed.rows - start
-    column = local % width
-    head_offsets = torch.arange(heads, device=device) * width.unsqueeze(1)  # (N, H)
-    context_rows = (heads * (start + local - column) + column).unsqueeze(1) + head_offsets
-    matrix_offsets = torch.arange(3, device=device) * heads  # (3,): Q, K, V
-    qkv_rows = (
-        context_rows.unsqueeze(1)
-        + (2 * heads * start).view(-1, 1, 1)
-        + (matrix_offsets.unsqueeze(0) * sizes[part].unsqueeze(1)).unsqueeze(2)
-    )  # (N, 3, H)
-    return qkv_rows, context_rows
 
 
 class FeedForward(nn.Module):
