@@ -248,3 +248,12 @@ def test_cpu_dropout_keeps_one_minus_p_and_rescales() -> None:
     torch.testing.assert_close(plain, reference)
     dropped = attention(q, k, v, mask, 0.999999)  # nearly everything dropped
     assert torch.isfinite(dropped).all()
+
+
+def test_scoring_table_is_the_weight_itself_unless_there_are_special_rows() -> None:
+    sasrec, bert4rec = make("sasrec"), make("bert4rec")
+    # No slice when there is nothing to cut: a slice's backward costs a table-sized fill.
+    assert scoring_table(sasrec) is sasrec.item_embedding.weight
+    table = scoring_table(bert4rec)  # the mask row is cut off, storage shared
+    assert table.shape[0] == N_ITEMS + 1 < bert4rec.item_embedding.weight.shape[0]
+    assert table.data_ptr() == bert4rec.item_embedding.weight.data_ptr()
