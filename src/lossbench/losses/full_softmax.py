@@ -117,24 +117,25 @@ class _FusedSoftmaxCE(torch.autograd.Function):
             # (allocated while the previous chunk's is still alive) made the loss ~15%
             # slower on CPU, its memory cold in cache.
             buffer = torch.empty(n_items * rows, dtype=compute_dtype, device=h.device)
+            grad_items = grad_table[1:] if grad_table is not None else None  # (V, D) view
             for start in range(0, n_positions, rows):
                 stop = min(start + rows, n_positions)
                 logits = buffer[: n_items * (stop - start)].view(n_items, -1)
                 torch.mm(items, h_base2[start:stop].T, out=logits)  # (V, n), base 2
-                weights, norm = _chunk_weights(
-                    logits.to(accumulate), log_norms[start:stop], unshifted
-                )
-                if grad_hidden is None or grad_table is None:
+                if compute_dtype != accumulate:
+                    logits = logits.to(accumulate)
+                weights, norm = _chunk_weights(logits, log_norms[start:stop], unshifted)
+                if grad_hidden is None or grad_items is None:
                     continue
                 if compute_dtype == accumulate:  # fp32 / fp64: scale the small operands
                     inverse = norm.reciprocal_().T  # (n, 1)
                     out = grad_hidden[start:stop]
                     torch.mm(weights.T, items, out=out).mul_(inverse)  # (n, D)
-                    grad_table[1:].addmm_(weights, h[start:stop] * inverse)  # (V, D)
+                    grad_items.addmm_(weights, h[start:stop] * inverse)  # (V, D)
                 else:  # low-precision matmuls on the normalized softmax, fp32 accumulation
                     probs = weights.div_(norm).to(compute_dtype)
                     grad_hidden[start:stop] = probs.T @ items
-                    grad_table[1:] += (probs @ h[start:stop]).to(accumulate)
+                    grad_items += (probs @ h[start:stop]).to(accumulate)
             target_rows = table.detach()[targets].to(accumulate)  # (N, D)
             h_wide = hidden.detach().to(accumulate)
             total = (log_norms - (h_wide * target_rows).sum(1)).sum()

@@ -150,7 +150,7 @@ class SelfAttention(nn.Module):
         part's (B_p, W_p) layout for the scores (padding rows zero, masked as keys, dropped)."""
         size = hidden.shape[1]
         qkv = self.qkv(hidden)  # (N, 3D)
-        laid_out = qkv.new_zeros(packed.size, 3 * size).index_copy(0, packed.rows, qkv)
+        laid_out = qkv.new_zeros(packed.size, 3 * size).index_copy_(0, packed.rows, qkv)
         contexts, offset = [], 0
         for (batch, width), mask in zip(packed.shapes, packed.masks, strict=True):
             part = laid_out[offset : offset + batch * width]
@@ -291,7 +291,7 @@ class TransformerEncoder(nn.Module):
         layout = PackedLayout(rows, [(batch, width)], [mask], batch * width)
         states = hidden.reshape(batch * width, size).index_select(0, layout.rows)  # (N, D)
         states = self.forward_rows(states, layout)
-        laid_out = states.new_zeros(batch * width, size).index_copy(0, layout.rows, states)
+        laid_out = states.new_zeros(batch * width, size).index_copy_(0, layout.rows, states)
         return laid_out.view(batch, width, size)
 
     def forward_rows(self, states: Tensor, layout: PackedLayout) -> Tensor:
@@ -321,7 +321,7 @@ def encode_parts(
     ).index_select(0, layout.rows)  # (N,)
     states = positional_input.rows(item_embedding(ids), positions)  # (N, D)
     states = encoder.forward_rows(states, layout)
-    laid_out = states.new_zeros(layout.size, states.shape[1]).index_copy(0, layout.rows, states)
+    laid_out = states.new_zeros(layout.size, states.shape[1]).index_copy_(0, layout.rows, states)
     sizes = [batch * width for batch, width in layout.shapes]
     return [
         part.view(batch, width, -1)
