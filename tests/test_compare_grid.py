@@ -95,6 +95,7 @@ def test_settings_layer_under_the_flags(tmp_path: Path) -> None:
     [
         ({"losses": ["bce", "nope"]}, ["grid.losses", "'nope'", "improved", "original"]),
         ({"seeds": []}, ["grid.seeds", "at least one"]),
+        ({"seeds": [0, -3]}, ["grid.seeds", "seed -3 is out of range"]),
         ({"models": ["transformer"]}, ["grid.models", "sasrec"]),
         ({"colour": "red"}, ["grid.colour", "unknown field"]),
     ],

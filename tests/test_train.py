@@ -162,6 +162,7 @@ def test_cli_train_on_synthetic(tmp_path: Path) -> None:
         (["--dropout", "1.5"], "dropout"),
         (["--validation-metric", "auc"], "unknown metric 'auc'"),
         (["--loss", "mlm"], "needs a bidirectional model"),
+        (["--seed", "-1"], "invalid seed"),
     ],
 )
 def test_cli_train_rejects_bad_settings(args: list[str], words: str, tmp_path: Path) -> None:

@@ -49,6 +49,14 @@ class Grid(BaseModel):
             raise ValueError("must list at least one value")
         return list(dict.fromkeys(values))  # drop repeats, keep order
 
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_in_range(cls, seeds: list[int]) -> list[int]:
+        for seed in seeds:
+            if not 0 <= seed < 2**32:
+                raise ValueError(f"seed {seed} is out of range; use 0 <= seed < 2**32")
+        return seeds
+
     @field_validator("models")
     @classmethod
     def _known_models(cls, names: list[str]) -> list[str]:

@@ -70,7 +70,7 @@ class TrainConfig(BaseModel):
     save_topk: int = Field(default=0, ge=0)
 
     # Execution.
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)  # seeds torch, numpy and Python alike
     device: DeviceName = "auto"
     precision: Precision = "fp32"
     compile: bool = False
