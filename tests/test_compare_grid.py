@@ -172,6 +172,16 @@ def test_resume_trains_only_missing_and_changed_runs(tmp_path: Path) -> None:
     assert len(trained) == 3
 
 
+def test_thread_count_does_not_make_a_finished_run_stale(tmp_path: Path) -> None:
+    (run,) = plan_runs(make_grid({"losses": ["bce"], "seeds": [0]}, "test"), {}, tmp_path)
+    saved = run.config.model_dump(mode="json")
+    finish_fake(run, saved | {"threads": 7})  # finished with another thread count
+    assert run_state(run) == "finished"
+    del saved["threads"]
+    finish_fake(run, saved)  # finished before the setting existed
+    assert run_state(run) == "finished"
+
+
 def test_training_overrides_map_flags_to_fields() -> None:
     flags = {
         "lr": 0.01,

@@ -153,6 +153,23 @@ def test_cli_train_on_synthetic(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 
+def test_cli_train_threads_sets_and_records_the_thread_count(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        result = runner.invoke(
+            app,
+            ["--data-dir", str(tmp_path / "data"), "train", "--max-epochs", "1"]
+            + ["--hidden-size", "16", "--threads", "1", "--out", str(tmp_path / "run")],
+        )
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["config"]["threads"] == 1
+    assert saved["environment"]["threads"] == 1
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -163,6 +180,7 @@ def test_cli_train_on_synthetic(tmp_path: Path) -> None:
         (["--validation-metric", "auc"], "unknown metric 'auc'"),
         (["--loss", "mlm"], "needs a bidirectional model"),
         (["--seed", "-1"], "invalid seed"),
+        (["--threads", "0"], "--threads"),
     ],
 )
 def test_cli_train_rejects_bad_settings(args: list[str], words: str, tmp_path: Path) -> None:

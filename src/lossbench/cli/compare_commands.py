@@ -138,6 +138,7 @@ def compare(
     device: opt.Device = None,
     precision: opt.Precision = None,
     compile: opt.Compile = None,
+    threads: opt.Threads = None,
 ) -> None:
     """Train one model with several losses (everything else identical) and compare them."""
     flags = opt.training_overrides(

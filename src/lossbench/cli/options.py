@@ -149,6 +149,15 @@ Compile = Annotated[
         show_default=False,
     ),
 ]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="CPU threads for torch (default: one per core). Runs sharing the cores should "
+        "split them: oversubscribed, spin-waiting threads slow training 10-100x.",
+        rich_help_panel=RUN,
+    ),
+]
 ConfigFile = Annotated[
     Path | None,
     typer.Option(

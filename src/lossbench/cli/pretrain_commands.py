@@ -14,6 +14,7 @@ from lossbench.errors import LossbenchError
 from lossbench.models import model_config
 from lossbench.models.s3rec import S3RecConfig
 from lossbench.training.pretrain import pretrain_s3rec
+from lossbench.training.setup import use_threads
 
 PRETRAINABLE = ("s3rec",)
 
@@ -45,6 +46,7 @@ def pretrain(
     dropout: opt.Dropout = None,
     attention_dropout: opt.AttentionDropout = None,
     max_len: opt.MaxLen = None,
+    threads: opt.Threads = None,
 ) -> None:
     """Pre-train a model's encoder; fine-tune it with `lossbench train --init OUT/pretrained.pt`
     (model settings must match those of the fine-tuning run)."""
@@ -65,6 +67,7 @@ def pretrain(
     config = model_config(model, settings)
     assert isinstance(config, S3RecConfig)
     prepared = ensure_prepared(GlobalOptions.data_dir, dataset)
+    use_threads(threads)
     out_dir = out or Path("runs") / dataset / f"{model}-pretrain-seed{seed}"
     console.print(f"pre-training [bold]{model}[/] on [bold]{dataset}[/] -> {out_dir}")
     final = pretrain_s3rec(

@@ -67,6 +67,7 @@ def train(
     device: opt.Device = None,
     precision: opt.Precision = None,
     compile: opt.Compile = None,
+    threads: opt.Threads = None,
 ) -> None:
     """Train one model with one loss, early-stopped on validation, and test it once."""
     overrides = opt.training_overrides(locals(), skip=("out", "config_file"))

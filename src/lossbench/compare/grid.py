@@ -188,4 +188,14 @@ def run_state(run: PlannedRun) -> RunState:
         saved = json.loads((run.run_dir / CONFIG_FILE).read_text())["config"]
     except (OSError, ValueError, KeyError):
         return "changed"
-    return "finished" if saved == run.config.model_dump(mode="json") else "changed"
+    wanted = run.config.model_dump(mode="json")
+    return "finished" if _comparable(saved) == _comparable(wanted) else "changed"
+
+
+# How a run executes, not what it computes: a resumed comparison may change these freely
+# (and run folders written before a setting existed still match).
+_EXECUTION_ONLY = ("threads",)
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key not in _EXECUTION_ONLY}

@@ -34,6 +34,7 @@ from lossbench.training.setup import (
     pick_device,
     resolve_loss,
     seed_everything,
+    use_threads,
 )
 
 
@@ -55,6 +56,7 @@ def train_run(
     console = console or Console(quiet=True)
     loss = resolve_loss(config)
     device = pick_device(config.device)
+    use_threads(config.threads)
     seed_everything(config.seed)
     model, model_settings = make_model(config, dataset.n_items)
     model.to(device)

@@ -86,6 +86,12 @@ def make_adam(
     )
 
 
+def use_threads(threads: int | None) -> None:
+    """Set torch's intra-op CPU threads when asked (None keeps torch's default)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def seed_everything(seed: int) -> None:
     """Each run seeds itself, so no result depends on the runs before it."""
     random.seed(seed)
