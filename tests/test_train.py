@@ -207,6 +207,30 @@ def test_bad_input_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert len(lines) == 1 and "unknown loss 'nope'" in lines[0], completed.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["train", "--threads", "0"], "--threads"),
+        (["train", "--max-epochs", "many"], "--max-epochs"),
+        (["train", "--bogus"], "--bogus"),
+        (["pretrain", "--dataset", "lastfm", "--epochs", "0"], "--epochs"),
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(args: list[str], words: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "lossbench", "--data-dir", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert words in completed.stderr
+
+
 @pytest.mark.skipif(
     not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc/self/clear_refs"
 )

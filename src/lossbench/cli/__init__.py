@@ -27,14 +27,32 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as error:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(error, click.exceptions.Abort):
+        if _is_abort(error):
             sys.exit(130)
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
+        if _is_usage_error(error):
+            error.show()  # type: ignore[attr-defined]
+            sys.exit(error.exit_code)  # type: ignore[attr-defined]
         raise
+
+
+def _is_abort(error: Exception) -> bool:
+    import click
+    import typer
+
+    return isinstance(error, (click.exceptions.Abort, typer.Abort))
+
+
+def _is_usage_error(error: Exception) -> bool:
+    """click's ClickException, or the same class from the copy of click that typer >= 0.20
+    vendors (`typer._click`): without this, `--threads 0` or `--bogus` end in a traceback."""
+    import click
+
+    if isinstance(error, click.ClickException):
+        return True
+    vendored = type(error).__module__.startswith("typer.")
+    return (
+        vendored and hasattr(error, "show") and isinstance(getattr(error, "exit_code", None), int)
+    )
 
 
 __all__ = ["app", "main"]

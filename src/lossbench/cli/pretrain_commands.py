@@ -30,7 +30,7 @@ def pretrain(
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default runs/DATASET/MODEL-pretrain-seedN).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per batch.")] = 100,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Adam learning rate.")] = 1e-3,
