@@ -18,6 +18,7 @@ from torch import Tensor
 from lossbench.data.batches import TrainBatch, TrainBatcher
 from lossbench.data.sequences import build_sequence_tensors
 from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.models import transformer
 from lossbench.models.transformer import TransformerEncoder
 from lossbench.training.config import build_config
 from lossbench.training.loop import _batch_loss
@@ -87,12 +88,15 @@ def test_fast_batch_equals_plain_padded_computation(
         torch.testing.assert_close(mine, theirs, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("part_rows", [64, 2])
 @pytest.mark.parametrize("model_name", ["sasrec", "bert4rec"])
 def test_packed_encoder_equals_padded_encoder(
-    model_name: str, monkeypatch: pytest.MonkeyPatch
+    model_name: str, part_rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Running the blocks on real-item rows only gives the padded layout's states at every
-    real position (causal and bidirectional), and zeros at padding."""
+    """Running the blocks on real-item rows only, in width-sorted parts (one part, or parts
+    of 2 rows trimmed to different widths), gives the padded layout's states at every real
+    position (causal and bidirectional), and zeros at padding."""
+    monkeypatch.setattr(transformer, "PACKED_PART_ROWS", part_rows)
     config = build_config(
         overrides={
             "dataset": "synthetic",
@@ -107,6 +111,7 @@ def test_packed_encoder_equals_padded_encoder(
     lengths = torch.tensor([12, 1, 5, 0, 9])  # full, single item, all padding
     columns = torch.arange(12)
     inputs = torch.randint(1, 31, (5, 12)).where(columns >= 12 - lengths[:, None], 0)
+    inputs[0, 3] = 0  # a hole: padding between real items stays padding
     packed = model(inputs)
     monkeypatch.setattr(TransformerEncoder, "pack_padding", False)
     padded = model(inputs)

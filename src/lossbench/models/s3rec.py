@@ -69,10 +69,17 @@ def attribute_prediction_loss(
 
     hidden (..., D) head outputs; attribute_table (A, D) rows of attributes 1..A;
     attribute_targets (..., A) 0/1; where (...) bool, the positions that count."""
+    select_rows = where.device.type == "cpu"
+    if select_rows:
+        # Only the rows that count (finding them would sync a GPU): most of a (B, L)
+        # pre-training batch is padding or the other objective's positions.
+        hidden, attribute_targets = hidden[where], attribute_targets[where]  # (n, D), (n, A)
     logits = hidden @ attribute_table.T  # (..., A)
     per_position = F.binary_cross_entropy_with_logits(
         logits, attribute_targets, reduction="none"
     ).sum(-1)  # (...,)
+    if select_rows:
+        return per_position.sum()
     return (per_position * where.to(per_position.dtype)).sum()
 
 
@@ -168,7 +175,16 @@ class S3RecPretrainer(nn.Module):
 
     def forward(self, batch: PretrainBatch) -> dict[str, Tensor]:
         """The four objective losses (sums over the batch), keyed aap, mip, map, sp."""
-        hidden = self.encode(batch.masked_items)  # (B, L, D)
+        # The sequence and SP's three sequences share their padding (the items' places), so
+        # they are encoded as one (4B, L) batch: on CPU one pass over all their real items.
+        sequences = (
+            batch.masked_items,
+            batch.segment_context,
+            batch.positive_segment,
+            batch.negative_segment,
+        )
+        states = self.encode(torch.cat(sequences)).split(len(batch.items))  # 4 x (B, L, D)
+        hidden = states[0]  # (B, L, D)
         attributes = self.attribute_embedding.weight[1:]  # (A, D)
         is_masked = batch.masked_items == self.mask_id  # (B, L)
         is_unmasked = (batch.masked_items != 0) & ~is_masked
@@ -188,9 +204,7 @@ class S3RecPretrainer(nn.Module):
             ),
         }
         # segments: the context's and each segment's last state (the original's readout)
-        context = self.encode(batch.segment_context, last_only=True)[:, 0]  # (B, D)
-        positive = self.encode(batch.positive_segment, last_only=True)[:, 0]
-        negative = self.encode(batch.negative_segment, last_only=True)[:, 0]
+        context, positive, negative = (part[:, -1] for part in states[1:])  # (B, D) each
         losses["sp"] = pairwise_sigmoid_loss(
             self.heads["sp"](context), positive, negative, batch.has_segment
         )

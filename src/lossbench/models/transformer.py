@@ -17,6 +17,9 @@ from torch import Tensor, nn
 from lossbench.models.base import right_aligned_positions
 from lossbench.models.dropout import Dropout, attention
 
+# Rows per attention part when a (B, L) batch is packed (`TransformerEncoder`).
+PACKED_PART_ROWS = 64
+
 # The S3Rec code's LayerNorm epsilon; an all-zero row normalizes to zero, never NaN.
 LAYER_NORM_EPS = 1e-12
 
@@ -269,9 +272,10 @@ class TransformerEncoder(nn.Module):
         """hidden (B, L, D), is_item (B, L) bool True at non-padding -> (B, L, D); with
         `last_only`, (B, 1, D): the final block computes only the last column's query.
         `causal` overrides the encoder's own setting (S3Rec pre-training attends both ways)."""
-        mask = attention_mask(is_item, self.causal if causal is None else causal)  # all layers
+        causal = self.causal if causal is None else causal
         if self._packs(hidden, is_item, last_only):
-            return self._forward_packed(hidden, is_item, mask)
+            return self._forward_packed(hidden, is_item, causal)
+        mask = attention_mask(is_item, causal)  # (B, 1, L, L), all layers
         last = len(self.blocks) - 1
         for index, block in enumerate(self.blocks):
             hidden = block(hidden, mask, last_only=last_only and index == last)
@@ -285,13 +289,33 @@ class TransformerEncoder(nn.Module):
     def _packs(self, hidden: Tensor, is_item: Tensor, last_only: bool) -> bool:
         return self.packs(hidden.device) and not last_only and not bool(is_item.all())
 
-    def _forward_packed(self, hidden: Tensor, is_item: Tensor, mask: Tensor) -> Tensor:
+    def _forward_packed(self, hidden: Tensor, is_item: Tensor, causal: bool) -> Tensor:
+        """(B, L, D) -> (B, L, D) through the blocks on real-item rows only. For the attention
+        scores the rows are sorted by width (from the first real item to the end) and cut into
+        parts of `PACKED_PART_ROWS`, each trimmed to its widest row: a random batch of S3Rec's
+        pre-training prefixes is mostly short rows padded to the one long one."""
         batch, width, size = hidden.shape
-        rows = is_item.reshape(-1).nonzero().squeeze(1)  # (N,) real items, row-major order
-        layout = PackedLayout(rows, [(batch, width)], [mask], batch * width)
-        states = hidden.reshape(batch * width, size).index_select(0, layout.rows)  # (N, D)
+        has_item = is_item.any(1)
+        first = torch.where(has_item, is_item.int().argmax(1), width - 1)  # (B,)
+        widths = width - first  # (B,) >= 1
+        order = torch.sort(widths, stable=True).indices  # (B,)
+        part_rows = list(order.split(PACKED_PART_ROWS))
+        part_widths = [int(w) for w in torch.stack([widths[r].max() for r in part_rows])]
+        # (B_p, W_p) flat indices into the (B * L) input of each part's trimmed slots
+        columns = torch.arange(width, device=is_item.device)
+        slots = [
+            (rows[:, None] * width + columns[width - w :]).reshape(-1)
+            for rows, w in zip(part_rows, part_widths, strict=True)
+        ]
+        flat_is_item = is_item.reshape(-1)
+        layout = packed_layout(
+            [flat_is_item[index].view(-1, w) for index, w in zip(slots, part_widths, strict=True)],
+            causal,
+        )
+        source = torch.cat(slots).index_select(0, layout.rows)  # (N,) input row of each state
+        states = hidden.reshape(batch * width, size).index_select(0, source)  # (N, D)
         states = self.forward_rows(states, layout)
-        laid_out = states.new_zeros(batch * width, size).index_copy_(0, layout.rows, states)
+        laid_out = states.new_zeros(batch * width, size).index_copy_(0, source, states)
         return laid_out.view(batch, width, size)
 
     def forward_rows(self, states: Tensor, layout: PackedLayout) -> Tensor:
