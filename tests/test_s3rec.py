@@ -276,6 +276,7 @@ def test_pretrain_resumes_from_a_checkpoint(tmp_path: Path) -> None:
     assert checkpoint["epoch"] == 3
     history = json.loads((tmp_path / "pretrain-history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert all(row["seconds"] > 0 for row in history)
     before = torch.load(start, weights_only=True)
     for part in ("backbone", "pretrainer"):  # heads too, not only the backbone
         for name, value in before[part].items():

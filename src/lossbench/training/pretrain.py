@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,8 @@ def pretrain_s3rec(
     resume: Path | None = None,
 ) -> Path:
     """Pre-train S3Rec on `dataset`; writes `pretrain-epoch{N}.pt` every `checkpoint_every`
-    epochs, `pretrained.pt` at the end and `pretrain-history.json` (mean losses per epoch).
+    epochs, `pretrained.pt` at the end and `pretrain-history.json` (per epoch: mean losses
+    and seconds).
     Returns the path of `pretrained.pt`, which `S3Rec.load_pretrained` reads.
 
     `resume` continues from a checkpoint of an earlier run (its weights and epoch count) up to
@@ -238,6 +240,7 @@ def pretrain_s3rec(
     with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("pre-training s3rec", total=(epochs - done) * n_batches)
         for epoch in range(done + 1, epochs + 1):
+            started = time.perf_counter()
             model.train()
             sums = torch.zeros(len(OBJECTIVES), device=target)
             order = torch.randperm(n_samples, generator=generator, device=target)
@@ -249,8 +252,10 @@ def pretrain_s3rec(
                 sums += torch.stack([losses[name].detach() for name in OBJECTIVES])
                 progress.advance(task)
             means = (sums / n_batches).tolist()  # one sync per epoch
-            history.append({"epoch": epoch, **dict(zip(OBJECTIVES, means, strict=True))})
-            losses_text = " ".join(f"{n} {v:.3g}" for n, v in zip(OBJECTIVES, means, strict=True))
+            seconds = time.perf_counter() - started
+            losses_by_name = dict(zip(OBJECTIVES, means, strict=True))
+            history.append({"epoch": epoch, **losses_by_name, "seconds": seconds})
+            losses_text = " ".join(f"{n} {v:.3g}" for n, v in losses_by_name.items())
             progress.update(task, description=f"epoch {epoch}/{epochs}  {losses_text}")
             if epoch % checkpoint_every == 0:
                 _save_atomic(model.checkpoint(config, epoch), out_dir / f"pretrain-epoch{epoch}.pt")
