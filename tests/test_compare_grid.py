@@ -21,7 +21,7 @@ from lossbench.compare.grid import (
 )
 from lossbench.compare.runner import run_missing
 from lossbench.errors import LossbenchError
-from lossbench.training.config import TrainConfig
+from lossbench.training.config import TrainConfig, build_config
 from lossbench.training.loop import RunResult
 from lossbench.training.run_files import CONFIG_FILE, METRICS_FILE
 
@@ -123,7 +123,17 @@ def test_example_grids_expand(tmp_path: Path) -> None:
     values, settings = read_grid_file(EXAMPLES / "table2-lastfm.toml")
     runs = plan_runs(make_grid(values, "table2"), settings, tmp_path)
     pairs = {(r.config.model, r.config.loss_name) for r in runs}
-    assert {("sasrec", "bce"), ("sasrec", "improved"), ("gru4rec", "ce")} <= pairs
+    assert {("sasrec", "bce"), ("sasrec", "improved"), ("gru4rec", "ce"), ("srgnn", "ce")} <= pairs
+    for run in runs:  # the same runs as the README's one `lossbench compare` per model
+        command_line = build_config(
+            overrides={
+                "dataset": "lastfm",
+                "model": run.config.model,
+                "loss": run.config.loss_name,
+                "seed": run.config.seed,
+            }
+        )
+        assert run.config == command_line, run.config.model
 
 
 def test_grid_file_rejects_per_run_fields_in_settings(tmp_path: Path) -> None:
