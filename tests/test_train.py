@@ -189,6 +189,7 @@ def test_cli_train_rejects_bad_settings(args: list[str], words: str, tmp_path: P
     result = runner.invoke(app, ["--data-dir", str(tmp_path), "train", "--max-epochs", "1", *args])
     assert result.exit_code != 0
     assert words in str(result.exception) + result.output
+    assert "training " not in result.output  # refused before the run's header
 
 
 def test_bad_input_is_one_line_without_traceback(tmp_path: Path) -> None:

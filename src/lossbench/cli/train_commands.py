@@ -12,9 +12,10 @@ from lossbench.cli import options as opt
 from lossbench.cli.app import GlobalOptions, app, console
 from lossbench.data.prepared import ensure_prepared
 from lossbench.losses import LOSSES
-from lossbench.models import MODELS
+from lossbench.models import MODELS, model_config
 from lossbench.training.config import build_config
 from lossbench.training.loop import RunResult, train_run
+from lossbench.training.setup import resolve_loss
 
 
 @app.command()
@@ -72,6 +73,9 @@ def train(
     """Train one model with one loss, early-stopped on validation, and test it once."""
     overrides = opt.training_overrides(locals(), skip=("out", "config_file"))
     config = build_config(toml_file=config_file, overrides=overrides)
+    # Impossible settings or model / loss pairings fail before anything starts.
+    model_config(config.model, config.model_settings)
+    resolve_loss(config)
     prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset)
     run_dir = (
         out

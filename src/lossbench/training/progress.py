@@ -44,6 +44,9 @@ class TrainingProgress:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
+        # The batch bar was reset for an epoch that never comes: the final display keeps
+        # the epochs line only.
+        self.progress.remove_task(self.batch_task)
         self.progress.__exit__(kind, error, trace)
 
     def advance_batch(self) -> None:
