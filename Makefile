@@ -28,6 +28,7 @@ bench: install
 	$(PYTHON) bench/preprocess.py
 	$(PYTHON) bench/training.py
 	$(PYTHON) bench/training.py --million-items
+	$(PYTHON) bench/pretraining.py
 
 clean:
 	rm -rf runs build dist .pytest_cache .ruff_cache .mypy_cache
