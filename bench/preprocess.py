@@ -21,6 +21,7 @@ from lossbench.data.prepared import prepared_dir
 from lossbench.data.preprocess import build_tables, summary_stats, write_prepared
 from lossbench.data.readers import read_interactions
 from lossbench.data.registry import get_dataset
+from lossbench.errors import LossbenchError
 
 N_USERS, N_ITEMS = 138_493, 26_744  # ml-20m's sizes
 
@@ -93,4 +94,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LossbenchError as error:  # bad input: one line, no traceback
+        sys.exit(f"error: {error}")

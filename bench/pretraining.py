@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from lossbench.data.prepared import ensure_prepared
+from lossbench.errors import LossbenchError
 from lossbench.models.s3rec import PretrainObjectives, S3Rec, S3RecConfig, S3RecPretrainer
 from lossbench.models.transformer import TransformerEncoder
 from lossbench.paths import default_data_dir
@@ -96,4 +97,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LossbenchError as error:  # bad input: one line, no traceback
+        sys.exit(f"error: {error}")

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from lossbench.data.prepared import PreparedDataset, ensure_prepared
 from lossbench.data.sequences import build_sequence_tensors
+from lossbench.errors import LossbenchError
 from lossbench.models.transformer import TransformerEncoder
 from lossbench.paths import default_data_dir
 from lossbench.training.config import TrainConfig, build_config
@@ -272,4 +273,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LossbenchError as error:  # bad input: one line, no traceback
+        sys.exit(f"error: {error}")

@@ -289,3 +289,28 @@ def test_training_step_draws_negatives_outside_the_users_history() -> None:
     for user, row in zip(users.tolist(), negatives.tolist(), strict=True):
         seen = set(items[offsets[user] : offsets[user + 1]].tolist())
         assert not seen & set(row)
+
+
+def test_bf16_is_refused_on_a_cpu_without_bf16_matmuls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Emulated bf16 matmuls run ~300x slower than fp32 on an AVX2 CPU: refuse, do not crawl."""
+    from lossbench.cli import main  # noqa: F401  (main turns errors into messages)
+    from lossbench.training import setup
+
+    monkeypatch.setattr(setup, "cpu_has_bf16_matmul", lambda: False)
+    args = ["--data-dir", str(tmp_path), "train", "--device", "cpu", "--precision", "bf16"]
+    result = runner.invoke(app, args)
+    assert result.exit_code != 0
+    assert "bf16 matmul instructions" in str(result.exception) + result.output
+    assert "training " not in result.output
+    compared = runner.invoke(
+        app,
+        ["--data-dir", str(tmp_path), "compare", "--dataset", "synthetic", "--losses", "ce"]
+        + ["--device", "cpu", "--precision", "bf16", "--out", str(tmp_path / "cmp")],
+    )
+    assert compared.exit_code != 0
+    assert "bf16 matmul instructions" in str(compared.exception) + compared.output
+    assert not (tmp_path / "cmp" / "synthetic").exists()
+    monkeypatch.setattr(setup, "cpu_has_bf16_matmul", lambda: True)
+    assert setup.run_device("cpu", "bf16").type == "cpu"

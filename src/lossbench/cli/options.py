@@ -138,7 +138,10 @@ EvalSampler = Annotated[
 
 Device = Annotated[str | None, typer.Option(help="auto, cpu or cuda.", rich_help_panel=RUN)]
 Precision = Annotated[
-    str | None, typer.Option(help="fp32 or bf16 (autocast).", rich_help_panel=RUN)
+    str | None,
+    typer.Option(
+        help="fp32 or bf16 (autocast; on CPU only with AVX-512 BF16 or AMX).", rich_help_panel=RUN
+    ),
 ]
 Compile = Annotated[
     bool | None,

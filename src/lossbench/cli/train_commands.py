@@ -15,7 +15,7 @@ from lossbench.losses import LOSSES
 from lossbench.models import MODELS, model_config
 from lossbench.training.config import build_config
 from lossbench.training.loop import RunResult, train_run
-from lossbench.training.setup import resolve_loss
+from lossbench.training.setup import resolve_loss, run_device
 
 
 @app.command()
@@ -76,6 +76,7 @@ def train(
     # Impossible settings or model / loss pairings fail before anything starts.
     model_config(config.model, config.model_settings)
     resolve_loss(config)
+    run_device(config.device, config.precision)
     prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset)
     run_dir = (
         out

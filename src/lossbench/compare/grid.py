@@ -19,7 +19,7 @@ from lossbench.losses import LOSSES
 from lossbench.models import MODELS, model_config
 from lossbench.training.config import TrainConfig, build_config, read_toml
 from lossbench.training.run_files import CONFIG_FILE, is_finished
-from lossbench.training.setup import resolve_loss
+from lossbench.training.setup import resolve_loss, run_device
 
 ORIGINAL = "original"  # in a grid's losses: each model's published loss
 DEMO_LOSSES = ["bce", "ce", "improved"]
@@ -166,6 +166,7 @@ def plan_runs(grid: Grid, settings: dict[str, Any], out_dir: Path) -> list[Plann
             layers = merge_settings(demo, settings, {"dataset": dataset, "model": model})
             base = build_config(overrides=layers)
             model_config(model, base.model_settings)  # unknown model settings fail now
+            run_device(base.device, base.precision)  # so does bf16 on a CPU without it
             grid.baseline_for(model)  # fails early when the baseline is not compared
             for loss in grid.losses_for(model):
                 loss_config = base.model_copy(update={"loss": loss})

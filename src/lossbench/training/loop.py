@@ -31,8 +31,8 @@ from lossbench.training.setup import (
     LossSettings,
     make_adam,
     make_model,
-    pick_device,
     resolve_loss,
+    run_device,
     seed_everything,
     use_threads,
 )
@@ -55,7 +55,7 @@ def train_run(
     """Train one (model, loss, seed), early-stopped on validation, then test once."""
     console = console or Console(quiet=True)
     loss = resolve_loss(config)
-    device = pick_device(config.device)
+    device = run_device(config.device, config.precision)
     use_threads(config.threads)
     seed_everything(config.seed)
     model, model_settings = make_model(config, dataset.n_items)

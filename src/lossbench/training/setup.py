@@ -69,6 +69,22 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def run_device(device_name: str, precision: str) -> torch.device:
+    """The device a run trains on, refusing a precision it cannot run at a useful speed."""
+    device = pick_device(device_name)
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16_matmul():
+        raise LossbenchError(
+            "--precision bf16 needs a CPU with bf16 matmul instructions (AVX-512 BF16 or AMX);"
+            " this one emulates them, hundreds of times slower than fp32: use --precision fp32"
+        )
+    return device
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Does oneDNN have native bf16 matmuls here? Without them torch emulates bf16."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def make_adam(
     model: nn.Module,
     device: torch.device,
