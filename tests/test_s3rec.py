@@ -3,6 +3,7 @@ fine-tuning on tiny synthetic data with attributes."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from lossbench.data.prepared import PreparedDataset
@@ -166,8 +168,14 @@ def test_pretrain_then_finetune_end_to_end(tmp_path: Path) -> None:
 
     dataset = tiny_synthetic()
     config = S3RecConfig.model_validate(TINY)
-    final = pretrain_s3rec(dataset, config, tmp_path, epochs=2, checkpoint_every=1, seed=0)
+    log = io.StringIO()  # not a terminal: one line per epoch, no bar
+    final = pretrain_s3rec(
+        dataset, config, tmp_path, epochs=2, checkpoint_every=1, seed=0,
+        console=Console(file=log, width=80),
+    )  # fmt: skip
     assert final == tmp_path / "pretrained.pt"
+    lines = [line.split()[:2] for line in log.getvalue().splitlines()]
+    assert lines == [["epoch", "1/2"], ["epoch", "2/2"]], log.getvalue()
     names = {path.name for path in tmp_path.iterdir()}
     assert {"pretrain-epoch1.pt", "pretrain-epoch2.pt", "pretrained.pt"} <= names
     checkpoint = torch.load(final, weights_only=True)

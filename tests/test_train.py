@@ -314,3 +314,19 @@ def test_bf16_is_refused_on_a_cpu_without_bf16_matmuls(
     assert not (tmp_path / "cmp" / "synthetic").exists()
     monkeypatch.setattr(setup, "cpu_has_bf16_matmul", lambda: True)
     assert setup.run_device("cpu", "bf16").type == "cpu"
+
+
+def test_a_log_file_gets_one_line_per_epoch(tiny: PreparedDataset, tmp_path: Path) -> None:
+    """Off a terminal a live bar shows only its last frame, cut to 80 columns: the log gets
+    one complete line per epoch instead."""
+    import io
+
+    from rich.console import Console
+
+    log = io.StringIO()
+    config = build_config(overrides=quick(loss="bce", max_epochs=3, patience=5))
+    train_run(config, tiny, tmp_path, Console(file=log, width=80))
+    lines = [line for line in log.getvalue().splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all(config.validation_metric in line and "(best " in line for line in lines)
+    assert "━" not in log.getvalue()  # no bar frames in a log

@@ -237,7 +237,11 @@ def pretrain_s3rec(
     n_batches = -(-n_samples // batch_size)
     history = _earlier_history(out_dir, done)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeRemainingColumn(), console=console) as progress:
+    console = console or Console(quiet=True)
+    # Off a terminal (a log file), one line per epoch instead of a bar's last frame.
+    lines = not console.is_terminal and not console.quiet
+    bar = Progress(*columns, TimeRemainingColumn(), console=console, disable=lines)
+    with bar as progress:
         task = progress.add_task("pre-training s3rec", total=(epochs - done) * n_batches)
         for epoch in range(done + 1, epochs + 1):
             started = time.perf_counter()
@@ -257,6 +261,10 @@ def pretrain_s3rec(
             history.append({"epoch": epoch, **losses_by_name, "seconds": seconds})
             losses_text = " ".join(f"{n} {v:.3g}" for n, v in losses_by_name.items())
             progress.update(task, description=f"epoch {epoch}/{epochs}  {losses_text}")
+            if lines:
+                console.print(
+                    f"epoch {epoch}/{epochs}  {losses_text}  {seconds:.1f} s", highlight=False
+                )
             if epoch % checkpoint_every == 0:
                 _save_atomic(model.checkpoint(config, epoch), out_dir / f"pretrain-epoch{epoch}.pt")
             _save_atomic(history, out_dir / "pretrain-history.json")
