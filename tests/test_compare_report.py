@@ -228,3 +228,79 @@ def test_tiny_real_compare_then_resume(tmp_path: Path) -> None:
     report = CliRunner().invoke(app, ["report", str(tmp_path / "out"), "--permutations", "99"])
     assert report.exit_code == 0, report.output
     assert "bce (base)" in report.output and "2 runs" in report.output
+
+
+def test_versus_compares_two_models_paired_by_seed(tmp_path: Path) -> None:
+    """Run sets of two models: same numbers and test as compare's, over the shared seeds."""
+    from lossbench.compare.stats import sign_flip_test
+    from lossbench.compare.versus import versus_summary
+    from lossbench.evaluation.metrics import per_user_metric
+
+    rng = np.random.default_rng(1)
+    base_ranks, better_ranks = [], []
+    for seed in (0, 1, 2):
+        ranks = rng.integers(1, 40, N_USERS)
+        base_ranks.append(ranks)
+        write_fake_run(tmp_path, "mlm", seed, ranks, model="bert4rec")
+        if seed < 2:  # the treatment has seeds 0 and 1 only: pairs come from those
+            better_ranks.append(np.maximum(ranks - 3, 1))
+            write_fake_run(tmp_path, "improved", seed, better_ranks[-1])
+    summary, treated, base = versus_summary(
+        tmp_path / "toy/sasrec/improved", tmp_path / "toy/bert4rec/mlm", OPTIONS
+    )
+    assert (treated, base) == ("sasrec + improved", "bert4rec + mlm")
+    assert summary["loss"].to_list() == [base, treated]
+    row = summary.row(1, named=True)
+    assert row["seeds"] == 2 and row["pairs"] == 2 * N_USERS
+    expected = sign_flip_test(
+        np.concatenate([per_user_metric(r, "ndcg@10") for r in better_ranks]),
+        np.concatenate([per_user_metric(r, "ndcg@10") for r in base_ranks[:2]]),
+        OPTIONS.n_permutations,
+    )
+    assert row["mean_difference"] == pytest.approx(expected.mean_difference)
+    assert row["p_value"] == pytest.approx(expected.p_value) and row["mark"] == BETTER
+    base_mean = np.mean([per_user_metric(r, "ndcg@10").mean() for r in base_ranks])
+    assert summary.row(0, named=True)["ndcg@10_mean"] == pytest.approx(base_mean)
+
+    result = CliRunner().invoke(
+        app, ["versus", str(tmp_path / "toy/sasrec/improved"), str(tmp_path / "toy/bert4rec/mlm")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "runs compared on toy" in result.output and "bert4rec + mlm (base)" in result.output
+
+
+def test_versus_labels_same_model_and_loss_by_folder(tmp_path: Path) -> None:
+    from lossbench.compare.versus import versus_summary
+
+    ranks = np.random.default_rng(2).integers(1, 40, N_USERS)
+    write_fake_run(tmp_path / "old", "bce", 0, ranks)
+    write_fake_run(tmp_path / "new", "bce", 0, ranks)
+    new, old = tmp_path / "new/toy/sasrec/bce", tmp_path / "old/toy/sasrec/bce"
+    summary, treated, base = versus_summary(new, old, OPTIONS)
+    assert (treated, base) == (str(new), str(old))
+    assert summary.row(1, named=True)["p_value"] == 1.0  # identical runs
+
+
+@pytest.mark.parametrize(
+    ("treatment", "baseline", "words"),
+    [
+        ("toy", "toy/bert4rec/mlm", "several models"),
+        ("missing", "toy/bert4rec/mlm", "is not a folder"),
+        ("empty", "toy/bert4rec/mlm", "no finished runs"),
+        ("other/sasrec/bce", "toy/bert4rec/mlm", "different datasets"),
+        ("toy/sasrec/improved", "toy/bert4rec/mlm", "share no seed"),
+    ],
+)
+def test_versus_errors_are_one_liners(
+    tmp_path: Path, treatment: str, baseline: str, words: str
+) -> None:
+    ranks = np.random.default_rng(3).integers(1, 40, N_USERS)
+    write_fake_run(tmp_path, "mlm", 0, ranks, model="bert4rec")
+    write_fake_run(tmp_path, "improved", 1, ranks)
+    write_fake_run(tmp_path, "bce", 0, ranks, dataset="other")
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(
+        app, ["versus", str(tmp_path / treatment), str(tmp_path / baseline)]
+    )
+    assert result.exit_code != 0
+    assert words in str(result.exception) + result.output

@@ -14,6 +14,8 @@ from lossbench.compare import SummaryOptions, compare_losses, make_grid, read_gr
 from lossbench.compare.grid import merge_settings
 from lossbench.compare.report import render_report
 from lossbench.compare.stats import DEFAULT_PERMUTATIONS
+from lossbench.compare.tables import print_unsqueezed, rich_tables
+from lossbench.compare.versus import versus_summary
 from lossbench.data.prepared import PreparedDataset, ensure_prepared
 from lossbench.errors import LossbenchError
 from lossbench.evaluation.metrics import per_user_metric
@@ -192,6 +194,23 @@ def report(
     """Re-render tables, summary.md, results files and figures from saved runs (no training)."""
     summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
     render_report(directory, summary_options, console, baseline)
+
+
+@app.command()
+def versus(
+    treatment: Annotated[
+        Path, typer.Argument(help="Runs to test: a run folder or its seeds' parent.")
+    ],
+    baseline: Annotated[Path, typer.Argument(help="Runs to test against, the same way.")],
+    metrics: Metrics = "hr@10,ndcg@10",
+    significance_metric: SignificanceMetric = "ndcg@10",
+    permutations: Permutations = DEFAULT_PERMUTATIONS,
+) -> None:
+    """Compare two sets of finished runs (two models, presets or versions), paired by seed."""
+    summary_options = _summary_options(metrics, significance_metric, permutations, 0.05)
+    summary, _, _ = versus_summary(treatment, baseline, summary_options)
+    for table in rich_tables(summary, summary_options, subject="runs"):
+        print_unsqueezed(console, table)
 
 
 def _summary_options(

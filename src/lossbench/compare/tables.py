@@ -24,14 +24,16 @@ def legend(options: SummaryOptions) -> str:
     )
 
 
-def table_cells(summary: pl.DataFrame, options: SummaryOptions, compact: bool = False) -> Cells:
+def table_cells(
+    summary: pl.DataFrame, options: SummaryOptions, compact: bool = False, subject: str = "loss"
+) -> Cells:
     """Header and formatted rows of one dataset's table (`summary` holds one dataset).
 
     `compact` (the terminal) puts each std under its mean and shortens the headers, so the
     table fits 80 columns.
     """
     several_models = summary["model"].n_unique() > 1
-    headers = [*(["model"] if several_models else []), "loss", "seeds"]
+    headers = [*(["model"] if several_models else []), subject, "seeds"]
     headers += [_label(name) for name in options.metrics]
     headers += [f"Δ {_label(name)}" for name in options.metrics]
     headers += ["p", "s / epoch", "best epoch", "peak MB"]
@@ -59,12 +61,16 @@ def table_cells(summary: pl.DataFrame, options: SummaryOptions, compact: bool = 
     return headers, rows
 
 
-def rich_tables(summary: pl.DataFrame, options: SummaryOptions) -> list[Table]:
+def rich_tables(
+    summary: pl.DataFrame, options: SummaryOptions, subject: str = "loss"
+) -> list[Table]:
+    """One table per dataset; `subject` is the rows' column header ("loss", or "runs")."""
+    plural = "losses" if subject == "loss" else subject
     tables = []
     for (dataset,), part in summary.group_by("dataset", maintain_order=True):
-        headers, rows = table_cells(part, options, compact=True)
+        headers, rows = table_cells(part, options, compact=True, subject=subject)
         table = Table(
-            title=f"losses compared on {dataset}",
+            title=f"{plural} compared on {dataset}",
             caption=legend(options),
             box=box.SIMPLE_HEAD,
             collapse_padding=True,

@@ -1,0 +1,79 @@
+"""Two sets of finished runs, compared with the same table and paired test as `compare`.
+
+`compare` tests losses within one model. `lossbench versus A B` compares any two sets: two
+models (the study's Table 3: improved SASRec against BERT4Rec), two presets, two versions of
+the code. Each set is one (dataset, model, loss) folder of seed runs (or one run folder);
+runs are paired by seed, and (user, seed) pairs by user, exactly as in `compare`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from lossbench.compare.results import find_finished_runs, results_frame
+from lossbench.compare.summary import SummaryOptions, summarize
+from lossbench.errors import LossbenchError
+
+SET_COLUMN = "model"  # summarize groups by (dataset, model): one group holds both sets
+
+
+def versus_summary(
+    treatment: Path, baseline: Path, options: SummaryOptions
+) -> tuple[pl.DataFrame, str, str]:
+    """(summary rows, treatment label, baseline label); the baseline is the reference row."""
+    treated, base = _run_set(treatment), _run_set(baseline)
+    treated_label, base_label = _label(treated), _label(base)
+    if treated_label == base_label:  # same model and loss (two versions, two presets...)
+        treated_label, base_label = str(treatment), str(baseline)
+    datasets = {_only(treated, "dataset", treatment), _only(base, "dataset", baseline)}
+    if len(datasets) > 1:
+        raise LossbenchError(
+            f"{treatment} and {baseline} hold runs on different datasets "
+            f"({', '.join(sorted(datasets))}); compare runs on one dataset"
+        )
+    shared = set(treated["seed"].to_list()) & set(base["seed"].to_list())
+    if not shared:
+        raise LossbenchError(
+            f"{treatment} and {baseline} share no seed, so no run can be paired; "
+            "train the same seeds in both"
+        )
+    runs = pl.concat(
+        [
+            treated.with_columns(
+                pl.lit("versus").alias(SET_COLUMN), pl.lit(treated_label).alias("loss")
+            ),
+            base.with_columns(pl.lit("versus").alias(SET_COLUMN), pl.lit(base_label).alias("loss")),
+        ],
+        how="diagonal_relaxed",
+    )
+    summary = summarize(runs, {(datasets.pop(), "versus"): base_label}, options, [base_label])
+    return summary, treated_label, base_label
+
+
+def _run_set(root: Path) -> pl.DataFrame:
+    """The finished runs under `root`, all of one (dataset, model, loss)."""
+    if not root.is_dir():
+        raise LossbenchError(f"{root} is not a folder; give a run folder or a folder of seeds")
+    run_dirs = find_finished_runs(root)
+    if not run_dirs:
+        raise LossbenchError(f"no finished runs under {root}; train some with `lossbench train`")
+    runs = results_frame(run_dirs)
+    for column in ("dataset", "model", "loss"):
+        _only(runs, column, root)
+    return runs
+
+
+def _only(runs: pl.DataFrame, column: str, root: Path) -> str:
+    values = runs[column].unique().sort().to_list()
+    if len(values) != 1:
+        raise LossbenchError(
+            f"{root} holds runs of several {column}s ({', '.join(map(str, values))}); "
+            "point at the folder of one (dataset, model, loss)"
+        )
+    return str(values[0])
+
+
+def _label(runs: pl.DataFrame) -> str:
+    return f"{runs['model'][0]} + {runs['loss'][0]}"
