@@ -289,6 +289,7 @@ def test_versus_labels_same_model_and_loss_by_folder(tmp_path: Path) -> None:
         ("empty", "toy/bert4rec/mlm", "no finished runs"),
         ("other/sasrec/bce", "toy/bert4rec/mlm", "different datasets"),
         ("toy/sasrec/improved", "toy/bert4rec/mlm", "share no seed"),
+        ("toy/bert4rec/mlm", "toy/bert4rec/mlm", "is both sets"),
     ],
 )
 def test_versus_errors_are_one_liners(

@@ -23,6 +23,8 @@ def versus_summary(
     treatment: Path, baseline: Path, options: SummaryOptions
 ) -> tuple[pl.DataFrame, str, str]:
     """(summary rows, treatment label, baseline label); the baseline is the reference row."""
+    if treatment.resolve() == baseline.resolve():
+        raise LossbenchError(f"{treatment} is both sets; give two different folders of runs")
     treated, base = _run_set(treatment), _run_set(baseline)
     treated_label, base_label = _label(treated), _label(base)
     if treated_label == base_label:  # same model and loss (two versions, two presets...)
