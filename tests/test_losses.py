@@ -12,7 +12,7 @@ from torch import Tensor
 from lossbench.errors import LossbenchError
 from lossbench.losses import LOSSES, LossInputs, LossParams, full_softmax, resolve_loss
 from lossbench.losses.binary import bce, binary_kernel, gbce, gbce_beta
-from lossbench.losses.full_softmax import chunked_logsumexp, full_softmax_ce
+from lossbench.losses.full_softmax import chunked_logsumexp, full_softmax_ce, fused_rows
 from lossbench.losses.negatives import sampled_scores
 
 E = math.e
@@ -343,3 +343,10 @@ def test_fused_softmax_without_shift_is_accurate_for_very_negative_logits() -> N
         strict=True,
     ):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_rows_rounds_positions_per_chunk_to_cache_lines() -> None:
+    assert fused_rows(1 << 20, 12_101) == 64  # 86 positions, rounded down to 64
+    assert fused_rows(1 << 20, 3_646) == 256  # 287 -> 256
+    assert fused_rows(100, 10) == 10  # fewer than 32: kept as they are
+    assert fused_rows(5, 10) == 1  # never 0
