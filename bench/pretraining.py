@@ -6,7 +6,7 @@
 Times training steps (batch building, the four objectives, backward, Adam) on one epoch's
 batch order, alternating batch by batch between the packed encoder (the default on CPU: real
 items' rows only, attention in width-sorted parts) and the padded one (every (B, L) slot
-computed), in one process: this machine's speed drifts by +-30% over minutes, so the ratio is
+computed), in one process: a shared machine's speed drifts by +-30% over minutes, so the ratio is
 steadier than either number. Datasets come from `--data-dir` (`lossbench preprocess lastfm`).
 """
 

@@ -8,7 +8,7 @@ The default chunk (1M logits on CPU, `--softmax-chunk` to change it) was the fas
 AVX2 machine; on an AVX-512 one 4M logits ran the loss 15-20% faster. This script gives the
 numbers to choose by: forward + backward of the fused loss on random hidden states of one
 training batch of each dataset's shape (positions per batch of 256 users, catalogue size,
-width 64), the chunk sizes interleaved round by round (this machine's speed drifts), the
+width 64), the chunk sizes interleaved round by round (a machine's speed drifts), the
 best time of each. Useful GFLOP/s counts the three matmuls (logits, grad of hidden states,
 grad of the item table). No dataset files are needed.
 """

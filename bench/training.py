@@ -101,7 +101,7 @@ def bench_dataset(
             "device": "cpu",
         }
     )
-    # Matmul speed just before training: this machine's speed drifts over minutes.
+    # Matmul speed just before training: a machine's speed drifts over minutes.
     hidden_size = make_model(config, dataset.n_items)[1]["hidden_size"]
     reference = workload_flops(hidden_size, dataset.n_items + 1)
     square = matmul_flops(2048, 2048, 2048)
@@ -144,7 +144,7 @@ def plain_padded_epoch_seconds(
     max_len, the encoder over all positions, (non-padding positions x catalogue) logits
     materialized for the full softmax (or one sampled negative for bce); same model, batches
     and optimizer. The fastest of `epochs` epochs: a same-machine, same-moment stand-in for
-    the study's code (this machine's speed drifts by +-30% over minutes)."""
+    the study's code (a shared machine's speed drifts by +-30% over minutes)."""
     seed_everything(config.seed)
     model, settings = make_model(config, dataset.n_items)
     model.train()

@@ -1,6 +1,6 @@
 """Pairwise ranking losses of GRU4Rec with sampled negatives: BPR, BPR-max, TOP1, TOP1-max.
 
-Definitions follow REFERENCE.md's table; each is averaged over the N training positions.
+Definitions follow the study's notation; each is averaged over the N training positions.
 The `-max` variants weight every negative by its softmax over the position's negatives.
 """
 

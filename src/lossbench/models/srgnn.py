@@ -39,7 +39,7 @@ EdgeWeight = Literal["binary", "count"]
 
 class SRGNNConfig(BaseModel):
     """Width 64 and one propagation step as in the study; dropout 0.5 on the item embeddings
-    and init std 0.02 follow the study's S3Rec-code setting (REFERENCE.md, Table 2)."""
+    and init std 0.02 follow the study's S3Rec-code setting (the study's Table 2)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -25,7 +25,7 @@ LAYER_NORM_EPS = 1e-12
 
 
 class TransformerConfig(BaseModel):
-    """Defaults: the study's S3Rec-code setting (REFERENCE.md, Table 2)."""
+    """Defaults: the study's S3Rec-code setting (the study's Table 2)."""
 
     model_config = ConfigDict(extra="forbid")
 

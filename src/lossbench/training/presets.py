@@ -1,4 +1,4 @@
-"""Named hyperparameter presets from the study (REFERENCE.md, "Protocol used by the study").
+"""Named hyperparameter presets from the study.
 
 A preset is a layer of overrides applied after the defaults and before a TOML file and CLI
 flags. Top-level keys are `TrainConfig` fields; `model_settings` go to the model's own config.
