@@ -1,0 +1,99 @@
+"""The study's published numbers, as data: one validated row per (table, cell, metric).
+
+`published.csv` lives beside this module: `table, dataset, model, loss, negatives, metric,
+value, source`. `negatives` is empty where the loss ran with its published default; the
+loss sweep's BCE rows name their count. Rows are validated on load (known table, metric
+syntax, value in [0, 1], no cell given twice), so a typo fails at once, not in a report.
+"""
+
+from __future__ import annotations
+
+import csv
+from functools import cache
+from importlib import resources
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lossbench.errors import LossbenchError
+
+TableName = Literal["table2", "table3", "loss-sweep"]
+TABLE_TITLES: dict[str, str] = {
+    "table2": "Table 2: each model with its original loss and with improved (S3Rec-code setting)",
+    "table3": "Table 3: SASRec bce, BERT4Rec, SASRec improved (aprec setting)",
+    "loss-sweep": "SASRec with every loss of the study's sweep",
+}
+
+
+class PublishedValue(BaseModel):
+    """One published number: a metric of one (table, dataset, model, loss) cell."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    table: TableName
+    dataset: str
+    model: str
+    loss: str
+    negatives: int | None = Field(default=None, ge=1)
+    metric: str
+    value: float = Field(ge=0.0, le=1.0)
+    source: str
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_at_k(cls, metric: str) -> str:
+        head, _, k = metric.partition("@")
+        if head not in {"hr", "ndcg"} or not k.isdigit():
+            raise ValueError(f"metric {metric!r} is not hr@K or ndcg@K")
+        return metric
+
+    @property
+    def cell(self) -> tuple[str, str, str, str, int | None]:
+        return (self.table, self.dataset, self.model, self.loss, self.negatives)
+
+
+@cache
+def published_values() -> tuple[PublishedValue, ...]:
+    """Every row of `published.csv`, validated."""
+    text = resources.files("lossbench.reproduce").joinpath("published.csv").read_text()
+    rows: list[PublishedValue] = []
+    seen: set[tuple[object, ...]] = set()
+    for line_number, raw in enumerate(csv.DictReader(text.splitlines()), start=2):
+        values = {k: (v if v != "" else None) for k, v in raw.items()}
+        try:
+            row = PublishedValue.model_validate(values)
+        except ValidationError as error:
+            first = error.errors()[0]
+            raise LossbenchError(
+                f"published.csv line {line_number}: {first['loc'][0]}: {first['msg']}"
+            ) from None
+        key = (*row.cell, row.metric)
+        if key in seen:
+            raise LossbenchError(f"published.csv line {line_number}: {key} is given twice")
+        seen.add(key)
+        rows.append(row)
+    return tuple(rows)
+
+
+def published_for(table: str, dataset: str | None = None) -> list[PublishedValue]:
+    """The published values of one table, optionally of one dataset."""
+    return [
+        row
+        for row in published_values()
+        if row.table == table and (dataset is None or row.dataset == dataset)
+    ]
+
+
+def published_datasets(table: str) -> list[str]:
+    """The datasets a table has published numbers for, in the file's order."""
+    return list(dict.fromkeys(row.dataset for row in published_for(table)))
+
+
+def published_value(
+    table: str, dataset: str, model: str, loss: str, metric: str, negatives: int | None = None
+) -> float | None:
+    """The published number of one cell and metric, or None when the study gives none."""
+    for row in published_for(table, dataset):
+        if (row.model, row.loss, row.negatives, row.metric) == (model, loss, negatives, metric):
+            return row.value
+    return None
