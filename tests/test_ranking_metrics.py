@@ -19,7 +19,9 @@ from lossbench.evaluation import (
     sample_eval_candidates,
     sampled_ranks,
 )
+from lossbench.evaluation.metrics import NOT_FOUND_RANK
 from lossbench.evaluation.ranking import SamplingBy
+from lossbench.evaluation.seen import SeenTargets
 
 # 1-d embeddings, hidden = 1: item i scores TABLE[i]. Row 0 (padding) scores 9 and must
 # never be ranked. Items 1..5 score 5, 1, 3, 3, 0.
@@ -28,11 +30,17 @@ ONE = torch.ones(1, 1)
 NO_PAIRS = torch.zeros(0, dtype=torch.int64)
 
 
-def ranks(targets: list[int], seen: list[tuple[int, int]], hidden: torch.Tensor = ONE) -> list[int]:
+def ranks(
+    targets: list[int],
+    seen: list[tuple[int, int]],
+    hidden: torch.Tensor = ONE,
+    seen_targets: SeenTargets = "miss",
+) -> list[int]:
     rows = torch.tensor([r for r, _ in seen], dtype=torch.int64)
     items = torch.tensor([i for _, i in seen], dtype=torch.int64)
     hidden = hidden.expand(len(targets), 1)
-    return full_ranking_ranks(hidden, TABLE, torch.tensor(targets), rows, items).tolist()
+    targets_ = torch.tensor(targets)
+    return full_ranking_ranks(hidden, TABLE, targets_, rows, items, seen_targets).tolist()
 
 
 def test_full_ranking_counts_ties_against_the_target() -> None:
@@ -42,13 +50,19 @@ def test_full_ranking_counts_ties_against_the_target() -> None:
     assert ranks([1, 5, 2], []) == [1, 5, 4]
 
 
-def test_full_ranking_excludes_seen_items_but_never_the_target() -> None:
+def test_full_ranking_excludes_seen_items() -> None:
     assert ranks([4], [(0, 1)]) == [2]
     assert ranks([4], [(0, 1), (0, 3)]) == [1]
-    assert ranks([4], [(0, 1), (0, 4)]) == [2]  # the target itself is seen: still ranked
     assert ranks([4], [(0, 5), (0, 2)]) == [3]  # seen items below the target change nothing
     # pairs only affect their own row
     assert ranks([4, 4], [(1, 1), (1, 3)]) == [3, 1]
+
+
+def test_a_seen_target_is_not_found_under_miss_and_ranked_under_rank() -> None:
+    assert ranks([4], [(0, 1), (0, 4)]) == [NOT_FOUND_RANK]
+    assert ranks([4], [(0, 1), (0, 4)], seen_targets="rank") == [2]
+    # only the row whose target is seen is affected
+    assert ranks([4, 4], [(1, 4), (0, 1)]) == [2, NOT_FOUND_RANK]
 
 
 def test_collapsed_constant_model_gets_the_worst_rank() -> None:
@@ -56,8 +70,10 @@ def test_collapsed_constant_model_gets_the_worst_rank() -> None:
     hidden = torch.randn(2, 4)
     targets = torch.tensor([7, 100])
     seen_rows, seen_items = torch.tensor([0, 0, 0, 1]), torch.tensor([1, 2, 7, 50])
-    result = full_ranking_ranks(hidden, table, targets, seen_rows, seen_items)
+    result = full_ranking_ranks(hidden, table, targets, seen_rows, seen_items, "rank")
     assert result.tolist() == [100 - 2, 100 - 1]  # n_items minus the excluded non-targets
+    result = full_ranking_ranks(hidden, table, targets, seen_rows, seen_items)
+    assert result.tolist() == [NOT_FOUND_RANK, 100 - 1]  # target 7 is seen: not found
     candidates = torch.tensor([[1, 2, 3], [4, 5, 6]])
     assert sampled_ranks(hidden, table, targets, candidates).tolist() == [4, 4]
 
@@ -88,11 +104,15 @@ def test_full_ranking_equals_counting_on_masked_scores() -> None:
     seen_items = torch.randint(1, 41, (300,), generator=generator)
     seen_items[:64] = targets  # every target is also seen once
     seen_rows[:64] = torch.arange(64)
-    scores = masked_scores(hidden, table, targets, seen_rows, seen_items)
+    scores = masked_scores(hidden, table, targets, seen_rows, seen_items, "rank")
     expected = (scores >= scores[torch.arange(64), targets - 1].unsqueeze(1)).sum(1)
-    result = full_ranking_ranks(hidden, table, targets, seen_rows, seen_items)
+    result = full_ranking_ranks(hidden, table, targets, seen_rows, seen_items, "rank")
     assert result.dtype == torch.int64
     assert result.tolist() == expected.tolist()
+    missed = full_ranking_ranks(hidden, table, targets, seen_rows, seen_items, "miss")
+    assert missed.tolist() == [NOT_FOUND_RANK] * 64
+    masked = masked_scores(hidden, table, targets, seen_rows, seen_items, "miss")
+    assert torch.isneginf(masked[torch.arange(64), targets - 1]).all()
 
 
 def test_topk_agrees_with_ranks_under_ties() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -17,10 +18,13 @@ from lossbench.compare.stats import DEFAULT_PERMUTATIONS
 from lossbench.compare.tables import print_unsqueezed, rich_tables
 from lossbench.compare.versus import versus_summary
 from lossbench.data.prepared import PreparedDataset, ensure_prepared
+from lossbench.data.repeats import repeat_notice, stored_or_computed
 from lossbench.errors import LossbenchError
 from lossbench.evaluation.metrics import per_user_metric
+from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
 from lossbench.losses import LOSSES
 from lossbench.models import MODELS
+from lossbench.training.config import build_config
 
 COMPARE = "Comparison"
 DEFAULT_OUT = Path("runs/compare")
@@ -135,6 +139,7 @@ def compare(
     validation_metric: opt.ValidationMetric = None,
     ks: opt.Ks = None,
     keep_seen: opt.KeepSeen = None,
+    seen_targets: opt.SeenTargets = None,
     eval_negatives: opt.EvalNegatives = None,
     eval_sampler: opt.EvalSampler = None,
     device: opt.Device = None,
@@ -173,10 +178,27 @@ def compare(
     grid = make_grid(grid_values, str(config_file) if config_file else "options")
     summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
 
-    def prepare(name: str) -> PreparedDataset:
-        return ensure_prepared(GlobalOptions.data_dir, name)
+    shared = merge_settings(settings, flags)
+    loaded: dict[str, PreparedDataset] = {}
 
-    compare_losses(grid, merge_settings(settings, flags), out, prepare, summary_options, console)
+    def prepare(name: str) -> PreparedDataset:
+        if name not in loaded:
+            loaded[name] = ensure_prepared(GlobalOptions.data_dir, name)
+        return loaded[name]
+
+    _print_repeat_notices(grid.datasets, build_config(overrides=shared).seen_rule, prepare)
+    compare_losses(grid, shared, out, prepare, summary_options, console)
+
+
+def _print_repeat_notices(
+    datasets: list[str], rule: str, prepare: Callable[[str], PreparedDataset]
+) -> None:
+    """One line per dataset whose validation or test targets repeat the history."""
+    for name in datasets:
+        entry = stored_or_computed(GlobalOptions.data_dir, name, prepare)
+        notice = repeat_notice(name, entry, SEEN_RULE_EFFECTS[rule])
+        if notice:
+            console.print(notice, highlight=False)
 
 
 @app.command()

@@ -10,9 +10,10 @@ from rich.table import Table
 
 from lossbench.cli.app import GlobalOptions, app, console
 from lossbench.data.download import download_dataset, is_downloaded
-from lossbench.data.prepared import is_prepared
+from lossbench.data.prepared import prepared_dir, read_meta
 from lossbench.data.preprocess import PrepareResult, preprocess_dataset
 from lossbench.data.registry import DatasetEntry, get_dataset, load_registry
+from lossbench.data.repeats import META_KEY, share_text
 
 
 def _size(entry: DatasetEntry) -> str:
@@ -29,9 +30,9 @@ def _size(entry: DatasetEntry) -> str:
     return ""
 
 
-def _status(entry: DatasetEntry) -> str:
+def _status(entry: DatasetEntry, meta: dict[str, Any] | None) -> str:
     data_dir = GlobalOptions.data_dir
-    if is_prepared(data_dir, entry.name):
+    if meta is not None:
         return "[green]prepared[/]"
     if entry.generator is not None:
         return "generated on demand"
@@ -40,12 +41,23 @@ def _status(entry: DatasetEntry) -> str:
 
 @app.command()
 def datasets() -> None:
-    """List the registered datasets and whether each is downloaded or prepared."""
+    """List the registered datasets, whether each is downloaded or prepared, and (prepared)
+    the share of validation / test targets already in the user's history."""
     table = Table(title=f"datasets in {GlobalOptions.data_dir}")
-    for column in ("name", "source", "size", "status"):
+    for column in ("name", "source", "size", "status", "seen targets"):
         table.add_column(column, overflow="fold")
+    older = []
     for entry in load_registry().values():
-        table.add_row(entry.name, entry.source, _size(entry), _status(entry))
+        meta = read_meta(prepared_dir(GlobalOptions.data_dir, entry.name))
+        shares = share_text(meta.get(META_KEY)) if meta is not None else ""
+        if meta is not None and not shares:
+            older.append(entry.name)
+        table.add_row(entry.name, entry.source, _size(entry), _status(entry, meta), shares)
+    if older:
+        table.caption = (
+            f"seen targets unknown for {', '.join(older)}: prepared by an earlier version "
+            "(`lossbench preprocess NAME --force` adds them)"
+        )
     console.print(table)
 
 
@@ -113,6 +125,7 @@ def preprocess(
                 highlight=False,
             )
     console.print(summary_table(results))
+    console.print(repeats_table(results))
 
 
 def summary_table(results: list[PrepareResult]) -> Table:
@@ -138,4 +151,25 @@ def summary_table(results: list[PrepareResult]) -> Table:
     ]
     if notes:
         table.caption = "; ".join(notes)
+    return table
+
+
+def repeats_table(results: list[PrepareResult]) -> Table:
+    """Per dataset and split, the targets already in the user's history: with seen items
+    excluded they follow `--seen-targets` (not found, or ranked among the unseen items)."""
+    table = Table(
+        title="targets already in the user's history", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    for column in ("dataset", "valid users", "valid share", "test users", "test share"):
+        table.add_column(column, justify="left" if column == "dataset" else "right", no_wrap=True)
+    for result in results:
+        entry = result.meta.get(META_KEY, {})
+        cells = [result.name]
+        for split in ("valid", "test"):
+            counts = entry.get(split)
+            cells += (
+                ["—", "—"] if counts is None else [f"{counts['users']:,}", f"{counts['share']:.1%}"]
+            )
+        table.add_row(*cells)
+    table.caption = "these follow --seen-targets (default: not found)"
     return table

@@ -123,6 +123,15 @@ KeepSeen = Annotated[
         show_default=False,
     ),
 ]
+SeenTargets = Annotated[
+    str | None,
+    typer.Option(
+        help="With seen items excluded, a target the user already has: miss (counts as not "
+        "found, as in the study's code; the default) or rank (ranked among the unseen items: "
+        "rewards repeating the history). Full and sampled ranking, validation and test alike.",
+        rich_help_panel=EVALUATION,
+    ),
+]
 EvalNegatives = Annotated[
     int | None,
     typer.Option(

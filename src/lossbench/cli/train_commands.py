@@ -11,6 +11,8 @@ from rich.table import Table
 from lossbench.cli import options as opt
 from lossbench.cli.app import GlobalOptions, app, console
 from lossbench.data.prepared import ensure_prepared
+from lossbench.data.repeats import repeat_notice, repeated_targets
+from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
 from lossbench.losses import LOSSES
 from lossbench.models import MODELS, model_config
 from lossbench.training.config import build_config
@@ -63,6 +65,7 @@ def train(
     validation_metric: opt.ValidationMetric = None,
     ks: opt.Ks = None,
     keep_seen: opt.KeepSeen = None,
+    seen_targets: opt.SeenTargets = None,
     eval_negatives: opt.EvalNegatives = None,
     eval_sampler: opt.EvalSampler = None,
     device: opt.Device = None,
@@ -87,6 +90,11 @@ def train(
         f"[bold]{config.dataset}[/] ({prepared.n_users:,} users, {prepared.n_items:,} items), "
         f"seed {config.seed} -> {run_dir}"
     )
+    notice = repeat_notice(
+        config.dataset, repeated_targets(prepared), SEEN_RULE_EFFECTS[config.seen_rule]
+    )
+    if notice:
+        console.print(notice, highlight=False)
     result = train_run(config, prepared, run_dir, console)
     console.print(result_table(result))
     console.print(f"run files in {result.run_dir}")

@@ -54,12 +54,22 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         **{f"test_{name}": float(value) for name, value in metrics["test"].items()},
         **{name: metrics.get(name) for name in TIMING_COLUMNS},
         "validation_metric": metrics.get("validation_metric"),
+        "seen_targets": _seen_rule(metrics, config),
         "device": environment.get("device"),
         "precision": environment.get("precision"),
         "model_settings": json.dumps(record.get("model_settings", {}), sort_keys=True),
         "config": json.dumps(config, sort_keys=True),
         "run_dir": str(run_dir),
     }
+
+
+def _seen_rule(metrics: dict[str, Any], config: dict[str, Any]) -> str:
+    """miss, rank or keep; runs recorded before the rule existed ranked seen targets."""
+    if "seen_targets" in metrics:
+        return str(metrics["seen_targets"])
+    if not config.get("exclude_seen", True):
+        return "keep"
+    return str(config.get("seen_targets", "rank"))
 
 
 def results_frame(run_dirs: list[Path]) -> pl.DataFrame:

@@ -65,6 +65,8 @@ def summarize(
                 row[f"{name}_std"] = values.std() if len(values) > 1 else None
                 row[f"{name}_change"] = _relative_change(mean, base_mean)
             row.update(_timings(runs_of_loss))
+            if "seen_targets" in runs_of_loss.columns:  # the seen-items rule, for the footnote
+                row["seen_targets"] = ", ".join(sorted(set(runs_of_loss["seen_targets"])))
             row["mean_difference"], row["p_value"], row["pairs"] = (
                 _paired(runs_of_loss, reference, options, ranks)
                 if loss != baseline

@@ -9,19 +9,33 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from lossbench.compare.summary import BETTER, WORSE, SummaryOptions
+from lossbench.evaluation.seen import SEEN_RULE_NOTES
 
 Cells = tuple[list[str], list[list[str]]]  # (headers, rows)
 
 
-def legend(options: SummaryOptions) -> str:
+def legend(options: SummaryOptions, summary: pl.DataFrame | None = None) -> str:
+    """The footnote: the test, then the seen-items rule of the runs in `summary`."""
     metric = options.significance_metric.upper().replace("@", "@")
-    return (
+    text = (
         f"{BETTER} / {WORSE}: test {metric} significantly higher / lower than the baseline "
         f"(two-sided paired sign-flip permutation test over (user, seed) pairs, "
         f"{options.n_permutations:,} permutations, Holm-corrected across the rows of a "
         f"dataset, alpha = {options.alpha:g}). Values are mean ± std over seeds; "
         "change is relative to the baseline's mean; p is the Holm-adjusted p-value."
     )
+    return " ".join([text, *_seen_notes(summary)])
+
+
+def _seen_notes(summary: pl.DataFrame | None) -> list[str]:
+    if summary is None or "seen_targets" not in summary.columns:
+        return []
+    rules = sorted(
+        {rule for cell in summary["seen_targets"].drop_nulls() for rule in cell.split(", ")}
+    )
+    if len(rules) > 1:
+        return [f"Runs differ in their seen-items rule ({', '.join(rules)}): compare with care."]
+    return [SEEN_RULE_NOTES.get(rule, f"Seen-items rule: {rule}.") for rule in rules]
 
 
 def table_cells(
@@ -71,7 +85,7 @@ def rich_tables(
         headers, rows = table_cells(part, options, compact=True, subject=subject)
         table = Table(
             title=f"{plural} compared on {dataset}",
-            caption=legend(options),
+            caption=legend(options, part),
             box=box.SIMPLE_HEAD,
             collapse_padding=True,
         )
@@ -97,7 +111,7 @@ def markdown(summary: pl.DataFrame, options: SummaryOptions) -> str:
         sections += [f"## {dataset}", "", _md_row(headers), _md_row(align)]
         sections += [_md_row(cells) for cells in rows]
         sections.append("")
-    sections += [legend(options), ""]
+    sections += [legend(options, summary), ""]
     return "\n".join(sections)
 
 

@@ -11,7 +11,8 @@ Layout of `<data_dir>/<name>/prepared/` (written atomically by `preprocess`):
 - `item_attributes.parquet` (only for datasets with attributes): `item` (int32),
   `attributes` (list[int32], ids 1..n_attributes).
 - `meta.json`: counts (`n_users`, `n_items`, `n_interactions`, `n_attributes`), statistics,
-  the protocol used, the source files with their sha256, `format_version`.
+  the validation and test targets already in the user's history (`repeated_targets`, see
+  `repeats.py`), the protocol used, the source files with their sha256, `format_version`.
 
 Item ids are 1..n_items; 0 is padding and never a real item. Models may add special ids above
 n_items (BERT4Rec's mask token), which are never scored.

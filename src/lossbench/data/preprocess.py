@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from lossbench.data import synthetic
+from lossbench.data import repeats, synthetic
 from lossbench.data.download import (
     attributes_path,
     interactions_path,
     is_downloaded,
     source_sha256,
 )
-from lossbench.data.prepared import FORMAT_VERSION, prepared_dir, read_meta
+from lossbench.data.prepared import FORMAT_VERSION, prepared_dir, prepared_from_frames, read_meta
 from lossbench.data.readers import read_interactions, read_item_attributes
 from lossbench.data.registry import Protocol, Registry, get_dataset
 from lossbench.errors import LossbenchError
@@ -219,6 +219,9 @@ def summary_stats(tables: PreparedTables) -> dict[str, Any]:
         "min_length": int(lengths.min() or 0),  # type: ignore[arg-type]
         "max_length": int(lengths.max() or 0),  # type: ignore[arg-type]
         "density": tables.interactions.height / (n_users * n_items),
+        repeats.META_KEY: repeats.repeated_targets(
+            prepared_from_frames("", tables.split, {"n_items": n_items})
+        ),
     }
 
 
@@ -249,7 +252,12 @@ def preprocess_dataset(
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     target = prepared_dir(data_dir, name)
     existing = read_meta(target)
-    if not force and existing is not None and existing.get("fingerprint") == fingerprint:
+    if (
+        not force
+        and existing is not None
+        and existing.get("fingerprint") == fingerprint
+        and repeats.META_KEY in existing  # else prepared by a version without the report
+    ):
         return PrepareResult(name, existing, True, target)
 
     attributes: pl.DataFrame | None

@@ -95,6 +95,7 @@ class SyntheticSpec(_Strict):
     topic_stay: float = Field(default=0.85, ge=0, le=1)  # P(next topic = current topic)
     successor_prob: float = Field(default=0.5, ge=0, le=1)  # P(next item = item's successor)
     popularity_exponent: float = Field(default=1.0, ge=0)  # Zipf skew inside a topic
+    repeat_prob: float = Field(default=0.0, ge=0, le=1)  # P(next item = a recent item again)
     seed: int = 0
 
 

@@ -2,9 +2,12 @@
 
 Each item belongs to one topic and has one "successor" item. A user's next item is, with
 probability `successor_prob`, the successor of the current item; otherwise it is drawn from
-the current topic's Zipf-skewed popularity. Topics follow a sticky Markov chain. Items never
-repeat within a user. So the last item predicts the next one strongly (a sequence model can
-learn it), the topic predicts it weakly, and global popularity barely does.
+the current topic's Zipf-skewed popularity. Topics follow a sticky Markov chain. So the last
+item predicts the next one strongly (a sequence model can learn it), the topic predicts it
+weakly, and global popularity barely does. Items repeat within a user only with
+`repeat_prob` > 0 (repeat consumption): then each next item is, with that probability, one
+of the user's last `REPEAT_WINDOW` items again (the default 0 draws exactly what it drew
+before the knob existed).
 Item attributes are drawn mostly from a small set tied to the item's topic (for S3Rec).
 """
 
@@ -19,6 +22,8 @@ from lossbench.data.registry import Protocol, SyntheticSpec
 
 if TYPE_CHECKING:
     from lossbench.data.prepared import PreparedDataset
+
+REPEAT_WINDOW = 3  # a repeated item is one of the user's last 3 (re-listening, re-buying)
 
 
 def _item_structure(
@@ -88,6 +93,8 @@ def generate_interactions(
             popularity_cdf,
             spec.successor_prob,
         )
+        if step and spec.repeat_prob > 0:
+            chosen = _repeat_recent(rng, sequences[active, :step], chosen, spec.repeat_prob)
         sequences[active, step] = chosen
         seen[active, chosen] = True
         previous[active] = chosen
@@ -137,6 +144,17 @@ def _next_items(
     return chosen
 
 
+def _repeat_recent(
+    rng: np.random.Generator, history: np.ndarray, chosen: np.ndarray, repeat_prob: float
+) -> np.ndarray:
+    """(A,) `chosen`, each replaced with probability `repeat_prob` by one of the last
+    `REPEAT_WINDOW` items of its row of `history` (A, step), step >= 1."""
+    step = history.shape[1]
+    back = rng.integers(1, min(step, REPEAT_WINDOW) + 1, len(chosen))  # 1 = the previous item
+    recent = history[np.arange(len(chosen)), step - back]
+    return np.where(rng.random(len(chosen)) < repeat_prob, recent, chosen)
+
+
 def _attributes(
     spec: SyntheticSpec, item_topic: np.ndarray, rng: np.random.Generator
 ) -> pl.DataFrame:
@@ -162,6 +180,7 @@ def make_synthetic_prepared(
     topic_stay: float = 0.85,
     successor_prob: float = 0.5,
     popularity_exponent: float = 1.0,
+    repeat_prob: float = 0.0,
     seed: int = 0,
 ) -> PreparedDataset:
     """The synthetic dataset as a `PreparedDataset`, in memory (no files): for tests."""

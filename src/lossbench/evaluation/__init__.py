@@ -1,8 +1,9 @@
-"""Evaluation: rank each user's target (full catalogue or sampled) and turn ranks into metrics."""
+"""Evaluation: rank each user's target (full catalogue or sampled) and turn ranks into metrics,
+with the items the user already has excluded by a declared rule (`seen.py`)."""
 
 from __future__ import annotations
 
-from lossbench.evaluation.metrics import metrics_from_ranks, per_user_metric
+from lossbench.evaluation.metrics import NOT_FOUND_RANK, metrics_from_ranks, per_user_metric
 from lossbench.evaluation.ranking import (
     batch_seen_pairs,
     full_ranking_ranks,
@@ -10,9 +11,15 @@ from lossbench.evaluation.ranking import (
     masked_scores,
     sample_eval_candidates,
     sampled_ranks,
+    targets_in_history,
 )
+from lossbench.evaluation.seen import SEEN_RULE_NOTES, SeenRule, SeenTargets, seen_rule
 
 __all__ = [
+    "NOT_FOUND_RANK",
+    "SEEN_RULE_NOTES",
+    "SeenRule",
+    "SeenTargets",
     "batch_seen_pairs",
     "full_ranking_ranks",
     "full_ranking_topk",
@@ -21,4 +28,6 @@ __all__ = [
     "per_user_metric",
     "sample_eval_candidates",
     "sampled_ranks",
+    "seen_rule",
+    "targets_in_history",
 ]

@@ -2,6 +2,8 @@
 
 HR@k: rank <= k. NDCG@k: 1 / log2(rank + 1) when rank <= k (one relevant item, so the ideal
 DCG is 1). Recall@k equals HR@k with one target per user. MRR: 1 / rank. Float64 throughout.
+A target that cannot be recommended (`--seen-targets miss`) has rank `NOT_FOUND_RANK`, worse
+than any real rank, and adds exactly 0 to every metric.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from torch import Tensor
 from lossbench.errors import LossbenchError
 
 _METRIC_NAME = re.compile(r"^(hr|ndcg|recall)@([1-9][0-9]*)$|^mrr$")
+# Far above any catalogue size, exact in float64 and int64 (in files as 4611686018427387904).
+NOT_FOUND_RANK = 2**62
 
 
 def _as_ranks(ranks: Tensor | np.ndarray) -> np.ndarray:
@@ -24,7 +28,7 @@ def _as_ranks(ranks: Tensor | np.ndarray) -> np.ndarray:
         raise LossbenchError("no users to evaluate: the ranks are empty")
     if (values < 1).any():
         raise LossbenchError("ranks start at 1; got a rank below 1")
-    return values
+    return np.where(values >= NOT_FOUND_RANK, np.inf, values)  # 1 / inf = 0: never found
 
 
 def per_user_metric(ranks: Tensor | np.ndarray, name: str) -> np.ndarray:

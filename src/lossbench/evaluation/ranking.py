@@ -4,6 +4,8 @@ Ranks start at 1 and count every item scoring >= the target, so ties count again
 target: a model whose scores collapse to a constant gets the worst rank, never the best.
 NaN scores count as -inf. Only items 1..n_items are ranked (never padding or mask ids).
 Scores are computed in float32 with autocast off: bf16 scores would create spurious ties.
+Seen items are excluded by passing their (row, item) pairs; a target among them follows the
+`seen_targets` rule (see `seen.py`): `miss` gives it `NOT_FOUND_RANK`, `rank` still ranks it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch
 from torch import Tensor
 
 from lossbench.errors import LossbenchError
+from lossbench.evaluation.metrics import NOT_FOUND_RANK
+from lossbench.evaluation.seen import SeenTargets
 
 
 def _scores(hidden: Tensor, rows: Tensor) -> Tensor:
@@ -33,11 +37,12 @@ def masked_scores(
     targets: Tensor,
     seen_rows: Tensor,
     seen_items: Tensor,
+    seen_targets: SeenTargets = "miss",
 ) -> Tensor:
     """(B, n_items) fp32 scores of items 1..n_items (column i - 1 is item i).
 
-    Seen items (pairs row index, item id) get -inf; each row's target keeps its score even if
-    seen, so a repeated item is still rankable. NaN scores become -inf.
+    Seen items (pairs row index, item id) get -inf. A seen target is masked too under `miss`;
+    under `rank` each row's target keeps its score. NaN scores become -inf.
     """
     scores = _scores(hidden, item_embeddings[1:])  # (B, n_items)
     rows = torch.arange(scores.shape[0], device=scores.device)
@@ -45,8 +50,16 @@ def masked_scores(
     scores.index_put_(
         (seen_rows, seen_items - 1), torch.tensor(float("-inf"), device=scores.device)
     )
-    scores[rows, targets - 1] = target_scores  # never mask the target itself
+    if seen_targets == "rank":
+        scores[rows, targets - 1] = target_scores  # the target itself stays rankable
     return scores
+
+
+def targets_in_history(targets: Tensor, seen_rows: Tensor, seen_items: Tensor) -> Tensor:
+    """(B,) bool: row b's target is among its seen (row, item) pairs. O(S), no Python loop."""
+    repeated = torch.zeros(len(targets), dtype=torch.bool, device=targets.device)
+    hits = seen_items == targets[seen_rows]  # (S,)
+    return repeated.index_fill_(0, seen_rows[hits], True)
 
 
 def full_ranking_ranks(
@@ -55,11 +68,13 @@ def full_ranking_ranks(
     targets: Tensor,
     seen_rows: Tensor,
     seen_items: Tensor,
+    seen_targets: SeenTargets = "miss",
 ) -> Tensor:
     """(B,) int64 rank of each target among items 1..n_items, seen items excluded.
 
     hidden (B, D); item_embeddings (n_items + 1, D), row 0 padding; targets (B,) in
     1..n_items; seen_rows / seen_items (S,) pairs (batch row, item id), S may be 0.
+    A seen target ranks among the unseen items (`rank`) or gets `NOT_FOUND_RANK` (`miss`).
 
     Same ranks as counting on `masked_scores`, computed faster: scores are laid out
     (n_items, B) (that matmul runs ~1.5x faster on CPU than (B, n_items)), the comparison
@@ -78,7 +93,11 @@ def full_ranking_ranks(
     scores[targets - 1, columns] = target_scores  # never mask the target itself
     counts = scores.ge_(target_scores.unsqueeze(0)).sum(dim=0)  # (B,) counts the target: >= 1
     worst = torch.isnan(target_scores) | (target_scores == float("-inf"))
-    return torch.where(worst, n_items, counts.to(torch.int64))
+    ranks = torch.where(worst, n_items, counts.to(torch.int64))
+    if seen_targets == "miss":
+        missed = targets_in_history(targets, seen_rows, seen_items)
+        ranks = torch.where(missed, NOT_FOUND_RANK, ranks)
+    return ranks
 
 
 def full_ranking_topk(
@@ -88,28 +107,42 @@ def full_ranking_topk(
     seen_rows: Tensor,
     seen_items: Tensor,
     k: int,
+    seen_targets: SeenTargets = "miss",
 ) -> Tensor:
     """(B, k) int64 item ids, best first, consistent with `full_ranking_ranks`.
 
     The target's score is nudged to the next float below it, so among equal scores it comes
-    last: its position in the list + 1 equals its rank whenever that rank is <= k.
+    last: its position in the list + 1 equals its rank whenever that rank is <= k. Under
+    `miss` a seen target stays masked, so it is never in the list.
     """
-    scores = masked_scores(hidden, item_embeddings, targets, seen_rows, seen_items)
+    scores = masked_scores(hidden, item_embeddings, targets, seen_rows, seen_items, seen_targets)
     rows = torch.arange(scores.shape[0], device=scores.device)
     target_scores = scores[rows, targets - 1]
-    scores[rows, targets - 1] = torch.nextafter(
-        target_scores, torch.full_like(target_scores, -1e38)
-    )
+    nudged = torch.nextafter(target_scores, torch.full_like(target_scores, -1e38))
+    if seen_targets == "miss":  # nudging -inf up would unmask a seen target
+        nudged = torch.where(
+            targets_in_history(targets, seen_rows, seen_items), target_scores, nudged
+        )
+    scores[rows, targets - 1] = nudged
     return torch.topk(scores, min(k, scores.shape[1]), dim=1).indices + 1
 
 
 def sampled_ranks(
-    hidden: Tensor, item_embeddings: Tensor, targets: Tensor, candidates: Tensor
+    hidden: Tensor,
+    item_embeddings: Tensor,
+    targets: Tensor,
+    candidates: Tensor,
+    missed: Tensor | None = None,
 ) -> Tensor:
-    """(B,) int64 rank of each target among itself and its N candidates (B, N), ties against."""
+    """(B,) int64 rank of each target among itself and its N candidates (B, N), ties against.
+
+    `missed` (B,) bool marks targets that count as not found (seen targets under `miss`):
+    they get `NOT_FOUND_RANK`.
+    """
     target_scores = _scores(hidden, item_embeddings[targets].unsqueeze(1))  # (B, 1)
     candidate_scores = _scores(hidden, item_embeddings[candidates])  # (B, N)
-    return 1 + (candidate_scores >= target_scores).sum(dim=1)
+    ranks = 1 + (candidate_scores >= target_scores).sum(dim=1)
+    return ranks if missed is None else torch.where(missed, NOT_FOUND_RANK, ranks)
 
 
 def batch_seen_pairs(offsets: Tensor, items: Tensor, user_rows: Tensor) -> tuple[Tensor, Tensor]:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lossbench.errors import LossbenchError
+from lossbench.evaluation.seen import SeenRule, SeenTargets, seen_rule
 from lossbench.losses import LOSSES
 from lossbench.losses.base import Positions, SamplerName
 from lossbench.models import MODELS
@@ -64,6 +65,7 @@ class TrainConfig(BaseModel):
     validation_metric: str = "ndcg@10"
     ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
     exclude_seen: bool = True
+    seen_targets: SeenTargets = "miss"  # a target already in the history: not found, or ranked
     eval_negatives: int = Field(default=0, ge=0)  # 0: full ranking over the catalogue
     eval_sampler: SamplerName = "uniform"
     eval_batch_size: int = Field(default=256, ge=1)
@@ -121,6 +123,10 @@ class TrainConfig(BaseModel):
                 "popularity add --negatives-anywhere"
             )
         return self
+
+    @property
+    def seen_rule(self) -> SeenRule:
+        return seen_rule(self.exclude_seen, self.seen_targets)
 
     @property
     def loss_name(self) -> str:

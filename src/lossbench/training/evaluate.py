@@ -9,13 +9,19 @@ import torch
 from torch import Tensor, nn
 
 from lossbench.data.sequences import EvaluationSet
-from lossbench.evaluation.ranking import full_ranking_ranks, full_ranking_topk, sampled_ranks
+from lossbench.evaluation.ranking import (
+    full_ranking_ranks,
+    full_ranking_topk,
+    sampled_ranks,
+    targets_in_history,
+)
+from lossbench.evaluation.seen import SeenTargets
 from lossbench.models.base import SequenceModel, scoring_table
 
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    ranks: Tensor  # (U,) int64 rank of each user's target, 1 = best (CPU)
+    ranks: Tensor  # (U,) int64 rank of each user's target, 1 = best; NOT_FOUND_RANK (CPU)
     topk: Tensor | None  # (U, K) int64 best items first, seen items excluded (CPU), if asked
 
 
@@ -23,7 +29,9 @@ class Evaluator:
     """Holds one evaluation set in length order, ready for repeated evaluations.
 
     Users are visited shortest history first so each batch is trimmed to its longest row; the
-    seen items of a batch are then one contiguous slice of a reordered CSR.
+    seen items of a batch are then one contiguous slice of a reordered CSR. With seen items
+    excluded, a target in the user's history follows `seen_targets` in full and sampled
+    ranking alike (`miss`: not found; `rank`: ranked among the unseen items).
     """
 
     def __init__(
@@ -33,6 +41,7 @@ class Evaluator:
         exclude_seen: bool,
         device: torch.device,
         candidates: Tensor | None = None,  # (U, N) sampled negatives, None = full ranking
+        seen_targets: SeenTargets = "miss",
     ) -> None:
         self.order = torch.argsort(evaluation_set.lengths, stable=True)  # (U,)
         self.inputs = evaluation_set.inputs[self.order]
@@ -53,7 +62,12 @@ class Evaluator:
         self.seen_rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
         self.batch_size = batch_size
         self.exclude_seen = exclude_seen
+        self.seen_targets = seen_targets
         self.device = device
+        # (U,) targets that count as not found in sampled ranking (full ranking finds its own)
+        self.missed: Tensor | None = None
+        if candidates is not None and exclude_seen and seen_targets == "miss":
+            self.missed = targets_in_history(self.targets, self.seen_rows, self.seen_items)
 
     @torch.no_grad()
     def evaluate(self, module: nn.Module, topk: int = 0) -> EvaluationResult:
@@ -72,17 +86,23 @@ class Evaluator:
             targets = self.targets[start:stop].to(self.device)
             hidden = model.predict_hidden(inputs).float()  # (B, D)
             if self.candidates is not None:
-                batch_ranks = sampled_ranks(
-                    hidden, table.float(), targets, self.candidates[start:stop].to(self.device)
-                )
+                missed = None if self.missed is None else self.missed[start:stop].to(self.device)
+                candidates = self.candidates[start:stop].to(self.device)
+                batch_ranks = sampled_ranks(hidden, table.float(), targets, candidates, missed)
             else:
                 seen_rows, seen_items = self._seen(start, stop)
                 batch_ranks = full_ranking_ranks(
-                    hidden, table.float(), targets, seen_rows, seen_items
+                    hidden, table.float(), targets, seen_rows, seen_items, self.seen_targets
                 )
                 if best is not None:
                     best[start:stop] = full_ranking_topk(
-                        hidden, table.float(), targets, seen_rows, seen_items, topk
+                        hidden,
+                        table.float(),
+                        targets,
+                        seen_rows,
+                        seen_items,
+                        topk,
+                        self.seen_targets,
                     ).cpu()
             ranks[start:stop] = batch_ranks.cpu()
         module.train(was_training)

@@ -79,6 +79,7 @@ def train_run(
         config.exclude_seen,
         device,
         _candidates(config, sequences.valid, sequences.item_counts, 1),
+        config.seen_targets,
     )
     test = Evaluator(
         sequences.test,
@@ -86,6 +87,7 @@ def train_run(
         config.exclude_seen,
         device,
         _candidates(config, sequences.test, sequences.item_counts, 2),
+        config.seen_targets,
     )
     ks = sorted({*config.ks, *_metric_k(config.validation_metric)})
 
@@ -198,6 +200,7 @@ def train_run(
         "eval_seconds_per_epoch": sum(h["eval_seconds"] for h in history) / len(history),
         "peak_memory_mb": peak_memory_mb(device),
         "validation_metric": config.validation_metric,
+        "seen_targets": config.seen_rule,  # miss, rank, or keep (--keep-seen)
         "loss": loss.name,
         "model": config.model,
         "dataset": dataset.name,

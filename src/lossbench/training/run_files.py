@@ -3,10 +3,11 @@
 - `config.json`: the resolved configuration, loss settings and environment (written first)
 - `history.csv`: one row per epoch (loss, validation metrics, seconds, peak memory)
 - `model.pt`: the best weights (a state dict; load with `torch.load(..., weights_only=True)`)
-- `test_ranks.parquet`: `user`, `target`, `rank` for every test user (per-user significance)
+- `test_ranks.parquet`: `user`, `target`, `rank` for every test user (per-user significance);
+  a target that counts as not found (`--seen-targets miss`) has rank 2**62 (`NOT_FOUND_RANK`)
 - `topk.parquet`: `user`, `target`, `topk` (best first), with `--save-topk K`
-- `metrics.json`: validation and test metrics, timings; written last, so its presence means
-  the run finished.
+- `metrics.json`: validation and test metrics, timings, the seen-items rule (`seen_targets`:
+  miss, rank or keep); written last, so its presence means the run finished.
 """
 
 from __future__ import annotations
