@@ -141,6 +141,42 @@ def test_gru4rec_projects_to_the_embedding_width() -> None:
     assert model(histories()).shape == (3, 5, 8)
 
 
+def test_gru4rec_without_biases_has_none_and_ignores_left_padding() -> None:
+    """The study's GRU (no gate biases, a wider state projected back to the embeddings)."""
+    model = make("gru4rec", hidden_size=12, embedding_size=8, bias=False)
+    assert model.gru.bias is False
+    assert not [name for name, _ in model.gru.named_parameters() if "bias" in name]
+    assert (model.projection.in_features, model.projection.out_features) == (12, 8)
+    item_ids = histories()
+    is_item = item_ids != 0
+    with torch.no_grad():
+        narrow, wide = model(item_ids), model(left_pad(item_ids, 12))[:, -5:]
+        # a one-item row: one GRU step from a zero state, whatever padding precedes it
+        first = model.projection(model.gru(model.item_embedding(item_ids[2:, -1:]))[0])
+    torch.testing.assert_close(narrow[is_item], wide[is_item], rtol=0, atol=1e-12)
+    torch.testing.assert_close(narrow[2:, -1:], first, rtol=0, atol=1e-12)
+    assert model_config("gru4rec").model_dump()["bias"] is True
+
+
+def test_gru4rec_xavier_init_is_recboles() -> None:
+    """xavier: embeddings ~ N(0, 2 / (rows + D)), the projection keeps nn.Linear's uniform
+    +-1 / sqrt(H) init and bias; normal: both ~ N(0, init_std) and a zero bias."""
+    torch.manual_seed(0)
+    settings = {"hidden_size": 256, "embedding_size": 64, "max_len": 12}
+    xavier, _ = build_model("gru4rec", 4000, {**settings, "init": "xavier"})
+    normal, _ = build_model("gru4rec", 4000, {**settings, "init_std": 0.02})
+    expected_std = (2.0 / (4001 + 64)) ** 0.5  # 0.0222
+    assert abs(xavier.item_embedding.weight[1:].std().item() - expected_std) < 0.001
+    assert torch.all(xavier.item_embedding.weight[0] == 0)
+    bound = 1.0 / 256**0.5
+    weight, bias = xavier.projection.weight, xavier.projection.bias
+    assert weight.abs().max().item() <= bound and weight.std().item() > 0.9 * bound / 3**0.5
+    assert bias.abs().max().item() <= bound and torch.any(bias != 0)
+    assert abs(normal.projection.weight.std().item() - 0.02) < 0.001
+    assert torch.all(normal.projection.bias == 0)
+    assert model_config("gru4rec").model_dump()["init"] == "normal"
+
+
 def test_defaults_are_the_studys_table_2() -> None:
     config = model_config("sasrec")
     assert config.model_dump() == {

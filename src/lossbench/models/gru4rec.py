@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
@@ -11,7 +13,10 @@ from lossbench.models.dropout import Dropout
 
 
 class GRU4RecConfig(BaseModel):
-    """The study's defaults: width 64, one GRU layer, embedding dropout 0.5, max_len 50."""
+    """Width 64, one GRU layer, embedding dropout 0.5, max_len 50. The study's code base ran a
+    wider GRU (state 128, projected back to embeddings of 64, no gate biases, xavier init):
+    the `study-s3rec` preset sets that (docs/protocol.md, "GRU4Rec against the study's
+    code")."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -20,9 +25,15 @@ class GRU4RecConfig(BaseModel):
         None, ge=1, description="item embedding width D; None means hidden_size"
     )
     num_layers: int = Field(1, ge=1, description="stacked GRU layers")
+    bias: bool = Field(True, description="GRU gate biases (the study's code has none)")
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout on the item embeddings")
     max_len: int = Field(50, ge=1, description="longest history the model reads")
     init_std: float = Field(0.02, gt=0.0, description="std of the normal embedding init")
+    init: Literal["normal", "xavier"] = Field(
+        "normal",
+        description="normal: embeddings and projection ~ N(0, init_std); xavier: RecBole's and "
+        "the study's (xavier-normal embeddings, PyTorch's default projection init)",
+    )
 
 
 class GRU4Rec(nn.Module):
@@ -43,9 +54,11 @@ class GRU4Rec(nn.Module):
         hidden_size: int,
         embedding_size: int | None,
         num_layers: int,
+        bias: bool,
         dropout: float,
         max_len: int,
         init_std: float,
+        init: Literal["normal", "xavier"],
     ) -> None:
         super().__init__()
         self.n_items = n_items
@@ -54,16 +67,22 @@ class GRU4Rec(nn.Module):
         # row 0 padding, rows 1..n_items items; also the scoring table
         self.item_embedding = nn.Embedding(n_items + 1, width, padding_idx=0)
         self.dropout = Dropout(dropout)
-        self.gru = nn.GRU(width, hidden_size, num_layers=num_layers, batch_first=True)
+        self.gru = nn.GRU(width, hidden_size, num_layers=num_layers, bias=bias, batch_first=True)
         self.projection: nn.Module = (
             nn.Linear(hidden_size, width) if hidden_size != width else nn.Identity()
         )
-        self._init_weights(init_std)
+        self._init_weights(init_std, init)
 
-    def _init_weights(self, std: float) -> None:
-        # embeddings / projection ~ N(0, std) as the transformers; GRU matrices xavier-uniform
-        # and zero biases (RecBole's GRU4Rec init), padding row zero.
-        nn.init.normal_(self.item_embedding.weight, mean=0.0, std=std)
+    def _init_weights(self, std: float, scheme: Literal["normal", "xavier"]) -> None:
+        # GRU matrices xavier-uniform and zero biases, if any (RecBole's GRU4Rec init).
+        # normal: embeddings / projection ~ N(0, std), as the transformers; xavier: embeddings
+        # xavier-normal (std sqrt(2 / (rows + D)), 0.013 on 12k items), the projection keeps
+        # nn.Linear's own init (uniform +-1 / sqrt(H), 2.5x the normal's 0.02 at H = 128).
+        # The padding row is zero either way.
+        if scheme == "xavier":
+            nn.init.xavier_normal_(self.item_embedding.weight)
+        else:
+            nn.init.normal_(self.item_embedding.weight, mean=0.0, std=std)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
         for name, parameter in self.gru.named_parameters():
@@ -71,7 +90,7 @@ class GRU4Rec(nn.Module):
                 nn.init.xavier_uniform_(parameter)
             else:
                 nn.init.zeros_(parameter)
-        if isinstance(self.projection, nn.Linear):
+        if isinstance(self.projection, nn.Linear) and scheme == "normal":
             nn.init.normal_(self.projection.weight, mean=0.0, std=std)
             nn.init.zeros_(self.projection.bias)
 

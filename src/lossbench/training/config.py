@@ -17,7 +17,7 @@ from lossbench.evaluation.seen import SeenRule, SeenTargets, seen_rule
 from lossbench.losses import LOSSES
 from lossbench.losses.base import Positions, SamplerName
 from lossbench.models import MODELS
-from lossbench.training.presets import DEFAULT_PRESET, PRESETS
+from lossbench.training.presets import DEFAULT_PRESET, PER_MODEL, PRESETS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -183,12 +183,16 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def _preset_for_model(preset_name: str, model_name: str) -> dict[str, Any]:
-    """The preset, keeping only the model settings that `model_name` has."""
+    """The preset with its per-model settings for `model_name` applied, keeping only the model
+    settings that `model_name` has."""
     preset = dict(PRESETS[preset_name])
+    settings = {
+        **preset.get("model_settings", {}),
+        **preset.pop(PER_MODEL, {}).get(model_name, {}),
+    }
     spec = MODELS.get(model_name)
     if spec is not None:
         fields = spec.config_class.model_fields
-        preset["model_settings"] = {
-            k: v for k, v in preset.get("model_settings", {}).items() if k in fields
-        }
+        settings = {k: v for k, v in settings.items() if k in fields}
+    preset["model_settings"] = settings
     return preset

@@ -1,13 +1,18 @@
 """Named hyperparameter presets from the study.
 
 A preset is a layer of overrides applied after the defaults and before a TOML file and CLI
-flags. Top-level keys are `TrainConfig` fields; `model_settings` go to the model's own config.
-Model settings that a model does not have (GRU4Rec has no attention heads) are left out for it.
+flags. Top-level keys are `TrainConfig` fields; `model_settings` go to the model's own config,
+then `PER_MODEL[model]` on top of them (a model the study's code built with its own
+constants). Model settings that a model does not have (GRU4Rec has no attention heads) are
+left out for it.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+# The key of a preset's per-model model settings, applied over its `model_settings`.
+PER_MODEL = "per_model"
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Table 2 (S3Rec code base): hidden 64, 2 layers, 2 heads, dropout 0.5, length 50,
@@ -32,6 +37,18 @@ PRESETS: dict[str, dict[str, Any]] = {
             "num_layers": 2,
             "num_heads": 2,
             "attention_dropout": 0.5,
+        },
+        # The study's GRU4Rec ignores the transformer settings above: its code fixes one GRU
+        # layer with a state of 128 and no gate biases, projected by a linear layer back to
+        # the item embeddings' 64 (embedding dropout 0.5, as above), with RecBole's init.
+        PER_MODEL: {
+            "gru4rec": {
+                "num_layers": 1,
+                "hidden_size": 128,
+                "embedding_size": 64,
+                "bias": False,
+                "init": "xavier",
+            },
         },
     },
     # Table 3 (aprec code base): SASRec embedding 50, 2 blocks, 1 head, dropout 0.2,
