@@ -171,14 +171,14 @@ def test_resume_trains_only_missing_and_changed_runs(tmp_path: Path) -> None:
 
     prepared: list[str] = []
     console = Console(record=True, width=200)
-    done = run_missing(runs, lambda name: prepared.append(name), fake_train, console)  # type: ignore[arg-type, func-returns-value]
+    done = run_missing(runs, lambda name, split: prepared.append(name), fake_train, console)  # type: ignore[arg-type, func-returns-value]
     assert trained == [("ce", 1), ("improved", 0), ("improved", 1)]
     assert done == [run.run_dir for run in runs[3:]]
     assert prepared == ["synthetic"]  # the dataset is loaded once
     text = console.export_text()
     assert "reusing 3 finished run(s) of 6" in text and "retraining" in text
     # A second pass finds everything finished and trains nothing.
-    assert run_missing(runs, lambda name: None, fake_train) == []  # type: ignore[arg-type, return-value]
+    assert run_missing(runs, lambda name, split: None, fake_train) == []  # type: ignore[arg-type, return-value]
     assert len(trained) == 3
 
 

@@ -55,7 +55,7 @@ def test_k_core_then_short_users_are_dropped_and_reported() -> None:
     assert tables.report["users_too_short"] == 1
     assert tables.users["original_id"].to_list() == ["1", "3"]
     assert tables.items["original_id"].to_list() == ["10", "11", "12"]
-    assert tables.split.rows() == [(1, [1], 2, 3), (2, [1], 2, 3)]
+    assert tables.split.rows() == [(1, [1], 2, 3, [2]), (2, [1], 2, 3, [2])]
 
 
 def test_order_ties_dedup_rating_and_ids() -> None:
@@ -74,13 +74,13 @@ def test_order_ties_dedup_rating_and_ids() -> None:
     tables = build_tables(frame(rows, ratings), Protocol(min_rating=4, dedup=True))
     assert tables.items["original_id"].to_list() == ["2", "10", "33"]
     # user 7: 2 (t=1), 33 (t=5, first in file), 10 (t=5), 10 again dropped, 4 below threshold.
-    assert tables.split.rows() == [(1, [1], 3, 2), (2, [1], 2, 3)]
+    assert tables.split.rows() == [(1, [1], 3, 2, [3]), (2, [1], 2, 3, [2])]
     assert tables.report == {
         "raw_interactions": 8, "after_rating_filter": 7, "after_dedup": 6,
         "after_k_core": 6, "users_too_short": 0, "interactions": 6,
     }  # fmt: skip
     no_dedup = build_tables(frame(rows, ratings), Protocol(min_rating=4, dedup=False))
-    assert no_dedup.split.row(0) == (1, [1, 3], 2, 2)
+    assert no_dedup.split.row(0) == (1, [1, 3], 2, 2, [2])
 
 
 def test_string_ids_sort_as_strings_and_keep_leading_zeros() -> None:
@@ -107,7 +107,8 @@ def test_every_split_is_the_chronological_tail(tmp_path: Path) -> None:
     folder = tmp_path / "synthetic" / "prepared"
     interactions = pl.read_parquet(folder / "interactions.parquet")
     split = pl.read_parquet(folder / "split.parquet")
-    for user, train, valid, test in split.head(300).iter_rows():
+    for user, train, valid, test, gap in split.head(300).iter_rows():
+        assert gap == [valid]
         own = interactions.filter(pl.col("user") == user)
         assert own["timestamp"].is_sorted()
         assert own["item"].to_list() == [*train, valid, test]

@@ -19,6 +19,7 @@ from lossbench.compare.tables import print_unsqueezed, rich_tables
 from lossbench.compare.versus import versus_summary
 from lossbench.data.prepared import PreparedDataset, ensure_prepared
 from lossbench.data.repeats import repeat_notice, stored_or_computed
+from lossbench.data.splits import SplitSpec
 from lossbench.errors import LossbenchError
 from lossbench.evaluation.metrics import per_user_metric
 from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
@@ -95,7 +96,7 @@ def compare(
         Path | None,
         typer.Option(
             "--config",
-            help="Grid TOML: \\[grid] datasets, models, losses, seeds; "
+            help="Grid TOML: \\[grid] datasets, models, losses, shuffle, seeds; "
             "\\[settings] shared by all runs (flags override both).",
             rich_help_panel=COMPARE,
         ),
@@ -126,10 +127,15 @@ def compare(
     positions: opt.Positions = None,
     negatives: opt.Negatives = None,
     sampler: opt.Sampler = None,
+    logq: opt.Logq = None,
     negatives_unseen: opt.NegativesUnseen = None,
     gbce_t: opt.GbceT = None,
     mask_prob: opt.MaskProb = None,
     softmax_chunk: opt.SoftmaxChunk = None,
+    split: opt.Split = None,
+    valid_quantile: opt.ValidQuantile = None,
+    test_quantile: opt.TestQuantile = None,
+    shuffle_train: opt.ShuffleTrain = None,
     hidden_size: opt.HiddenSize = None,
     num_layers: opt.NumLayers = None,
     num_heads: opt.NumHeads = None,
@@ -179,23 +185,29 @@ def compare(
     summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
 
     shared = merge_settings(settings, flags)
-    loaded: dict[str, PreparedDataset] = {}
+    base = build_config(overrides=shared)
+    loaded: dict[tuple[str, SplitSpec], PreparedDataset] = {}
 
-    def prepare(name: str) -> PreparedDataset:
-        if name not in loaded:
-            loaded[name] = ensure_prepared(GlobalOptions.data_dir, name)
-        return loaded[name]
+    def prepare(name: str, split: SplitSpec) -> PreparedDataset:
+        if (name, split) not in loaded:
+            loaded[name, split] = ensure_prepared(GlobalOptions.data_dir, name, split)
+        return loaded[name, split]
 
-    _print_repeat_notices(grid.datasets, build_config(overrides=shared).seen_rule, prepare)
+    _print_repeat_notices(grid.datasets, base.seen_rule, prepare, base.split_spec)
     compare_losses(grid, shared, out, prepare, summary_options, console)
 
 
 def _print_repeat_notices(
-    datasets: list[str], rule: str, prepare: Callable[[str], PreparedDataset]
+    datasets: list[str],
+    rule: str,
+    prepare: Callable[[str, SplitSpec], PreparedDataset],
+    split: SplitSpec,
 ) -> None:
     """One line per dataset whose validation or test targets repeat the history."""
     for name in datasets:
-        entry = stored_or_computed(GlobalOptions.data_dir, name, prepare)
+        entry = stored_or_computed(
+            GlobalOptions.data_dir, name, lambda name: prepare(name, split), split
+        )
         notice = repeat_notice(name, entry, SEEN_RULE_EFFECTS[rule])
         if notice:
             console.print(notice, highlight=False)

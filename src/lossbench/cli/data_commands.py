@@ -8,12 +8,14 @@ import typer
 from rich import box
 from rich.table import Table
 
+from lossbench.cli import options as opt
 from lossbench.cli.app import GlobalOptions, app, console
 from lossbench.data.download import download_dataset, is_downloaded
 from lossbench.data.prepared import prepared_dir, read_meta
 from lossbench.data.preprocess import PrepareResult, preprocess_dataset
 from lossbench.data.registry import DatasetEntry, get_dataset, load_registry
 from lossbench.data.repeats import META_KEY, share_text
+from lossbench.data.splits import split_spec
 
 
 def _size(entry: DatasetEntry) -> str:
@@ -101,8 +103,12 @@ def preprocess(
         bool | None, typer.Option("--dedup/--no-dedup", help="Keep the first (user, item) only.")
     ] = None,
     max_length: Annotated[int | None, typer.Option(help="Training history length.")] = None,
+    split: opt.Split = None,
+    valid_quantile: opt.ValidQuantile = None,
+    test_quantile: opt.TestQuantile = None,
 ) -> None:
     """Filter, order, re-index and split datasets into the prepared format."""
+    split_by = split_spec(split or "loo", valid_quantile or 0.8, test_quantile or 0.9)
     knobs = {
         "min_rating": min_rating,
         "user_core": user_core,
@@ -114,7 +120,9 @@ def preprocess(
     for name in names:
         get_dataset(name)
     results = [
-        preprocess_dataset(GlobalOptions.data_dir, name, overrides=overrides, force=force)
+        preprocess_dataset(
+            GlobalOptions.data_dir, name, overrides=overrides, force=force, split=split_by
+        )
         for name in names
     ]
     for result in results:
@@ -126,6 +134,8 @@ def preprocess(
             )
     console.print(summary_table(results))
     console.print(repeats_table(results))
+    if split_by.kind == "temporal":
+        console.print(temporal_table(results))
 
 
 def summary_table(results: list[PrepareResult]) -> Table:
@@ -172,4 +182,30 @@ def repeats_table(results: list[PrepareResult]) -> Table:
             )
         table.add_row(*cells)
     table.caption = "these follow --seen-targets (default: not found)"
+    return table
+
+
+def temporal_table(results: list[PrepareResult]) -> Table:
+    """The temporal split's thresholds and counts: one row per quantity, a column per dataset."""
+    table = Table(title="temporal split", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("", no_wrap=True)
+    for result in results:
+        table.add_column(result.name, justify="right", no_wrap=True)
+    reports: list[dict[str, Any]] = [result.meta["report"] for result in results]
+    rows = {
+        "validation after time": "valid_threshold",
+        "test after time": "test_threshold",
+        "users with training positions": "train_users",
+        "training interactions": "train_interactions",
+        "validation users": "valid_users",
+        "test users": "test_users",
+        "validation users with no history": "valid_cold_users",
+        "test users with no history": "test_cold_users",
+        "validation targets never trained on": "valid_cold_items",
+        "test targets never trained on": "test_cold_items",
+    }
+    for label, key in rows.items():
+        plain = key.endswith("threshold")  # a time, not a count
+        table.add_row(label, *(str(r[key]) if plain else f"{r[key]:,}" for r in reports))
+    table.caption = "users with no history before a threshold are not evaluated"
     return table

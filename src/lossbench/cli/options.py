@@ -67,7 +67,22 @@ Negatives = Annotated[
     typer.Option(help="Sampled negatives per position (sampled losses).", rich_help_panel=LOSS),
 ]
 Sampler = Annotated[
-    str | None, typer.Option(help="Negative sampler: uniform or popularity.", rich_help_panel=LOSS)
+    str | None,
+    typer.Option(
+        help="Negative sampler: uniform, popularity, in-batch (the step's other targets) or "
+        "mixed (half in-batch, half uniform).",
+        rich_help_panel=LOSS,
+    ),
+]
+Logq = Annotated[
+    bool | None,
+    typer.Option(
+        "--logq/--no-logq",
+        help="Subtract log Q (the sampler's probability of each item) from the sampled "
+        "softmax's logits (sampled-ce).",
+        rich_help_panel=LOSS,
+        show_default=False,
+    ),
 ]
 NegativesUnseen = Annotated[
     bool | None,
@@ -90,6 +105,40 @@ SoftmaxChunk = Annotated[
     typer.Option(
         help="Logits the full softmax holds at once (bounds memory; default 1M CPU, 64M GPU).",
         rich_help_panel=LOSS,
+    ),
+]
+
+DATA = "Data"
+Split = Annotated[
+    str | None,
+    typer.Option(
+        help="loo (leave-one-out, the default) or temporal (global time thresholds).",
+        rich_help_panel=DATA,
+    ),
+]
+ValidQuantile = Annotated[
+    float | None,
+    typer.Option(
+        help="Temporal split: validation targets come after this quantile of interaction "
+        "time (default 0.8).",
+        rich_help_panel=DATA,
+    ),
+]
+TestQuantile = Annotated[
+    float | None,
+    typer.Option(
+        help="Temporal split: test targets come after this quantile (default 0.9).",
+        rich_help_panel=DATA,
+    ),
+]
+ShuffleTrain = Annotated[
+    bool | None,
+    typer.Option(
+        "--shuffle-train/--ordered-train",
+        help="Train on each user's items in a random (seeded) order; evaluation keeps the "
+        "true order (does order matter on this dataset?).",
+        rich_help_panel=DATA,
+        show_default=False,
     ),
 ]
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from lossbench.cli import options as opt
 from lossbench.cli.app import GlobalOptions, app, console
+from lossbench.compare.arms import config_label, run_name
 from lossbench.data.prepared import ensure_prepared
 from lossbench.data.repeats import repeat_notice, repeated_targets
 from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
@@ -52,10 +53,15 @@ def train(
     positions: opt.Positions = None,
     negatives: opt.Negatives = None,
     sampler: opt.Sampler = None,
+    logq: opt.Logq = None,
     negatives_unseen: opt.NegativesUnseen = None,
     gbce_t: opt.GbceT = None,
     mask_prob: opt.MaskProb = None,
     softmax_chunk: opt.SoftmaxChunk = None,
+    split: opt.Split = None,
+    valid_quantile: opt.ValidQuantile = None,
+    test_quantile: opt.TestQuantile = None,
+    shuffle_train: opt.ShuffleTrain = None,
     hidden_size: opt.HiddenSize = None,
     num_layers: opt.NumLayers = None,
     num_heads: opt.NumHeads = None,
@@ -80,14 +86,12 @@ def train(
     model_config(config.model, config.model_settings)
     resolve_loss(config)
     run_device(config.device, config.precision)
-    prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset)
-    run_dir = (
-        out
-        or Path("runs") / config.dataset / f"{config.model}-{config.loss_name}-seed{config.seed}"
-    )
+    prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
+    run_dir = out or Path("runs") / config.dataset / f"{config.model}-{run_name(config)}"
     console.print(
-        f"training [bold]{config.model}[/] with [bold]{config.loss_name}[/] on "
-        f"[bold]{config.dataset}[/] ({prepared.n_users:,} users, {prepared.n_items:,} items), "
+        f"training [bold]{config.model}[/] with [bold]{config_label(config)}[/] on "
+        f"[bold]{config.dataset}[/] ({prepared.n_users:,} users, {prepared.n_items:,} items, "
+        f"{config.split_spec.label} split), "
         f"seed {config.seed} -> {run_dir}"
     )
     notice = repeat_notice(

@@ -1,8 +1,9 @@
-"""A comparison as a grid: datasets x models x losses x seeds, one run folder per cell.
+"""A comparison as a grid: datasets x models x losses x shuffle x seeds, one run folder per cell.
 
-Every run of one (dataset, model) shares one base `TrainConfig`; the runs differ only in
-`loss` and `seed` (`model_copy(update=...)`), which is what makes the comparison fair.
-Run folders are `OUT/<dataset>/<model>/<loss>/seed<N>/`.
+Every run of one (dataset, model) shares one base `TrainConfig`; the runs differ only in the
+loss arm (a loss, or a loss with its own sampler / logQ, see `arms.py`), in `shuffle_train`
+and in `seed`, which is what makes the comparison fair. Run folders are
+`OUT/<dataset>[-temporal-...]/<model>/<arm label>/seed<N>/`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lossbench.compare.arms import LossArm, arm_label, config_label, folder_name
+from lossbench.data.registry import get_dataset
+from lossbench.data.splits import check_timed
 from lossbench.errors import LossbenchError
 from lossbench.losses import LOSSES
 from lossbench.models import MODELS, model_config
-from lossbench.training.config import TrainConfig, build_config, read_toml
+from lossbench.training.config import TrainConfig, build_config, read_toml, validate_config
 from lossbench.training.run_files import CONFIG_FILE, is_finished
 from lossbench.training.setup import resolve_loss, run_device
 
@@ -31,6 +35,10 @@ SYNTHETIC_DEMO_SETTINGS: dict[str, Any] = {"max_epochs": 10, "patience": 3}
 RunState = Literal["finished", "changed", "missing"]
 
 
+def _demo_losses() -> list[str | LossArm]:
+    return [*DEMO_LOSSES]
+
+
 class Grid(BaseModel):
     """The `[grid]` table of a grid TOML (or the lists given on the command line)."""
 
@@ -38,11 +46,12 @@ class Grid(BaseModel):
 
     datasets: list[str] = Field(default_factory=lambda: ["synthetic"])
     models: list[str] = Field(default_factory=lambda: ["sasrec"])
-    losses: list[str] = Field(default_factory=lambda: list(DEMO_LOSSES))
+    losses: list[str | LossArm] = Field(default_factory=lambda: _demo_losses())
+    shuffle: list[bool] = Field(default_factory=lambda: [False])  # the order control axis
     seeds: list[int] = Field(default_factory=lambda: list(DEMO_SEEDS))
-    baseline: str = ORIGINAL  # a loss name, or each model's own loss
+    baseline: str = ORIGINAL  # a loss name or arm label, or each model's own loss
 
-    @field_validator("datasets", "models", "losses", "seeds")
+    @field_validator("datasets", "models", "losses", "shuffle", "seeds")
     @classmethod
     def _not_empty(cls, values: list[Any]) -> list[Any]:
         if not values:
@@ -67,9 +76,9 @@ class Grid(BaseModel):
 
     @field_validator("losses")
     @classmethod
-    def _known_losses(cls, names: list[str]) -> list[str]:
+    def _known_losses(cls, names: list[str | LossArm]) -> list[str | LossArm]:
         for name in names:
-            if name != ORIGINAL and name not in LOSSES:
+            if isinstance(name, str) and name != ORIGINAL and name not in LOSSES:
                 valid = ", ".join([*LOSSES, ORIGINAL])
                 raise ValueError(f"unknown loss {name!r}; choose from {valid}")
         return names
@@ -77,14 +86,28 @@ class Grid(BaseModel):
     @field_validator("baseline")
     @classmethod
     def _known_baseline(cls, name: str) -> str:
-        if name != ORIGINAL and name not in LOSSES:
+        if name != ORIGINAL and name.split(" ")[0] not in LOSSES:
             raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
         return name
 
+    def arms_for(self, model: str) -> list[LossArm]:
+        """This model's loss arms, `original` replaced by its published loss, repeats dropped."""
+        arms = [
+            LossArm(loss=MODELS[model].default_loss if entry == ORIGINAL else entry)
+            if isinstance(entry, str)
+            else entry
+            for entry in self.losses
+        ]
+        return list(dict.fromkeys(arms))
+
     def losses_for(self, model: str) -> list[str]:
-        """This model's losses, `original` replaced by its published loss, repeats dropped."""
-        named = [MODELS[model].default_loss if name == ORIGINAL else name for name in self.losses]
-        return list(dict.fromkeys(named))
+        """The labels of this model's rows: every arm, ordered then shuffled when both."""
+        labels = [
+            arm_label(arm.loss, arm.sampler, bool(arm.logq), shuffled)
+            for arm in self.arms_for(model)
+            for shuffled in self.shuffle
+        ]
+        return list(dict.fromkeys(labels))
 
     def baseline_for(self, model: str) -> str:
         """The explicit baseline; else the model's own loss if it is compared, else the first."""
@@ -108,7 +131,7 @@ class PlannedRun:
     @property
     def label(self) -> str:
         c = self.config
-        return f"{c.dataset} {c.model} + {c.loss_name}, seed {c.seed}"
+        return f"{c.dataset} {c.model} + {config_label(c)}, seed {c.seed}"
 
 
 def make_grid(values: dict[str, Any], source: str) -> Grid:
@@ -165,20 +188,28 @@ def plan_runs(grid: Grid, settings: dict[str, Any], out_dir: Path) -> list[Plann
         for model in grid.models:
             layers = merge_settings(demo, settings, {"dataset": dataset, "model": model})
             base = build_config(overrides=layers)
+            check_timed(dataset, get_dataset(dataset).format, base.split_spec)
             model_config(model, base.model_settings)  # unknown model settings fail now
             run_device(base.device, base.precision)  # so does bf16 on a CPU without it
             grid.baseline_for(model)  # fails early when the baseline is not compared
-            for loss in grid.losses_for(model):
-                loss_config = base.model_copy(update={"loss": loss})
-                resolve_loss(loss_config)
-                for seed in grid.seeds:
-                    config = loss_config.model_copy(update={"seed": seed})
-                    planned.append(PlannedRun(config, run_folder(out_dir, config)))
+            for arm in grid.arms_for(model):
+                for shuffled in grid.shuffle:
+                    updates = {**arm.overrides(), "shuffle_train": shuffled}
+                    arm_config = validate_config({**base.model_dump(), **updates}, "the grid")
+                    resolve_loss(arm_config)
+                    for seed in grid.seeds:
+                        config = arm_config.model_copy(update={"seed": seed})
+                        planned.append(PlannedRun(config, run_folder(out_dir, config)))
+    labels = [(run.config.dataset, run.config.model, run.label) for run in planned]
+    if len(set(labels)) < len(labels):
+        raise LossbenchError("two losses of the grid are the same arm; list each arm once")
     return planned
 
 
 def run_folder(out_dir: Path, config: TrainConfig) -> Path:
-    return out_dir / config.dataset / config.model / config.loss_name / f"seed{config.seed}"
+    dataset = config.dataset + config.split_spec.folder_suffix
+    arm = folder_name(config_label(config))
+    return out_dir / dataset / config.model / arm / f"seed{config.seed}"
 
 
 def run_state(run: PlannedRun) -> RunState:
@@ -199,4 +230,14 @@ _EXECUTION_ONLY = ("threads",)
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in config.items() if key not in _EXECUTION_ONLY}
+    """Without execution-only keys; a setting a saved config predates holds its default."""
+    with_defaults = {**_DEFAULTS, **config}
+    return {key: value for key, value in with_defaults.items() if key not in _EXECUTION_ONLY}
+
+
+# Settings added after a run folder was written compare as their defaults (the behaviour
+# the run had): the data split, the order control and the negative sampler's logQ.
+_DEFAULTS: dict[str, Any] = {
+    name: TrainConfig.model_fields[name].default
+    for name in ("split", "valid_quantile", "test_quantile", "shuffle_train", "logq")
+}

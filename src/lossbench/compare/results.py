@@ -9,6 +9,7 @@ from typing import Any
 import polars as pl
 
 from lossbench.atomic import write_with
+from lossbench.compare.arms import record_label
 from lossbench.training.run_files import (
     CONFIG_FILE,
     HISTORY_FILE,
@@ -45,10 +46,14 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     return {
         "dataset": metrics["dataset"],
         "model": metrics["model"],
-        "loss": metrics["loss"],
+        "loss": record_label(metrics["loss"], config),  # the arm: loss [sampler] [logq] ...
         "seed": int(metrics["seed"]),
         **loss_settings,
+        "loss_name": metrics["loss"],
+        "split": metrics.get("split", "loo"),
+        "shuffle_train": config.get("shuffle_train", False),
         "sampler": config.get("sampler"),
+        "logq": config.get("logq", False),
         "negatives_unseen": config.get("negatives_unseen", False),
         **{f"valid_{name}": float(value) for name, value in metrics["valid"].items()},
         **{f"test_{name}": float(value) for name, value in metrics["test"].items()},

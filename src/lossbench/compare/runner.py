@@ -17,11 +17,12 @@ from lossbench.compare.grid import Grid, PlannedRun, plan_runs, run_state
 from lossbench.compare.report import render_report, save_plan
 from lossbench.compare.summary import SummaryOptions
 from lossbench.data.prepared import PreparedDataset
+from lossbench.data.splits import SplitSpec
 from lossbench.training.config import TrainConfig
 from lossbench.training.loop import RunResult
 
 TrainFn = Callable[[TrainConfig, PreparedDataset, Path, Console], RunResult]
-PrepareFn = Callable[[str], PreparedDataset]
+PrepareFn = Callable[[str, SplitSpec], PreparedDataset]  # (dataset name, split) -> data
 
 
 def run_missing(
@@ -46,7 +47,7 @@ def run_missing(
                 f"[yellow]{run.run_dir} was trained with another config: retraining it[/]"
             )
     todo = [run for run, state in zip(runs, states, strict=True) if state != "finished"]
-    datasets: dict[str, PreparedDataset] = {}
+    datasets: dict[tuple[str, SplitSpec], PreparedDataset] = {}
     trained: list[Path] = []
     progress = Progress(
         TextColumn("[bold]comparison"),
@@ -61,12 +62,12 @@ def run_missing(
         task = progress.add_task("", total=len(runs), completed=reused)
         for run in todo:
             progress.update(task, description=run.label)
-            name = run.config.dataset
-            if name not in datasets:
-                datasets[name] = prepare(name)
+            key = (run.config.dataset, run.config.split_spec)
+            if key not in datasets:
+                datasets[key] = prepare(*key)
             console.print(f"[bold]{run.label}[/] -> {run.run_dir}")
             reset_process_peak_memory()
-            train(run.config, datasets[name], run.run_dir, console)
+            train(run.config, datasets[key], run.run_dir, console)
             trained.append(run.run_dir)
             progress.advance(task)
     return trained

@@ -57,6 +57,7 @@ def summarize(
                 "loss": loss,
                 "baseline": baseline,
                 "seeds": runs_of_loss.height,
+                "split": _split(runs_of_loss),
             }
             for name in metrics:
                 values = runs_of_loss[f"test_{name}"]
@@ -123,6 +124,13 @@ def _run_means(runs: pl.DataFrame, name: str, ranks: _RankCache) -> list[float]:
         else float(per_user_metric(ranks.get(run_dir)["rank"].to_numpy(), name).mean())
         for value, run_dir in zip(saved, runs["run_dir"].to_list(), strict=True)
     ]
+
+
+def _split(runs: pl.DataFrame) -> str:
+    """The rows' split label(s), e.g. 'loo' or 'temporal 0.8/0.9'."""
+    if "split" not in runs.columns:
+        return "loo"
+    return ", ".join(sorted({str(split) for split in runs["split"].to_list()}))
 
 
 def _timings(runs: pl.DataFrame) -> dict[str, float | None]:

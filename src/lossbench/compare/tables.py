@@ -84,7 +84,7 @@ def rich_tables(
     for (dataset,), part in summary.group_by("dataset", maintain_order=True):
         headers, rows = table_cells(part, options, compact=True, subject=subject)
         table = Table(
-            title=f"{plural} compared on {dataset}",
+            title=f"{plural} compared on {dataset}{split_note(part)}",
             caption=legend(options, part),
             box=box.SIMPLE_HEAD,
             collapse_padding=True,
@@ -108,11 +108,18 @@ def markdown(summary: pl.DataFrame, options: SummaryOptions) -> str:
         headers, rows = table_cells(part, options)
         first = headers.index("seeds")
         align = ["---" if i < first else "---:" for i in range(len(headers))]
-        sections += [f"## {dataset}", "", _md_row(headers), _md_row(align)]
+        sections += [f"## {dataset}{split_note(part)}", "", _md_row(headers), _md_row(align)]
         sections += [_md_row(cells) for cells in rows]
         sections.append("")
     sections += [legend(options, summary), ""]
     return "\n".join(sections)
+
+
+def split_note(part: pl.DataFrame) -> str:
+    """' (temporal 0.8/0.9 split)' when the rows were not split leave-one-out."""
+    splits = part["split"].unique().to_list() if "split" in part.columns else []
+    shown = [split for split in splits if split not in (None, "loo")]
+    return f" ({', '.join(sorted(shown))} split)" if shown else ""
 
 
 def _md_row(cells: list[str]) -> str:

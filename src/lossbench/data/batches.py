@@ -10,6 +10,10 @@ Two schemes (`--batching`):
   least padding and one model call per batch, but batch composition, and so the weight of
   each position in the per-batch mean, differs from the study's.
 
+With `shuffle_train`, each user's training window is permuted once (seeded) before the first
+epoch: the same items train, in no particular order (the order control; evaluation keeps the
+true order).
+
 All batch building happens on the CPU (from tensors made once), including the choice of
 training positions and BERT4Rec's masking, so the training step on the device needs no sync:
 it receives the flat indices of its training positions ready-made.
@@ -24,7 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lossbench.data.sequences import SequenceTensors
+from lossbench.data.sequences import SequenceTensors, shuffled_windows
 from lossbench.losses.base import Positions
 
 Batching = Literal["bucket", "random"]
@@ -73,10 +77,14 @@ class TrainBatcher:
         seed: int,
         mask_prob: float = 0.2,
         mask_token: int | None = None,
+        shuffle_train: bool = False,
     ) -> None:
         if positions == "masked" and mask_token is None:
             raise ValueError("masked positions need the model's mask token")
         self.windows = sequences.train_windows  # (U, max_len + 1)
+        if shuffle_train:  # its own stream: the batches of a run stay those of its seed
+            order_generator = torch.Generator().manual_seed(seed + 104729)
+            self.windows = shuffled_windows(self.windows, order_generator)
         self.lengths = sequences.train_lengths
         self.users = torch.nonzero(self.lengths >= 2).squeeze(1)  # (U',)
         self.batch_size = batch_size
@@ -88,6 +96,20 @@ class TrainBatcher:
 
     def __len__(self) -> int:
         return -(-len(self.users) // self.batch_size)
+
+    def target_counts(self, n_items: int) -> Tensor:
+        """(n_items + 1,) int64 how often each item is a training target in one epoch (the
+        in-batch sampler's proposal). `masked`: every real item the model sees, each equally
+        likely to be masked."""
+        windows = self.windows[self.users]  # (U', max_len + 1)
+        if self.positions == "all":  # every item but the first of each window is a target
+            targets = windows[:, 1:][windows[:, :-1] > 0]
+        elif self.positions == "last":
+            targets = windows[:, -1]
+        else:
+            seen = windows[:, -(self.windows.shape[1] - 1) :]
+            targets = seen[seen > 0]
+        return torch.bincount(targets, minlength=n_items + 1)
 
     def epoch(self) -> Iterator[list[TrainBatch]]:
         """One epoch of training steps; each step is a list of parts, trained as one batch."""

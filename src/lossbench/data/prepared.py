@@ -1,10 +1,13 @@
 """The prepared format: what `preprocess` writes and what training reads.
 
-Layout of `<data_dir>/<name>/prepared/` (written atomically by `preprocess`):
+Layout of `<data_dir>/<name>/prepared/` (leave-one-out) or
+`<data_dir>/<name>/prepared-temporal-v<valid quantile>-t<test quantile>/` (temporal split),
+each written atomically by `preprocess`, so both splits of a dataset coexist:
 
 - `split.parquet`: one row per user, columns
-  `user` (int32, 1..n_users, contiguous, sorted), `train_items` (list[int32], chronological,
-  every item but the last two), `valid_item` (int32, second-to-last), `test_item` (int32, last).
+  `user` (int32, 1..n_users, contiguous, sorted), `train_items` (list[int32], chronological),
+  `valid_item` and `test_item` (int32, null where the user has no such target), `gap_items`
+  (list[int32]: after the training items, before the test target; see `splits.py`).
 - `interactions.parquet`: the cleaned long table `user`, `item`, `timestamp` (int64), chronological
   per user (stable tie-break), after the protocol's filters.
 - `users.parquet` / `items.parquet`: id maps `user`/`item` (int32) -> `original_id` (utf8).
@@ -12,7 +15,8 @@ Layout of `<data_dir>/<name>/prepared/` (written atomically by `preprocess`):
   `attributes` (list[int32], ids 1..n_attributes).
 - `meta.json`: counts (`n_users`, `n_items`, `n_interactions`, `n_attributes`), statistics,
   the validation and test targets already in the user's history (`repeated_targets`, see
-  `repeats.py`), the protocol used, the source files with their sha256, `format_version`.
+  `repeats.py`), the protocol and the split used, the source files with their sha256,
+  `format_version`.
 
 Item ids are 1..n_items; 0 is padding and never a real item. Models may add special ids above
 n_items (BERT4Rec's mask token), which are never scored.
@@ -28,22 +32,27 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from lossbench.data.splits import LOO, SplitSpec
 from lossbench.errors import LossbenchError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
 class PreparedDataset:
-    """A leave-one-out split held as flat numpy arrays (CSR style, row u-1 is user u)."""
+    """A split held as flat numpy arrays (CSR style, row u-1 is user u)."""
 
     name: str
     n_items: int
     train_offsets: np.ndarray  # (U + 1,) int64: user u's train items are train_items[o[u-1]:o[u]]
     train_items: np.ndarray  # (T,) int64, chronological within each user
-    valid_items: np.ndarray  # (U,) int64
-    test_items: np.ndarray  # (U,) int64
+    valid_items: np.ndarray  # (U,) int64, 0 = no validation target
+    test_items: np.ndarray  # (U,) int64, 0 = no test target
     meta: dict[str, Any] = field(default_factory=dict)
+    # Items between the training items and the test target (CSR like train_*); None means
+    # leave-one-out's: the validation item alone.
+    gap_offsets: np.ndarray | None = None  # (U + 1,) int64
+    gap_items: np.ndarray | None = None  # (G,) int64
     # Item attributes (S3Rec): CSR indexed by item id 0..n_items, attribute ids 1..n_attributes.
     attribute_offsets: np.ndarray | None = None  # (n_items + 2,) int64
     attribute_ids: np.ndarray | None = None  # (A,) int64
@@ -58,9 +67,25 @@ class PreparedDataset:
         """(U,) number of training items per user."""
         return np.diff(self.train_offsets)
 
+    def gap(self) -> tuple[np.ndarray, np.ndarray]:
+        """(U + 1,) offsets and (G,) items of the part of each test history after training."""
+        if self.gap_offsets is not None and self.gap_items is not None:
+            return self.gap_offsets, self.gap_items
+        return np.arange(self.n_users + 1, dtype=np.int64), self.valid_items.astype(np.int64)
 
-def prepared_dir(data_dir: Path, name: str) -> Path:
-    return data_dir / name / "prepared"
+
+def prepared_dir(data_dir: Path, name: str, split: SplitSpec = LOO) -> Path:
+    return data_dir / name / f"prepared{split.folder_suffix}"
+
+
+def preprocess_command(name: str, split: SplitSpec = LOO) -> str:
+    """The command that prepares `name` with `split`."""
+    if split.kind == "loo":
+        return f"lossbench preprocess {name}"
+    return (
+        f"lossbench preprocess {name} --split temporal --valid-quantile "
+        f"{split.valid_quantile:g} --test-quantile {split.test_quantile:g}"
+    )
 
 
 def read_meta(folder: Path) -> dict[str, Any] | None:
@@ -72,8 +97,8 @@ def read_meta(folder: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def is_prepared(data_dir: Path, name: str) -> bool:
-    return read_meta(prepared_dir(data_dir, name)) is not None
+def is_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> bool:
+    return read_meta(prepared_dir(data_dir, name, split)) is not None
 
 
 def prepared_from_frames(
@@ -87,6 +112,10 @@ def prepared_from_frames(
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     train_items = split["train_items"].explode().drop_nulls().to_numpy().astype(np.int64)
+    gap_lengths = split["gap_items"].list.len().to_numpy().astype(np.int64)
+    gap_offsets = np.zeros(len(gap_lengths) + 1, dtype=np.int64)
+    np.cumsum(gap_lengths, out=gap_offsets[1:])
+    gap_items = split["gap_items"].explode().drop_nulls().to_numpy().astype(np.int64)
     n_items = int(meta["n_items"])
     attribute_offsets = attribute_ids = None
     if item_attributes is not None:
@@ -103,57 +132,59 @@ def prepared_from_frames(
         n_items=n_items,
         train_offsets=offsets,
         train_items=train_items,
-        valid_items=split["valid_item"].to_numpy().astype(np.int64),
-        test_items=split["test_item"].to_numpy().astype(np.int64),
+        valid_items=split["valid_item"].fill_null(0).to_numpy().astype(np.int64),
+        test_items=split["test_item"].fill_null(0).to_numpy().astype(np.int64),
         meta=meta,
+        gap_offsets=gap_offsets,
+        gap_items=gap_items,
         attribute_offsets=attribute_offsets,
         attribute_ids=attribute_ids,
         n_attributes=int(meta.get("n_attributes", 0)),
     )
 
 
-def load_prepared(data_dir: Path, name: str) -> PreparedDataset:
-    """Read `<data_dir>/<name>/prepared` (written by `lossbench preprocess`)."""
-    folder = prepared_dir(data_dir, name)
+def load_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> PreparedDataset:
+    """Read `name`'s prepared folder of `split` (written by `lossbench preprocess`)."""
+    folder = prepared_dir(data_dir, name, split)
     meta = read_meta(folder)
+    command = preprocess_command(name, split)
     if meta is None:
         raise LossbenchError(
-            f"dataset {name} is not prepared in {data_dir}: run `lossbench preprocess {name}`"
+            f"dataset {name} is not prepared ({split.label} split) in {data_dir}: run `{command}`"
         )
     if meta.get("format_version") != FORMAT_VERSION:
         raise LossbenchError(
-            f"dataset {name} was prepared by another lossbench version: "
-            f"run `lossbench preprocess {name} --force`"
+            f"dataset {name} was prepared by another lossbench version: run `{command} --force`"
         )
     try:
-        split = pl.read_parquet(folder / "split.parquet").sort("user")
+        table = pl.read_parquet(folder / "split.parquet").sort("user")
         attributes_file = folder / "item_attributes.parquet"
         attributes = pl.read_parquet(attributes_file) if attributes_file.exists() else None
     except (OSError, pl.exceptions.PolarsError) as error:
         raise LossbenchError(
-            f"prepared files of {name} are unreadable ({error}); "
-            f"run `lossbench preprocess {name} --force`"
+            f"prepared files of {name} are unreadable ({error}); run `{command} --force`"
         ) from None
-    return prepared_from_frames(name, split, meta, attributes)
+    return prepared_from_frames(name, table, meta, attributes)
 
 
-def ensure_prepared(data_dir: Path, name: str) -> PreparedDataset:
-    """Load `name`, preparing `synthetic` on the fly (it needs no download)."""
-    if not is_prepared(data_dir, name):
+def ensure_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> PreparedDataset:
+    """Load `name` split by `split`, preparing `synthetic` on the fly (it needs no download)."""
+    if not is_prepared(data_dir, name, split):
         from lossbench.data.download import is_downloaded
         from lossbench.data.preprocess import preprocess_dataset
         from lossbench.data.registry import get_dataset
+        from lossbench.data.splits import check_timed
 
         entry = get_dataset(name)
+        check_timed(name, entry.format, split)
+        command = preprocess_command(name, split)
         if entry.generator is not None:
-            preprocess_dataset(data_dir, name)
+            preprocess_dataset(data_dir, name, split=split)
         elif not is_downloaded(data_dir, entry):
             raise LossbenchError(
                 f"dataset {name} is not downloaded or prepared: run `lossbench download {name}` "
-                f"then `lossbench preprocess {name}`"
+                f"then `{command}`"
             )
         else:
-            raise LossbenchError(
-                f"dataset {name} is not prepared: run `lossbench preprocess {name}`"
-            )
-    return load_prepared(data_dir, name)
+            raise LossbenchError(f"dataset {name} is not prepared ({split.label}): run `{command}`")
+    return load_prepared(data_dir, name, split)

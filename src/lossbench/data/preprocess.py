@@ -3,7 +3,8 @@
 Steps, in order: rating threshold, chronological order (stable: file order breaks ties),
 deduplication (first (user, item) kept), iterative k-core until stable, users with fewer than
 3 interactions dropped (leave-one-out needs train, valid and test), contiguous ids 1..n
-(numeric order when every original id is numeric), leave-one-out split.
+(numeric order when every original id is numeric), then the split (`splits.py`: leave-one-out
+or temporal). Both splits start from the same cleaned interactions.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lossbench.data.download import (
 from lossbench.data.prepared import FORMAT_VERSION, prepared_dir, prepared_from_frames, read_meta
 from lossbench.data.readers import read_interactions, read_item_attributes
 from lossbench.data.registry import Protocol, Registry, get_dataset
+from lossbench.data.splits import LOO, SplitSpec, check_timed, split_interactions
 from lossbench.errors import LossbenchError
 
 MIN_SEQUENCE = 3  # train (>= 1 item), valid, test
@@ -42,7 +44,7 @@ class PreparedTables:
     interactions: pl.DataFrame  # user, item (Int32), timestamp (Int64); chronological per user
     users: pl.DataFrame  # user (Int32) -> original_id (String)
     items: pl.DataFrame  # item (Int32) -> original_id (String)
-    split: pl.DataFrame  # user, train_items (list[Int32]), valid_item, test_item
+    split: pl.DataFrame  # user, train_items, gap_items (list[Int32]), valid_item, test_item
     item_attributes: pl.DataFrame | None  # item, attributes (list[Int32]); every item 1..n
     n_attributes: int
     report: dict[str, int]  # rows (or users) left after each step
@@ -151,7 +153,10 @@ def clean(raw: pl.DataFrame, protocol: Protocol) -> tuple[pl.DataFrame, dict[str
 
 
 def build_tables(
-    raw: pl.DataFrame, protocol: Protocol, attributes: pl.DataFrame | None = None
+    raw: pl.DataFrame,
+    protocol: Protocol,
+    attributes: pl.DataFrame | None = None,
+    split_by: SplitSpec = LOO,
 ) -> PreparedTables:
     """Everything `preprocess` writes, in memory. `attributes`: long `item`, `attribute`."""
     user_keys, user_originals = id_keys(raw["user"])
@@ -170,14 +175,8 @@ def build_tables(
             "timestamp": frame["timestamp"],
         }
     )
-    sequences = interactions.group_by("user", maintain_order=True).agg(pl.col("item"))
-    length = pl.col("item").list.len()
-    split = sequences.select(
-        "user",
-        train_items=pl.col("item").list.slice(0, length - 2),
-        valid_item=pl.col("item").list.get(-2),
-        test_item=pl.col("item").list.get(-1),
-    )
+    split, split_report = split_interactions(interactions, split_by)
+    report.update(split_report)
     item_attributes, n_attributes = (None, 0)
     if attributes is not None:
         item_attributes, n_attributes = _map_attributes(attributes, items)
@@ -207,7 +206,7 @@ def _map_attributes(attributes: pl.DataFrame, items: pl.DataFrame) -> tuple[pl.D
 
 
 def summary_stats(tables: PreparedTables) -> dict[str, Any]:
-    lengths = tables.split["train_items"].list.len() + 2
+    lengths = tables.interactions.group_by("user").len()["len"].cast(pl.Float64)  # sequences
     n_users, n_items = tables.users.height, tables.items.height
     return {
         "n_users": n_users,
@@ -232,9 +231,11 @@ def preprocess_dataset(
     overrides: dict[str, Any] | None = None,
     force: bool = False,
     registry: Registry | None = None,
+    split: SplitSpec = LOO,
 ) -> PrepareResult:
-    """Prepare `name` under `<data_dir>/<name>/prepared`; a no-op when already prepared alike."""
+    """Prepare `name` under its `prepared*` folder of `split`; a no-op when prepared alike."""
     entry = get_dataset(name, registry)
+    check_timed(name, entry.format, split)
     protocol = Protocol.model_validate({**entry.protocol.model_dump(), **(overrides or {})})
     if entry.generator is not None:
         sources: dict[str, Any] = {"generator": entry.generator.model_dump()}
@@ -247,10 +248,11 @@ def preprocess_dataset(
         "format": entry.format,
         "member": entry.member,
         "protocol": protocol.model_dump(),
+        "split": split.identity(),
         "sources": sources,
     }
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    target = prepared_dir(data_dir, name)
+    target = prepared_dir(data_dir, name, split)
     existing = read_meta(target)
     if (
         not force
@@ -267,7 +269,7 @@ def preprocess_dataset(
         raw = read_interactions(interactions_path(data_dir, entry), entry.format)
         attributes_file = attributes_path(data_dir, entry)
         attributes = read_item_attributes(attributes_file) if attributes_file else None
-    tables = build_tables(raw, protocol, attributes)
+    tables = build_tables(raw, protocol, attributes, split)
     meta = {
         "name": name,
         **summary_stats(tables),

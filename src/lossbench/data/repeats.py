@@ -3,8 +3,9 @@
 With seen items excluded from the ranking, such a target follows the `--seen-targets` rule
 (not found, or ranked among the unseen items), so their share says how much the rule matters
 on a dataset. `preprocess` stores it in `meta.json` under `repeated_targets`:
-`{"valid": {"users": int, "share": float}, "test": {...}}`. The validation history is the
-training items; the test history is the training items and the validation item.
+`{"valid": {"users": int, "share": float}, "test": {...}}` (shares of the users with such a
+target). The validation history is the training items; the test history is the training items
+and the items between them and the test target (leave-one-out: the validation item).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lossbench.data.prepared import PreparedDataset, prepared_dir, read_meta
+from lossbench.data.splits import LOO, SplitSpec
 
 META_KEY = "repeated_targets"
 SPLITS = ("valid", "test")
@@ -30,27 +32,35 @@ def in_history(offsets: np.ndarray, items: np.ndarray, targets: np.ndarray) -> n
 
 
 def repeated_target_users(dataset: PreparedDataset) -> dict[str, np.ndarray]:
-    """Per split, the (U,) bool mask of users whose target is already in their history."""
+    """Per split, the (U,) bool mask of users whose target is already in their history
+    (never a user without a target: its 0 is no item)."""
     valid = in_history(dataset.train_offsets, dataset.train_items, dataset.valid_items)
     test = in_history(dataset.train_offsets, dataset.train_items, dataset.test_items)
-    return {"valid": valid, "test": test | (dataset.test_items == dataset.valid_items)}
+    gap_offsets, gap_items = dataset.gap()
+    return {"valid": valid, "test": test | in_history(gap_offsets, gap_items, dataset.test_items)}
 
 
 def repeated_targets(dataset: PreparedDataset) -> dict[str, dict[str, Any]]:
     """The `repeated_targets` entry of `meta.json`: count and share of users per split."""
-    n_users = max(dataset.n_users, 1)
+    with_target = {"valid": dataset.valid_items > 0, "test": dataset.test_items > 0}
     return {
-        split: {"users": int(mask.sum()), "share": float(mask.sum()) / n_users}
+        split: {
+            "users": int(mask.sum()),
+            "share": float(mask.sum()) / max(int(with_target[split].sum()), 1),
+        }
         for split, mask in repeated_target_users(dataset).items()
     }
 
 
 def stored_or_computed(
-    data_dir: Path, name: str, load: Callable[[str], PreparedDataset]
+    data_dir: Path,
+    name: str,
+    load: Callable[[str], PreparedDataset],
+    split: SplitSpec = LOO,
 ) -> dict[str, dict[str, Any]] | None:
     """The prepared metadata's entry; computed from the data when the preparation predates
     it. None when `name` is not prepared: a synthetic dataset is prepared by `load` first."""
-    meta = read_meta(prepared_dir(data_dir, name))
+    meta = read_meta(prepared_dir(data_dir, name, split))
     if meta is not None and isinstance(meta.get(META_KEY), dict):
         return dict(meta[META_KEY])
     if meta is None:

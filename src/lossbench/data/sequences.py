@@ -1,7 +1,8 @@
 """Prepared splits become padded tensors once, before training.
 
 Every matrix is left-padded with 0 (the most recent item in the last column), so a batch can be
-trimmed to its longest row by slicing off leading columns.
+trimmed to its longest row by slicing off leading columns. An evaluation set holds only the
+users with a target (every user under leave-one-out; a subset under the temporal split).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from lossbench.data.prepared import PreparedDataset
 
 @dataclass(frozen=True)
 class EvaluationSet:
-    """Histories, targets and seen items for validation or test (row i is user i + 1)."""
+    """Histories, targets and seen items for validation or test, one row per evaluated user."""
 
+    user_rows: Tensor  # (U,) int64 user row (user id - 1) of each row
     inputs: Tensor  # (U, max_len) int64 left-padded histories
     lengths: Tensor  # (U,) int64 number of real items in `inputs`
     targets: Tensor  # (U,) int64
     seen_offsets: Tensor  # (U + 1,) int64 CSR offsets into seen_items (whole history)
-    seen_items: Tensor  # (S,) int64
+    seen_items: Tensor  # (S,) int64: the items before the target
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class SequenceTensors:
     max_len: int
     train_windows: Tensor  # (U, max_len + 1) int64: last max_len + 1 training items
     train_lengths: Tensor  # (U,) int64 real items in each window
+    train_offsets: Tensor  # (U + 1,) int64 CSR of every user's whole training sequence
+    train_items: Tensor  # (T,) int64
     item_counts: Tensor  # (n_items + 1,) int64 training occurrences (popularity)
     valid: EvaluationSet
     test: EvaluationSet
@@ -65,35 +69,76 @@ def append_column(
     return new_offsets, new_items
 
 
+def concat_rows(
+    offsets: np.ndarray, items: np.ndarray, more_offsets: np.ndarray, more_items: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """CSR rows of the first CSR each followed by the same row of the second (same row count)."""
+    lengths, more_lengths = np.diff(offsets), np.diff(more_offsets)
+    new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths + more_lengths, out=new_offsets[1:])
+    # The first CSR's items land at their offset shifted by the second's items of earlier rows.
+    shift = np.repeat(new_offsets[:-1] - offsets[:-1], lengths)  # (T,)
+    more_shift = np.repeat(new_offsets[:-1] + lengths - more_offsets[:-1], more_lengths)
+    new_items = np.empty(new_offsets[-1], dtype=np.int64)
+    new_items[np.arange(len(items)) + shift] = items
+    new_items[np.arange(len(more_items)) + more_shift] = more_items
+    return new_offsets, new_items
+
+
+def select_rows(
+    offsets: np.ndarray, items: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The CSR of rows `rows` (in that order) of a CSR."""
+    lengths = np.diff(offsets)[rows]
+    new_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    within = np.arange(new_offsets[-1]) - np.repeat(new_offsets[:-1], lengths)
+    return new_offsets, items[np.repeat(offsets[:-1][rows], lengths) + within]
+
+
+def evaluation_set(
+    offsets: np.ndarray, items: np.ndarray, targets: np.ndarray, max_len: int
+) -> EvaluationSet:
+    """The users with a target (> 0), each with its history row of the CSR as seen items."""
+    rows = np.flatnonzero(targets > 0)
+    seen_offsets, seen_items = select_rows(offsets, items, rows)
+    inputs, lengths = last_items(seen_offsets, seen_items, max_len)
+    return EvaluationSet(
+        user_rows=torch.from_numpy(rows.astype(np.int64)),
+        inputs=torch.from_numpy(inputs),
+        lengths=torch.from_numpy(lengths),
+        targets=torch.from_numpy(targets[rows].astype(np.int64)),
+        seen_offsets=torch.from_numpy(seen_offsets),
+        seen_items=torch.from_numpy(seen_items.astype(np.int64)),
+    )
+
+
 def build_sequence_tensors(dataset: PreparedDataset, max_len: int) -> SequenceTensors:
     offsets = dataset.train_offsets.astype(np.int64)
     items = dataset.train_items.astype(np.int64)
     windows, window_lengths = last_items(offsets, items, max_len + 1)
     counts = np.bincount(items, minlength=dataset.n_items + 1)
-
-    valid_inputs, valid_lengths = last_items(offsets, items, max_len)
-    valid = EvaluationSet(
-        inputs=torch.from_numpy(valid_inputs),
-        lengths=torch.from_numpy(valid_lengths),
-        targets=torch.from_numpy(dataset.valid_items.astype(np.int64)),
-        seen_offsets=torch.from_numpy(offsets),
-        seen_items=torch.from_numpy(items),
-    )
-    test_offsets, test_items = append_column(offsets, items, dataset.valid_items.astype(np.int64))
-    test_inputs, test_lengths = last_items(test_offsets, test_items, max_len)
-    test = EvaluationSet(
-        inputs=torch.from_numpy(test_inputs),
-        lengths=torch.from_numpy(test_lengths),
-        targets=torch.from_numpy(dataset.test_items.astype(np.int64)),
-        seen_offsets=torch.from_numpy(test_offsets),
-        seen_items=torch.from_numpy(test_items),
-    )
+    gap_offsets, gap_items = dataset.gap()
+    test_offsets, test_items = concat_rows(offsets, items, gap_offsets, gap_items)
     return SequenceTensors(
         n_items=dataset.n_items,
         max_len=max_len,
         train_windows=torch.from_numpy(windows),
         train_lengths=torch.from_numpy(window_lengths),
+        train_offsets=torch.from_numpy(offsets),
+        train_items=torch.from_numpy(items),
         item_counts=torch.from_numpy(counts.astype(np.int64)),
-        valid=valid,
-        test=test,
+        valid=evaluation_set(offsets, items, dataset.valid_items, max_len),
+        test=evaluation_set(test_offsets, test_items, dataset.test_items, max_len),
     )
+
+
+def shuffled_windows(windows: Tensor, generator: torch.Generator) -> Tensor:
+    """(U, W) windows with each row's real items in a random order, padding still in front.
+
+    The order control of "is this dataset sequential?": the same items train, only their
+    order within each user's window is lost. One sort of random keys, padding keyed first.
+    """
+    keys = torch.rand(windows.shape, generator=generator, dtype=torch.float64)  # [0, 1)
+    keys = keys.masked_fill(windows == 0, -1.0)
+    return torch.gather(windows, 1, torch.argsort(keys, dim=1))

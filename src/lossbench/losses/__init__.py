@@ -65,6 +65,7 @@ LOSSES: dict[str, LossSpec] = {
         positions="all",
         negatives=128,
         description="sampled softmax CE over the positive and K negatives at every position",
+        logq=True,
     ),
     "gbce": LossSpec(
         fn=gbce,

@@ -14,7 +14,9 @@ from typing import Literal, Protocol
 from torch import Tensor
 
 Positions = Literal["all", "last", "masked"]
-SamplerName = Literal["uniform", "popularity"]
+SamplerName = Literal["uniform", "popularity"]  # sampled evaluation's candidates
+# Training negatives (see `samplers.py`): the two above, the batch's other targets, or both.
+NegativeSamplerName = Literal["uniform", "popularity", "in-batch", "mixed"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,9 @@ class LossInputs:
     targets: Tensor  # (N,) int64 true next (or masked) item ids, in 1..n_items
     item_embeddings: Tensor  # (n_items + 1, D) row i scores item i; row 0 (padding) never scored
     negatives: Tensor | None = None  # (N, K) int64 sampled ids in 1..n_items, never == target
+    # (n_items + 1,) log of each item's probability under the negative sampler, for the logQ
+    # correction of a sampled softmax; None: no correction.
+    log_q: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -48,3 +53,4 @@ class LossSpec:
     positions: Positions  # default training positions
     negatives: int  # default negatives per position; 0 = full catalogue softmax
     description: str
+    logq: bool = False  # takes the logQ correction (`LossInputs.log_q`): a sampled softmax

@@ -84,6 +84,30 @@ def _popularity_draws(
     return torch.where(items == column, column % n_items + 1, items)
 
 
+def in_batch_negatives(
+    targets: Tensor, n_negatives: int, n_items: int, generator: torch.Generator
+) -> Tensor:
+    """(N, K) int64: for each of N positions, K targets of the batch's positions drawn
+    uniformly among those whose target differs from its own (with replacement).
+
+    So an item is drawn in proportion to how often it is a target in the batch. Loop-free and
+    exact: sorted, the positions sharing a row's target form one segment [lo, hi); a draw r
+    from the N - (hi - lo) others maps to r, or past the segment. A batch whose every target
+    is the row's own has nothing else to offer: that row gets the next item id instead.
+    """
+    n = targets.shape[0]
+    ordered = torch.sort(targets).values  # (N,)
+    lo = torch.searchsorted(ordered, targets).unsqueeze(1)  # (N, 1)
+    hi = torch.searchsorted(ordered, targets, right=True).unsqueeze(1)
+    others = n - (hi - lo)  # (N, 1) positions with another target
+    u = torch.rand(
+        (n, n_negatives), generator=generator, device=targets.device, dtype=torch.float64
+    )
+    r = torch.minimum((u * others).long(), (others - 1).clamp(min=0))  # (N, K) in 0..others-1
+    index = torch.where(r < lo, r, r + (hi - lo)).clamp(max=max(n - 1, 0))
+    return torch.where(others > 0, ordered[index], targets.unsqueeze(1) % n_items + 1)
+
+
 class UnseenSampler:
     """Uniform negatives among the items a user has NOT interacted with in training, as the
     samplers of SASRec's and S3Rec's code do (they exclude the user's history; S3Rec's also

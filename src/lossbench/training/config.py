@@ -12,10 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lossbench.data.splits import SplitName, SplitSpec, check_quantiles
 from lossbench.errors import LossbenchError
 from lossbench.evaluation.seen import SeenRule, SeenTargets, seen_rule
 from lossbench.losses import LOSSES
-from lossbench.losses.base import Positions, SamplerName
+from lossbench.losses.base import NegativeSamplerName, Positions, SamplerName
 from lossbench.models import MODELS
 from lossbench.training.presets import DEFAULT_PRESET, PER_MODEL, PRESETS
 
@@ -40,10 +41,17 @@ class TrainConfig(BaseModel):
     preset: str = DEFAULT_PRESET
     model_settings: dict[str, Any] = Field(default_factory=dict)
 
+    # Data split (see `data/splits.py`) and the order control.
+    split: SplitName = "loo"
+    valid_quantile: float = Field(default=0.8, gt=0.0, lt=1.0)  # temporal: validation time
+    test_quantile: float = Field(default=0.9, gt=0.0, lt=1.0)  # temporal: test time
+    shuffle_train: bool = False  # train on each user's window in a random (seeded) order
+
     # Loss settings. None means "the loss's published default" (see `lossbench losses`).
     positions: Positions | None = None
     negatives: int | None = Field(default=None, ge=0)
-    sampler: SamplerName = "uniform"
+    sampler: NegativeSamplerName = "uniform"
+    logq: bool = False  # logQ correction of the sampled softmax (sampled-ce)
     # Draw negatives only outside the user's training history (uniform sampler only).
     negatives_unseen: bool = False
     gbce_t: float = Field(default=0.75, ge=0.0, le=1.0)
@@ -117,11 +125,16 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _unseen_needs_uniform(self) -> TrainConfig:
-        if self.negatives_unseen and self.sampler == "popularity":
+        if self.negatives_unseen and self.sampler != "uniform":
             raise ValueError(
                 "negatives outside the user's history are drawn uniformly; with --sampler "
-                "popularity add --negatives-anywhere"
+                f"{self.sampler} add --negatives-anywhere"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _valid_before_test(self) -> TrainConfig:
+        check_quantiles(self.split, self.valid_quantile, self.test_quantile)
         return self
 
     @property
@@ -131,6 +144,12 @@ class TrainConfig(BaseModel):
     @property
     def loss_name(self) -> str:
         return self.loss if self.loss is not None else MODELS[self.model].default_loss
+
+    @property
+    def split_spec(self) -> SplitSpec:
+        return SplitSpec(
+            kind=self.split, valid_quantile=self.valid_quantile, test_quantile=self.test_quantile
+        )
 
 
 def build_config(

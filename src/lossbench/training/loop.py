@@ -17,10 +17,12 @@ from rich.console import Console
 from lossbench.data.batches import TrainBatch, TrainBatcher
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.sequences import build_sequence_tensors
+from lossbench.errors import LossbenchError
 from lossbench.evaluation.metrics import metrics_from_ranks
 from lossbench.evaluation.ranking import sample_eval_candidates
 from lossbench.losses.base import LossInputs
-from lossbench.losses.negatives import UnseenSampler, popularity_cdf, sample_negatives
+from lossbench.losses.negatives import UnseenSampler
+from lossbench.losses.samplers import NegativeSampler, build_sampler
 from lossbench.models.base import scoring_table
 from lossbench.training.config import TrainConfig
 from lossbench.training.evaluate import Evaluator
@@ -55,6 +57,7 @@ def train_run(
     """Train one (model, loss, seed), early-stopped on validation, then test once."""
     console = console or Console(quiet=True)
     loss = resolve_loss(config)
+    check_split(config, dataset)
     device = run_device(config.device, config.precision)
     use_threads(config.threads)
     seed_everything(config.seed)
@@ -72,6 +75,7 @@ def train_run(
         seed=config.seed,
         mask_prob=config.mask_prob,
         mask_token=getattr(model, "mask_token", None),
+        shuffle_train=config.shuffle_train,
     )
     valid = Evaluator(
         sequences.valid,
@@ -96,22 +100,37 @@ def train_run(
         model, device, config.lr, (config.beta1, config.beta2), config.weight_decay
     )
     negative_generator = torch.Generator(device=device).manual_seed(config.seed + 7919)
-    cdf, unseen = None, None
-    if config.sampler == "popularity" and loss.negatives > 0:
-        cdf = popularity_cdf(sequences.item_counts.to(device))
-    if config.negatives_unseen and loss.negatives > 0:
-        histories = sequences.valid  # its seen items are each user's training items
-        unseen = UnseenSampler(
-            histories.seen_offsets, histories.seen_items, dataset.n_items, device
+    sampler = None
+    if loss.negatives > 0:
+        unseen = None
+        if config.negatives_unseen:
+            unseen = UnseenSampler(
+                sequences.train_offsets, sequences.train_items, dataset.n_items, device
+            )
+            unseen.check(batcher.users.to(device))
+        sampler = build_sampler(
+            config.sampler,
+            loss.negatives,
+            sequences.item_counts,
+            batcher.target_counts(dataset.n_items),
+            device,
+            logq=config.logq,
+            unseen=unseen,
         )
-        unseen.check(batcher.users.to(device))
     autocast = _autocast(config.precision, device)
 
     record = {
         "config": config.model_dump(mode="json"),
         "model_settings": model_settings,
         "loss_settings": loss.record(),
-        "dataset": {"name": dataset.name, "n_users": dataset.n_users, "n_items": dataset.n_items},
+        "dataset": {
+            "name": dataset.name,
+            "n_users": dataset.n_users,
+            "n_items": dataset.n_items,
+            "split": config.split_spec.identity(),
+            "valid_users": len(sequences.valid.targets),
+            "test_users": len(sequences.test.targets),
+        },
         "environment": {
             "device": str(device),
             "torch": torch.__version__,
@@ -141,8 +160,7 @@ def train_run(
                         [part.to(device) for part in parts],
                         loss,
                         negative_generator,
-                        cdf,
-                        unseen,
+                        sampler,
                     )
                 optimizer.zero_grad(set_to_none=True)
                 step_loss.backward()
@@ -204,9 +222,11 @@ def train_run(
         "loss": loss.name,
         "model": config.model,
         "dataset": dataset.name,
+        "split": config.split_spec.label,
         "seed": config.seed,
     }
-    files.finish(model.state_dict(), test_result, sequences.test.targets, metrics)
+    test_set = sequences.test
+    files.finish(model.state_dict(), test_result, test_set.user_rows, test_set.targets, metrics)
     return RunResult(run_dir, record, metrics, history)
 
 
@@ -216,8 +236,7 @@ def _batch_loss(
     parts: list[TrainBatch],
     loss: LossSettings,
     generator: torch.Generator,
-    cdf: torch.Tensor | None,
-    unseen: UnseenSampler | None = None,
+    sampler: NegativeSampler | None,
 ) -> torch.Tensor:
     """The loss of one training step over the training positions of all its parts (the model
     runs once per part; the loss once, so its mean is over the whole batch)."""
@@ -232,20 +251,24 @@ def _batch_loss(
         states = [_part_states(step_model, model, part, loss) for part in parts]
     at_positions = states[0] if len(states) == 1 else torch.cat(states)  # (N, D)
     targets = parts[0].targets if len(parts) == 1 else torch.cat([p.targets for p in parts])
-    negatives = None
-    if loss.negatives > 0 and unseen is not None:
-        users = torch.cat([part.position_users() for part in parts])  # (N,)
-        negatives = unseen.sample(users, loss.negatives, generator)
-    elif loss.negatives > 0:
-        negatives = sample_negatives(
-            targets,
-            loss.negatives,
-            model.n_items,  # type: ignore[arg-type]
-            generator,
-            cdf,
+    negatives, log_q = None, None
+    if sampler is not None:
+        users = None
+        if sampler.needs_users:
+            users = torch.cat([part.position_users() for part in parts])  # (N,)
+        negatives, log_q = sampler.sample(targets, users, generator), sampler.log_q
+    table = scoring_table(model)  # type: ignore[arg-type]
+    return loss.spec.fn(LossInputs(at_positions, targets, table, negatives, log_q), loss.params)
+
+
+def check_split(config: TrainConfig, dataset: PreparedDataset) -> None:
+    """The prepared data must be split the way the config says (it is what the run records)."""
+    prepared = dataset.meta.get("split")
+    if prepared is not None and prepared != config.split_spec.identity():
+        raise LossbenchError(
+            f"dataset {dataset.name} was prepared with split {prepared}, but the run asks for "
+            f"{config.split_spec.identity()}; load the matching prepared data"
         )
-    inputs = LossInputs(at_positions, targets, scoring_table(model), negatives)  # type: ignore[arg-type]
-    return loss.spec.fn(inputs, loss.params)
 
 
 def _part_states(

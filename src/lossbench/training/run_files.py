@@ -3,8 +3,9 @@
 - `config.json`: the resolved configuration, loss settings and environment (written first)
 - `history.csv`: one row per epoch (loss, validation metrics, seconds, peak memory)
 - `model.pt`: the best weights (a state dict; load with `torch.load(..., weights_only=True)`)
-- `test_ranks.parquet`: `user`, `target`, `rank` for every test user (per-user significance);
-  a target that counts as not found (`--seen-targets miss`) has rank 2**62 (`NOT_FOUND_RANK`)
+- `test_ranks.parquet`: `user`, `target`, `rank` for every test user (per-user significance;
+  under a temporal split only the users with a test target); a target that counts as not
+  found (`--seen-targets miss`) has rank 2**62 (`NOT_FOUND_RANK`)
 - `topk.parquet`: `user`, `target`, `topk` (best first), with `--save-topk K`
 - `metrics.json`: validation and test metrics, timings, the seen-items rule (`seen_targets`:
   miss, rank or keep); written last, so its presence means the run finished.
@@ -51,12 +52,14 @@ class RunFiles:
         self,
         state_dict: dict[str, Tensor],
         result: EvaluationResult,
+        user_rows: Tensor,
         targets: Tensor,
         metrics: dict[str, Any],
     ) -> None:
+        """`user_rows` (U,), `targets` (U,): the test set's users (id - 1) and targets."""
         cpu_state = {name: tensor.detach().cpu() for name, tensor in state_dict.items()}
         write_with(self.run_dir / WEIGHTS_FILE, lambda path: torch.save(cpu_state, path))
-        users = pl.Series("user", range(1, len(targets) + 1), dtype=pl.Int32)
+        users = pl.Series("user", user_rows.numpy() + 1, dtype=pl.Int32)
         ranks = pl.DataFrame(
             [
                 users,

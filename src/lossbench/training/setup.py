@@ -26,12 +26,16 @@ class LossSettings:
     positions: Positions
     negatives: int
     params: LossParams
+    sampler: str = "uniform"  # of the negatives (none when `negatives` is 0)
+    logq: bool = False
 
     def record(self) -> dict[str, Any]:
         return {
             "loss": self.name,
             "positions": self.positions,
             "negatives": self.negatives,
+            "sampler": self.sampler if self.negatives > 0 else None,
+            "logq": self.logq,
             "gbce_t": self.params.gbce_t,
             "softmax_chunk": self.params.softmax_chunk,
         }
@@ -57,8 +61,31 @@ def resolve_loss(config: TrainConfig) -> LossSettings:
             f"loss {name} trains on masked positions and needs a bidirectional model; "
             "use --model bert4rec, or --positions all|last"
         )
+    check_sampler(config, spec, negatives)
     params = LossParams(gbce_t=config.gbce_t, softmax_chunk=config.softmax_chunk)
-    return LossSettings(name, spec, positions, negatives, params)
+    return LossSettings(name, spec, positions, negatives, params, config.sampler, config.logq)
+
+
+def check_sampler(config: TrainConfig, spec: LossSpec, negatives: int) -> None:
+    """Refuse negative-sampling settings the loss cannot use (one line each)."""
+    name = config.loss_name
+    batch_sampler = config.sampler in ("in-batch", "mixed")
+    if spec.negatives == 0 and (batch_sampler or config.logq):
+        flag = "--logq" if config.logq else f"--sampler {config.sampler}"
+        raise LossbenchError(
+            f"loss {name} scores the full catalogue and samples no negatives, so {flag} "
+            "does not apply; use a sampled loss such as sampled-ce"
+        )
+    if config.logq and not spec.logq:
+        raise LossbenchError(
+            f"--logq corrects a sampled softmax and loss {name} is not one; "
+            "use --loss sampled-ce, or drop --logq"
+        )
+    if config.sampler == "mixed" and negatives < 2:
+        raise LossbenchError(
+            "--sampler mixed takes half its negatives from the batch and half uniformly; "
+            "use --negatives 2 or more"
+        )
 
 
 def pick_device(name: str) -> torch.device:

@@ -1,0 +1,87 @@
+"""The arms of a comparison: a loss, optionally with its own negative sampler and logQ, and
+trained on ordered or shuffled sequences. An arm's label names exactly what differs from the
+plain loss ("sampled-ce in-batch logq", "improved shuffled"), so tables, figures and run
+folders tell the arms apart; a plain loss is labelled by its name alone.
+
+A label is derived from a run's configuration, never stored beside it, so a finished run
+folder is labelled the same way whichever grid trained it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from lossbench.losses import LOSSES
+from lossbench.losses.base import NegativeSamplerName
+from lossbench.training.config import TrainConfig
+
+SHUFFLED = "shuffled"
+
+
+class LossArm(BaseModel):
+    """A `[grid]` losses entry written as a table: `{loss = "sampled-ce", sampler =
+    "in-batch", logq = true}`. Unset fields keep the grid's settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    loss: str
+    sampler: NegativeSamplerName | None = None
+    logq: bool | None = None
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        if name not in LOSSES:
+            raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+        return name
+
+    def overrides(self) -> dict[str, Any]:
+        """The TrainConfig fields this arm sets. Negatives outside the user's history are
+        drawn uniformly, so an arm with another sampler draws them anywhere."""
+        values: dict[str, Any] = {"loss": self.loss}
+        if self.sampler is not None:
+            values["sampler"] = self.sampler
+            if self.sampler != "uniform":
+                values["negatives_unseen"] = False
+        if self.logq is not None:
+            values["logq"] = self.logq
+        return values
+
+
+def arm_label(loss: str, sampler: str | None, logq: bool, shuffled: bool) -> str:
+    """'loss [sampler] [logq] [shuffled]': the sampler only when it is not uniform and the
+    loss samples negatives at all."""
+    words = [loss]
+    if sampler not in (None, "uniform") and loss in LOSSES and LOSSES[loss].negatives > 0:
+        words.append(str(sampler))
+    if logq:
+        words.append("logq")
+    if shuffled:
+        words.append(SHUFFLED)
+    return " ".join(words)
+
+
+def config_label(config: TrainConfig) -> str:
+    return arm_label(config.loss_name, config.sampler, config.logq, config.shuffle_train)
+
+
+def record_label(loss: str, config: dict[str, Any]) -> str:
+    """The label of a finished run from its saved config (settings it predates are off)."""
+    return arm_label(
+        loss,
+        config.get("sampler"),
+        bool(config.get("logq", False)),
+        bool(config.get("shuffle_train", False)),
+    )
+
+
+def folder_name(label: str) -> str:
+    """A label as one path component: 'sampled-ce in-batch logq' -> 'sampled-ce-in-batch-logq'."""
+    return label.replace(" ", "-")
+
+
+def run_name(config: TrainConfig) -> str:
+    """`train`'s default run folder name: label, split (when not leave-one-out), seed."""
+    return f"{folder_name(config_label(config))}{config.split_spec.folder_suffix}-seed{config.seed}"
