@@ -123,3 +123,44 @@ def test_altered_mirror_file_leaves_nothing(tmp_path: Path) -> None:
     assert hashlib.sha256(original).hexdigest() in message
     assert hashlib.sha256(bytes(altered)).hexdigest() in message
     assert not (data_dir / "lastfm").exists()
+
+
+def test_temporal_split_of_an_untimed_dataset_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["lossbench", "--data-dir", str(tmp_path), "preprocess", "lastfm", "--split", "temporal"]
+    monkeypatch.setattr(sys, "argv", args)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "lastfm has no timestamps" in err and "--split loo" in err
+    result = run(tmp_path, "preprocess", "ml-latest-small", "--split", "temporal")
+    assert "--valid-quantile" not in error_of(result)  # not downloaded: says what to run
+    bad = run(tmp_path, "preprocess", "synthetic", "--split", "temporal", "--test-quantile", "0.5")
+    assert "must be below --test-quantile" in error_of(bad)
+
+
+@needs_mirror
+def test_temporal_preprocess_of_ml_latest_small_prints_its_counts(tmp_path: Path) -> None:
+    assert run(tmp_path, "download", "ml-latest-small", "--mirror", str(MIRROR)).exit_code == 0
+    result = run(tmp_path, "preprocess", "ml-latest-small", "--split", "temporal")
+    assert result.exit_code == 0, result.output
+    lines = {
+        line.rsplit(maxsplit=1)[0].strip(): line.split()[-1]
+        for line in result.output.splitlines()
+        if line.strip()
+    }
+    assert lines["validation after time"] == "1458635171"
+    assert lines["test after time"] == "1498029445"
+    assert lines["training interactions"] == "80,669"
+    assert (lines["validation users"], lines["test users"]) == ("21", "27")
+    assert (lines["validation users with no history"], lines["test users with no history"]) == (
+        "41",
+        "47",
+    )
+    loo = run(tmp_path, "preprocess", "ml-latest-small")  # the other split: its own folder
+    assert loo.exit_code == 0 and "already prepared" not in loo.output
+    prepared = sorted(p.name for p in (tmp_path / "ml-latest-small").glob("prepared*"))
+    assert prepared == ["prepared", "prepared-temporal-v0.8-t0.9"]

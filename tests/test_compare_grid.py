@@ -214,3 +214,85 @@ def test_grid_defaults_are_the_demo() -> None:
     grid = Grid()
     assert grid.datasets == ["synthetic"] and grid.losses == ["bce", "ce", "improved"]
     assert grid.seeds == [0, 1, 2]
+
+
+def test_arms_and_the_shuffle_axis_name_their_rows_and_folders(tmp_path: Path) -> None:
+    path = tmp_path / "grid.toml"
+    path.write_text(
+        "[grid]\n"
+        'losses = ["bce", {loss = "sampled-ce", sampler = "in-batch", logq = true}, "improved"]\n'
+        "shuffle = [false, true]\nseeds = [0]\n"
+    )
+    values, settings = read_grid_file(path)
+    grid = make_grid(values, str(path))
+    assert grid.losses_for("sasrec") == [
+        "bce",
+        "bce shuffled",
+        "sampled-ce in-batch logq",
+        "sampled-ce in-batch logq shuffled",
+        "improved",
+        "improved shuffled",
+    ]
+    assert grid.baseline_for("sasrec") == "bce"  # the model's own loss, ordered
+    runs = plan_runs(grid, settings, tmp_path)
+    folders = [run.run_dir.relative_to(tmp_path).parts[2] for run in runs]
+    assert folders[2:4] == ["sampled-ce-in-batch-logq", "sampled-ce-in-batch-logq-shuffled"]
+    arm = runs[2].config
+    assert (arm.sampler, arm.logq, arm.negatives_unseen, arm.shuffle_train) == (
+        "in-batch",
+        True,
+        False,  # negatives outside the history are uniform: an arm's own sampler draws anywhere
+        False,
+    )
+    assert runs[0].config.negatives_unseen  # the other arms keep the preset's
+    assert [run.config.shuffle_train for run in runs] == [False, True] * 3
+    differing = {
+        key
+        for run in runs
+        for key, value in run.config.model_dump().items()
+        if value != runs[0].config.model_dump()[key]
+    }
+    assert differing == {"loss", "sampler", "logq", "negatives_unseen", "shuffle_train"}
+    shuffled = make_grid({"losses": ["improved"], "shuffle": [False, True], "seeds": [0]}, "t")
+    assert (
+        make_grid({**shuffled.model_dump(), "baseline": "improved shuffled"}, "t").baseline_for(
+            "sasrec"
+        )
+        == "improved shuffled"
+    )
+
+
+def test_arms_the_loss_cannot_use_or_repeat_are_refused(tmp_path: Path) -> None:
+    full = make_grid({"losses": [{"loss": "improved", "sampler": "in-batch"}]}, "t")
+    with pytest.raises(LossbenchError, match="scores the full catalogue"):
+        plan_runs(full, {}, tmp_path)
+    same = make_grid({"losses": ["bce", {"loss": "bce", "sampler": "uniform"}]}, "t")
+    with pytest.raises(LossbenchError, match="the same arm"):
+        plan_runs(same, {}, tmp_path)
+    with pytest.raises(LossbenchError, match="unknown loss 'bc'"):
+        make_grid({"losses": [{"loss": "bc"}]}, "t")
+    with pytest.raises(LossbenchError, match="grid.losses"):
+        make_grid({"losses": [{"loss": "bce", "negatives": 3}]}, "t")
+
+
+def test_a_temporal_grid_needs_timestamps_and_gets_its_own_folders(tmp_path: Path) -> None:
+    grid = make_grid({"datasets": ["lastfm"], "losses": ["bce"], "seeds": [0]}, "t")
+    with pytest.raises(LossbenchError, match="lastfm has no timestamps"):
+        plan_runs(grid, {"split": "temporal"}, tmp_path)
+    timed = make_grid({"datasets": ["ml-latest-small"], "losses": ["bce"], "seeds": [0]}, "t")
+    (run,) = plan_runs(timed, {"split": "temporal", "test_quantile": 0.95}, tmp_path)
+    expected = tmp_path / "ml-latest-small-temporal-v0.8-t0.95" / "sasrec" / "bce" / "seed0"
+    assert run.run_dir == expected
+
+
+def test_a_run_saved_before_the_split_and_sampler_settings_existed_is_finished(
+    tmp_path: Path,
+) -> None:
+    (run,) = plan_runs(make_grid({"losses": ["bce"], "seeds": [0]}, "test"), {}, tmp_path)
+    saved = run.config.model_dump(mode="json")
+    for name in ("split", "valid_quantile", "test_quantile", "shuffle_train", "logq"):
+        del saved[name]
+    finish_fake(run, saved)
+    assert run_state(run) == "finished"
+    finish_fake(run, saved | {"shuffle_train": True})
+    assert run_state(run) == "changed"

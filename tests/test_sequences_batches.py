@@ -114,3 +114,39 @@ def test_random_batches_run_in_length_sorted_parts() -> None:
         # every real input position trains, and nothing else
         for part in parts:
             assert len(part.positions) == int((part.inputs > 0).sum())
+
+
+def test_shuffled_windows_permute_only_the_real_items() -> None:
+    from lossbench.data.sequences import shuffled_windows
+
+    windows = torch.tensor([[0, 0, 1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0, 7, 8], [9] * 8])
+    shuffled = shuffled_windows(windows, torch.Generator().manual_seed(0))
+    assert torch.equal(shuffled == 0, windows == 0)  # padding stays in front
+    assert torch.equal(shuffled.sort(dim=1).values, windows.sort(dim=1).values)  # same items
+    assert not torch.equal(shuffled[0], windows[0])
+    again = shuffled_windows(windows, torch.Generator().manual_seed(0))
+    assert torch.equal(shuffled, again)
+
+
+def test_shuffle_train_changes_training_order_not_evaluation() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 30, 50)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    dataset = PreparedDataset(
+        name="order",
+        n_items=100,
+        train_offsets=offsets,
+        train_items=rng.integers(1, 101, offsets[-1]),
+        valid_items=rng.integers(1, 101, 50),
+        test_items=rng.integers(1, 101, 50),
+    )
+    tensors = build_sequence_tensors(dataset, max_len=10)
+    ordered = TrainBatcher(tensors, 16, "all", "random", seed=3)
+    shuffled = TrainBatcher(tensors, 16, "all", "random", seed=3, shuffle_train=True)
+    assert not torch.equal(ordered.windows, shuffled.windows)
+    assert torch.equal(ordered.windows.sort(dim=1).values, shuffled.windows.sort(dim=1).values)
+    assert torch.equal(tensors.train_windows, ordered.windows)  # the shared tensors are intact
+    # The same users in the same batches (only the order inside each window differs).
+    first = [part.users for parts in ordered.epoch() for part in parts]
+    second = [part.users for parts in shuffled.epoch() for part in parts]
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))

@@ -262,6 +262,7 @@ def test_training_step_draws_negatives_outside_the_users_history() -> None:
 
     from lossbench.data.batches import TrainBatcher
     from lossbench.losses.negatives import UnseenSampler
+    from lossbench.losses.samplers import build_sampler
     from lossbench.training.loop import _batch_loss
     from lossbench.training.setup import make_model, resolve_loss
 
@@ -281,7 +282,11 @@ def test_training_step_draws_negatives_outside_the_users_history() -> None:
     sampler = UnseenSampler(history.seen_offsets, history.seen_items, dataset.n_items, "cpu")
     batcher = TrainBatcher(tensors, batch_size=16, positions="all", batching="random", seed=0)
     parts = next(iter(batcher.epoch()))
-    _batch_loss(model, model, parts, loss, torch.Generator().manual_seed(0), None, sampler)
+    counts = tensors.item_counts
+    negative_sampler = build_sampler(
+        "uniform", 30, counts, counts, torch.device("cpu"), unseen=sampler
+    )
+    _batch_loss(model, model, parts, loss, torch.Generator().manual_seed(0), negative_sampler)
     users = torch.cat([part.position_users() for part in parts])
     negatives = captured[0]
     assert negatives.shape == (len(users), 30)
@@ -330,3 +335,20 @@ def test_a_log_file_gets_one_line_per_epoch(tiny: PreparedDataset, tmp_path: Pat
     assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
     assert all(config.validation_metric in line and "(best " in line for line in lines)
     assert "━" not in log.getvalue()  # no bar frames in a log
+
+
+def test_shuffled_training_is_recorded_and_labelled(tiny: PreparedDataset, tmp_path: Path) -> None:
+    from lossbench.compare.results import run_row
+
+    ordered = train_run(build_config(overrides=quick(loss="improved")), tiny, tmp_path / "a")
+    shuffled_config = build_config(overrides=quick(loss="improved", shuffle_train=True))
+    shuffled = train_run(shuffled_config, tiny, tmp_path / "b")
+    assert shuffled.config["config"]["shuffle_train"] is True
+    assert shuffled.history[0]["loss"] != ordered.history[0]["loss"]  # other training data
+    assert run_row(tmp_path / "a")["loss"] == "improved"
+    row = run_row(tmp_path / "b")
+    assert (row["loss"], row["loss_name"], row["shuffle_train"]) == (
+        "improved shuffled",
+        "improved",
+        True,
+    )

@@ -35,6 +35,18 @@ SYNTHETIC_DEMO_SETTINGS: dict[str, Any] = {"max_epochs": 10, "patience": 3}
 RunState = Literal["finished", "changed", "missing"]
 
 
+def _arm(table: dict[str, Any]) -> LossArm:
+    try:
+        return LossArm.model_validate(table)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = f"an arm sets only {', '.join(LossArm.model_fields)}"
+        raise ValueError(f"{field}: {message}" if field != "loss" else message) from None
+
+
 def _demo_losses() -> list[str | LossArm]:
     return [*DEMO_LOSSES]
 
@@ -73,6 +85,14 @@ class Grid(BaseModel):
             if name not in MODELS:
                 raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
         return names
+
+    @field_validator("losses", mode="before")
+    @classmethod
+    def _tables_are_arms(cls, entries: Any) -> Any:
+        """A table entry becomes a `LossArm` here, so a bad one is named by its own error."""
+        if not isinstance(entries, list):
+            return entries
+        return [_arm(entry) if isinstance(entry, dict) else entry for entry in entries]
 
     @field_validator("losses")
     @classmethod

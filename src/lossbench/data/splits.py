@@ -196,6 +196,6 @@ def temporal_counts(split: pl.DataFrame, first_after: pl.Series) -> dict[str, in
         "valid_cold_users": int(((n_gap > 0) & (n_train == 0)).sum()),
         "test_cold_users": int((first_after.is_not_null() & (n_train + n_gap == 0)).sum()),
         # Targets whose item never occurs in training (its embedding is never trained).
-        "valid_cold_items": int((~valid_targets.is_in(trained)).sum()),
-        "test_cold_items": int((~test_targets.is_in(trained)).sum()),
+        "valid_cold_items": int((~valid_targets.is_in(trained.implode())).sum()),
+        "test_cold_items": int((~test_targets.is_in(trained.implode())).sum()),
     }
