@@ -73,10 +73,10 @@ def test_evaluation_sets_hold_only_users_with_a_target() -> None:
     assert dataset.valid_items.tolist() == [4, 0, 0, 0, 6, 0]  # 0: no target
     tensors = build_sequence_tensors(dataset, max_len=3)
     valid, test = tensors.valid, tensors.test
-    assert valid.user_rows.tolist() == [0, 4]
+    assert valid.rows().tolist() == [0, 4]
     assert valid.targets.tolist() == [4, 6]
     assert valid.inputs.tolist() == [[1, 2, 3], [3, 4, 5]]
-    assert test.user_rows.tolist() == [0, 1, 3]
+    assert test.rows().tolist() == [0, 1, 3]
     assert test.targets.tolist() == [5, 3, 6]
     # Test histories: training items, then everything up to the test threshold.
     assert test.inputs.tolist() == [[2, 3, 4], [0, 1, 2], [0, 1, 5]]

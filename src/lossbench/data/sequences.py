@@ -20,12 +20,18 @@ from lossbench.data.prepared import PreparedDataset
 class EvaluationSet:
     """Histories, targets and seen items for validation or test, one row per evaluated user."""
 
-    user_rows: Tensor  # (U,) int64 user row (user id - 1) of each row
     inputs: Tensor  # (U, max_len) int64 left-padded histories
     lengths: Tensor  # (U,) int64 number of real items in `inputs`
     targets: Tensor  # (U,) int64
     seen_offsets: Tensor  # (U + 1,) int64 CSR offsets into seen_items (whole history)
     seen_items: Tensor  # (S,) int64: the items before the target
+    user_rows: Tensor | None = None  # (U,) int64 user row (id - 1) of each row; None: row i
+
+    def rows(self) -> Tensor:
+        """(U,) int64 the user row (user id - 1) of each row."""
+        if self.user_rows is not None:
+            return self.user_rows
+        return torch.arange(len(self.targets))
 
 
 @dataclass(frozen=True)

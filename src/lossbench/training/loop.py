@@ -226,7 +226,7 @@ def train_run(
         "seed": config.seed,
     }
     test_set = sequences.test
-    files.finish(model.state_dict(), test_result, test_set.user_rows, test_set.targets, metrics)
+    files.finish(model.state_dict(), test_result, test_set.rows(), test_set.targets, metrics)
     return RunResult(run_dir, record, metrics, history)
 
 
