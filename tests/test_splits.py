@@ -230,3 +230,18 @@ def test_a_temporal_run_evaluates_and_records_only_users_with_targets(tmp_path: 
     assert run_row(tmp_path)["split"] == "temporal 0.8/0.9"
     with pytest.raises(LossbenchError, match="was prepared with split"):
         train_run(build_config(overrides={**overrides, "split": "loo"}), dataset, tmp_path)
+
+
+def test_repeated_target_shares_count_only_users_with_a_target() -> None:
+    from lossbench.data.repeats import repeated_targets
+
+    rows = [
+        (2, "A", 18) if (user, time) == (2, 18) else (user, item, time) for user, item, time in ROWS
+    ]
+    tables = build_tables(fixture_frame(rows), Protocol(dedup=False), split_by=TEMPORAL)
+    dataset = prepared_from_frames("fixture", tables.split, {"n_items": 6})
+    # User 2's test target A is in its history; 1 of the 3 test users, none of the 2 valid.
+    assert repeated_targets(dataset) == {
+        "valid": {"users": 0, "share": 0.0},
+        "test": {"users": 1, "share": 1 / 3},
+    }
