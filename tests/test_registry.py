@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from lossbench.data.readers import READERS
-from lossbench.data.registry import FORMATS, get_dataset, load_registry, registry_path
+from lossbench.data.registry import (
+    FORMATS,
+    LOCAL_FORMATS,
+    get_dataset,
+    load_registry,
+    registry_path,
+)
 from lossbench.errors import LossbenchError
 
 ISSUE_ENTRIES = {
@@ -29,7 +35,7 @@ def test_repository_registry_has_every_entry() -> None:
 
 
 def test_formats_match_the_readers() -> None:
-    assert set(FORMATS) == set(READERS) | {"synthetic"}
+    assert set(FORMATS) == set(READERS) | {"synthetic", *LOCAL_FORMATS}
 
 
 def test_default_path_is_the_repository_file(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,7 +79,7 @@ def test_invalid_entry_names_entry_and_field(tmp_path: Path, body: str, field: s
 
 
 def test_unknown_format_lists_the_valid_ones(tmp_path: Path) -> None:
-    path = write(tmp_path, f'[x]\nsource = "s"\nformat = "parquet"\n[x.file]\n{GOOD_FILE}')
+    path = write(tmp_path, f'[x]\nsource = "s"\nformat = "xlsx"\n[x.file]\n{GOOD_FILE}')
     with pytest.raises(LossbenchError, match="field 'format'.*valid: movielens-dat"):
         load_registry(path)
 

@@ -12,7 +12,8 @@ from lossbench.cli.app import app, console_err
 from lossbench.errors import LossbenchError
 
 # Importing the command modules registers their commands on `app`.
-from lossbench.cli import compare_commands, data_commands, pretrain_commands, train_commands  # noqa: E402,F401  isort: skip
+from lossbench.cli import check_commands, compare_commands, data_commands  # noqa: E402,F401  isort: skip
+from lossbench.cli import pretrain_commands, train_commands, user_data_commands  # noqa: E402,F401  isort: skip
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from lossbench.data.registry import USER_REGISTRY_ENV, USER_REGISTRY_FILE, UserRegistry
 from lossbench.paths import default_data_dir
 
 console = Console()
@@ -39,5 +40,16 @@ def global_options(
             show_default="per-user cache folder",
         ),
     ] = None,
+    registry: Annotated[
+        Path | None,
+        typer.Option(
+            "--registry",
+            envvar=USER_REGISTRY_ENV,
+            help="Registry of your own datasets (`lossbench add-dataset` writes it; "
+            "a team can share one).",
+            show_default=f"{USER_REGISTRY_FILE} in the data dir",
+        ),
+    ] = None,
 ) -> None:
     GlobalOptions.data_dir = data_dir if data_dir is not None else default_data_dir()
+    UserRegistry.path = registry

@@ -21,7 +21,7 @@ from lossbench.data.splits import split_spec
 def _size(entry: DatasetEntry) -> str:
     if entry.generator is not None:
         return "generated"
-    sizes = [f.size for f in entry.remote_files]
+    sizes = [entry.local_file.size] if entry.local_file else [f.size for f in entry.remote_files]
     if any(size is None for size in sizes):
         return "unknown"
     total = float(sum(size or 0 for size in sizes))
@@ -38,6 +38,8 @@ def _status(entry: DatasetEntry, meta: dict[str, Any] | None) -> str:
         return "[green]prepared[/]"
     if entry.generator is not None:
         return "generated on demand"
+    if entry.local_file is not None:
+        return "local file, prepared on demand"
     return "downloaded" if is_downloaded(data_dir, entry) else "[dim]not downloaded[/]"
 
 
@@ -49,7 +51,7 @@ def datasets() -> None:
     for column in ("name", "source", "size", "status", "seen targets"):
         table.add_column(column, overflow="fold")
     older = []
-    for entry in load_registry().values():
+    for entry in load_registry(data_dir=GlobalOptions.data_dir).values():
         meta = read_meta(prepared_dir(GlobalOptions.data_dir, entry.name))
         shares = share_text(meta.get(META_KEY)) if meta is not None else ""
         if meta is not None and not shares:
@@ -82,7 +84,7 @@ def download(
 ) -> None:
     """Download datasets, verifying size and sha256 (resumes an interrupted transfer)."""
     for name in names:
-        get_dataset(name)  # fail on a misspelled name before any transfer
+        get_dataset(name, data_dir=GlobalOptions.data_dir)  # a misspelled name fails at once
     for name in names:
         message = download_dataset(
             GlobalOptions.data_dir, name, mirror=mirror, force=force, trust_new_hash=trust_new_hash
@@ -118,7 +120,7 @@ def preprocess(
     }
     overrides = {key: value for key, value in knobs.items() if value is not None}
     for name in names:
-        get_dataset(name)
+        get_dataset(name, data_dir=GlobalOptions.data_dir)
     results = [
         preprocess_dataset(
             GlobalOptions.data_dir, name, overrides=overrides, force=force, split=split_by

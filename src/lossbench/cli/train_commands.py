@@ -14,8 +14,9 @@ from lossbench.compare.arms import config_label, run_name
 from lossbench.data.prepared import ensure_prepared
 from lossbench.data.repeats import repeat_notice, repeated_targets
 from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
-from lossbench.losses import LOSSES
-from lossbench.models import MODELS, model_config
+from lossbench.losses import LOSS_PLUGINS
+from lossbench.models import MODEL_PLUGINS, MODELS, model_config
+from lossbench.plugins import available, folder_name
 from lossbench.training.config import build_config
 from lossbench.training.loop import RunResult, train_run
 from lossbench.training.setup import resolve_loss, run_device
@@ -87,7 +88,9 @@ def train(
     resolve_loss(config)
     run_device(config.device, config.precision)
     prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
-    run_dir = out or Path("runs") / config.dataset / f"{config.model}-{run_name(config)}"
+    run_dir = (
+        out or Path("runs") / config.dataset / f"{folder_name(config.model)}-{run_name(config)}"
+    )
     console.print(
         f"training [bold]{config.model}[/] with [bold]{config_label(config)}[/] on "
         f"[bold]{config.dataset}[/] ({prepared.n_users:,} users, {prepared.n_items:,} items, "
@@ -132,29 +135,36 @@ def result_table(result: RunResult) -> Table:
 
 @app.command()
 def losses() -> None:
-    """List the registered losses and the setup each was published with."""
-    table = Table(title="losses")
-    table.add_column("name")
-    table.add_column("positions")
-    table.add_column("negatives", justify="right")
-    table.add_column("what it computes")
-    for name, spec in LOSSES.items():
+    """List the losses (built-in and installed), the setup each was published with and where
+    each comes from. Any other `package.module:name` or `./file.py:name` works as well."""
+    table = Table(title="losses", caption="also: --loss package.module:name or ./file.py:name")
+    for column in ("name", "positions", "negatives", "what it computes", "from"):
+        table.add_column(column, justify="right" if column == "negatives" else "left")
+    for name, found in available(LOSS_PLUGINS):
+        if isinstance(found, Exception):
+            table.add_row(name, "", "", f"[red]{found}[/]", "entry point")
+            continue
+        spec = found.value
         negatives = "full softmax" if spec.negatives == 0 else str(spec.negatives)
-        table.add_row(name, spec.positions, negatives, spec.description)
+        if spec.negatives_from_flags:
+            negatives = "--negatives"
+        table.add_row(name, spec.positions, negatives, spec.description, found.source.describe())
     console.print(table)
 
 
 @app.command()
 def models() -> None:
-    """List the models, their default loss and settings."""
-    table = Table(title="models")
-    table.add_column("name")
-    table.add_column("default loss")
-    table.add_column("settings")
-    table.add_column("description")
-    for name, spec in MODELS.items():
+    """List the models (built-in and installed), their default loss, settings and origin."""
+    table = Table(title="models", caption="also: --model package.module:name or ./file.py:name")
+    for column in ("name", "default loss", "settings", "description", "from"):
+        table.add_column(column)
+    for name, found in available(MODEL_PLUGINS):
+        if isinstance(found, Exception):
+            table.add_row(name, "", "", f"[red]{found}[/]", "entry point")
+            continue
+        spec = found.value
         settings = ", ".join(
             f"{field}={info.default}" for field, info in spec.config_class.model_fields.items()
         )
-        table.add_row(name, spec.default_loss, settings, spec.description)
+        table.add_row(name, spec.default_loss, settings, spec.description, found.source.describe())
     console.print(table)

@@ -13,7 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from lossbench.losses import LOSSES
+from lossbench import plugins
+from lossbench.errors import LossbenchError
+from lossbench.losses import find_loss
 from lossbench.losses.base import NegativeSamplerName
 from lossbench.training.config import TrainConfig
 
@@ -33,8 +35,10 @@ class LossArm(BaseModel):
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, name: str) -> str:
-        if name not in LOSSES:
-            raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+        try:
+            find_loss(name)  # built-in, entry point or import string
+        except LossbenchError as error:
+            raise ValueError(str(error)) from None
         return name
 
     def overrides(self) -> dict[str, Any]:
@@ -54,13 +58,23 @@ def arm_label(loss: str, sampler: str | None, logq: bool, shuffled: bool) -> str
     """'loss [sampler] [logq] [shuffled]': the sampler only when it is not uniform and the
     loss samples negatives at all."""
     words = [loss]
-    if sampler not in (None, "uniform") and loss in LOSSES and LOSSES[loss].negatives > 0:
+    if sampler not in (None, "uniform") and _samples(loss):
         words.append(str(sampler))
     if logq:
         words.append("logq")
     if shuffled:
         words.append(SHUFFLED)
     return " ".join(words)
+
+
+def _samples(loss: str) -> bool:
+    """Does the loss take sampled negatives (a bare function: when the flags give some)?
+    A finished run's loss that no longer resolves counts as sampling."""
+    try:
+        spec = find_loss(loss).value
+    except LossbenchError:
+        return True
+    return spec.negatives > 0 or spec.negatives_from_flags
 
 
 def config_label(config: TrainConfig) -> str:
@@ -78,8 +92,9 @@ def record_label(loss: str, config: dict[str, Any]) -> str:
 
 
 def folder_name(label: str) -> str:
-    """A label as one path component: 'sampled-ce in-batch logq' -> 'sampled-ce-in-batch-logq'."""
-    return label.replace(" ", "-")
+    """A label as one path component: 'sampled-ce in-batch logq' -> 'sampled-ce-in-batch-logq',
+    './my_loss.py:fn' -> 'my_loss.py-fn'."""
+    return plugins.folder_name(label)
 
 
 def run_name(config: TrainConfig) -> str:

@@ -9,6 +9,7 @@ and in `seed`, which is what makes the comparison fair. Run folders are
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,11 +20,12 @@ from lossbench.compare.arms import LossArm, arm_label, config_label, folder_name
 from lossbench.data.registry import get_dataset
 from lossbench.data.splits import check_timed
 from lossbench.errors import LossbenchError
-from lossbench.losses import LOSSES
-from lossbench.models import MODELS, model_config
+from lossbench.losses import find_loss
+from lossbench.models import model_config, model_spec
+from lossbench.plugins import changed_sources
 from lossbench.training.config import TrainConfig, build_config, read_toml, validate_config
 from lossbench.training.run_files import CONFIG_FILE, is_finished
-from lossbench.training.setup import resolve_loss, run_device
+from lossbench.training.setup import code_sources, resolve_loss, run_device
 
 ORIGINAL = "original"  # in a grid's losses: each model's published loss
 DEMO_LOSSES = ["bce", "ce", "improved"]
@@ -82,8 +84,7 @@ class Grid(BaseModel):
     @classmethod
     def _known_models(cls, names: list[str]) -> list[str]:
         for name in names:
-            if name not in MODELS:
-                raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+            _resolvable(model_spec, name)
         return names
 
     @field_validator("losses", mode="before")
@@ -98,22 +99,21 @@ class Grid(BaseModel):
     @classmethod
     def _known_losses(cls, names: list[str | LossArm]) -> list[str | LossArm]:
         for name in names:
-            if isinstance(name, str) and name != ORIGINAL and name not in LOSSES:
-                valid = ", ".join([*LOSSES, ORIGINAL])
-                raise ValueError(f"unknown loss {name!r}; choose from {valid}")
+            if isinstance(name, str) and name != ORIGINAL:
+                _resolvable(find_loss, name, f" ('{ORIGINAL}': each model's own)")
         return names
 
     @field_validator("baseline")
     @classmethod
     def _known_baseline(cls, name: str) -> str:
-        if name != ORIGINAL and name.split(" ")[0] not in LOSSES:
-            raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+        if name != ORIGINAL:
+            _resolvable(find_loss, name.split(" ")[0])  # a loss, or an arm label
         return name
 
     def arms_for(self, model: str) -> list[LossArm]:
         """This model's loss arms, `original` replaced by its published loss, repeats dropped."""
         arms = [
-            LossArm(loss=MODELS[model].default_loss if entry == ORIGINAL else entry)
+            LossArm(loss=model_spec(model).default_loss if entry == ORIGINAL else entry)
             if isinstance(entry, str)
             else entry
             for entry in self.losses
@@ -139,8 +139,16 @@ class Grid(BaseModel):
                     f"({', '.join(losses)}); add it to the losses or pick one of them"
                 )
             return self.baseline
-        own = MODELS[model].default_loss
+        own = model_spec(model).default_loss
         return own if own in losses else losses[0]
+
+
+def _resolvable(resolve: Callable[[str], object], name: str, note: str = "") -> None:
+    """A validator's check that `name` resolves (built-in, entry point or import string)."""
+    try:
+        resolve(name)
+    except LossbenchError as error:
+        raise ValueError(f"{error}{note}") from None
 
 
 @dataclass(frozen=True)
@@ -229,18 +237,22 @@ def plan_runs(grid: Grid, settings: dict[str, Any], out_dir: Path) -> list[Plann
 def run_folder(out_dir: Path, config: TrainConfig) -> Path:
     dataset = config.dataset + config.split_spec.folder_suffix
     arm = folder_name(config_label(config))
-    return out_dir / dataset / config.model / arm / f"seed{config.seed}"
+    return out_dir / dataset / folder_name(config.model) / arm / f"seed{config.seed}"
 
 
 def run_state(run: PlannedRun) -> RunState:
-    """finished: metrics.json present and the saved config equals the requested one."""
+    """finished: metrics.json present, the saved config equals the requested one and the
+    loss and model source files (of plugins) are those the run was trained with."""
     if not is_finished(run.run_dir):
         return "missing"
     try:
-        saved = json.loads((run.run_dir / CONFIG_FILE).read_text())["config"]
+        record = json.loads((run.run_dir / CONFIG_FILE).read_text())
+        saved = record["config"]
     except (OSError, ValueError, KeyError):
         return "changed"
     wanted = run.config.model_dump(mode="json")
+    if changed_sources(record.get("sources"), code_sources(run.config)):
+        return "changed"
     return "finished" if _comparable(saved) == _comparable(wanted) else "changed"
 
 

@@ -26,7 +26,7 @@ from lossbench.compare.results import find_finished_runs, results_frame, write_r
 from lossbench.compare.summary import SummaryOptions, summarize
 from lossbench.compare.tables import markdown, print_unsqueezed, rich_tables
 from lossbench.errors import LossbenchError
-from lossbench.models import MODELS
+from lossbench.models import find_model
 from lossbench.training.run_files import is_finished
 
 COMPARISON_FILE = "comparison.json"
@@ -70,6 +70,14 @@ def load_plan(out_dir: Path) -> ComparisonPlan | None:
     )
 
 
+def _own_loss(model: str) -> str | None:
+    """The model's published loss, when the model still resolves (a plugin may be gone)."""
+    try:
+        return find_model(model).value.default_loss
+    except LossbenchError:
+        return None
+
+
 def render_report(
     out_dir: Path,
     options: SummaryOptions,
@@ -99,8 +107,8 @@ def render_report(
     for dataset, model in runs.select("dataset", "model").unique().rows():
         if baseline is not None:
             baselines[(dataset, model)] = baseline
-        elif (dataset, model) not in baselines and model in MODELS:
-            baselines[(dataset, model)] = MODELS[model].default_loss
+        elif (dataset, model) not in baselines and (own := _own_loss(model)) is not None:
+            baselines[(dataset, model)] = own
     summary = summarize(runs, baselines, options, order)
     for table in rich_tables(summary, options):
         print_unsqueezed(console, table)

@@ -1,7 +1,8 @@
 """Train the runs of a comparison that are not finished yet, one after another.
 
 A run whose folder holds `metrics.json` and the same config is reused, so an interrupted
-comparison resumes where it stopped; a folder trained with another config is retrained.
+comparison resumes where it stopped; a folder trained with another config, or with another
+version of a plugin loss or model's source file, is retrained.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def run_missing(
     for run, state in zip(runs, states, strict=True):
         if state == "changed":
             console.print(
-                f"[yellow]{run.run_dir} was trained with another config: retraining it[/]"
+                f"[yellow]{run.run_dir} was trained with another config or code: retraining it[/]"
             )
     todo = [run for run, state in zip(runs, states, strict=True) if state != "finished"]
     datasets: dict[tuple[str, SplitSpec], PreparedDataset] = {}

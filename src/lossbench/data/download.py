@@ -88,7 +88,9 @@ def download_dataset(
     registry: Registry | None = None,
 ) -> str:
     """Fetch and verify every file of `name`; returns a one-line account of what was done."""
-    entry = get_dataset(name, registry)
+    entry = get_dataset(name, registry, data_dir)
+    if entry.local_file is not None:
+        return f"{name}: a local file ({entry.local_file.path}), nothing to download"
     if not entry.remote_files:
         return f"{name}: generated locally, nothing to download"
     folder = data_dir / name

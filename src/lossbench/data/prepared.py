@@ -168,15 +168,19 @@ def load_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> Prepared
 
 
 def ensure_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> PreparedDataset:
-    """Load `name` split by `split`, preparing `synthetic` on the fly (it needs no download)."""
-    if not is_prepared(data_dir, name, split):
+    """Load `name` split by `split`, preparing on the fly what needs no download: `synthetic`,
+    and a user's own file (prepared again when its registry entry names another version)."""
+    from lossbench.data.registry import get_dataset
+    from lossbench.data.splits import check_timed
+
+    entry = get_dataset(name, data_dir=data_dir)
+    check_timed(name, entry.format, split)
+    if entry.local_file is not None:
+        _prepare_local(data_dir, name, split)
+    elif not is_prepared(data_dir, name, split):
         from lossbench.data.download import is_downloaded
         from lossbench.data.preprocess import preprocess_dataset
-        from lossbench.data.registry import get_dataset
-        from lossbench.data.splits import check_timed
 
-        entry = get_dataset(name)
-        check_timed(name, entry.format, split)
         command = preprocess_command(name, split)
         if entry.generator is not None:
             preprocess_dataset(data_dir, name, split=split)
@@ -188,3 +192,16 @@ def ensure_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> Prepar
         else:
             raise LossbenchError(f"dataset {name} is not prepared ({split.label}): run `{command}`")
     return load_prepared(data_dir, name, split)
+
+
+def _prepare_local(data_dir: Path, name: str, split: SplitSpec) -> None:
+    """Keep a prepared local file whose source is the registered one (whatever protocol
+    `preprocess` was given), else prepare it with the entry's protocol."""
+    from lossbench.data.local_files import local_sources
+    from lossbench.data.preprocess import preprocess_dataset
+    from lossbench.data.registry import get_dataset
+
+    sources = local_sources(get_dataset(name, data_dir=data_dir))  # refuses a changed file
+    meta = read_meta(prepared_dir(data_dir, name, split))
+    if meta is None or meta.get("sources") != sources:
+        preprocess_dataset(data_dir, name, split=split)

@@ -28,9 +28,10 @@ from lossbench.data.download import (
     is_downloaded,
     source_sha256,
 )
+from lossbench.data.local_files import local_sources, read_local_interactions
 from lossbench.data.prepared import FORMAT_VERSION, prepared_dir, prepared_from_frames, read_meta
 from lossbench.data.readers import read_interactions, read_item_attributes
-from lossbench.data.registry import Protocol, Registry, get_dataset
+from lossbench.data.registry import DatasetEntry, Protocol, Registry, get_dataset
 from lossbench.data.splits import LOO, SplitSpec, check_timed, split_interactions
 from lossbench.errors import LossbenchError
 
@@ -234,11 +235,13 @@ def preprocess_dataset(
     split: SplitSpec = LOO,
 ) -> PrepareResult:
     """Prepare `name` under its `prepared*` folder of `split`; a no-op when prepared alike."""
-    entry = get_dataset(name, registry)
+    entry = get_dataset(name, registry, data_dir)
     check_timed(name, entry.format, split)
     protocol = Protocol.model_validate({**entry.protocol.model_dump(), **(overrides or {})})
     if entry.generator is not None:
         sources: dict[str, Any] = {"generator": entry.generator.model_dump()}
+    elif entry.local_file is not None:
+        sources = local_sources(entry)  # refuses a file changed since it was registered
     elif not is_downloaded(data_dir, entry):
         raise LossbenchError(f"dataset {name} is not downloaded: run `lossbench download {name}`")
     else:
@@ -262,14 +265,17 @@ def preprocess_dataset(
     ):
         return PrepareResult(name, existing, True, target)
 
-    attributes: pl.DataFrame | None
+    attributes: pl.DataFrame | None = None
     if entry.generator is not None:
         raw, attributes = synthetic.generate_interactions(**entry.generator.model_dump())
+    elif entry.local_file is not None:
+        raw = read_local_interactions(entry)
     else:
         raw = read_interactions(interactions_path(data_dir, entry), entry.format)
         attributes_file = attributes_path(data_dir, entry)
         attributes = read_item_attributes(attributes_file) if attributes_file else None
     tables = build_tables(raw, protocol, attributes, split)
+    refuse_unsplittable(entry, tables.report)
     meta = {
         "name": name,
         **summary_stats(tables),
@@ -279,6 +285,18 @@ def preprocess_dataset(
     }
     write_prepared(target, tables, meta)
     return PrepareResult(name, meta, False, target)
+
+
+def refuse_unsplittable(entry: DatasetEntry, report: dict[str, int]) -> None:
+    """A user's own file keeps every user: one too short to split is an error, not a drop
+    (registered datasets drop them, as their publishers' protocols do)."""
+    short = report.get("users_too_short", 0)
+    if entry.local_file is not None and short:
+        raise LossbenchError(
+            f"{short:,} users of {entry.name} have fewer than {MIN_SEQUENCE} interactions after "
+            "filtering, so they cannot be split into train, validation and test; drop them "
+            f"with --user-core {MIN_SEQUENCE} (or more)"
+        )
 
 
 def write_prepared(target: Path, tables: PreparedTables, meta: dict[str, Any]) -> None:

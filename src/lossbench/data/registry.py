@@ -1,7 +1,10 @@
 """The dataset registry: `datasets.toml` read into validated pydantic models.
 
-The file is found, in order, at `$LOSSBENCH_DATASETS`, as package data
+The built-in file is found, in order, at `$LOSSBENCH_DATASETS`, as package data
 `lossbench/datasets.toml` (a wheel install), or at the repository root (an editable install).
+A user registry of the same schema adds the user's own interaction files (`lossbench
+add-dataset`): `--registry FILE` or `$LOSSBENCH_REGISTRY`, else `user-datasets.toml` in the
+data dir. Its entries may not take a built-in name.
 """
 
 from __future__ import annotations
@@ -24,7 +27,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 needs the `tomli` backport
     import tomli as tomllib
 
-# Formats with a reader in `readers.py`, plus the generated one.
+# A user's own file of interactions (`local_files.py`), columns named in [NAME.columns].
+LOCAL_FORMATS = ("csv", "tsv", "parquet")
+USER_REGISTRY_FILE = "user-datasets.toml"
+USER_REGISTRY_ENV = "LOSSBENCH_REGISTRY"
+# Formats with a reader in `readers.py`, plus the generated one and the local ones.
 FORMATS = (
     "movielens-dat",
     "movielens-csv",
@@ -34,6 +41,7 @@ FORMATS = (
     "steam",
     "amazon-csv",
     "synthetic",
+    *LOCAL_FORMATS,
 )
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 
@@ -73,6 +81,23 @@ class RemoteFile(_Strict):
         return self.file_name.endswith(ARCHIVE_SUFFIXES)
 
 
+class LocalFile(_Strict):
+    """A file on this computer, pinned by size and sha256 when it was registered."""
+
+    path: str  # absolute, or relative to the registry file's folder
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Columns(_Strict):
+    """Which columns of a local file hold what; `rating` is optional."""
+
+    user: str = "user"
+    item: str = "item"
+    time: str = "timestamp"
+    rating: str | None = None
+
+
 class Protocol(_Strict):
     """How raw interactions become sequences (every knob can be overridden from the CLI)."""
 
@@ -108,6 +133,8 @@ class DatasetEntry(_Strict):
     attributes: RemoteFile | None = None  # S3Rec `<Name>_item2attributes.json`
     protocol: Protocol = Protocol()
     generator: SyntheticSpec | None = None
+    local_file: LocalFile | None = None  # the csv / tsv / parquet formats
+    columns: Columns = Columns()
 
     @field_validator("format")
     @classmethod
@@ -118,7 +145,12 @@ class DatasetEntry(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetEntry:
-        if self.format == "synthetic":
+        if (self.format in LOCAL_FORMATS) != (self.local_file is not None):
+            raise ValueError(f"a local_file table goes with the formats {', '.join(LOCAL_FORMATS)}")
+        if self.local_file is not None:
+            if self.file is not None or self.generator is not None:
+                raise ValueError("an entry with a local_file has no file or generator table")
+        elif self.format == "synthetic":
             if self.file is not None or self.generator is None:
                 raise ValueError("a synthetic entry has a [generator] table and no file")
         elif self.file is None:
@@ -144,21 +176,57 @@ def registry_path() -> Path:
     return Path(__file__).resolve().parents[3] / "datasets.toml"
 
 
-def load_registry(path: Path | None = None) -> Registry:
-    """Read and validate the registry; an invalid entry fails naming the entry and field."""
-    path = path or registry_path()
+class UserRegistry:
+    """The user registry given by `--registry` (set by the CLI); None: the default."""
+
+    path: Path | None = None
+
+
+def user_registry_path(data_dir: Path | None) -> Path | None:
+    """`--registry`, else `$LOSSBENCH_REGISTRY`, else `<data_dir>/user-datasets.toml`."""
+    if UserRegistry.path is not None:
+        return UserRegistry.path
+    if env := os.environ.get(USER_REGISTRY_ENV):
+        return Path(env)
+    return data_dir / USER_REGISTRY_FILE if data_dir is not None else None
+
+
+def is_explicit_user_registry() -> bool:
+    return UserRegistry.path is not None or bool(os.environ.get(USER_REGISTRY_ENV))
+
+
+def load_registry(path: Path | None = None, data_dir: Path | None = None) -> Registry:
+    """The built-in registry (`path`, default `registry_path()`) and the user registry of
+    `data_dir` (see `user_registry_path`); an invalid entry fails naming the entry and field."""
+    builtin = load_registry_file(path or registry_path())
+    user_path = user_registry_path(data_dir)
+    if user_path is None or not (user_path.is_file() or is_explicit_user_registry()):
+        return builtin
+    user = load_registry_file(user_path, "pass --registry (or LOSSBENCH_REGISTRY) an existing file")
+    for name in user:
+        if name in builtin:
+            raise LossbenchError(
+                f"{user_path}: dataset {name!r} takes the name of a built-in dataset; "
+                "rename the entry"
+            )
+    return {**builtin, **user}
+
+
+def load_registry_file(
+    path: Path, fix: str = "set LOSSBENCH_DATASETS to a datasets.toml"
+) -> Registry:
+    """One registry file, validated (cached while the file is unchanged)."""
     try:
-        stamp = path.stat().st_mtime_ns
+        status = path.stat()
     except OSError as error:
         raise LossbenchError(
-            f"dataset registry {path} cannot be read ({error.strerror}); "
-            "set LOSSBENCH_DATASETS to a datasets.toml"
+            f"dataset registry {path} cannot be read ({error.strerror}); {fix}"
         ) from None
-    return _load_cached(str(path), stamp)
+    return _load_cached(str(path), status.st_mtime_ns, status.st_size)
 
 
 @lru_cache(maxsize=8)
-def _load_cached(path: str, _stamp: int) -> Registry:
+def _load_cached(path: str, _stamp: int, _size: int) -> Registry:
     try:
         raw = tomllib.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
@@ -172,6 +240,11 @@ def _load_cached(path: str, _stamp: int) -> Registry:
 def _validate_entry(path: str, name: str, table: Any) -> DatasetEntry:
     if not isinstance(table, dict):
         raise LossbenchError(f"{path}: entry {name!r} must be a table [{name}]")
+    local = table.get("local_file")
+    if isinstance(local, dict) and isinstance(local.get("path"), str):
+        # A relative path is relative to the registry file: a team shares both together.
+        local_path = Path(path).parent / Path(local["path"]).expanduser()
+        table = {**table, "local_file": {**local, "path": str(local_path)}}
     try:
         return DatasetEntry.model_validate({"name": name, **table})
     except ValidationError as error:
@@ -182,11 +255,19 @@ def _validate_entry(path: str, name: str, table: Any) -> DatasetEntry:
         ) from None
 
 
-def get_dataset(name: str, registry: Registry | None = None) -> DatasetEntry:
-    """The entry named `name`; an unknown name suggests the closest known one."""
-    registry = registry if registry is not None else load_registry()
+def get_dataset(
+    name: str, registry: Registry | None = None, data_dir: Path | None = None
+) -> DatasetEntry:
+    """The entry named `name` (built-in or of the user registry of `data_dir`); an unknown
+    name suggests the closest known one."""
+    registry = registry if registry is not None else load_registry(data_dir=data_dir)
     if name in registry:
         return registry[name]
     close = difflib.get_close_matches(name, list(registry), n=1, cutoff=0.5)
-    hint = f"did you mean {close[0]!r}?" if close else "run `lossbench datasets` to list them"
+    hint = (
+        f"did you mean {close[0]!r}?"
+        if close
+        else "run `lossbench datasets` to list them, or register a file of your own with "
+        "`lossbench add-dataset`"
+    )
     raise LossbenchError(f"unknown dataset {name!r}: {hint}")

@@ -29,9 +29,11 @@ from lossbench.errors import LossbenchError
 SplitName = Literal["loo", "temporal"]
 
 # Raw formats whose `timestamp` column is a real time; the others hold a position in the
-# user's line or the file (see `readers.py`), which says nothing across users.
+# user's line or the file (see `readers.py`), which says nothing across users. A user's own
+# csv / tsv / parquet file has a numeric time column (`local_files.py`).
 TIMED_FORMATS = frozenset(
     {"movielens-dat", "movielens-csv", "movielens-tsv", "steam", "amazon-csv"}
+    | {"csv", "tsv", "parquet"}
 )
 
 

@@ -2,10 +2,15 @@
 
 `ce`, `improved` (alias `cce`) and `mlm` share one function, the full-catalogue softmax; only
 the training positions the trainer picks differ. Defaults reproduce the study's setups.
+Losses from outside lossbench (entry points, `package.module:name`, `./file.py:name`) are
+resolved by `find_loss` through `lossbench.plugins`.
 """
 
 from __future__ import annotations
 
+import inspect
+
+from lossbench import plugins
 from lossbench.errors import LossbenchError
 from lossbench.losses.base import LossFn, LossInputs, LossParams, LossSpec
 from lossbench.losses.binary import bce, gbce
@@ -82,21 +87,60 @@ LOSSES: dict[str, LossSpec] = {
 }
 
 
+def as_loss_spec(loaded: object, reference: str) -> LossSpec:
+    """A loaded object as a spec: a `LossSpec` as it is; a bare function
+    `fn(inputs, params) -> Tensor` trains on the flags' positions and negatives (default:
+    every position, no negatives)."""
+    if isinstance(loaded, LossSpec):
+        return loaded
+    if callable(loaded) and not isinstance(loaded, type):
+        summary = (inspect.getdoc(loaded) or "").strip().partition("\n")[0]
+        return LossSpec(
+            fn=loaded,
+            positions="all",
+            negatives=0,
+            description=summary or f"{reference} (a loss function)",
+            negatives_from_flags=True,
+        )
+    raise LossbenchError(
+        f"loss {reference!r} is a {type(loaded).__name__}, not a LossSpec or a loss function "
+        "fn(inputs: LossInputs, params: LossParams) -> Tensor"
+    )
+
+
+def _could_be_loss(value: object) -> bool:
+    return isinstance(value, LossSpec) or inspect.isfunction(value)
+
+
+LOSS_PLUGINS = plugins.PluginKind(
+    noun="loss",
+    plural="losses",
+    group="lossbench.losses",
+    builtins=LOSSES,
+    convert=as_loss_spec,
+    accepts=_could_be_loss,
+)
+
+
+def find_loss(name: str) -> plugins.Found[LossSpec]:
+    """The spec `name` refers to (built-in, entry point or import string) and its source."""
+    return plugins.find(LOSS_PLUGINS, name)
+
+
 def resolve_loss(name: str) -> LossSpec:
-    """The registered spec for `name`; unknown names fail listing the valid ones."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        valid = ", ".join(LOSSES)
-        raise LossbenchError(f"unknown loss '{name}'; valid losses: {valid}") from None
+    """The spec for `name`; unknown names fail listing the valid ones."""
+    return find_loss(name).value
 
 
 __all__ = [
     "LOSSES",
+    "LOSS_PLUGINS",
     "LossFn",
     "LossInputs",
     "LossParams",
     "LossSpec",
+    "as_loss_spec",
+    "find_loss",
     "popularity_cdf",
     "resolve_loss",
     "sample_negatives",

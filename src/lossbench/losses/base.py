@@ -54,3 +54,6 @@ class LossSpec:
     negatives: int  # default negatives per position; 0 = full catalogue softmax
     description: str
     logq: bool = False  # takes the logQ correction (`LossInputs.log_q`): a sampled softmax
+    # False: negatives = 0 means a full-catalogue loss, which ignores `--negatives`.
+    # True (a bare function given as the loss): `--negatives` decides, default none.
+    negatives_from_flags: bool = False

@@ -2,7 +2,9 @@
 
 Every model follows `lossbench.models.base.SequenceModel`. To add one, write its module (a
 pydantic config with `extra="forbid"` plus an `nn.Module` whose constructor takes `n_items`
-and the config's fields as keywords) and add one entry to `MODELS`.
+and the config's fields as keywords) and add one entry to `MODELS`. A `ModelSpec` defined
+outside lossbench is found by `find_model` (entry points, `package.module:name`,
+`./file.py:name`) through `lossbench.plugins`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
+from lossbench import plugins
 from lossbench.errors import LossbenchError
 from lossbench.models.bert4rec import BERT4Rec, BERT4RecConfig
 from lossbench.models.gru4rec import GRU4Rec, GRU4RecConfig
@@ -91,11 +94,32 @@ def _one_line(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
+def _as_model_spec(loaded: object, reference: str) -> ModelSpec:
+    if isinstance(loaded, ModelSpec):
+        return loaded
+    raise LossbenchError(
+        f"model {reference!r} is a {type(loaded).__name__}, not a lossbench.models.ModelSpec"
+    )
+
+
+MODEL_PLUGINS = plugins.PluginKind(
+    noun="model",
+    plural="models",
+    group="lossbench.models",
+    builtins=MODELS,
+    convert=_as_model_spec,
+    accepts=lambda value: isinstance(value, ModelSpec),
+)
+
+
+def find_model(name: str) -> plugins.Found[ModelSpec]:
+    """The spec `name` refers to (built-in, entry point or import string) and its source."""
+    return plugins.find(MODEL_PLUGINS, name)
+
+
 def model_spec(name: str) -> ModelSpec:
-    """The registered spec, or a LossbenchError listing the valid names."""
-    if name not in MODELS:
-        raise LossbenchError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
-    return MODELS[name]
+    """The spec, or a LossbenchError listing the valid names."""
+    return find_model(name).value
 
 
 def model_config(name: str, overrides: Mapping[str, object] | None = None) -> BaseModel:
@@ -128,6 +152,7 @@ def build_model(
 
 __all__ = [
     "MODELS",
+    "MODEL_PLUGINS",
     "BERT4Rec",
     "BERT4RecConfig",
     "GRU4Rec",
@@ -136,6 +161,7 @@ __all__ = [
     "SASRec",
     "SASRecConfig",
     "build_model",
+    "find_model",
     "from_config",
     "model_config",
     "model_spec",

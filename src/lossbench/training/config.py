@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lossbench.data.splits import SplitName, SplitSpec, check_quantiles
 from lossbench.errors import LossbenchError
 from lossbench.evaluation.seen import SeenRule, SeenTargets, seen_rule
-from lossbench.losses import LOSSES
+from lossbench.losses import resolve_loss
 from lossbench.losses.base import NegativeSamplerName, Positions, SamplerName
-from lossbench.models import MODELS
+from lossbench.models import model_spec
 from lossbench.training.presets import DEFAULT_PRESET, PER_MODEL, PRESETS
 
 if sys.version_info >= (3, 11):
@@ -36,8 +36,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     dataset: str = "synthetic"
-    model: str = "sasrec"
-    loss: str | None = None  # None: the model's published loss
+    model: str = "sasrec"  # a registered name, an entry point or an import string
+    loss: str | None = None  # as `model`; None: the model's published loss
     preset: str = DEFAULT_PRESET
     model_settings: dict[str, Any] = Field(default_factory=dict)
 
@@ -90,15 +90,20 @@ class TrainConfig(BaseModel):
     @field_validator("model")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        if name not in MODELS:
-            raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+        try:
+            model_spec(name)
+        except LossbenchError as error:
+            raise ValueError(str(error)) from None
         return name
 
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, name: str | None) -> str | None:
-        if name is not None and name not in LOSSES:
-            raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+        if name is not None:
+            try:
+                resolve_loss(name)
+            except LossbenchError as error:
+                raise ValueError(str(error)) from None
         return name
 
     @field_validator("preset")
@@ -143,7 +148,7 @@ class TrainConfig(BaseModel):
 
     @property
     def loss_name(self) -> str:
-        return self.loss if self.loss is not None else MODELS[self.model].default_loss
+        return self.loss if self.loss is not None else model_spec(self.model).default_loss
 
     @property
     def split_spec(self) -> SplitSpec:
@@ -209,7 +214,10 @@ def _preset_for_model(preset_name: str, model_name: str) -> dict[str, Any]:
         **preset.get("model_settings", {}),
         **preset.pop(PER_MODEL, {}).get(model_name, {}),
     }
-    spec = MODELS.get(model_name)
+    try:
+        spec = model_spec(model_name)
+    except LossbenchError:
+        spec = None  # validation names the unknown model
     if spec is not None:
         fields = spec.config_class.model_fields
         settings = {k: v for k, v in settings.items() if k in fields}

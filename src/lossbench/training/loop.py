@@ -31,6 +31,7 @@ from lossbench.training.progress import TrainingProgress
 from lossbench.training.run_files import RunFiles
 from lossbench.training.setup import (
     LossSettings,
+    code_sources,
     make_adam,
     make_model,
     resolve_loss,
@@ -123,6 +124,7 @@ def train_run(
         "config": config.model_dump(mode="json"),
         "model_settings": model_settings,
         "loss_settings": loss.record(),
+        "sources": code_sources(config),
         "dataset": {
             "name": dataset.name,
             "n_users": dataset.n_users,

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from lossbench.errors import LossbenchError
-from lossbench.losses import LOSSES
+from lossbench.losses import find_loss
 from lossbench.losses.base import LossParams, LossSpec, Positions
-from lossbench.models import MODELS, build_model
+from lossbench.models import build_model, find_model, model_spec
 from lossbench.training.config import TrainConfig
 
 
@@ -43,14 +43,14 @@ class LossSettings:
 
 def resolve_loss(config: TrainConfig) -> LossSettings:
     name = config.loss_name
-    spec = LOSSES[name]
+    spec = find_loss(name).value
     positions = config.positions or spec.positions
     negatives = spec.negatives if config.negatives is None else config.negatives
     if spec.negatives > 0 and negatives == 0:
         raise LossbenchError(f"loss {name} needs sampled negatives; use --negatives 1 or more")
-    if spec.negatives == 0:
+    if spec.negatives == 0 and not spec.negatives_from_flags:
         negatives = 0  # full-catalogue losses ignore sampled negatives
-    bidirectional = MODELS[config.model].bidirectional
+    bidirectional = model_spec(config.model).bidirectional
     if (positions == "masked") != bidirectional:
         if bidirectional:
             raise LossbenchError(
@@ -86,6 +86,15 @@ def check_sampler(config: TrainConfig, spec: LossSpec, negatives: int) -> None:
             "--sampler mixed takes half its negatives from the batch and half uniformly; "
             "use --negatives 2 or more"
         )
+
+
+def code_sources(config: TrainConfig) -> dict[str, dict[str, str | None]]:
+    """Where the run's loss and model code came from, with the sha256 of a plugin's source
+    file (see `lossbench.plugins`), as recorded in config.json."""
+    return {
+        "loss": find_loss(config.loss_name).source.record(),
+        "model": find_model(config.model).source.record(),
+    }
 
 
 def pick_device(name: str) -> torch.device:

@@ -1,0 +1,50 @@
+"""`lossbench check-loss`: the loss contract (`lossbench.losses.contract`) on any loss."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from lossbench.cli.app import app, console, console_err
+
+
+@app.command("check-loss")
+def check_loss_command(
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="A loss: a built-in or installed name, package.module:name or ./file.py:name."
+        ),
+    ],
+    negatives: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Negatives per position fed to the loss (default: the loss's own)."
+        ),
+    ] = None,
+    gbce_t: Annotated[
+        float, typer.Option("--gbce-t", help="LossParams.gbce_t given to the loss.")
+    ] = 0.75,
+) -> None:
+    """Check a loss against the contract every built-in loss meets (exit 1 if it fails)."""
+    from lossbench.losses import find_loss
+    from lossbench.losses.base import LossParams
+    from lossbench.losses.contract import check_loss
+
+    found = find_loss(name)
+    results = check_loss(found.value, LossParams(gbce_t=gbce_t), negatives)
+    table = Table(title=f"loss contract: {name} ({found.source.describe()})")
+    for column in ("check", "result", "detail"):
+        table.add_column(column)
+    for result in results:
+        mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[dim]not run[/]"}
+        table.add_row(result.name, mark[result.passed], result.detail)
+    console.print(table)
+    failed = [result for result in results if result.passed is False]
+    for result in failed:
+        console_err.print(f"FAIL {result.name}: {result.detail}", highlight=False, soft_wrap=True)
+    if failed:
+        raise SystemExit(1)
+    console.print(f"{name} meets the loss contract", highlight=False)

@@ -1,0 +1,98 @@
+"""`lossbench add-dataset`: a local interactions file as a dataset, by name from then on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lossbench.cli.app import GlobalOptions, app, console
+from lossbench.data.registry import Columns, Protocol
+
+FILE = "File"
+PROTOCOL = "Protocol"
+
+
+@app.command("add-dataset")
+def add_dataset_command(
+    name: Annotated[str, typer.Argument(help="Name to use with --dataset from now on.")],
+    file: Annotated[
+        Path,
+        typer.Option("--file", help="Interactions: .csv, .tsv or .parquet.", rich_help_panel=FILE),
+    ],
+    user_col: Annotated[
+        str, typer.Option(help="Column of user ids.", rich_help_panel=FILE)
+    ] = "user",
+    item_col: Annotated[
+        str, typer.Option(help="Column of item ids.", rich_help_panel=FILE)
+    ] = "item",
+    time_col: Annotated[
+        str,
+        typer.Option(help="Column of numeric times (orders each history).", rich_help_panel=FILE),
+    ] = "timestamp",
+    rating_col: Annotated[
+        str | None, typer.Option(help="Column of ratings (for --min-rating).", rich_help_panel=FILE)
+    ] = None,
+    file_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="csv, tsv or parquet (default: from the suffix).", rich_help_panel=FILE
+        ),
+    ] = None,
+    min_rating: Annotated[
+        float | None, typer.Option(help="Keep ratings >= this.", rich_help_panel=PROTOCOL)
+    ] = None,
+    user_core: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Users keep >= this many items (0: off).", rich_help_panel=PROTOCOL
+        ),
+    ] = 0,
+    item_core: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Items keep >= this many users (0: off).", rich_help_panel=PROTOCOL
+        ),
+    ] = 0,
+    dedup: Annotated[
+        bool,
+        typer.Option(
+            "--dedup/--no-dedup", help="Keep the first (user, item) only.", rich_help_panel=PROTOCOL
+        ),
+    ] = True,
+    max_length: Annotated[
+        int, typer.Option(min=1, help="Training history length.", rich_help_panel=PROTOCOL)
+    ] = 50,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an entry of the same name.")
+    ] = False,
+) -> None:
+    """Register your own interactions file, check and prepare it; then use --dataset NAME."""
+    from lossbench.cli.data_commands import summary_table
+    from lossbench.data.user_registry import add_dataset
+
+    columns = Columns(user=user_col, item=item_col, time=time_col, rating=rating_col)
+    protocol = Protocol(
+        min_rating=min_rating,
+        user_core=user_core,
+        item_core=item_core,
+        dedup=dedup,
+        max_length=max_length,
+    )
+    added = add_dataset(
+        GlobalOptions.data_dir,
+        name,
+        file,
+        columns=columns,
+        protocol=protocol,
+        file_format=file_format,
+        force=force,
+    )
+    console.print(summary_table([added.prepared]))
+    verb = "replaced" if added.replaced else "registered"
+    console.print(
+        f"{verb} {name} in {added.registry} ({added.entry.local_file.size:,} bytes, sha256 "  # type: ignore[union-attr]
+        f"{added.entry.local_file.sha256[:12]}); use it with --dataset {name}",  # type: ignore[union-attr]
+        highlight=False,
+    )
