@@ -42,7 +42,7 @@ class Source:
 
     name: str  # the reference as given: "improved", "pkg.mod:fn", "./my_loss.py:fn"
     origin: str  # "built-in", "entry point", "module" or "file"
-    target: str | None = None  # "module:attribute" that was loaded
+    target: str | None = None  # "module:attribute" or "/path/file.py:attribute" loaded
     path: str | None = None  # the module's source file
     sha256: str | None = None  # of that file, read when the module was loaded
     distribution: str | None = None  # "name version" of the package of an entry point
@@ -51,11 +51,14 @@ class Source:
         return asdict(self)
 
     def describe(self) -> str:
-        """One short phrase for listings: 'lossbench', 'lossbench-focal 0.1 (focal:FOCAL)'."""
+        """One short phrase for listings: 'lossbench', 'lossbench-focal 0.1 (focal:FOCAL)',
+        'my_loss.py, sha256 c9fba4043e44'."""
         if self.origin == "built-in":
             return "lossbench"
-        where = self.distribution or self.origin
-        return f"{where} ({self.target})"
+        if self.origin == "entry point":
+            return f"{self.distribution or 'a package'} ({self.target})"
+        digest = f", sha256 {self.sha256[:12]}" if self.sha256 else ""
+        return f"{Path(self.path).name if self.path else self.target}{digest}"
 
 
 @dataclass(frozen=True)

@@ -60,13 +60,15 @@ def compare(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Model: " + ", ".join(MODELS) + " (several: a,b).", rich_help_panel=COMPARE
+            help="Model: " + ", ".join(MODELS) + ", or package.module:name / ./file.py:name "
+            "(several: a,b).",
+            rich_help_panel=COMPARE,
         ),
     ] = None,
     losses: Annotated[
         str | None,
         typer.Option(
-            help="Losses to compare, e.g. bce,ce,improved (the default); "
+            help="Losses to compare, e.g. bce,ce,improved (the default) or ./my_loss.py:fn; "
             "'original' = the model's own.",
             rich_help_panel=COMPARE,
         ),

@@ -27,9 +27,16 @@ def train(
     dataset: Annotated[
         str | None, typer.Option(help="Dataset name (see `lossbench datasets`).")
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Model: " + ", ".join(MODELS) + ".")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model: " + ", ".join(MODELS) + ", or package.module:name."),
+    ] = None,
     loss: Annotated[
-        str | None, typer.Option(help="Loss (default: the model's own; see `lossbench losses`).")
+        str | None,
+        typer.Option(
+            help="Loss (default: the model's own; see `lossbench losses`), or "
+            "package.module:name / ./file.py:name."
+        ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed of the run.")] = None,
     out: Annotated[

@@ -143,8 +143,10 @@ def _first_bad(path: Path, column: pl.Series, bad: pl.Series, expected: str) -> 
     rows = bad.arg_true()
     if len(rows):
         row = int(rows[0])
+        value = column[row]
+        shown = "nothing" if value is None or value == "" else repr(value)
         raise LossbenchError(
-            f"{path.name} line {row + 2}: column {column.name!r} holds {column[row]!r}, "
+            f"{path.name} line {row + 2}: column {column.name!r} holds {shown}, "
             f"{expected}; fix the file"
         )
 
@@ -155,7 +157,7 @@ def _ids(path: Path, column: pl.Series) -> pl.Series:
         _first_bad(path, values, values.is_null(), "not an id")
         return values
     text = column.cast(pl.String).str.strip_chars()
-    _first_bad(path, column, text.is_null() | (text == ""), "not an id (empty)")
+    _first_bad(path, column, text.is_null() | (text == ""), "not an id")
     return text
 
 
