@@ -44,6 +44,11 @@ def first_position_twice(inputs, params):
     return (per.sum() + per[0]) / len(per)
 
 
+def needs_negatives(inputs, params):
+    count = inputs.negatives.shape[1]
+    return logits(inputs).logsumexp(-1).mean() / count
+
+
 def touches_every_row(inputs, params):
     """A sampled loss that also regularizes rows it never scores."""
     table = inputs.item_embeddings
@@ -104,6 +109,16 @@ def test_a_sampled_loss_that_updates_unscored_rows_fails(broken: Path) -> None:
     )
     assert result.exit_code == 1
     assert "neither a target nor a negative" in result.output
+
+
+def test_a_sampled_function_checked_without_negatives_gets_a_hint(broken: Path) -> None:
+    result = CliRunner().invoke(app, ["check-loss", "./broken.py:needs_negatives"])
+    assert result.exit_code == 1
+    failures = [text for text in result.output.splitlines() if text.startswith("FAIL ")]
+    assert failures == [
+        "FAIL finite scalar: raised AttributeError: 'NoneType' object has no attribute 'shape' "
+        "(broken.py:34) (it was fed no negatives: give --negatives K to a sampled loss)"
+    ]
 
 
 def test_a_passing_loss_exits_0_and_says_so(broken: Path) -> None:

@@ -316,5 +316,7 @@ def test_entry_points_resolve_and_are_listed(
     assert "--negatives" in line and "lb-fake-plugin 1.0 (lb_fake_plugin:plain_ce)" in line
     broken = next(line for line in listing.output.splitlines() if "broken-ce" in line)
     assert "failed to load" in broken
+    hidden = [line for line in listing.output.splitlines() if "ignored: lossbench has" in line]
+    assert len(hidden) == 1 and hidden[0].split()[1] == "improved"
     models = CliRunner().invoke(app, ["models"])
     assert "fake-pool" in models.output and "lb-fake-plugin 1.0" in models.output

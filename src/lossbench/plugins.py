@@ -113,11 +113,17 @@ def entry_point_names(kind: PluginKind[Any]) -> list[str]:
 
 
 def available(kind: PluginKind[T]) -> list[tuple[str, Found[T] | LossbenchError]]:
-    """Built-ins, then installed entry points (a broken one shows its error, for listings)."""
+    """Built-ins, then installed entry points, for listings: a broken entry point, or one a
+    built-in name hides, comes with the reason instead."""
     listed: list[tuple[str, Found[T] | LossbenchError]] = [
         (name, Found(value, Source(name, "built-in"))) for name, value in kind.builtins.items()
     ]
-    for name in entry_point_names(kind):
+    for name, point in _entry_points(kind.group, tuple(sys.path)).items():
+        if name in kind.builtins:
+            owner = point.dist.name if point.dist is not None else "a package"
+            hidden = f"ignored: lossbench has a {kind.noun} of this name ({owner}: {point.value})"
+            listed.append((name, LossbenchError(hidden)))
+            continue
         try:
             listed.append((name, find(kind, name)))
         except LossbenchError as error:

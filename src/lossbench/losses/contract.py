@@ -96,7 +96,10 @@ def _guarded(check: Check, subject: Subject) -> CheckResult:
     try:
         failure = check.run(subject)
     except Exception as error:
-        return CheckResult(check.name, False, f"raised {one_line(error)}")
+        hint = ""
+        if subject.negatives == 0 and subject.spec.negatives_from_flags:
+            hint = " (it was fed no negatives: give --negatives K to a sampled loss)"
+        return CheckResult(check.name, False, f"raised {one_line(error)}{hint}")
     if failure is not None:
         return CheckResult(check.name, False, failure)
     if check is SAMPLERS and subject.negatives == 0:
