@@ -180,7 +180,7 @@ def test_report_errors_are_one_liners(tmp_path: Path, saved_runs: Path) -> None:
 def test_compare_rejects_bad_lists(tmp_path: Path) -> None:
     runner = CliRunner()
     cases = {
-        "--losses=bce,nope": "choose from",
+        "--losses=bce,nope": "unknown loss 'nope'; valid losses: bce",
         "--seeds=": "--seeds is empty",
         "--baseline=bpr": "not among",
     }
