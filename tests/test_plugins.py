@@ -159,7 +159,7 @@ def test_a_run_records_the_source_and_a_changed_source_is_retrained(
     grid = Grid(losses=["./my_loss.py:plain_ce"], seeds=[0])
     runs = plan_runs(grid, QUICK, in_tmp / "out")
     assert runs[0].run_dir == in_tmp / "out/synthetic/sasrec/my_loss.py-plain_ce/seed0"
-    assert run_missing(runs, lambda name: tiny) == [runs[0].run_dir]
+    assert run_missing(runs, lambda name, split: tiny) == [runs[0].run_dir]
     record = json.loads((runs[0].run_dir / "config.json").read_text())
     loss_source = record["sources"]["loss"]
     assert loss_source["name"] == record["config"]["loss"] == "./my_loss.py:plain_ce"
@@ -174,12 +174,12 @@ def test_a_run_records_the_source_and_a_changed_source_is_retrained(
         "distribution": None,
     }
     assert run_state(runs[0]) == "finished"
-    assert run_missing(runs, lambda name: tiny) == []  # resumed: nothing to do
+    assert run_missing(runs, lambda name, split: tiny) == []  # resumed: nothing to do
 
     with (in_tmp / "my_loss.py").open("a") as stream:
         stream.write("\n# a comment changes the file, so its sha256\n")
     assert run_state(runs[0]) == "changed"
-    assert run_missing(runs, lambda name: tiny) == [runs[0].run_dir]
+    assert run_missing(runs, lambda name, split: tiny) == [runs[0].run_dir]
     again = json.loads((runs[0].run_dir / "config.json").read_text())
     assert again["sources"]["loss"]["sha256"] == sha256(in_tmp / "my_loss.py")
 
@@ -251,7 +251,7 @@ def test_a_model_from_a_file_trains_and_is_compared_with_built_in_models(
     )
     options = SummaryOptions(["hr@10", "ndcg@10"], "ndcg@10", 0.05, 200)
     out = in_tmp / "out"
-    compare_losses(grid, QUICK, out, lambda name: tiny, options)
+    compare_losses(grid, QUICK, out, lambda name, split: tiny, options)
     summary = (out / "summary.md").read_text()
     assert "| sasrec | improved (base) | 2 |" in summary
     assert f"| {reference} | improved (base) | 2 |" in summary

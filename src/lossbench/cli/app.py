@@ -52,4 +52,4 @@ def global_options(
     ] = None,
 ) -> None:
     GlobalOptions.data_dir = data_dir if data_dir is not None else default_data_dir()
-    UserRegistry.path = registry
+    UserRegistry.path, UserRegistry.data_dir = registry, GlobalOptions.data_dir

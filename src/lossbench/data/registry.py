@@ -177,9 +177,11 @@ def registry_path() -> Path:
 
 
 class UserRegistry:
-    """The user registry given by `--registry` (set by the CLI); None: the default."""
+    """Set by the CLI: the registry `--registry` names (None: not given) and the data dir,
+    whose `user-datasets.toml` is the default when a caller names no data dir."""
 
     path: Path | None = None
+    data_dir: Path | None = None
 
 
 def user_registry_path(data_dir: Path | None) -> Path | None:
@@ -188,6 +190,7 @@ def user_registry_path(data_dir: Path | None) -> Path | None:
         return UserRegistry.path
     if env := os.environ.get(USER_REGISTRY_ENV):
         return Path(env)
+    data_dir = data_dir if data_dir is not None else UserRegistry.data_dir
     return data_dir / USER_REGISTRY_FILE if data_dir is not None else None
 
 

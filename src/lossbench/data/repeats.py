@@ -66,7 +66,7 @@ def stored_or_computed(
     if meta is None:
         from lossbench.data.registry import get_dataset
 
-        if get_dataset(name).generator is None:
+        if get_dataset(name, data_dir=data_dir).generator is None:
             return None
     return repeated_targets(load(name))
 
