@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import sys
 
+from rich.markup import escape
+
 from lossbench.cli.app import app, console_err
 from lossbench.errors import LossbenchError
 
 # Importing the command modules registers their commands on `app`.
 from lossbench.cli import check_commands, compare_commands, data_commands  # noqa: E402,F401  isort: skip
 from lossbench.cli import pretrain_commands, train_commands, user_data_commands  # noqa: E402,F401  isort: skip
+from lossbench.cli import tune_commands  # noqa: E402,F401  isort: skip
 
 
 def main() -> None:
     try:
         app(standalone_mode=False)
     except LossbenchError as error:
-        console_err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        # escape: a message may name TOML tables such as [tune.space], which are not markup
+        console_err.print(
+            f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         console_err.print("[yellow]interrupted[/]")

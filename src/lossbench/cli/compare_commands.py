@@ -12,7 +12,7 @@ import typer
 from lossbench.cli import options as opt
 from lossbench.cli.app import GlobalOptions, app, console
 from lossbench.compare import SummaryOptions, compare_losses, make_grid, read_grid_file
-from lossbench.compare.grid import merge_settings
+from lossbench.compare.grid import merge_settings, under_flags
 from lossbench.compare.report import render_report
 from lossbench.compare.stats import DEFAULT_PERMUTATIONS
 from lossbench.compare.tables import print_unsqueezed, rich_tables
@@ -99,7 +99,8 @@ def compare(
         typer.Option(
             "--config",
             help="Grid TOML: \\[grid] datasets, models, losses, shuffle, seeds; "
-            "\\[settings] shared by all runs (flags override both).",
+            "\\[settings] shared by all runs; \\[settings.per_loss.LOSS] one loss's own "
+            "(flags override all).",
             rich_help_panel=COMPARE,
         ),
     ] = None,
@@ -181,6 +182,8 @@ def compare(
         "baseline": baseline,
     }
     grid_values.update({k: v for k, v in given.items() if v is not None})
+    if "per_loss" in grid_values:  # a flag wins over a loss's own settings too
+        grid_values["per_loss"] = under_flags(grid_values["per_loss"], flags)
     if baseline is None and "baseline" not in grid_values and config_file is None:
         grid_values["baseline"] = grid_values.get("losses", ["bce"])[0]  # the first loss
     grid = make_grid(grid_values, str(config_file) if config_file else "options")

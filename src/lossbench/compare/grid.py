@@ -2,8 +2,10 @@
 
 Every run of one (dataset, model) shares one base `TrainConfig`; the runs differ only in the
 loss arm (a loss, or a loss with its own sampler / logQ, see `arms.py`), in `shuffle_train`
-and in `seed`, which is what makes the comparison fair. Run folders are
-`OUT/<dataset>[-temporal-...]/<model>/<arm label>/seed<N>/`.
+and in `seed`, which is what makes the comparison fair. The one exception is asked for by
+name: `[settings.per_loss.<loss>]` tables give one loss its own settings (each loss at its
+tuned settings, as `lossbench tune` writes them), a layer over `[settings]` and under the
+command-line flags. Run folders are `OUT/<dataset>[-temporal-...]/<model>/<arm label>/seed<N>/`.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class Grid(BaseModel):
     shuffle: list[bool] = Field(default_factory=lambda: [False])  # the order control axis
     seeds: list[int] = Field(default_factory=lambda: list(DEMO_SEEDS))
     baseline: str = ORIGINAL  # a loss name or arm label, or each model's own loss
+    # loss -> settings of that loss only (TrainConfig fields, `model_settings` merged by key)
+    per_loss: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("datasets", "models", "losses", "shuffle", "seeds")
     @classmethod
@@ -176,20 +180,46 @@ def make_grid(values: dict[str, Any], source: str) -> Grid:
 
 
 def read_grid_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The `[grid]` and `[settings]` tables of a grid TOML (other tables are an error)."""
+    """The `[grid]` and `[settings]` tables of a grid TOML (other tables are an error).
+
+    `[settings.per_loss.<loss>]` tables come back in the grid values as `per_loss`."""
     document = read_toml(path)
     unknown = sorted(set(document) - {"grid", "settings"})
     if unknown:
         raise LossbenchError(
             f"invalid {unknown[0]} in {path}: a grid file holds only [grid] and [settings]"
         )
-    grid, settings = document.get("grid", {}), document.get("settings", {})
-    for name in ("dataset", "model", "loss", "seed"):
-        if name in settings:
-            raise LossbenchError(
-                f"invalid settings.{name} in {path}: set it in [grid] as {name}s = [...]"
-            )
-    return dict(grid), dict(settings)
+    grid, settings = dict(document.get("grid", {})), dict(document.get("settings", {}))
+    per_loss = settings.pop("per_loss", {})
+    if not isinstance(per_loss, dict) or not all(isinstance(v, dict) for v in per_loss.values()):
+        raise LossbenchError(
+            f"invalid settings.per_loss in {path}: give one table per loss, "
+            "[settings.per_loss.<loss>]"
+        )
+    tables = {"settings": settings} | {f"settings.per_loss.{k}": v for k, v in per_loss.items()}
+    for where, table in tables.items():
+        for name in ("dataset", "model", "loss", "seed"):
+            if name in table:
+                raise LossbenchError(
+                    f"invalid {where}.{name} in {path}: set it in [grid] as {name}s = [...]"
+                )
+    if per_loss:
+        grid["per_loss"] = per_loss
+    return grid, settings
+
+
+def under_flags(per_loss: dict[str, dict[str, Any]], flags: dict[str, Any]) -> dict[str, Any]:
+    """Per-loss settings without those the command-line flags give: a flag wins everywhere."""
+    given = {name for name, value in flags.items() if value is not None}
+    given_model = set(flags.get("model_settings") or {})
+    kept: dict[str, dict[str, Any]] = {}
+    for loss, settings in per_loss.items():
+        own = {k: v for k, v in settings.items() if k not in given and k != "model_settings"}
+        model_settings = {
+            k: v for k, v in (settings.get("model_settings") or {}).items() if k not in given_model
+        }
+        kept[loss] = own | ({"model_settings": model_settings} if model_settings else {})
+    return kept
 
 
 def merge_settings(*layers: dict[str, Any]) -> dict[str, Any]:
@@ -210,6 +240,7 @@ def plan_runs(grid: Grid, settings: dict[str, Any], out_dir: Path) -> list[Plann
     `settings` are TrainConfig fields shared by all runs (grid [settings] under CLI flags).
     Loss/model mismatches (bce on bert4rec) fail here, before anything trains.
     """
+    _check_per_loss(grid)
     planned: list[PlannedRun] = []
     for dataset in grid.datasets:
         demo = SYNTHETIC_DEMO_SETTINGS if dataset == "synthetic" else {}
@@ -221,9 +252,11 @@ def plan_runs(grid: Grid, settings: dict[str, Any], out_dir: Path) -> list[Plann
             run_device(base.device, base.precision)  # so does bf16 on a CPU without it
             grid.baseline_for(model)  # fails early when the baseline is not compared
             for arm in grid.arms_for(model):
+                own = grid.per_loss.get(arm.loss)
+                loss_base = base if own is None else _with_own_settings(layers, arm.loss, own)
                 for shuffled in grid.shuffle:
                     updates = {**arm.overrides(), "shuffle_train": shuffled}
-                    arm_config = validate_config({**base.model_dump(), **updates}, "the grid")
+                    arm_config = validate_config({**loss_base.model_dump(), **updates}, "the grid")
                     resolve_loss(arm_config)
                     for seed in grid.seeds:
                         config = arm_config.model_copy(update={"seed": seed})
@@ -232,6 +265,26 @@ def plan_runs(grid: Grid, settings: dict[str, Any], out_dir: Path) -> list[Plann
     if len(set(labels)) < len(labels):
         raise LossbenchError("two losses of the grid are the same arm; list each arm once")
     return planned
+
+
+def _check_per_loss(grid: Grid) -> None:
+    compared = list(dict.fromkeys(arm.loss for m in grid.models for arm in grid.arms_for(m)))
+    for loss in grid.per_loss:
+        if loss not in compared:
+            raise LossbenchError(
+                f"settings.per_loss.{loss} names a loss that is not compared; "
+                f"the compared losses are: {', '.join(compared)}"
+            )
+
+
+def _with_own_settings(layers: dict[str, Any], loss: str, own: dict[str, Any]) -> TrainConfig:
+    """The config of a loss with settings of its own, over the shared layers."""
+    try:
+        config = build_config(overrides=merge_settings(layers, own, {"loss": loss}))
+        model_config(config.model, config.model_settings)
+    except LossbenchError as error:
+        raise LossbenchError(f"settings.per_loss.{loss}: {error}") from None
+    return config
 
 
 def run_folder(out_dir: Path, config: TrainConfig) -> Path:

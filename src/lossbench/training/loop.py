@@ -49,13 +49,25 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
 def train_run(
     config: TrainConfig,
     dataset: PreparedDataset,
     run_dir: Path,
     console: Console | None = None,
+    *,
+    epoch_callback: EpochCallback | None = None,
+    evaluate_test: bool = True,
 ) -> RunResult:
-    """Train one (model, loss, seed), early-stopped on validation, then test once."""
+    """Train one (model, loss, seed), early-stopped on validation, then test once.
+
+    `epoch_callback` gets each epoch's history row (after it is written) and stops the run by
+    raising (a tuning trial's pruner). With `evaluate_test=False` (a tuning trial) the test
+    split is never evaluated: the run returns validation metrics only, and its folder keeps
+    `config.json` and `history.csv`, nothing a comparison would read as a finished run.
+    """
     console = console or Console(quiet=True)
     loss = resolve_loss(config)
     check_split(config, dataset)
@@ -86,14 +98,16 @@ def train_run(
         _candidates(config, sequences.valid, sequences.item_counts, 1),
         config.seen_targets,
     )
-    test = Evaluator(
-        sequences.test,
-        config.eval_batch_size,
-        config.exclude_seen,
-        device,
-        _candidates(config, sequences.test, sequences.item_counts, 2),
-        config.seen_targets,
-    )
+    test = None
+    if evaluate_test:
+        test = Evaluator(
+            sequences.test,
+            config.eval_batch_size,
+            config.exclude_seen,
+            device,
+            _candidates(config, sequences.test, sequences.item_counts, 2),
+            config.seen_targets,
+        )
     ks = sorted({*config.ks, *_metric_k(config.validation_metric)})
 
     step_model = torch.compile(model) if config.compile else model
@@ -195,6 +209,8 @@ def train_run(
             )
             files.append_history(history[-1])
             bar.end_epoch(epoch, epoch_loss, value, best_value)
+            if epoch_callback is not None:
+                epoch_callback(history[-1])
             if epoch - best_epoch >= config.patience:
                 break
             if config.time_limit is not None and time.perf_counter() - started > config.time_limit:
@@ -202,17 +218,19 @@ def train_run(
                 break
 
     model.load_state_dict(best_state)
-    with autocast:
-        test_result = test.evaluate(model, topk=config.save_topk)
-    test_metrics = metrics_from_ranks(test_result.ranks, ks)
+    test_result = None
+    if test is not None:
+        with autocast:
+            test_result = test.evaluate(model, topk=config.save_topk)
     valid_best = {
         k.removeprefix("valid_"): v
         for k, v in history[best_epoch - 1].items()
         if k.startswith("valid_")
     }
+    tested = {} if test_result is None else {"test": metrics_from_ranks(test_result.ranks, ks)}
     metrics = {
         "valid": valid_best,
-        "test": test_metrics,
+        **tested,
         "best_epoch": best_epoch,
         "epochs": len(history),
         "train_seconds": sum(h["train_seconds"] for h in history),
@@ -227,6 +245,8 @@ def train_run(
         "split": config.split_spec.label,
         "seed": config.seed,
     }
+    if test_result is None:
+        return RunResult(run_dir, record, metrics, history)
     test_set = sequences.test
     files.finish(model.state_dict(), test_result, test_set.rows(), test_set.targets, metrics)
     return RunResult(run_dir, record, metrics, history)

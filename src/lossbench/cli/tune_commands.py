@@ -1,0 +1,186 @@
+"""`lossbench tune`: every loss tuned on validation with the same budget (Optuna)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lossbench.cli import options as opt
+from lossbench.cli.app import GlobalOptions, app, console
+from lossbench.compare.grid import make_grid, merge_settings
+from lossbench.errors import LossbenchError
+from lossbench.models import MODELS
+
+TUNE = "Tuning"
+DEFAULT_OUT = Path("runs/tune")
+
+
+@app.command()
+def tune(
+    dataset: Annotated[
+        str, typer.Option(help="Dataset to tune on (its validation split).", rich_help_panel=TUNE)
+    ] = "synthetic",
+    model: Annotated[
+        str, typer.Option(help="Model: " + ", ".join(MODELS) + ".", rich_help_panel=TUNE)
+    ] = "sasrec",
+    losses: Annotated[
+        str | None,
+        typer.Option(
+            help="Losses to tune, e.g. bce,improved (default bce,ce,improved); "
+            "'original' = the model's own.",
+            rich_help_panel=TUNE,
+        ),
+    ] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            help="Trials per loss (pruned ones count; default 20 without --timeout); "
+            "a rerun adds only the missing ones.",
+            rich_help_panel=TUNE,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds of trials per loss (with or instead of --trials).", rich_help_panel=TUNE
+        ),
+    ] = None,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Training seed of every trial; the k-th trial's sampler gets seed + k.",
+            rich_help_panel=TUNE,
+        ),
+    ] = 0,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune/--no-prune",
+            help="Stop trials whose validation curve is below the median of earlier trials.",
+            rich_help_panel=TUNE,
+        ),
+    ] = True,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna RDB storage URL shared by several tune processes, e.g. "
+            "postgresql://user:password@host/db (default: sqlite in --out).",
+            rich_help_panel=TUNE,
+        ),
+    ] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Folder of the study, trials, summary, figure and tuned.toml.",
+            rich_help_panel=TUNE,
+        ),
+    ] = DEFAULT_OUT,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="TOML: \\[tune.space] the settings to tune (default lr and dropout); "
+            "\\[settings] fixed for every trial (flags override them).",
+            rich_help_panel=TUNE,
+        ),
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).", rich_help_panel=opt.RUN),
+    ] = None,
+    preset: opt.Preset = None,
+    batch_size: opt.BatchSize = None,
+    lr: opt.LearningRate = None,
+    beta2: opt.Beta2 = None,
+    weight_decay: opt.WeightDecay = None,
+    max_epochs: opt.MaxEpochs = None,
+    patience: opt.Patience = None,
+    time_limit: opt.TimeLimit = None,
+    batching: opt.Batching = None,
+    positions: opt.Positions = None,
+    negatives: opt.Negatives = None,
+    sampler: opt.Sampler = None,
+    negatives_unseen: opt.NegativesUnseen = None,
+    gbce_t: opt.GbceT = None,
+    mask_prob: opt.MaskProb = None,
+    softmax_chunk: opt.SoftmaxChunk = None,
+    hidden_size: opt.HiddenSize = None,
+    num_layers: opt.NumLayers = None,
+    num_heads: opt.NumHeads = None,
+    dropout: opt.Dropout = None,
+    attention_dropout: opt.AttentionDropout = None,
+    max_len: opt.MaxLen = None,
+    validation_metric: opt.ValidationMetric = None,
+    ks: opt.Ks = None,
+    keep_seen: opt.KeepSeen = None,
+    seen_targets: opt.SeenTargets = None,
+    eval_negatives: opt.EvalNegatives = None,
+    eval_sampler: opt.EvalSampler = None,
+    device: opt.Device = None,
+    precision: opt.Precision = None,
+    compile: opt.Compile = None,
+    threads: opt.Threads = None,
+) -> None:
+    """Tune every loss on validation with the same budget, then write a grid that retrains each
+    at its tuned settings on fresh seeds (`lossbench compare --config OUT/tuned.toml`)."""
+    flags = opt.training_overrides(
+        locals(),
+        skip=(
+            "dataset",
+            "model",
+            "losses",
+            "trials",
+            "timeout",
+            "seed",
+            "prune",
+            "storage",
+            "out",
+            "config_file",
+        ),
+    )
+    try:
+        import optuna  # noqa: F401  the optional extra
+    except ImportError:
+        raise LossbenchError("lossbench tune needs Optuna: pip install 'lossbench[tune]'") from None
+    from lossbench.data.prepared import ensure_prepared
+    from lossbench.data.registry import get_dataset
+    from lossbench.tuning.output import compare_command
+    from lossbench.tuning.runner import tune_losses
+    from lossbench.tuning.space import parse_space, read_tune_file
+    from lossbench.tuning.study import TuneRequest, default_storage
+
+    if trials is not None and trials < 1:
+        raise LossbenchError(f"--trials must be at least 1, not {trials}")
+    if timeout is not None and timeout <= 0:
+        raise LossbenchError(f"--timeout must be a positive number of seconds, not {timeout:g}")
+    get_dataset(dataset)  # an unknown name fails now, with a suggestion
+    names = None if losses is None else [p.strip() for p in losses.split(",") if p.strip()]
+    grid_values = {"datasets": [dataset], "models": [model]}
+    grid = make_grid(grid_values | ({"losses": names} if names is not None else {}), "options")
+    space_table, settings = read_tune_file(config_file) if config_file else (None, {})
+    source = str(config_file) if config_file else "the built-in space"
+    request = TuneRequest(
+        dataset=dataset,
+        model=model,
+        losses=grid.losses_for(model),
+        space=parse_space(space_table, model, source),
+        settings=merge_settings(settings, flags),
+        seed=seed,
+        trials=trials if trials is not None or timeout is not None else 20,
+        timeout=timeout,
+        prune=prune,
+        out_dir=out,
+    )
+    tune_losses(
+        request,
+        storage or default_storage(out),
+        lambda name: ensure_prepared(GlobalOptions.data_dir, name),
+        console,
+    )
+    console.print(f"tuned settings in {out / 'tuned.toml'}; retrain and test them on fresh seeds:")
+    console.print(f"  {compare_command(out)}", highlight=False, soft_wrap=True)
+
+
+__all__ = ["tune"]

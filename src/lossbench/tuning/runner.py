@@ -1,0 +1,47 @@
+"""`lossbench tune` as one function: check everything, open the storage, tune every loss with
+the same budget, then write the summary, the figure and the tuned grid."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from rich.console import Console
+
+from lossbench.data.prepared import PreparedDataset
+from lossbench.tuning.output import summary_table, write_outputs
+from lossbench.tuning.study import (
+    LossOutcome,
+    TuneRequest,
+    check_request,
+    default_storage,
+    open_storage,
+    shown_url,
+    tune_loss,
+)
+
+
+def tune_losses(
+    request: TuneRequest,
+    storage_url: str,
+    prepare: Callable[[str], PreparedDataset],
+    console: Console | None = None,
+    train: Callable[..., Any] | None = None,
+) -> tuple[list[LossOutcome], list[Path]]:
+    """Tune every loss of `request`; bad input fails before the storage opens or data loads."""
+    console = console or Console(quiet=True)
+    names = check_request(request)
+    if storage_url == default_storage(request.out_dir):
+        request.out_dir.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(storage_url)
+    request.out_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial gets our own line
+    dataset = prepare(request.dataset)
+    outcomes = []
+    for loss in request.losses:
+        console.print(f"tuning [bold]{loss}[/]: study {names[loss]} in {shown_url(storage_url)}")
+        outcomes.append(tune_loss(request, loss, names[loss], storage, dataset, console, train))
+    console.print(summary_table(outcomes))
+    return outcomes, write_outputs(request, outcomes, shown_url(storage_url))
