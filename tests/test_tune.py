@@ -78,7 +78,7 @@ def test_equal_budgets_then_a_rerun_adds_only_the_missing_trials(
     tiny: PreparedDataset, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    first, files = tune_losses(request(out, 2), default_storage(out), lambda name: tiny)
+    first, files = tune_losses(request(out, 2), default_storage(out), lambda name, split: tiny)
     assert [len(outcome.trials) for outcome in first] == [2, 2]
     assert {path.name for path in files} == {"tuning.json", "tuning_progress.png", "tuned.toml"}
     assert (out / "study.db").is_file() and (out / "tuning_progress.png").stat().st_size > 1000
@@ -87,7 +87,7 @@ def test_equal_budgets_then_a_rerun_adds_only_the_missing_trials(
     assert [t.params for t in first[0].trials] == [t.params for t in first[1].trials]
     assert len({json.dumps(t.params) for t in first[0].trials}) == 2
 
-    second, _ = tune_losses(request(out, 3), default_storage(out), lambda name: tiny)
+    second, _ = tune_losses(request(out, 3), default_storage(out), lambda name, split: tiny)
     for outcome in second:
         assert [t.number for t in outcome.trials] == [0, 1, 2]
         assert [(t.number, t.value, t.params) for t in outcome.trials[:2]] == before[outcome.loss]
@@ -97,7 +97,7 @@ def test_equal_budgets_then_a_rerun_adds_only_the_missing_trials(
     assert [entry["trials"] for entry in summary["losses"]] == [3, 3]
     assert summary["losses"][0]["best_value"] == max(t.value for t in second[0].trials if t.value)
 
-    third, _ = tune_losses(request(out, 3), default_storage(out), lambda name: tiny)
+    third, _ = tune_losses(request(out, 3), default_storage(out), lambda name, split: tiny)
     assert [len(finished(out, o.study_name)) for o in third] == [3, 3]  # nothing left to do
 
 
@@ -105,7 +105,7 @@ def test_the_tuned_grid_retrains_exactly_the_best_trials(
     tiny: PreparedDataset, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    outcomes, _ = tune_losses(request(out, 2), default_storage(out), lambda name: tiny)
+    outcomes, _ = tune_losses(request(out, 2), default_storage(out), lambda name, split: tiny)
     values, settings = read_grid_file(out / "tuned.toml")
     assert values["losses"] == ["bce", "improved"] and values["seeds"] == [0, 1, 2]
     runs = plan_runs(make_grid(values, "tuned.toml"), settings, tmp_path / "compare")
@@ -130,10 +130,12 @@ def test_the_test_split_is_never_read_while_tuning(tiny: PreparedDataset, tmp_pa
         train_run(config, poisoned, tmp_path / "tested")
     clean_out, poisoned_out = tmp_path / "clean", tmp_path / "poisoned"
     clean, _ = tune_losses(
-        request(clean_out, 2, ("bce",)), default_storage(clean_out), lambda name: tiny
+        request(clean_out, 2, ("bce",)), default_storage(clean_out), lambda name, split: tiny
     )
     dirty, _ = tune_losses(
-        request(poisoned_out, 2, ("bce",)), default_storage(poisoned_out), lambda name: poisoned
+        request(poisoned_out, 2, ("bce",)),
+        default_storage(poisoned_out),
+        lambda name, split: poisoned,
     )
     assert [t.value for t in dirty[0].trials] == [t.value for t in clean[0].trials]
     assert not list(poisoned_out.rglob("metrics.json")) and not list(poisoned_out.rglob("*.pt"))
@@ -154,7 +156,7 @@ def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: Any) -> t
 def test_the_command_prints_the_compare_command(
     tiny: PreparedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    monkeypatch.setattr(prepared, "ensure_prepared", lambda data_dir, name: tiny)
+    monkeypatch.setattr(prepared, "ensure_prepared", lambda data_dir, name, split=None: tiny)
     out = tmp_path / "out"
     args = ["tune", "--losses", "bce,improved", "--trials", "2", "--out", str(out), *TINY_FLAGS]
     code, text = run_main(args, monkeypatch, capsys)
@@ -189,7 +191,7 @@ def test_bad_input_is_one_line_before_any_training(
     extra: list[str],
     words: list[str],
 ) -> None:
-    def no_data(data_dir: Path, name: str) -> PreparedDataset:
+    def no_data(data_dir: Path, name: str, split: object = None) -> PreparedDataset:
         raise AssertionError("the data was loaded")
 
     monkeypatch.setattr(prepared, "ensure_prepared", no_data)
@@ -230,7 +232,7 @@ from lossbench.data import prepared
 from lossbench.data.synthetic import make_synthetic_prepared
 
 tiny = make_synthetic_prepared(n_users=150, n_items=60, mean_length=12.0, seed=1)
-prepared.ensure_prepared = lambda data_dir, name: tiny
+prepared.ensure_prepared = lambda data_dir, name, split=None: tiny
 from lossbench.cli import main
 
 sys.argv = ["lossbench", "tune", *sys.argv[1:]]
@@ -299,7 +301,9 @@ def test_killed_during_a_trial_then_rerun_keeps_the_finished_trials(
     monkeypatch.setattr(study_module, "GRACE_SECONDS", 1)
     monkeypatch.setattr(study_module, "HEARTBEAT_SECONDS", 1)
     time.sleep(1.5)
-    monkeypatch.setattr(prepared, "ensure_prepared", lambda data_dir, name: tiny_dataset())
+    monkeypatch.setattr(
+        prepared, "ensure_prepared", lambda data_dir, name, split=None: tiny_dataset()
+    )
     code, text = run_main(["tune", *args], monkeypatch, capsys)
     assert code == 0, text
     after = finished(out, name)
@@ -316,12 +320,14 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_too(
     tiny: PreparedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    tune_losses(request(out, 1, ("bce",)), default_storage(out), lambda name: tiny)
+    tune_losses(request(out, 1, ("bce",)), default_storage(out), lambda name, split: tiny)
     (name,) = optuna.get_all_study_names(storage=default_storage(out))
     orphan = optuna.load_study(study_name=name, storage=default_storage(out)).ask()
     monkeypatch.setattr(study_module, "GRACE_SECONDS", 1)
     time.sleep(1.2)
-    (outcome,), _ = tune_losses(request(out, 2, ("bce",)), default_storage(out), lambda n: tiny)
+    (outcome,), _ = tune_losses(
+        request(out, 2, ("bce",)), default_storage(out), lambda n, split: tiny
+    )
     states = [
         t.state for t in optuna.load_study(study_name=name, storage=default_storage(out)).trials
     ]

@@ -166,3 +166,26 @@ def test_the_example_tuning_file_parses(tmp_path: Path) -> None:
     space = parse_space(space_table, "sasrec", "example")
     assert space.names == ["dropout", "lr"]
     check_request(request(tmp_path, space_table, dataset="lastfm", settings=settings))
+
+
+PLAIN_CE = """
+import torch.nn.functional as F
+
+
+def plain_ce(inputs, params):
+    logits = inputs.hidden @ inputs.item_embeddings[1:].T
+    return F.cross_entropy(logits, inputs.targets - 1)
+"""
+
+
+def test_a_loss_from_a_file_is_tuned_in_a_study_named_by_its_source(tmp_path: Path) -> None:
+    loss_file = tmp_path / "my_loss.py"
+    loss_file.write_text(PLAIN_CE)
+    reference = f"{loss_file}:plain_ce"
+    out = tmp_path / "out"
+    (name,) = check_request(request(out, losses=[reference])).values()
+    assert name.startswith("synthetic-sasrec-") and "my_loss.py-plain_ce" in name
+    assert trial_config(request(out, losses=[reference]), reference, {"lr": 0.01}).lr == 0.01
+    loss_file.write_text(PLAIN_CE + "\n# changed\n")
+    (changed,) = check_request(request(out, losses=[reference])).values()
+    assert changed != name  # other code: a new study, as a comparison would retrain it

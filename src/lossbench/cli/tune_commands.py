@@ -102,10 +102,15 @@ def tune(
     positions: opt.Positions = None,
     negatives: opt.Negatives = None,
     sampler: opt.Sampler = None,
+    logq: opt.Logq = None,
     negatives_unseen: opt.NegativesUnseen = None,
     gbce_t: opt.GbceT = None,
     mask_prob: opt.MaskProb = None,
     softmax_chunk: opt.SoftmaxChunk = None,
+    split: opt.Split = None,
+    valid_quantile: opt.ValidQuantile = None,
+    test_quantile: opt.TestQuantile = None,
+    shuffle_train: opt.ShuffleTrain = None,
     hidden_size: opt.HiddenSize = None,
     num_layers: opt.NumLayers = None,
     num_heads: opt.NumHeads = None,
@@ -164,7 +169,7 @@ def tune(
     request = TuneRequest(
         dataset=dataset,
         model=model,
-        losses=grid.losses_for(model),
+        losses=list(dict.fromkeys(arm.loss for arm in grid.arms_for(model))),
         space=parse_space(space_table, model, source),
         settings=merge_settings(settings, flags),
         seed=seed,
@@ -176,7 +181,7 @@ def tune(
     tune_losses(
         request,
         storage or default_storage(out),
-        lambda name: ensure_prepared(GlobalOptions.data_dir, name),
+        lambda name, split: ensure_prepared(GlobalOptions.data_dir, name, split),
         console,
     )
     console.print(f"tuned settings in {out / 'tuned.toml'}; retrain and test them on fresh seeds:")

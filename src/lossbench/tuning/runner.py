@@ -11,6 +11,7 @@ import optuna
 from rich.console import Console
 
 from lossbench.data.prepared import PreparedDataset
+from lossbench.data.splits import SplitSpec
 from lossbench.tuning.output import summary_table, write_outputs
 from lossbench.tuning.study import (
     LossOutcome,
@@ -19,6 +20,7 @@ from lossbench.tuning.study import (
     default_storage,
     open_storage,
     shown_url,
+    trial_config,
     tune_loss,
 )
 
@@ -26,7 +28,7 @@ from lossbench.tuning.study import (
 def tune_losses(
     request: TuneRequest,
     storage_url: str,
-    prepare: Callable[[str], PreparedDataset],
+    prepare: Callable[[str, SplitSpec], PreparedDataset],
     console: Console | None = None,
     train: Callable[..., Any] | None = None,
 ) -> tuple[list[LossOutcome], list[Path]]:
@@ -38,7 +40,9 @@ def tune_losses(
     storage = open_storage(storage_url)
     request.out_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial gets our own line
-    dataset = prepare(request.dataset)
+    # The split is a fixed setting, never tuned: every trial trains on the same data.
+    split = trial_config(request, request.losses[0], request.space.first()).split_spec
+    dataset = prepare(request.dataset, split)
     outcomes = []
     for loss in request.losses:
         console.print(f"tuning [bold]{loss}[/]: study {names[loss]} in {shown_url(storage_url)}")

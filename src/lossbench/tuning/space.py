@@ -46,6 +46,7 @@ TUNABLE_TRAINING = (
     "negatives",
     "sampler",
     "negatives_unseen",
+    "logq",
     "gbce_t",
     "mask_prob",
 )
@@ -130,6 +131,10 @@ class SearchSpace:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()
+
+    def first(self) -> dict[str, Choice]:
+        """Each setting's first probe value: one valid point of the space."""
+        return {param.name: param.probes()[0] for param in self.params}
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Choice]:
         return {param.name: param.suggest(trial) for param in self.params}

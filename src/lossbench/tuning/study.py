@@ -28,7 +28,9 @@ from rich.console import Console
 from lossbench.compare.grid import make_grid, plan_runs
 from lossbench.data.prepared import PreparedDataset
 from lossbench.errors import LossbenchError
+from lossbench.plugins import folder_name
 from lossbench.training.config import TrainConfig
+from lossbench.training.setup import code_sources
 from lossbench.tuning.space import SearchSpace
 
 STUDY_FILE = "study.db"
@@ -130,8 +132,8 @@ def check_request(request: TuneRequest) -> dict[str, str]:
     if request.trials is None and request.timeout is None:
         raise LossbenchError("give a budget per loss: --trials N or --timeout SECONDS")
     names = {}
+    first = request.space.first()
     for loss in request.losses:
-        first = {param.name: param.probes()[0] for param in request.space.params}
         for param in request.space.params:
             for value in param.probes():
                 try:
@@ -147,15 +149,18 @@ def check_request(request: TuneRequest) -> dict[str, str]:
 
 
 def study_name(request: TuneRequest, loss: str, config: TrainConfig) -> str:
-    """dataset-model-loss-<fingerprint of the space and of every fixed setting>."""
+    """dataset-model-loss-<fingerprint of the space, every fixed setting and the code of a
+    plugin loss or model>: a changed loss file starts a new study, as it retrains a run."""
     fixed = config.model_dump(mode="json", exclude={"threads", *request.space.names})
     fixed["model_settings"] = {
         k: v for k, v in fixed["model_settings"].items() if k not in request.space.names
     }
-    document = json.dumps({"space": request.space.describe(), "fixed": fixed}, sort_keys=True)
+    document = json.dumps(
+        {"space": request.space.describe(), "fixed": fixed, "code": code_sources(config)},
+        sort_keys=True,
+    )
     digest = hashlib.sha256(document.encode()).hexdigest()[:12]
-    slug = re.sub(r"[^A-Za-z0-9_.]+", "_", loss)
-    return f"{request.dataset}-{request.model}-{slug}-{digest}"
+    return f"{request.dataset}-{request.model}-{folder_name(loss)}-{digest}"
 
 
 def tune_loss(
