@@ -17,11 +17,12 @@ from lossbench.errors import LossbenchError
 from lossbench.cli import check_commands, compare_commands, data_commands  # noqa: E402,F401  isort: skip
 from lossbench.cli import pretrain_commands, train_commands, user_data_commands  # noqa: E402,F401  isort: skip
 from lossbench.cli import tune_commands  # noqa: E402,F401  isort: skip
+from lossbench.cli import ci_commands  # noqa: E402,F401  isort: skip
 
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's `typer.Exit(code)` comes back here
     except LossbenchError as error:
         # escape: a message may name TOML tables such as [tune.space], which are not markup
         console_err.print(
@@ -40,6 +41,8 @@ def main() -> None:
             error.show()  # type: ignore[attr-defined]
             sys.exit(error.exit_code)  # type: ignore[attr-defined]
         raise
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)  # e.g. 1: an expectation of `compare` failed
 
 
 def _is_abort(error: Exception) -> bool:

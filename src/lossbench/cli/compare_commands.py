@@ -8,11 +8,19 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from rich.console import Console
 
+from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import GlobalOptions, app, console
-from lossbench.compare import SummaryOptions, compare_losses, make_grid, read_grid_file
-from lossbench.compare.grid import merge_settings, under_flags
+from lossbench.cli.app import GlobalOptions, app, console, console_err
+from lossbench.compare import SummaryOptions, make_grid, read_grid_file
+from lossbench.compare.ci import Publishing, compare_and_judge
+from lossbench.compare.expectations import (
+    check_expectations,
+    parse_expectations,
+    read_grid_expectations,
+)
+from lossbench.compare.grid import Grid, merge_settings, under_flags
 from lossbench.compare.report import render_report
 from lossbench.compare.stats import DEFAULT_PERMUTATIONS
 from lossbench.compare.tables import print_unsqueezed, rich_tables
@@ -26,6 +34,7 @@ from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
 from lossbench.losses import LOSSES
 from lossbench.models import MODELS
 from lossbench.training.config import build_config
+from lossbench.training.presets import SMOKE_LAYER
 
 COMPARE = "Comparison"
 DEFAULT_OUT = Path("runs/compare")
@@ -155,8 +164,16 @@ def compare(
     precision: opt.Precision = None,
     compile: opt.Compile = None,
     threads: opt.Threads = None,
+    smoke: ci.Smoke = False,
+    sample_users: ci.SampleUsers = None,
+    expect: ci.Expect = None,
+    json_output: ci.JsonOutput = False,
+    junit: ci.Junit = None,
+    track: ci.Track = None,
 ) -> None:
-    """Train one model with several losses (everything else identical) and compare them."""
+    """Train one model with several losses (everything else identical) and compare them.
+
+    Exit 1 when an expectation fails or a run fails to train (the other runs still train)."""
     flags = opt.training_overrides(
         locals(),
         skip=(
@@ -171,9 +188,14 @@ def compare(
             "significance_metric",
             "permutations",
             "alpha",
+            *ci.NOT_CONFIG,
         ),
     )
+    if smoke and preset is not None:
+        raise LossbenchError("--smoke is the preset smoke: drop --preset, or --smoke")
     grid_values, settings = read_grid_file(config_file) if config_file else ({}, {})
+    texts = [*(read_grid_expectations(config_file) if config_file else []), *(expect or [])]
+    expectations = parse_expectations(texts)
     given = {
         "datasets": _names(dataset, "--dataset"),
         "models": _names(model, "--model"),
@@ -188,8 +210,9 @@ def compare(
         grid_values["baseline"] = grid_values.get("losses", ["bce"])[0]  # the first loss
     grid = make_grid(grid_values, str(config_file) if config_file else "options")
     summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
+    check_expectations(expectations, _groups(grid), summary_options.significance_metric)
 
-    shared = merge_settings(settings, flags)
+    shared = merge_settings(settings, SMOKE_LAYER if smoke else {}, flags)
     base = build_config(overrides=shared)
     loaded: dict[tuple[str, SplitSpec], PreparedDataset] = {}
 
@@ -198,8 +221,29 @@ def compare(
             loaded[name, split] = ensure_prepared(GlobalOptions.data_dir, name, split)
         return loaded[name, split]
 
-    _print_repeat_notices(grid.datasets, base.seen_rule, prepare, base.split_spec)
-    compare_losses(grid, shared, out, prepare, summary_options, console)
+    display = console_err if json_output else console
+    _print_repeat_notices(grid.datasets, base.seen_rule, prepare, base.split_spec, display)
+    code = compare_and_judge(
+        grid,
+        shared,
+        out,
+        prepare,
+        summary_options,
+        expectations,
+        Publishing(json_output, junit, track),
+        display,
+    )
+    if code:
+        raise typer.Exit(code)
+
+
+def _groups(grid: Grid) -> dict[tuple[str, str], tuple[list[str], str]]:
+    """(dataset, model) -> (its losses, its baseline), as the comparison will run them."""
+    return {
+        (dataset, model): (grid.losses_for(model), grid.baseline_for(model))
+        for dataset in grid.datasets
+        for model in grid.models
+    }
 
 
 def _print_repeat_notices(
@@ -207,6 +251,7 @@ def _print_repeat_notices(
     rule: str,
     prepare: Callable[[str, SplitSpec], PreparedDataset],
     split: SplitSpec,
+    display: Console,
 ) -> None:
     """One line per dataset whose validation or test targets repeat the history."""
     for name in datasets:
@@ -215,7 +260,7 @@ def _print_repeat_notices(
         )
         notice = repeat_notice(name, entry, SEEN_RULE_EFFECTS[rule])
         if notice:
-            console.print(notice, highlight=False)
+            display.print(notice, highlight=False)
 
 
 @app.command()

@@ -21,7 +21,8 @@ RUN = "Execution"
 Preset = Annotated[
     str | None,
     typer.Option(
-        help="Hyperparameter preset: study-s3rec (Table 2) or study-aprec (Table 3).",
+        help="Hyperparameter preset: study-s3rec (Table 2), study-aprec (Table 3) "
+        "or smoke (toy scale, for CI).",
         rich_help_panel=TRAINING,
     ),
 ]

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import GlobalOptions, app, console
+from lossbench.cli.app import GlobalOptions, app, console, console_err
 from lossbench.compare.arms import config_label, run_name
 from lossbench.data.prepared import ensure_prepared
 from lossbench.data.repeats import repeat_notice, repeated_targets
+from lossbench.data.subsample import sample_users as sample
+from lossbench.errors import LossbenchError
 from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
 from lossbench.losses import LOSS_PLUGINS
 from lossbench.models import MODEL_PLUGINS, MODELS, model_config
 from lossbench.plugins import available, folder_name
 from lossbench.training.config import build_config
 from lossbench.training.loop import RunResult, train_run
+from lossbench.training.presets import SMOKE_LAYER
 from lossbench.training.setup import resolve_loss, run_device
 
 
@@ -86,19 +92,37 @@ def train(
     precision: opt.Precision = None,
     compile: opt.Compile = None,
     threads: opt.Threads = None,
+    smoke: ci.Smoke = False,
+    sample_users: ci.SampleUsers = None,
+    json_output: ci.JsonOutput = False,
+    track: ci.Track = None,
 ) -> None:
     """Train one model with one loss, early-stopped on validation, and test it once."""
-    overrides = opt.training_overrides(locals(), skip=("out", "config_file"))
+    overrides = opt.training_overrides(locals(), skip=("out", "config_file", *ci.NOT_CONFIG))
+    if smoke and preset is not None:
+        raise LossbenchError("--smoke is the preset smoke: drop --preset, or --smoke")
+    overrides = {
+        **(SMOKE_LAYER if smoke else {}),
+        **{k: v for k, v in overrides.items() if v is not None},
+    }
     config = build_config(toml_file=config_file, overrides=overrides)
     # Impossible settings or model / loss pairings fail before anything starts.
     model_config(config.model, config.model_settings)
     resolve_loss(config)
     run_device(config.device, config.precision)
     prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
+    if config.sample_users is not None:
+        prepared = sample(prepared, config.sample_users)
     run_dir = (
         out or Path("runs") / config.dataset / f"{folder_name(config.model)}-{run_name(config)}"
     )
-    console.print(
+    display = console_err if json_output else console
+    tracker = None
+    if track is not None:
+        from lossbench.tracking import open_tracker
+
+        tracker = open_tracker(track, run_dir)
+    display.print(
         f"training [bold]{config.model}[/] with [bold]{config_label(config)}[/] on "
         f"[bold]{config.dataset}[/] ({prepared.n_users:,} users, {prepared.n_items:,} items, "
         f"{config.split_spec.label} split), "
@@ -108,10 +132,21 @@ def train(
         config.dataset, repeated_targets(prepared), SEEN_RULE_EFFECTS[config.seen_rule]
     )
     if notice:
-        console.print(notice, highlight=False)
-    result = train_run(config, prepared, run_dir, console)
-    console.print(result_table(result))
-    console.print(f"run files in {result.run_dir}")
+        display.print(notice, highlight=False)
+    try:
+        result = train_run(
+            config, prepared, run_dir, display, observers=[tracker] if tracker else []
+        )
+    finally:
+        if tracker is not None:
+            tracker.close()
+    display.print(result_table(result))
+    display.print(f"run files in {result.run_dir}")
+    if json_output:
+        from lossbench.compare.outputs import finite, run_document
+
+        document = {"runs": [run_document(result.run_dir)]}
+        sys.stdout.write(json.dumps(finite(document), indent=2, allow_nan=False) + "\n")
 
 
 def result_table(result: RunResult) -> Table:

@@ -22,7 +22,8 @@ from lossbench.data.splits import SplitSpec
 from lossbench.training.config import TrainConfig
 from lossbench.training.loop import RunResult
 
-TrainFn = Callable[[TrainConfig, PreparedDataset, Path, Console], RunResult]
+# May return None: a run that failed and was recorded as such (see compare/ci.py).
+TrainFn = Callable[[TrainConfig, PreparedDataset, Path, Console], RunResult | None]
 PrepareFn = Callable[[str, SplitSpec], PreparedDataset]  # (dataset name, split) -> data
 
 

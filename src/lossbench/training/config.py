@@ -58,6 +58,9 @@ class TrainConfig(BaseModel):
     mask_prob: float = Field(default=0.2, gt=0.0, lt=1.0)
     softmax_chunk: int | None = Field(default=None, ge=1)
 
+    # A fixed, seeded sample of this many users (the same for every loss and seed).
+    sample_users: int | None = Field(default=None, ge=1)
+
     # Optimisation (Adam, as in the study).
     batch_size: int = Field(default=256, ge=1)
     lr: float = Field(default=1e-3, gt=0.0)

@@ -6,7 +6,7 @@ import contextlib
 import copy
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from rich.console import Console
 from lossbench.data.batches import TrainBatch, TrainBatcher
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.sequences import build_sequence_tensors
+from lossbench.data.subsample import sample_users
 from lossbench.errors import LossbenchError
 from lossbench.evaluation.metrics import metrics_from_ranks
 from lossbench.evaluation.ranking import sample_eval_candidates
@@ -27,6 +28,7 @@ from lossbench.models.base import scoring_table
 from lossbench.training.config import TrainConfig
 from lossbench.training.evaluate import Evaluator
 from lossbench.training.memory import peak_memory_mb, reset_peak_memory
+from lossbench.training.observers import RunObserver
 from lossbench.training.progress import TrainingProgress
 from lossbench.training.run_files import RunFiles
 from lossbench.training.setup import (
@@ -60,6 +62,7 @@ def train_run(
     *,
     epoch_callback: EpochCallback | None = None,
     evaluate_test: bool = True,
+    observers: Sequence[RunObserver] = (),
 ) -> RunResult:
     """Train one (model, loss, seed), early-stopped on validation, then test once.
 
@@ -67,8 +70,12 @@ def train_run(
     raising (a tuning trial's pruner). With `evaluate_test=False` (a tuning trial) the test
     split is never evaluated: the run returns validation metrics only, and its folder keeps
     `config.json` and `history.csv`, nothing a comparison would read as a finished run.
+    `observers` (experiment trackers, checks) see the run start, each epoch and, once it is
+    tested, its end.
     """
     console = console or Console(quiet=True)
+    if config.sample_users is not None:
+        dataset = sample_users(dataset, config.sample_users)
     loss = resolve_loss(config)
     check_split(config, dataset)
     device = run_device(config.device, config.precision)
@@ -156,6 +163,8 @@ def train_run(
     }
     files = RunFiles(run_dir)
     files.start(record)
+    for observer in observers:
+        observer.on_start(run_dir, record)
 
     history: list[dict[str, Any]] = []
     best_value, best_epoch, best_state = float("-inf"), 0, copy.deepcopy(model.state_dict())
@@ -208,6 +217,8 @@ def train_run(
                 }
             )
             files.append_history(history[-1])
+            for observer in observers:
+                observer.on_epoch(history[-1])
             bar.end_epoch(epoch, epoch_loss, value, best_value)
             if epoch_callback is not None:
                 epoch_callback(history[-1])
@@ -249,6 +260,8 @@ def train_run(
         return RunResult(run_dir, record, metrics, history)
     test_set = sequences.test
     files.finish(model.state_dict(), test_result, test_set.rows(), test_set.targets, metrics)
+    for observer in observers:
+        observer.on_finish(metrics)
     return RunResult(run_dir, record, metrics, history)
 
 
