@@ -133,8 +133,11 @@ def compare_and_judge(
     train = failed.guard(partial(train_run, observers=observers))
     try:
         written = compare_losses(grid, settings, out_dir, prepare, options, display, train)
-    except LossbenchError:
-        if not failed.failures:  # not "no finished runs": a real problem
+    except BaseException as error:
+        # Every run failed ("no finished runs") is an outcome; anything else ends here.
+        if not (isinstance(error, LossbenchError) and failed.failures):
+            if tracker is not None:
+                tracker.close(failed=True)
             raise
         written = []
     outcome = judge(out_dir, expectations, options, failed.failures)
