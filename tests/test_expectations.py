@@ -41,6 +41,13 @@ def test_spacing_import_strings_and_numbers() -> None:
     assert parse_expectation("improved > bce SIGNIFICANT").significant
 
 
+def test_arm_labels_with_spaces_are_quoted_or_inside_a_metric() -> None:
+    quoted = parse_expectation("'improved shuffled' < \"improved\" significant")
+    assert quoted.terms == [Term("improved shuffled"), Term("improved")]
+    inside = parse_expectation("hr@10( sampled-ce in-batch logq ) >= 0.9 * hr@10(improved)")
+    assert inside.left.term == Term("sampled-ce in-batch logq", "hr@10")
+
+
 @pytest.mark.parametrize(
     ("text", "says"),
     [
@@ -48,7 +55,8 @@ def test_spacing_import_strings_and_numbers() -> None:
         ("improved = bce", "unexpected '='"),
         ("improved bce", "expected a comparison operator"),
         ("ndcg@x(improved) > 0.1", "unknown metric 'ndcg@x'"),
-        ("ndcg@10(improved > 0.1", "expected ')'"),
+        ("ndcg@10(improved > 0.1", "unexpected '(' at column 8"),
+        ("ndcg@10( ) > 0.1", "names no loss"),
         ("0.1 > 0.05", "compares two numbers"),
         ("improved > bce maybe", "unexpected 'maybe'"),
         ("improved >= bce significant", "'significant' compares two losses"),

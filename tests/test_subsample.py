@@ -70,6 +70,49 @@ def test_the_same_n_gives_the_same_users_and_all_users_is_a_no_op(tiny: Prepared
     assert sequences(sample_users(tiny, 25, seed=1)) != sequences(first)
 
 
+def rows(offsets: np.ndarray, items: np.ndarray, row: int) -> list[int]:
+    return items[offsets[row] : offsets[row + 1]].tolist()
+
+
+def test_gaps_and_missing_targets_of_a_temporal_split_are_kept() -> None:
+    """Four hand-made users; 0 means no target (users 2 and 4 have no test target)."""
+    dataset = PreparedDataset(
+        name="toy",
+        n_items=9,
+        train_offsets=np.array([0, 2, 3, 5, 6]),
+        train_items=np.array([1, 2, 3, 4, 5, 9]),
+        valid_items=np.array([6, 0, 7, 8]),
+        test_items=np.array([7, 0, 8, 0]),
+        gap_offsets=np.array([0, 1, 1, 3, 4]),
+        gap_items=np.array([6, 7, 6, 8]),
+    )
+    kept = np.sort(np.random.default_rng(5).choice(4, size=2, replace=False))
+    sample = sample_users(dataset, 2, seed=5)
+    touched = [
+        item
+        for user in kept
+        for item in [
+            *rows(dataset.train_offsets, dataset.train_items, user),
+            *rows(dataset.gap_offsets, dataset.gap_items, user),  # type: ignore[arg-type]
+            int(dataset.valid_items[user]),
+            int(dataset.test_items[user]),
+        ]
+        if item > 0
+    ]
+    new_of_old = {old: new for new, old in enumerate(sorted(set(touched)), start=1)} | {0: 0}
+    assert sample.n_items == len(set(touched))
+    for row, user in enumerate(kept):
+        for offsets, items in (("train_offsets", "train_items"), ("gap_offsets", "gap_items")):
+            before = rows(getattr(dataset, offsets), getattr(dataset, items), user)
+            after = rows(getattr(sample, offsets), getattr(sample, items), row)
+            assert after == [new_of_old[item] for item in before]
+        assert sample.valid_items[row] == new_of_old[int(dataset.valid_items[user])]
+        assert sample.test_items[row] == new_of_old[int(dataset.test_items[user])]
+    assert sample.meta["n_interactions"] == len(sample.train_items) + len(sample.gap_items) + int(
+        (sample.test_items > 0).sum()
+    )
+
+
 def test_a_run_trains_on_the_sample(tiny: PreparedDataset, tmp_path: Path) -> None:
     config = build_config(
         overrides={

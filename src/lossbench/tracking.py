@@ -53,8 +53,11 @@ def metric_key(prefix: str, name: str) -> str:
 
 
 def run_label(record: dict[str, Any]) -> str:
+    """'synthetic sasrec + bce, seed 0', with the arm's label as the table shows it."""
+    from lossbench.compare.arms import record_label
+
     config = record["config"]
-    loss = record["loss_settings"]["loss"]
+    loss = record_label(record["loss_settings"]["loss"], config)
     return f"{config['dataset']} {config['model']} + {loss}, seed {config['seed']}"
 
 
@@ -111,6 +114,7 @@ class MlflowTracker:
             "lossbench.dataset": str(config["dataset"]),
             "lossbench.model": str(config["model"]),
             "lossbench.loss": str(record["loss_settings"]["loss"]),
+            "lossbench.label": run_label(record),
             "lossbench.seed": str(config["seed"]),
             "lossbench.run_dir": str(run_dir),
         }

@@ -19,6 +19,7 @@ from typing import Any
 import polars as pl
 from rich.console import Console
 
+from lossbench.compare.arms import config_label
 from lossbench.compare.expectations import (
     Expectation,
     Verdict,
@@ -103,7 +104,7 @@ def _failure(config: TrainConfig, run_dir: Path, error: Exception) -> RunFailure
         label=PlannedRun(config, run_dir).label,
         dataset=config.dataset,
         model=config.model,
-        loss=config.loss_name,
+        loss=config_label(config),  # the arm, as the table names it
         seed=config.seed,
         run_dir=run_dir,
         error=" ".join(message.split()),  # one line

@@ -7,6 +7,9 @@ One expectation per string:
     term        := LOSS | METRIC "(" LOSS ")"          e.g. improved, hr@10(./my_loss.py:fn)
     OP          := ">" | ">=" | "<" | "<="
 
+A LOSS is a compared loss or arm label as the table shows it; one with spaces
+("improved shuffled") is quoted, or written inside METRIC(...), where spaces are allowed.
+
 A term is the loss's test METRIC averaged over the comparison's seeds; a bare LOSS means the
 comparison's significance metric (NDCG@10 unless `--significance-metric` says otherwise).
 `significant` also asks the comparison's own paired test (Holm-adjusted, one of the two losses
@@ -44,10 +47,10 @@ _TOKEN = re.compile(
     r"""\s*(?:
         (?P<op>>=|<=|>|<)
       | (?P<star>\*)
-      | (?P<open>\()
-      | (?P<close>\))
+      | (?P<call>[^\s()<>=*"']+\([^()]*\))
+      | (?P<quoted>"[^"]*"|'[^']*')
       | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?![^\s()<>=*])
-      | (?P<word>[^\s()<>=*]+)
+      | (?P<word>[^\s()<>=*"']+)
     )""",
     re.VERBOSE,
 )
@@ -316,18 +319,22 @@ class _Parser:
         return Side(None, self.term())
 
     def term(self) -> Term:
-        word = self.take("word", "a loss or METRIC(loss)")
         token = self.peek()
-        if token is None or token[0] != "open":
-            return Term(word)
-        self.take("open", "'('")
-        loss = self.take("word", "a loss name")
-        self.take("close", "')'")
-        try:
-            per_user_metric(np.ones(1), word)
-        except LossbenchError as error:
-            raise self.error(str(error)) from None
-        return Term(loss, word)
+        if token is not None and token[0] == "call":  # METRIC(loss label)
+            self.index += 1
+            metric, _, rest = token[1].partition("(")
+            loss = rest[:-1].strip()
+            if not loss:
+                raise self.error(f"{token[1]!r} names no loss")
+            try:
+                per_user_metric(np.ones(1), metric)
+            except LossbenchError as error:
+                raise self.error(str(error)) from None
+            return Term(loss, metric)
+        if token is not None and token[0] == "quoted":
+            self.index += 1
+            return Term(token[1][1:-1].strip())
+        return Term(self.take("word", "a loss or METRIC(loss)"))
 
     def keyword(self, word: str) -> bool:
         token = self.peek()
