@@ -17,7 +17,7 @@ test-slow: install
 	$(PYTHON) -m pytest -q -m slow
 
 demo: install
-	lossbench compare
+	lossbench compare --smoke --out runs/demo
 
 lint:
 	ruff check src tests bench
