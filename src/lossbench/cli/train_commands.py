@@ -1,25 +1,22 @@
-"""`lossbench train`, `lossbench losses`, `lossbench models`."""
+"""`lossbench train`, `lossbench losses`, `lossbench models`.
+
+torch and the training modules are imported inside the commands, so `--help` stays fast.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from lossbench.cli import options as opt
-from lossbench.cli.app import GlobalOptions, app, console
-from lossbench.compare.arms import config_label, run_name
-from lossbench.data.prepared import ensure_prepared
-from lossbench.data.repeats import repeat_notice, repeated_targets
-from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
-from lossbench.losses import LOSS_PLUGINS
-from lossbench.models import MODEL_PLUGINS, MODELS, model_config
-from lossbench.plugins import available, folder_name
-from lossbench.training.config import build_config
-from lossbench.training.loop import RunResult, train_run
-from lossbench.training.setup import resolve_loss, run_device
+from lossbench.cli.app import DataDir, GlobalOptions, app, console
+from lossbench.cli.outputs import check_output_folder
+
+if TYPE_CHECKING:
+    from lossbench.training.loop import RunResult
 
 
 @app.command()
@@ -29,7 +26,7 @@ def train(
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="Model: " + ", ".join(MODELS) + ", or package.module:name."),
+        typer.Option(help="Model (see `lossbench models`), or package.module:name."),
     ] = None,
     loss: Annotated[
         str | None,
@@ -86,18 +83,30 @@ def train(
     precision: opt.Precision = None,
     compile: opt.Compile = None,
     threads: opt.Threads = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Train one model with one loss, early-stopped on validation, and test it once."""
-    overrides = opt.training_overrides(locals(), skip=("out", "config_file"))
+    overrides = opt.training_overrides(locals(), skip=("out", "config_file"))  # before imports
+    from lossbench.compare.arms import config_label, run_name
+    from lossbench.data.prepared import ensure_prepared
+    from lossbench.data.repeats import repeat_notice, repeated_targets
+    from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
+    from lossbench.models import model_config
+    from lossbench.plugins import folder_name
+    from lossbench.training.config import build_config
+    from lossbench.training.loop import train_run
+    from lossbench.training.setup import resolve_loss, run_device
+
     config = build_config(toml_file=config_file, overrides=overrides)
     # Impossible settings or model / loss pairings fail before anything starts.
     model_config(config.model, config.model_settings)
     resolve_loss(config)
     run_device(config.device, config.precision)
-    prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
     run_dir = (
         out or Path("runs") / config.dataset / f"{folder_name(config.model)}-{run_name(config)}"
     )
+    check_output_folder(run_dir, "--out")
+    prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
     console.print(
         f"training [bold]{config.model}[/] with [bold]{config_label(config)}[/] on "
         f"[bold]{config.dataset}[/] ({prepared.n_users:,} users, {prepared.n_items:,} items, "
@@ -144,6 +153,9 @@ def result_table(result: RunResult) -> Table:
 def losses() -> None:
     """List the losses (built-in and installed), the setup each was published with and where
     each comes from. Any other `package.module:name` or `./file.py:name` works as well."""
+    from lossbench.losses import LOSS_PLUGINS
+    from lossbench.plugins import available
+
     table = Table(title="losses", caption="also: --loss package.module:name or ./file.py:name")
     for column in ("name", "positions", "negatives", "what it computes", "from"):
         table.add_column(column, justify="right" if column == "negatives" else "left")
@@ -162,6 +174,9 @@ def losses() -> None:
 @app.command()
 def models() -> None:
     """List the models (built-in and installed), their default loss, settings and origin."""
+    from lossbench.models import MODEL_PLUGINS
+    from lossbench.plugins import available
+
     table = Table(title="models", caption="also: --model package.module:name or ./file.py:name")
     for column in ("name", "default loss", "settings", "description", "from"):
         table.add_column(column)
