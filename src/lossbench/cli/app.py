@@ -15,9 +15,8 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from lossbench import __version__
-from lossbench.data.registry import USER_REGISTRY_ENV, USER_REGISTRY_FILE, UserRegistry
 from lossbench.errors import LossbenchError
-from lossbench.paths import default_data_dir
+from lossbench.paths import USER_REGISTRY_ENV, USER_REGISTRY_FILE, UserRegistry, default_data_dir
 
 console = Console()
 console_err = Console(stderr=True)
