@@ -3,12 +3,14 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 # The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_VERSION ?= 2.13.0
+# Editable for development; `make test EDITABLE=` installs the package as a user gets it (CI).
+EDITABLE ?= -e
 
 .PHONY: install test test-slow demo lint bench clean
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==$(TORCH_VERSION)"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q $(EDITABLE) ".[dev]"
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -219,10 +219,10 @@ def test_load_pretrained_errors(tmp_path: Path) -> None:
 
 
 def test_pretrain_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lossbench.cli.pretrain_commands as commands
+    import lossbench.data.prepared as prepared  # the command imports it when it runs
     from lossbench.cli import app
 
-    monkeypatch.setattr(commands, "ensure_prepared", lambda data_dir, name: tiny_synthetic())
+    monkeypatch.setattr(prepared, "ensure_prepared", lambda data_dir, name: tiny_synthetic())
     out = tmp_path / "pre"
     arguments = ["pretrain", "--dataset", "synthetic", "--epochs", "1", "--out", str(out)]
     arguments += ["--hidden-size", "8", "--num-layers", "1", "--max-len", "8", "--device", "cpu"]

@@ -168,7 +168,8 @@ def test_both_splits_coexist_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyP
         file=RemoteFile(url="https://example.org/ratings.csv", sha256="0" * 64),
     )
     monkeypatch.setattr(preprocess, "is_downloaded", lambda data_dir, entry: True)
-    monkeypatch.setattr(preprocess, "source_sha256", lambda data_dir, entry: {"r": "0"})
+    sources = {"sha256": {"r": "0"}, "read": {"raw/r": "0"}}
+    monkeypatch.setattr(preprocess, "verified_sources", lambda data_dir, entry: sources)
     monkeypatch.setattr(preprocess, "read_interactions", lambda path, format: fixture_frame())
     monkeypatch.setattr(preprocess, "interactions_path", lambda data_dir, entry: tmp_path)
     registry = {"fixture": entry}

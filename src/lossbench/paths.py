@@ -12,3 +12,15 @@ def default_data_dir() -> Path:
         return Path(env)
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "lossbench"
+
+
+USER_REGISTRY_FILE = "user-datasets.toml"
+USER_REGISTRY_ENV = "LOSSBENCH_REGISTRY"
+
+
+class UserRegistry:
+    """Set by the CLI: the registry `--registry` names (None: not given) and the data dir,
+    whose `user-datasets.toml` is the default when a caller names no data dir."""
+
+    path: Path | None = None
+    data_dir: Path | None = None

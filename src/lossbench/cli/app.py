@@ -1,32 +1,98 @@
-"""The Typer application, the shared consoles and the global options."""
+"""The Typer application, the shared consoles and the global options.
+
+Only typer, rich and small lossbench modules are imported here and at the top of the command
+modules: `lossbench --help` and usage errors answer without loading torch, polars or matplotlib.
+"""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from lossbench.data.registry import USER_REGISTRY_ENV, USER_REGISTRY_FILE, UserRegistry
-from lossbench.paths import default_data_dir
+from lossbench import __version__
+from lossbench.errors import LossbenchError
+from lossbench.paths import USER_REGISTRY_ENV, USER_REGISTRY_FILE, UserRegistry, default_data_dir
 
 console = Console()
 console_err = Console(stderr=True)
 
+INTERRUPTED = "interrupted; run the same command again to resume"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+class LossbenchGroup(TyperGroup):
+    """Runs the chosen command, turning Ctrl-C into one line and exit 130 and any operating
+    system error that escapes a command into a `LossbenchError` naming the path."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            console_err.print(f"[yellow]{INTERRUPTED}[/]", highlight=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as error:
+            if error.errno == errno.EPIPE:
+                raise  # `lossbench datasets | head`: the framework exits quietly
+            raise LossbenchError(describe_os_error(error)) from None
+
+
+def describe_os_error(error: OSError) -> str:
+    """'PATH: problem' (and the second path of a rename), in the words of the system."""
+    problem = (error.strerror or str(error)).lower()
+    paths = [str(p) for p in (error.filename, error.filename2) if p is not None]
+    if not paths:
+        return f"operating-system error: {problem}; check free space and permissions"
+    return f"{' -> '.join(paths)}: {problem}; check the path and its permissions"
+
+
 app = typer.Typer(
     name="lossbench",
+    cls=LossbenchGroup,
     help="Benchmark the training losses of sequential recommenders.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
 class GlobalOptions:
-    """Options given before the command (`lossbench --data-dir D download lastfm`)."""
+    """Options given before the command (`lossbench --data-dir D download lastfm`) or, for
+    `--data-dir`, after it (`lossbench download lastfm --data-dir D`)."""
 
     data_dir: Path = default_data_dir()
+
+
+def _set_data_dir(value: Path | None) -> None:
+    if value is not None:
+        GlobalOptions.data_dir = UserRegistry.data_dir = value
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"lossbench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+DATA_DIR_HELP = "Where datasets are downloaded and prepared."
+
+# The same option on the commands that read datasets, so it may follow the command's name;
+# its callback sets GlobalOptions.data_dir while the command's arguments are parsed.
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help=DATA_DIR_HELP + " Also accepted before the command.",
+        show_default="per-user cache folder",
+        callback=_set_data_dir,
+        expose_value=False,
+    ),
+]
 
 
 @app.callback()
@@ -36,7 +102,7 @@ def global_options(
         typer.Option(
             "--data-dir",
             envvar="LOSSBENCH_DATA_DIR",
-            help="Where datasets are downloaded and prepared.",
+            help=DATA_DIR_HELP,
             show_default="per-user cache folder",
         ),
     ] = None,
@@ -50,6 +116,12 @@ def global_options(
             show_default=f"{USER_REGISTRY_FILE} in the data dir",
         ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
 ) -> None:
     GlobalOptions.data_dir = data_dir if data_dir is not None else default_data_dir()
     UserRegistry.path, UserRegistry.data_dir = registry, GlobalOptions.data_dir

@@ -1,40 +1,29 @@
-"""`lossbench compare` (train a grid of losses, then report) and `lossbench report DIR`."""
+"""`lossbench compare` (train a grid of losses, then report) and `lossbench report DIR`.
+
+`lossbench.compare` (torch, polars, matplotlib) is imported inside the commands.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
-from rich.console import Console
 
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import GlobalOptions, app, console, console_err
-from lossbench.compare import SummaryOptions, make_grid, read_grid_file
-from lossbench.compare.ci import Publishing, compare_and_judge
-from lossbench.compare.expectations import (
-    check_expectations,
-    parse_expectations,
-    read_grid_expectations,
-)
-from lossbench.compare.grid import Grid, merge_settings, under_flags
-from lossbench.compare.report import render_report
-from lossbench.compare.stats import DEFAULT_PERMUTATIONS
-from lossbench.compare.tables import print_unsqueezed, rich_tables
-from lossbench.compare.versus import versus_summary
-from lossbench.data.prepared import PreparedDataset, ensure_prepared
-from lossbench.data.repeats import repeat_notice, stored_or_computed
-from lossbench.data.splits import SplitSpec
+from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.outputs import check_output_folder
 from lossbench.errors import LossbenchError
-from lossbench.evaluation.metrics import per_user_metric
-from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
-from lossbench.losses import LOSSES
-from lossbench.models import MODELS
-from lossbench.training.config import build_config
-from lossbench.training.presets import SMOKE_LAYER
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from lossbench.compare import SummaryOptions
+    from lossbench.compare.grid import Grid
+    from lossbench.data.prepared import PreparedDataset
+    from lossbench.data.splits import SplitSpec
 
 COMPARE = "Comparison"
 DEFAULT_OUT = Path("runs/compare")
@@ -52,7 +41,12 @@ SignificanceMetric = Annotated[
     typer.Option(help="Per-user metric of the paired significance test.", rich_help_panel=COMPARE),
 ]
 Permutations = Annotated[
-    int, typer.Option(help="Random sign flips of the permutation test.", rich_help_panel=COMPARE)
+    int | None,
+    typer.Option(
+        help="Random sign flips of the permutation test.",
+        show_default="10000",
+        rich_help_panel=COMPARE,
+    ),
 ]
 Alpha = Annotated[
     float,
@@ -69,7 +63,7 @@ def compare(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Model: " + ", ".join(MODELS) + ", or package.module:name / ./file.py:name "
+            help="Model (see `lossbench models`), or package.module:name / ./file.py:name "
             "(several: a,b).",
             rich_help_panel=COMPARE,
         ),
@@ -115,7 +109,7 @@ def compare(
     ] = None,
     metrics: Metrics = "hr@10,ndcg@10",
     significance_metric: SignificanceMetric = "ndcg@10",
-    permutations: Permutations = DEFAULT_PERMUTATIONS,
+    permutations: Permutations = None,
     alpha: Alpha = 0.05,
     init: Annotated[
         Path | None,
@@ -170,11 +164,12 @@ def compare(
     json_output: ci.JsonOutput = False,
     junit: ci.Junit = None,
     track: ci.Track = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Train one model with several losses (everything else identical) and compare them.
 
     Exit 1 when an expectation fails or a run fails to train (the other runs still train)."""
-    flags = opt.training_overrides(
+    flags = opt.training_overrides(  # first: `locals()` holds only the flags here
         locals(),
         skip=(
             "dataset",
@@ -193,6 +188,18 @@ def compare(
     )
     if smoke and preset is not None:
         raise LossbenchError("--smoke is the preset smoke: drop --preset, or --smoke")
+    from lossbench.compare import make_grid, read_grid_file
+    from lossbench.compare.ci import Publishing, compare_and_judge
+    from lossbench.compare.expectations import (
+        check_expectations,
+        parse_expectations,
+        read_grid_expectations,
+    )
+    from lossbench.compare.grid import merge_settings, under_flags
+    from lossbench.data.prepared import ensure_prepared
+    from lossbench.training.config import build_config
+    from lossbench.training.presets import SMOKE_LAYER
+
     grid_values, settings = read_grid_file(config_file) if config_file else ({}, {})
     texts = [*(read_grid_expectations(config_file) if config_file else []), *(expect or [])]
     expectations = parse_expectations(texts)
@@ -211,6 +218,7 @@ def compare(
     grid = make_grid(grid_values, str(config_file) if config_file else "options")
     summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
     check_expectations(expectations, _groups(grid), summary_options.significance_metric)
+    check_output_folder(out, "--out")
 
     shared = merge_settings(settings, SMOKE_LAYER if smoke else {}, flags)
     base = build_config(overrides=shared)
@@ -254,6 +262,9 @@ def _print_repeat_notices(
     display: Console,
 ) -> None:
     """One line per dataset whose validation or test targets repeat the history."""
+    from lossbench.data.repeats import repeat_notice, stored_or_computed
+    from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
+
     for name in datasets:
         entry = stored_or_computed(
             GlobalOptions.data_dir, name, lambda name: prepare(name, split), split
@@ -272,12 +283,20 @@ def report(
     ] = None,
     metrics: Metrics = "hr@10,ndcg@10",
     significance_metric: SignificanceMetric = "ndcg@10",
-    permutations: Permutations = DEFAULT_PERMUTATIONS,
+    permutations: Permutations = None,
     alpha: Alpha = 0.05,
+    print_only: Annotated[
+        bool, typer.Option("--print-only", help="Print the tables; write no file.")
+    ] = False,
 ) -> None:
     """Re-render tables, summary.md, results files and figures from saved runs (no training)."""
+    from lossbench.compare.report import render_report
+
     summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
-    render_report(directory, summary_options, console, baseline)
+    if directory.is_dir() and not print_only:
+        hint = "`--print-only` prints the tables and writes nothing"
+        check_output_folder(directory, "report", hint)
+    render_report(directory, summary_options, console, baseline, print_only=print_only)
 
 
 @app.command()
@@ -288,9 +307,12 @@ def versus(
     baseline: Annotated[Path, typer.Argument(help="Runs to test against, the same way.")],
     metrics: Metrics = "hr@10,ndcg@10",
     significance_metric: SignificanceMetric = "ndcg@10",
-    permutations: Permutations = DEFAULT_PERMUTATIONS,
+    permutations: Permutations = None,
 ) -> None:
     """Compare two sets of finished runs (two models, presets or versions), paired by seed."""
+    from lossbench.compare.tables import print_unsqueezed, rich_tables
+    from lossbench.compare.versus import versus_summary
+
     summary_options = _summary_options(metrics, significance_metric, permutations, 0.05)
     summary, _, _ = versus_summary(treatment, baseline, summary_options)
     for table in rich_tables(summary, summary_options, subject="runs"):
@@ -298,8 +320,15 @@ def versus(
 
 
 def _summary_options(
-    metrics: str, significance: str, permutations: int, alpha: float
+    metrics: str, significance: str, permutations: int | None, alpha: float
 ) -> SummaryOptions:
+    import numpy as np
+
+    from lossbench.compare import SummaryOptions
+    from lossbench.compare.stats import DEFAULT_PERMUTATIONS
+    from lossbench.evaluation.metrics import per_user_metric
+
+    permutations = DEFAULT_PERMUTATIONS if permutations is None else permutations
     shown = _names(metrics, "--metrics") or []
     for name in [*shown, significance]:
         per_user_metric(np.ones(1), name)  # raises a LossbenchError naming the valid forms
@@ -318,6 +347,8 @@ def _names(text: str | None, flag: str) -> list[str] | None:
         return None
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
+        from lossbench.losses import LOSSES
+
         valid = f"; valid losses: {', '.join(LOSSES)}" if flag == "--losses" else ""
         raise LossbenchError(f"{flag} is empty{valid}")
     return names

@@ -1,21 +1,24 @@
-"""`lossbench datasets`, `download`, `preprocess`: thin commands over `lossbench.data`."""
+"""`lossbench datasets`, `download`, `preprocess`, `verify`: thin commands over `lossbench.data`.
+
+The data modules (polars, numpy) are imported inside the commands, so `--help` stays fast.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
 from rich.table import Table
 
 from lossbench.cli import options as opt
-from lossbench.cli.app import GlobalOptions, app, console
-from lossbench.data.download import download_dataset, is_downloaded
-from lossbench.data.prepared import prepared_dir, read_meta
-from lossbench.data.preprocess import PrepareResult, preprocess_dataset
-from lossbench.data.registry import DatasetEntry, get_dataset, load_registry
-from lossbench.data.repeats import META_KEY, share_text
-from lossbench.data.splits import split_spec
+from lossbench.cli.app import DataDir, GlobalOptions, app, console
+
+if TYPE_CHECKING:
+    from lossbench.data.preprocess import PrepareResult
+    from lossbench.data.registry import DatasetEntry
+
+EXIT_CHECK_FAILED = 1
 
 
 def _size(entry: DatasetEntry) -> str:
@@ -33,9 +36,13 @@ def _size(entry: DatasetEntry) -> str:
 
 
 def _status(entry: DatasetEntry, meta: dict[str, Any] | None) -> str:
+    from lossbench.data.download import is_downloaded
+    from lossbench.data.prepared import prepared_problems
+
     data_dir = GlobalOptions.data_dir
     if meta is not None:
-        return "[green]prepared[/]"
+        damaged = prepared_problems(data_dir, entry.name, meta, hashes=False)
+        return "[red]prepared, damaged[/]" if damaged else "[green]prepared[/]"
     if entry.generator is not None:
         return "generated on demand"
     if entry.local_file is not None:
@@ -44,9 +51,13 @@ def _status(entry: DatasetEntry, meta: dict[str, Any] | None) -> str:
 
 
 @app.command()
-def datasets() -> None:
+def datasets(data_dir: DataDir = None) -> None:
     """List the registered datasets, whether each is downloaded or prepared, and (prepared)
     the share of validation / test targets already in the user's history."""
+    from lossbench.data.prepared import prepared_dir, read_meta
+    from lossbench.data.registry import load_registry
+    from lossbench.data.repeats import META_KEY, share_text
+
     table = Table(title=f"datasets in {GlobalOptions.data_dir}")
     for column in ("name", "source", "size", "status", "seen targets"):
         table.add_column(column, overflow="fold")
@@ -81,8 +92,12 @@ def download(
         bool,
         typer.Option("--trust-new-hash", help="Record the hash of a file that has none pinned."),
     ] = False,
+    data_dir: DataDir = None,
 ) -> None:
-    """Download datasets, verifying size and sha256 (resumes an interrupted transfer)."""
+    """Download datasets, verifying size and sha256 (resumes; fetches damaged files again)."""
+    from lossbench.data.download import download_dataset
+    from lossbench.data.registry import get_dataset
+
     for name in names:
         get_dataset(name, data_dir=GlobalOptions.data_dir)  # a misspelled name fails at once
     for name in names:
@@ -108,8 +123,13 @@ def preprocess(
     split: opt.Split = None,
     valid_quantile: opt.ValidQuantile = None,
     test_quantile: opt.TestQuantile = None,
+    data_dir: DataDir = None,
 ) -> None:
-    """Filter, order, re-index and split datasets into the prepared format."""
+    """Check the downloads' sha256, then filter, re-index and split them for training."""
+    from lossbench.data.preprocess import preprocess_dataset
+    from lossbench.data.registry import get_dataset
+    from lossbench.data.splits import split_spec
+
     split_by = split_spec(split or "loo", valid_quantile or 0.8, test_quantile or 0.9)
     knobs = {
         "min_rating": min_rating,
@@ -138,6 +158,35 @@ def preprocess(
     console.print(repeats_table(results))
     if split_by.kind == "temporal":
         console.print(temporal_table(results))
+
+
+@app.command()
+def verify(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Dataset names (default: every downloaded or prepared one).", show_default=False
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Check the size and sha256 of every downloaded and prepared file; exit 1 on damage."""
+    from lossbench.data.registry import get_dataset, load_registry
+    from lossbench.data.verify import verify_dataset
+
+    data_dir_path = GlobalOptions.data_dir
+    if names:
+        entries = [get_dataset(name, data_dir=data_dir_path) for name in names]
+    else:
+        entries = list(load_registry(data_dir=data_dir_path).values())
+    reports = [verify_dataset(data_dir_path, entry, named=bool(names)) for entry in entries]
+    shown = [report for report in reports if report.checked or report.problems]
+    for report in shown:
+        console.print(report.line(), highlight=False, soft_wrap=True)
+    if not shown:
+        console.print(f"nothing downloaded or prepared in {data_dir_path}", highlight=False)
+    if any(report.problems for report in reports):
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 def summary_table(results: list[PrepareResult]) -> Table:
@@ -169,6 +218,8 @@ def summary_table(results: list[PrepareResult]) -> Table:
 def repeats_table(results: list[PrepareResult]) -> Table:
     """Per dataset and split, the targets already in the user's history: with seen items
     excluded they follow `--seen-targets` (not found, or ranked among the unseen items)."""
+    from lossbench.data.repeats import META_KEY
+
     table = Table(
         title="targets already in the user's history", box=box.SIMPLE_HEAD, pad_edge=False
     )

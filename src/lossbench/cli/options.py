@@ -228,6 +228,8 @@ ConfigFile = Annotated[
 ]
 
 
+# Flags every command takes that are no training setting (`--data-dir` after the command).
+GLOBAL_FLAGS = ("data_dir",)
 # Flags that become `model_settings` entries rather than top-level TrainConfig fields.
 MODEL_FLAGS = ("hidden_size", "num_layers", "num_heads", "dropout", "attention_dropout", "max_len")
 
@@ -243,7 +245,7 @@ def training_overrides(flags: Mapping[str, Any], skip: Collection[str] = ()) -> 
 
     overrides: dict[str, Any] = {}
     for name, value in flags.items():
-        if name in skip or name in MODEL_FLAGS:
+        if name in skip or name in MODEL_FLAGS or name in GLOBAL_FLAGS:
             continue
         if name == "keep_seen":
             overrides["exclude_seen"] = None if value is None else not value

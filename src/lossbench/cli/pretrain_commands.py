@@ -8,13 +8,9 @@ from typing import Annotated
 import typer
 
 from lossbench.cli import options as opt
-from lossbench.cli.app import GlobalOptions, app, console
-from lossbench.data.prepared import ensure_prepared
+from lossbench.cli.app import DataDir, GlobalOptions, app, console
+from lossbench.cli.outputs import check_output_folder
 from lossbench.errors import LossbenchError
-from lossbench.models import model_config
-from lossbench.models.s3rec import S3RecConfig
-from lossbench.training.pretrain import pretrain_s3rec
-from lossbench.training.setup import use_threads
 
 PRETRAINABLE = ("s3rec",)
 
@@ -47,9 +43,16 @@ def pretrain(
     attention_dropout: opt.AttentionDropout = None,
     max_len: opt.MaxLen = None,
     threads: opt.Threads = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Pre-train a model's encoder; fine-tune it with `lossbench train --init OUT/pretrained.pt`
     (model settings must match those of the fine-tuning run)."""
+    from lossbench.data.prepared import ensure_prepared
+    from lossbench.models import model_config
+    from lossbench.models.s3rec import S3RecConfig
+    from lossbench.training.pretrain import pretrain_s3rec
+    from lossbench.training.setup import use_threads
+
     if model not in PRETRAINABLE:
         raise LossbenchError(
             f"model {model} has no pre-training; pre-trainable: {', '.join(PRETRAINABLE)}"
@@ -66,9 +69,10 @@ def pretrain(
     )
     config = model_config(model, settings)
     assert isinstance(config, S3RecConfig)
+    out_dir = out or Path("runs") / dataset / f"{model}-pretrain-seed{seed}"
+    check_output_folder(out_dir, "--out")
     prepared = ensure_prepared(GlobalOptions.data_dir, dataset)
     use_threads(threads)
-    out_dir = out or Path("runs") / dataset / f"{model}-pretrain-seed{seed}"
     console.print(f"pre-training [bold]{model}[/] on [bold]{dataset}[/] -> {out_dir}")
     final = pretrain_s3rec(
         prepared,

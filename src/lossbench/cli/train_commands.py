@@ -1,31 +1,26 @@
-"""`lossbench train`, `lossbench losses`, `lossbench models`."""
+"""`lossbench train`, `lossbench losses`, `lossbench models`.
+
+torch and the training modules are imported inside the commands, so `--help` stays fast.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import GlobalOptions, app, console, console_err
-from lossbench.compare.arms import config_label, run_name
-from lossbench.data.prepared import ensure_prepared
-from lossbench.data.repeats import repeat_notice, repeated_targets
-from lossbench.data.subsample import sample_users as sample
+from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.outputs import check_output_folder
 from lossbench.errors import LossbenchError
-from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
-from lossbench.losses import LOSS_PLUGINS
-from lossbench.models import MODEL_PLUGINS, MODELS, model_config
-from lossbench.plugins import available, folder_name
-from lossbench.training.config import build_config
-from lossbench.training.loop import RunResult, train_run
-from lossbench.training.presets import SMOKE_LAYER
-from lossbench.training.setup import resolve_loss, run_device
+
+if TYPE_CHECKING:
+    from lossbench.training.loop import RunResult
 
 
 @app.command()
@@ -35,7 +30,7 @@ def train(
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option(help="Model: " + ", ".join(MODELS) + ", or package.module:name."),
+        typer.Option(help="Model (see `lossbench models`), or package.module:name."),
     ] = None,
     loss: Annotated[
         str | None,
@@ -96,9 +91,24 @@ def train(
     sample_users: ci.SampleUsers = None,
     json_output: ci.JsonOutput = False,
     track: ci.Track = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Train one model with one loss, early-stopped on validation, and test it once."""
-    overrides = opt.training_overrides(locals(), skip=("out", "config_file", *ci.NOT_CONFIG))
+    overrides = opt.training_overrides(  # before imports: `locals()` holds only the flags
+        locals(), skip=("out", "config_file", *ci.NOT_CONFIG)
+    )
+    from lossbench.compare.arms import config_label, run_name
+    from lossbench.data.prepared import ensure_prepared
+    from lossbench.data.repeats import repeat_notice, repeated_targets
+    from lossbench.data.subsample import sample_users as sample
+    from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
+    from lossbench.models import model_config
+    from lossbench.plugins import folder_name
+    from lossbench.training.config import build_config
+    from lossbench.training.loop import train_run
+    from lossbench.training.presets import SMOKE_LAYER
+    from lossbench.training.setup import resolve_loss, run_device
+
     if smoke and preset is not None:
         raise LossbenchError("--smoke is the preset smoke: drop --preset, or --smoke")
     overrides = {
@@ -110,12 +120,13 @@ def train(
     model_config(config.model, config.model_settings)
     resolve_loss(config)
     run_device(config.device, config.precision)
-    prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
-    if config.sample_users is not None:
-        prepared = sample(prepared, config.sample_users)
     run_dir = (
         out or Path("runs") / config.dataset / f"{folder_name(config.model)}-{run_name(config)}"
     )
+    check_output_folder(run_dir, "--out")
+    prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
+    if config.sample_users is not None:
+        prepared = sample(prepared, config.sample_users)
     display = console_err if json_output else console
     tracker = None
     if track is not None:
@@ -179,6 +190,9 @@ def result_table(result: RunResult) -> Table:
 def losses() -> None:
     """List the losses (built-in and installed), the setup each was published with and where
     each comes from. Any other `package.module:name` or `./file.py:name` works as well."""
+    from lossbench.losses import LOSS_PLUGINS
+    from lossbench.plugins import available
+
     table = Table(title="losses", caption="also: --loss package.module:name or ./file.py:name")
     for column in ("name", "positions", "negatives", "what it computes", "from"):
         table.add_column(column, justify="right" if column == "negatives" else "left")
@@ -197,6 +211,9 @@ def losses() -> None:
 @app.command()
 def models() -> None:
     """List the models (built-in and installed), their default loss, settings and origin."""
+    from lossbench.models import MODEL_PLUGINS
+    from lossbench.plugins import available
+
     table = Table(title="models", caption="also: --model package.module:name or ./file.py:name")
     for column in ("name", "default loss", "settings", "description", "from"):
         table.add_column(column)

@@ -8,10 +8,8 @@ from typing import Annotated
 import typer
 
 from lossbench.cli import options as opt
-from lossbench.cli.app import GlobalOptions, app, console
-from lossbench.compare.grid import make_grid, merge_settings
+from lossbench.cli.app import DataDir, GlobalOptions, app, console
 from lossbench.errors import LossbenchError
-from lossbench.models import MODELS
 
 TUNE = "Tuning"
 DEFAULT_OUT = Path("runs/tune")
@@ -23,7 +21,7 @@ def tune(
         str, typer.Option(help="Dataset to tune on (its validation split).", rich_help_panel=TUNE)
     ] = "synthetic",
     model: Annotated[
-        str, typer.Option(help="Model: " + ", ".join(MODELS) + ".", rich_help_panel=TUNE)
+        str, typer.Option(help="Model (see `lossbench models`).", rich_help_panel=TUNE)
     ] = "sasrec",
     losses: Annotated[
         str | None,
@@ -127,6 +125,7 @@ def tune(
     precision: opt.Precision = None,
     compile: opt.Compile = None,
     threads: opt.Threads = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Tune every loss on validation with the same budget, then write a grid that retrains each
     at its tuned settings on fresh seeds (`lossbench compare --config OUT/tuned.toml`)."""
@@ -149,6 +148,7 @@ def tune(
         import optuna  # noqa: F401  the optional extra
     except ImportError:
         raise LossbenchError("lossbench tune needs Optuna: pip install 'lossbench[tune]'") from None
+    from lossbench.compare.grid import make_grid, merge_settings
     from lossbench.data.prepared import ensure_prepared
     from lossbench.data.registry import get_dataset
     from lossbench.tuning.output import compare_command

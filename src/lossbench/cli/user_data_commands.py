@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from lossbench.cli.app import GlobalOptions, app, console
-from lossbench.data.registry import Columns, Protocol
+from lossbench.cli.app import DataDir, GlobalOptions, app, console
 
 FILE = "File"
 PROTOCOL = "Protocol"
@@ -67,9 +66,11 @@ def add_dataset_command(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an entry of the same name.")
     ] = False,
+    data_dir: DataDir = None,
 ) -> None:
     """Register your own interactions file, check and prepare it; then use --dataset NAME."""
     from lossbench.cli.data_commands import summary_table
+    from lossbench.data.registry import Columns, Protocol
     from lossbench.data.user_registry import add_dataset
 
     columns = Columns(user=user_col, item=item_col, time=time_col, rating=rating_col)

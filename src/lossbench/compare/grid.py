@@ -39,6 +39,10 @@ SYNTHETIC_DEMO_SETTINGS: dict[str, Any] = {"max_epochs": 10, "patience": 3}
 RunState = Literal["finished", "changed", "missing"]
 
 
+# A run's field -> the [grid] list that varies it.
+PLURALS = {"dataset": "datasets", "model": "models", "loss": "losses", "seed": "seeds"}
+
+
 def _arm(table: dict[str, Any]) -> LossArm:
     try:
         return LossArm.model_validate(table)
@@ -202,7 +206,7 @@ def read_grid_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         for name in ("dataset", "model", "loss", "seed"):
             if name in table:
                 raise LossbenchError(
-                    f"invalid {where}.{name} in {path}: set it in [grid] as {name}s = [...]"
+                    f"invalid {where}.{name} in {path}: set it in [grid] as {PLURALS[name]} = [...]"
                 )
     if per_loss:
         grid["per_loss"] = per_loss

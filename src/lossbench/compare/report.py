@@ -83,8 +83,11 @@ def render_report(
     options: SummaryOptions,
     console: Console | None = None,
     baseline: str | None = None,
+    *,
+    print_only: bool = False,
 ) -> list[Path]:
-    """Re-render everything from the finished runs of DIR; return the files written."""
+    """Re-render everything from the finished runs of DIR; return the files written (none
+    with `print_only`: the tables go to the console only)."""
     console = console or Console(quiet=True)
     if not out_dir.is_dir():
         raise LossbenchError(f"{out_dir} is not a folder; give the --out folder of a comparison")
@@ -112,6 +115,8 @@ def render_report(
     summary = summarize(runs, baselines, options, order)
     for table in rich_tables(summary, options):
         print_unsqueezed(console, table)
+    if print_only:
+        return []
 
     written = write_results(runs, out_dir)
     with atomic_path(out_dir / SUMMARY_FILE) as temporary:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
+from lossbench.compare.grid import PLURALS
 from lossbench.compare.results import find_finished_runs, results_frame
 from lossbench.compare.summary import SummaryOptions, summarize
 from lossbench.errors import LossbenchError
@@ -71,7 +72,7 @@ def _only(runs: pl.DataFrame, column: str, root: Path) -> str:
     values = runs[column].unique().sort().to_list()
     if len(values) != 1:
         raise LossbenchError(
-            f"{root} holds runs of several {column}s ({', '.join(map(str, values))}); "
+            f"{root} holds runs of several {PLURALS[column]} ({', '.join(map(str, values))}); "
             "point at the folder of one (dataset, model, loss)"
         )
     return str(values[0])

@@ -1,22 +1,14 @@
 """Verified downloads: stream into `.part` (resumable), check size and sha256, rename into place.
 
-Layout of `<data_dir>/<name>/`: `raw/<file name of the URL>` (verified files), `raw/extracted/`
-(archive contents), `trusted_hashes.json` (hashes the user confirmed for unpinned files).
-A file is in `raw/` only after it was verified, so its presence means "downloaded".
+The layout of the downloaded files and their checks are in `raw_files.py`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import http.client
-import json
 import os
 import shutil
-import tarfile
-import tempfile
-import zipfile
-import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote, urlparse
@@ -26,10 +18,21 @@ from rich import progress as bars
 from rich.console import Console
 
 from lossbench.atomic import write_json
+from lossbench.data.archives import extract
+from lossbench.data.integrity import CHUNK, sha256_of
+from lossbench.data.raw_files import (
+    attributes_path,
+    extract_member,
+    interactions_path,
+    is_downloaded,
+    member_damage,
+    raw_dir,
+    remove_damaged,
+    source_sha256,
+    trusted_hashes,
+)
 from lossbench.data.registry import DatasetEntry, Registry, RemoteFile, get_dataset
 from lossbench.errors import LossbenchError
-
-CHUNK = 1 << 20
 
 
 class _Readable(Protocol):
@@ -38,43 +41,6 @@ class _Readable(Protocol):
 
 class DownloadInterrupted(LossbenchError):
     """The transfer stopped early (or awaits a hash confirmation); the `.part` file is kept."""
-
-
-def raw_dir(data_dir: Path, name: str) -> Path:
-    return data_dir / name / "raw"
-
-
-def interactions_path(data_dir: Path, entry: DatasetEntry) -> Path:
-    """The file the reader parses: the downloaded file, or the archive member once extracted."""
-    assert entry.file is not None
-    raw = raw_dir(data_dir, entry.name)
-    return raw / "extracted" / entry.member if entry.member else raw / entry.file.file_name
-
-
-def attributes_path(data_dir: Path, entry: DatasetEntry) -> Path | None:
-    if entry.attributes is None:
-        return None
-    return raw_dir(data_dir, entry.name) / entry.attributes.file_name
-
-
-def is_downloaded(data_dir: Path, entry: DatasetEntry) -> bool:
-    raw = raw_dir(data_dir, entry.name)
-    present = all((raw / f.file_name).is_file() for f in entry.remote_files)
-    return bool(entry.remote_files) and present and interactions_path(data_dir, entry).exists()
-
-
-def trusted_hashes(data_dir: Path, name: str) -> dict[str, dict[str, int | str]]:
-    path = data_dir / name / "trusted_hashes.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def source_sha256(data_dir: Path, entry: DatasetEntry) -> dict[str, str]:
-    """File name -> sha256 of each verified source file (pinned, or confirmed by the user)."""
-    trusted = trusted_hashes(data_dir, entry.name)
-    return {
-        f.file_name: f.sha256 or str(trusted.get(f.file_name, {}).get("sha256", "unknown"))
-        for f in entry.remote_files
-    }
 
 
 def download_dataset(
@@ -98,8 +64,12 @@ def download_dataset(
     try:
         if force and raw_dir(data_dir, name).exists():
             shutil.rmtree(raw_dir(data_dir, name))
-        if is_downloaded(data_dir, entry):
-            return f"{name}: already downloaded and verified, nothing to do"
+        damaged = remove_damaged(data_dir, entry)
+        if not damaged and is_downloaded(data_dir, entry):
+            return (
+                f"{name}: already downloaded (sizes match), nothing to do; "
+                f"`lossbench verify {name}` also checks the sha256"
+            )
         raw_dir(data_dir, name).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise LossbenchError(
@@ -113,6 +83,9 @@ def download_dataset(
             if not target.is_file():
                 _fetch_verified(data_dir, entry, remote, mirror, trust_new_hash, show_progress)
                 created.append(target)
+        if entry.member and (problem := member_damage(data_dir, entry, hashes=False)):
+            extract_member(data_dir, entry)  # the archive is intact: only the extraction changed
+            damaged.append(f"{problem}: extracted it again from the archive")
     except (DownloadInterrupted, KeyboardInterrupt):
         _remove(created + [raw_dir(data_dir, name) / "extracted"])  # keep the resumable .part
         raise
@@ -127,7 +100,8 @@ def download_dataset(
             ) from None
         raise
     where = f"mirror {mirror}" if mirror else "source"
-    return f"{name}: downloaded {len(created)} file(s) from {where}, size and sha256 verified"
+    done = [f"downloaded {len(created)} file(s) from {where}, size and sha256 verified"]
+    return f"{name}: {'; '.join(damaged + (done if created or not damaged else []))}"
 
 
 def _fetch_verified(
@@ -156,7 +130,7 @@ def _fetch_verified(
             f"{remote.file_name} from {source}: size mismatch: expected {expected_size} bytes, "
             f"got {actual_size}; the file is truncated or changed, check the source or mirror"
         )
-    actual = _sha256(part)
+    actual = sha256_of(part)
     expected = remote.sha256 or trusted.get("sha256")
     if expected is not None and actual != expected:
         part.unlink()
@@ -175,7 +149,9 @@ def _fetch_verified(
         record[remote.file_name] = {"sha256": actual, "size": actual_size}
         write_json(data_dir / entry.name / "trusted_hashes.json", record)
     if remote.is_archive:
-        _extract(part, raw_dir(data_dir, entry.name) / "extracted", remote.file_name, entry.name)
+        members = [entry.member] if entry.member else []
+        destination = raw_dir(data_dir, entry.name) / "extracted"
+        extract(part, destination, remote.file_name, entry.name, members)
     os.replace(part, target)
 
 
@@ -255,54 +231,21 @@ def _copy(
     return copied
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _extract(archive: Path, destination: Path, label: str, name: str) -> None:
-    """Extract into a temporary folder, then rename; refuse any member that could escape."""
-    temporary = Path(tempfile.mkdtemp(dir=destination.parent, prefix=".extracting-"))
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zipped:
-                for info in zipped.infolist():  # mode bits 0xA...: a symbolic link
-                    _check_member(info.filename, temporary, label, info.external_attr >> 28 == 0xA)
-                zipped.extractall(temporary)
-        else:
-            with tarfile.open(archive) as tarred:
-                for member in tarred.getmembers():
-                    special = not (member.isfile() or member.isdir())
-                    _check_member(member.name, temporary, label, special)
-                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-                tarred.extractall(temporary, **safe)  # type: ignore[arg-type]
-        shutil.rmtree(destination, ignore_errors=True)
-        os.replace(temporary, destination)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as error:
-        raise LossbenchError(
-            f"archive {label} is truncated or corrupt ({error}); "
-            f"run `lossbench download {name} --force`"
-        ) from None
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-
-
-def _check_member(member: str, root: Path, label: str, special: bool) -> None:
-    path = PurePosixPath(member.replace("\\", "/"))
-    inside = (root / path).resolve().is_relative_to(root.resolve())
-    if special or path.is_absolute() or ".." in path.parts or not inside:
-        raise LossbenchError(
-            f"archive {label} has a member {member!r} that is a link or would land outside the "
-            "dataset folder; refusing to extract it (the archive is unsafe)"
-        )
-
-
 def _remove(paths: list[Path]) -> None:
     for path in paths:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+
+
+__all__ = [  # the layout helpers are used from here too
+    "DownloadInterrupted",
+    "attributes_path",
+    "download_dataset",
+    "interactions_path",
+    "is_downloaded",
+    "raw_dir",
+    "source_sha256",
+    "trusted_hashes",
+]

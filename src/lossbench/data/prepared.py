@@ -15,8 +15,9 @@ each written atomically by `preprocess`, so both splits of a dataset coexist:
   `attributes` (list[int32], ids 1..n_attributes).
 - `meta.json`: counts (`n_users`, `n_items`, `n_interactions`, `n_attributes`), statistics,
   the validation and test targets already in the user's history (`repeated_targets`, see
-  `repeats.py`), the protocol and the split used, the source files with their sha256,
-  `format_version`.
+  `repeats.py`), the protocol and the split used, the sha256 of the source bytes read,
+  `format_version`, and `files`: the size and sha256 of every other file of the folder (sizes
+  are checked on every load, hashes by `preprocess` and `lossbench verify`).
 
 Item ids are 1..n_items; 0 is padding and never a real item. Models may add special ids above
 n_items (BERT4Rec's mask token), which are never scored.
@@ -32,10 +33,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from lossbench.data.integrity import damage
 from lossbench.data.splits import LOO, SplitSpec
 from lossbench.errors import LossbenchError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: `files` records each file's size and sha256
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,22 @@ def is_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> bool:
     return read_meta(prepared_dir(data_dir, name, split)) is not None
 
 
+def prepared_problems(
+    data_dir: Path, name: str, meta: dict[str, Any], *, hashes: bool, split: SplitSpec = LOO
+) -> list[str]:
+    """Which files of the prepared folder are missing or differ from `meta`'s records."""
+    folder = prepared_dir(data_dir, name, split)
+    records = meta.get("files")
+    if not isinstance(records, dict) or not records:
+        return [f"{folder / 'meta.json'} records no files (prepared by another lossbench version)"]
+    problems = []
+    for file_name, record in sorted(records.items()):
+        path = folder / file_name
+        label = str(path.relative_to(data_dir)) if path.is_relative_to(data_dir) else str(path)
+        problems.append(damage(path, record["size"], record["sha256"], hashes=hashes, label=label))
+    return [problem for problem in problems if problem is not None]
+
+
 def prepared_from_frames(
     name: str,
     split: pl.DataFrame,
@@ -156,6 +174,10 @@ def load_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> Prepared
         raise LossbenchError(
             f"dataset {name} was prepared by another lossbench version: run `{command} --force`"
         )
+    if problems := prepared_problems(data_dir, name, meta, hashes=False, split=split):
+        raise LossbenchError(
+            f"dataset {name} is damaged: {'; '.join(problems)}; run `{command} --force`"
+        )
     try:
         table = pl.read_parquet(folder / "split.parquet").sort("user")
         attributes_file = folder / "item_attributes.parquet"
@@ -168,29 +190,28 @@ def load_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> Prepared
 
 
 def ensure_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> PreparedDataset:
-    """Load `name` split by `split`, preparing on the fly what needs no download: `synthetic`,
-    and a user's own file (prepared again when its registry entry names another version)."""
+    """Load `name` split by `split`, preparing on the fly what needs no download: `synthetic`
+    (again when its folder is stale or damaged), and a user's own file (prepared again when
+    its registry entry names another version)."""
+    from lossbench.data.download import is_downloaded
+    from lossbench.data.preprocess import preprocess_dataset
     from lossbench.data.registry import get_dataset
     from lossbench.data.splits import check_timed
 
     entry = get_dataset(name, data_dir=data_dir)
     check_timed(name, entry.format, split)
+    command = preprocess_command(name, split)
     if entry.local_file is not None:
         _prepare_local(data_dir, name, split)
+    elif entry.generator is not None:
+        preprocess_dataset(data_dir, name, split=split)  # a no-op when prepared alike
     elif not is_prepared(data_dir, name, split):
-        from lossbench.data.download import is_downloaded
-        from lossbench.data.preprocess import preprocess_dataset
-
-        command = preprocess_command(name, split)
-        if entry.generator is not None:
-            preprocess_dataset(data_dir, name, split=split)
-        elif not is_downloaded(data_dir, entry):
+        if not is_downloaded(data_dir, entry):
             raise LossbenchError(
                 f"dataset {name} is not downloaded or prepared: run `lossbench download {name}` "
                 f"then `{command}`"
             )
-        else:
-            raise LossbenchError(f"dataset {name} is not prepared ({split.label}): run `{command}`")
+        raise LossbenchError(f"dataset {name} is not prepared ({split.label}): run `{command}`")
     return load_prepared(data_dir, name, split)
 
 

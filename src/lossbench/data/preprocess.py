@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,23 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from lossbench.atomic import remove_stale_folders, temporary_folder
 from lossbench.data import repeats, synthetic
-from lossbench.data.download import (
+from lossbench.data.integrity import file_record
+from lossbench.data.local_files import local_sources, read_local_interactions
+from lossbench.data.prepared import (
+    FORMAT_VERSION,
+    prepared_dir,
+    prepared_from_frames,
+    prepared_problems,
+    read_meta,
+)
+from lossbench.data.raw_files import (
     attributes_path,
     interactions_path,
     is_downloaded,
-    source_sha256,
+    verified_sources,
 )
-from lossbench.data.local_files import local_sources, read_local_interactions
-from lossbench.data.prepared import FORMAT_VERSION, prepared_dir, prepared_from_frames, read_meta
 from lossbench.data.readers import read_interactions, read_item_attributes
 from lossbench.data.registry import DatasetEntry, Protocol, Registry, get_dataset
 from lossbench.data.splits import LOO, SplitSpec, check_timed, split_interactions
@@ -244,8 +251,8 @@ def preprocess_dataset(
         sources = local_sources(entry)  # refuses a file changed since it was registered
     elif not is_downloaded(data_dir, entry):
         raise LossbenchError(f"dataset {name} is not downloaded: run `lossbench download {name}`")
-    else:
-        sources = {"sha256": source_sha256(data_dir, entry)}
+    else:  # the bytes read, hashed now: a changed or damaged file is never built upon
+        sources = verified_sources(data_dir, entry)
     identity = {
         "format_version": FORMAT_VERSION,
         "format": entry.format,
@@ -262,6 +269,7 @@ def preprocess_dataset(
         and existing is not None
         and existing.get("fingerprint") == fingerprint
         and repeats.META_KEY in existing  # else prepared by a version without the report
+        and not prepared_problems(data_dir, name, existing, hashes=True, split=split)
     ):
         return PrepareResult(name, existing, True, target)
 
@@ -283,8 +291,7 @@ def preprocess_dataset(
         **identity,
         "fingerprint": fingerprint,
     }
-    write_prepared(target, tables, meta)
-    return PrepareResult(name, meta, False, target)
+    return PrepareResult(name, write_prepared(target, tables, meta), False, target)
 
 
 def refuse_unsplittable(entry: DatasetEntry, report: dict[str, int]) -> None:
@@ -299,17 +306,22 @@ def refuse_unsplittable(entry: DatasetEntry, report: dict[str, int]) -> None:
         )
 
 
-def write_prepared(target: Path, tables: PreparedTables, meta: dict[str, Any]) -> None:
-    """Write every file into a temporary folder beside `target`, then swap it in."""
+TEMPORARY_PREFIX, RETIRED_PREFIX = ".prepared-", ".retired-"
+
+
+def write_prepared(target: Path, tables: PreparedTables, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write every file into a temporary folder beside `target`, then swap it in; returns the
+    `meta.json` written (`meta` plus each file's size and sha256). Leftovers of a killed run
+    are removed first."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=".prepared-"))
+        temporary = temporary_folder(target.parent, TEMPORARY_PREFIX)
+        remove_stale_folders(target.parent, RETIRED_PREFIX)
     except OSError as error:
         raise LossbenchError(
             f"cannot write to {target.parent} ({error.strerror}); "
             "pass --data-dir (or LOSSBENCH_DATA_DIR) a writable folder"
         ) from None
-    retired = target.parent / f".retired-{temporary.name}"
+    retired = target.parent / temporary.name.replace(TEMPORARY_PREFIX, RETIRED_PREFIX, 1)
     try:
         tables.split.write_parquet(temporary / "split.parquet")
         tables.interactions.write_parquet(temporary / "interactions.parquet")
@@ -317,6 +329,8 @@ def write_prepared(target: Path, tables: PreparedTables, meta: dict[str, Any]) -
         tables.items.write_parquet(temporary / "items.parquet")
         if tables.item_attributes is not None:
             tables.item_attributes.write_parquet(temporary / "item_attributes.parquet")
+        files = {path.name: file_record(path) for path in sorted(temporary.iterdir())}
+        meta = {**meta, "files": files}
         (temporary / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
         if target.exists():
             os.replace(target, retired)
@@ -326,3 +340,4 @@ def write_prepared(target: Path, tables: PreparedTables, meta: dict[str, Any]) -
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)
+    return meta

@@ -21,6 +21,9 @@ from urllib.parse import unquote, urlparse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lossbench.errors import LossbenchError
+from lossbench.paths import USER_REGISTRY_ENV as USER_REGISTRY_ENV  # set by the CLI
+from lossbench.paths import USER_REGISTRY_FILE as USER_REGISTRY_FILE
+from lossbench.paths import UserRegistry as UserRegistry
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,8 +32,6 @@ else:  # pragma: no cover - Python 3.10 needs the `tomli` backport
 
 # A user's own file of interactions (`local_files.py`), columns named in [NAME.columns].
 LOCAL_FORMATS = ("csv", "tsv", "parquet")
-USER_REGISTRY_FILE = "user-datasets.toml"
-USER_REGISTRY_ENV = "LOSSBENCH_REGISTRY"
 # Formats with a reader in `readers.py`, plus the generated one and the local ones.
 FORMATS = (
     "movielens-dat",
@@ -174,14 +175,6 @@ def registry_path() -> Path:
     if packaged.is_file():
         return Path(str(packaged))
     return Path(__file__).resolve().parents[3] / "datasets.toml"
-
-
-class UserRegistry:
-    """Set by the CLI: the registry `--registry` names (None: not given) and the data dir,
-    whose `user-datasets.toml` is the default when a caller names no data dir."""
-
-    path: Path | None = None
-    data_dir: Path | None = None
 
 
 def user_registry_path(data_dir: Path | None) -> Path | None:

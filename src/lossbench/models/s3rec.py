@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from lossbench.checkpoints import load_checkpoint
 from lossbench.errors import LossbenchError
 from lossbench.models.sasrec import SASRec, SASRecConfig
 from lossbench.models.transformer import init_normal_
@@ -121,10 +122,7 @@ class S3Rec(SASRec):
                 f"no pre-trained checkpoint at {path}; "
                 "run `lossbench pretrain --dataset D --model s3rec` first"
             )
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickle / zip errors vary by torch version
-            raise LossbenchError(f"{path} is not a readable checkpoint ({error})") from None
+        checkpoint = load_checkpoint(path)
         if not isinstance(checkpoint, dict) or checkpoint.get("kind") != CHECKPOINT_KIND:
             raise LossbenchError(
                 f"{path} is not an S3Rec pre-training checkpoint; use pretrained.pt or "

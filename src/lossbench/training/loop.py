@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from lossbench import __version__
 from lossbench.data.batches import TrainBatch, TrainBatcher
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.sequences import build_sequence_tensors
@@ -157,6 +158,7 @@ def train_run(
         "environment": {
             "device": str(device),
             "torch": torch.__version__,
+            "lossbench": __version__,
             "threads": torch.get_num_threads(),
             "precision": config.precision,
         },

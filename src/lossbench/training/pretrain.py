@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
+from lossbench.checkpoints import load_checkpoint
 from lossbench.data.prepared import PreparedDataset
 from lossbench.errors import LossbenchError
 from lossbench.models.s3rec import (
@@ -172,7 +173,7 @@ def _save_atomic(payload: Any, path: Path) -> None:
 def _load_for_resume(model: S3RecPretrainer, path: Path, epochs: int) -> int:
     """Load a pre-training checkpoint's backbone and heads into `model`; its epoch count."""
     model.backbone.load_pretrained(path)  # checks kind, catalogue and settings
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(path)
     if checkpoint["n_attributes"] != model.n_attributes:
         raise LossbenchError(
             f"{path} has {checkpoint['n_attributes']} attributes but this dataset has "
