@@ -77,7 +77,8 @@ def test_help_imports_no_heavy_module() -> None:
         "sys.argv = ['lossbench', '--help']\n"
         "try:\n    main()\n"
         "except SystemExit:\n"
-        "    heavy = [m for m in ('torch', 'polars', 'matplotlib', 'numpy') if m in sys.modules]\n"
+        "    heavy = [m for m in ('torch', 'polars', 'matplotlib', 'numpy', 'pydantic')"
+        " if m in sys.modules]\n"
         "    print('HEAVY', heavy)\n"
     )
     completed = subprocess.run(
@@ -111,7 +112,7 @@ def interrupt(*args: object, **kwargs: object) -> None:
     [
         ("lossbench.data.download", "download_dataset", ["download", "lastfm"]),
         ("lossbench.training.loop", "train_run", ["train", "--max-epochs", "1"]),
-        ("lossbench.compare", "compare_losses", ["compare", "--seeds", "0"]),
+        ("lossbench.compare.ci", "compare_losses", ["compare", "--seeds", "0"]),
     ],
 )
 def test_ctrl_c_prints_one_line_and_exits_130(
