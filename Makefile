@@ -5,12 +5,14 @@ PIP := $(PYTHON) -m pip
 TORCH_VERSION ?= 2.13.0
 # Editable for development; `make test EDITABLE=` installs the package as a user gets it (CI).
 EDITABLE ?= -e
+# Extras installed with the project; CI adds the optional ones so their tests run too.
+EXTRAS ?= dev
 
 .PHONY: install test test-slow demo lint bench clean
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==$(TORCH_VERSION)"
-	$(PIP) install -q $(EDITABLE) ".[dev]"
+	$(PIP) install -q $(EDITABLE) ".[$(EXTRAS)]"
 
 test: install
 	$(PYTHON) -m pytest -q
