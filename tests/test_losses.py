@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -12,7 +13,13 @@ from torch import Tensor
 from lossbench.errors import LossbenchError
 from lossbench.losses import LOSSES, LossInputs, LossParams, full_softmax, resolve_loss
 from lossbench.losses.binary import bce, binary_kernel, gbce, gbce_beta
-from lossbench.losses.full_softmax import chunked_logsumexp, full_softmax_ce, fused_rows
+from lossbench.losses.full_softmax import (
+    chunked_logsumexp,
+    full_softmax_ce,
+    fused_block,
+    fused_rows,
+)
+from lossbench.losses.item_chunks import item_block
 from lossbench.losses.negatives import sampled_scores
 
 E = math.e
@@ -154,10 +161,23 @@ def plain_softmax_ce(hidden: Tensor, table: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(hidden @ table[1:].T, targets - 1)
 
 
-# 20 items, 3 x 5 = 15 positions: chunks of up to 299 logits take the item-chunked path
-# (fewer than 15 positions' logits fit), 10**6 the fused path in one chunk.
-@pytest.mark.parametrize("chunk", [1, 15, 20, 60, 10**6])
-def test_chunked_softmax_matches_plain_values_and_grads(chunk: int) -> None:
+def take_item_chunks(monkeypatch: pytest.MonkeyPatch, block: int = 3) -> None:
+    """Send every catalogue to the item-chunked path, with blocks of `block` items."""
+    monkeypatch.setattr(full_softmax, "DEFAULT_MAX_FUSED_ITEMS", 0)
+    monkeypatch.setattr(full_softmax, "item_block", lambda n_positions: block)
+
+
+# 20 items, 3 x 5 = 15 positions; item path with blocks of 3 items: chunks of 1 block (any
+# chunk below 45 logits), 2 and 4 blocks, and all 20 items in one chunk.
+@pytest.mark.parametrize(
+    ("item_chunks", "chunk"),
+    [(True, 1), (True, 15 * 6), (True, 15 * 12), (True, 10**6), (False, 1), (False, 10**6)],
+)
+def test_chunked_softmax_matches_plain_values_and_grads(
+    item_chunks: bool, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if item_chunks:
+        take_item_chunks(monkeypatch)
     hidden, table, targets = random_batch(2)
     flat_hidden = hidden.reshape(-1, 6).clone().requires_grad_(True)
     flat_table = table.clone().requires_grad_(True)
@@ -173,7 +193,7 @@ def test_chunked_softmax_matches_plain_values_and_grads(chunk: int) -> None:
     assert torch.all(chunked_grads[1][0] == 0)  # the padding row gets no gradient
 
 
-@pytest.mark.parametrize("chunk", [64 * 20, 100 * 20, 10**6])  # 4, 2 and 1 position chunks
+@pytest.mark.parametrize("chunk", [64 * 20, 150 * 20, 10**6])  # 4, 2 and 1 position chunks
 def test_fused_softmax_over_position_chunks_matches_plain(chunk: int) -> None:
     generator = torch.Generator().manual_seed(9)
     hidden = torch.randn(200, 6, generator=generator, dtype=torch.float64, requires_grad=True)
@@ -191,7 +211,7 @@ def test_fused_softmax_over_position_chunks_matches_plain(chunk: int) -> None:
 
 
 def test_fused_softmax_gradcheck(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(full_softmax, "MIN_FUSED_ROWS", 1)  # chunks of 2 positions
+    monkeypatch.setattr(full_softmax, "fused_block", lambda n_items: 2)  # chunks of 2 positions
     generator = torch.Generator().manual_seed(5)
     table = torch.randn(8, 3, generator=generator, dtype=torch.float64, requires_grad=True)
     hidden = torch.randn(5, 3, generator=generator, dtype=torch.float64, requires_grad=True)
@@ -216,11 +236,16 @@ def test_chunked_logsumexp_gradcheck() -> None:
     generator = torch.Generator().manual_seed(3)
     hidden = torch.randn(4, 3, generator=generator, dtype=torch.float64, requires_grad=True)
     rows = torch.randn(7, 3, generator=generator, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda h, r: chunked_logsumexp(h, r, 3), (hidden, rows))
+    # Chunks of 4 items in blocks of 2: items 0-3 and 4-6, blocks 0-1, 2-3, 4-5 and 6.
+    assert torch.autograd.gradcheck(lambda h, r: chunked_logsumexp(h, r, 4, 2), (hidden, rows))
 
 
-@pytest.mark.parametrize("chunk", [16, 10**6])  # item-chunked and fused paths
-def test_chunked_softmax_under_bf16_autocast_accumulates_in_fp32(chunk: int) -> None:
+@pytest.mark.parametrize(("item_chunks", "chunk"), [(True, 16), (False, 10**6)])
+def test_chunked_softmax_under_bf16_autocast_accumulates_in_fp32(
+    item_chunks: bool, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if item_chunks:
+        take_item_chunks(monkeypatch, block=7)
     hidden, table, targets = random_batch(4, n_items=50, dim=8)
     hidden32 = hidden.reshape(-1, 8).float().requires_grad_(True)
     table32 = table.float().requires_grad_(True)
@@ -240,8 +265,12 @@ def test_chunked_softmax_under_bf16_autocast_accumulates_in_fp32(chunk: int) -> 
 
 
 @pytest.mark.parametrize("name", sorted(HAND_VALUES))
-@pytest.mark.parametrize("chunk", [1, 10**6])  # item-chunked and fused paths
-def test_all_padding_gives_connected_zero(name: str, chunk: int) -> None:
+@pytest.mark.parametrize("item_chunks", [True, False])
+def test_all_padding_gives_connected_zero(
+    name: str, item_chunks: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if item_chunks:
+        take_item_chunks(monkeypatch)
     hidden = torch.zeros(0, 2, dtype=torch.float64, requires_grad=True)
     table = TABLE.clone().requires_grad_(True)
     inputs = LossInputs(
@@ -250,7 +279,7 @@ def test_all_padding_gives_connected_zero(name: str, chunk: int) -> None:
         item_embeddings=table,
         negatives=torch.zeros(0, 3, dtype=torch.int64),
     )
-    value = LOSSES[name].fn(inputs, LossParams(softmax_chunk=chunk))
+    value = LOSSES[name].fn(inputs, LossParams(softmax_chunk=1))
     assert value.item() == 0.0
     assert value.grad_fn is not None
     value.backward()
@@ -345,8 +374,73 @@ def test_fused_softmax_without_shift_is_accurate_for_very_negative_logits() -> N
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
 
 
-def test_fused_rows_rounds_positions_per_chunk_to_cache_lines() -> None:
-    assert fused_rows(1 << 20, 12_101) == 64  # 86 positions, rounded down to 64
-    assert fused_rows(1 << 20, 3_646) == 256  # 287 -> 256
-    assert fused_rows(100, 10) == 10  # fewer than 32: kept as they are
-    assert fused_rows(5, 10) == 1  # never 0
+def test_fused_chunks_are_whole_blocks() -> None:
+    assert fused_block(12_101) == 64  # 86 positions, rounded down to 64
+    assert fused_block(3_646) == 256  # 287 -> 256
+    assert fused_block(30_000) == 64  # at least 64
+    assert fused_block(10) == 104_832  # 104,857 -> a multiple of 64
+    assert fused_rows(1 << 20, 12_101) == 64
+    assert fused_rows(1 << 22, 12_101) == 320  # 346 -> five blocks
+    assert fused_rows(1 << 22, 3_646) == 1024  # 1,150 -> four blocks
+    assert fused_rows(5, 10) == fused_rows(1 << 20, 10) == 104_832  # at least one block
+    assert item_block(6_400) == 256 and item_block(256) == 4096 and item_block(0) > 0
+
+
+def bit_exact_run(
+    chunk: int, precision: str, n_positions: int, n_items: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Loss and both gradients of the full softmax on a fixed random batch."""
+    generator = torch.Generator().manual_seed(21)
+    dtype = torch.float64 if precision == "fp64" else torch.float32
+    table = (torch.randn(n_items + 1, 16, generator=generator) * 0.3).to(dtype)
+    hidden = torch.randn(n_positions, 16, generator=generator).to(dtype)
+    targets = torch.randint(1, n_items + 1, (n_positions,), generator=generator)
+    table.requires_grad_(True)
+    hidden.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        value = full_softmax_ce(LossInputs(hidden, targets, table), LossParams(softmax_chunk=chunk))
+    value.backward()
+    assert hidden.grad is not None and table.grad is not None
+    return value.detach(), hidden.grad, table.grad
+
+
+def assert_same_bits_for_chunks(chunks: list[int], precision: str, n_items: int) -> None:
+    first, *others = [bit_exact_run(c, precision, 333, n_items) for c in chunks]
+    for chunk, run in zip(chunks[1:], others, strict=True):
+        for name, mine, theirs in zip(("loss", "hidden", "table"), run, first, strict=True):
+            assert torch.equal(mine, theirs), f"{name} differs with chunk {chunk}"
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp64", "bf16"])
+@pytest.mark.parametrize("item_chunks", [False, True])
+def test_softmax_results_are_the_same_bits_whatever_the_chunk(
+    threads: int, precision: str, item_chunks: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunk sets speed and memory, never a bit. 333 positions in blocks of 64 (the last
+    ragged); chunks of 1, 2, 3 and 6 blocks, or a chunk below one block. Items: 700 in
+    blocks of 64, chunks of 1, 2, 5 and 11 blocks."""
+    n_items = 700
+    if item_chunks:
+        take_item_chunks(monkeypatch, block=64)
+        chunks = [333 * 64, 1, 333 * 128, 333 * 320, 10**8]
+    else:
+        monkeypatch.setattr(full_softmax, "fused_block", lambda n_items: 64)
+        chunks = [n_items * 64, 1, n_items * 128, n_items * 192, 10**8]
+    assert_same_bits_for_chunks(chunks, precision, n_items)
+
+
+def test_softmax_results_are_the_same_bits_whatever_the_chunk_at_a_real_shape(
+    threads: int,
+) -> None:
+    """beauty-s3rec's catalogue, default blocks (64 positions): 1M logits (the default
+    chunk), 2M, 4M (320 positions), 16M (all 333)."""
+    chunks = [1 << 20, 1 << 21, 1 << 22, 1 << 24]
+    assert_same_bits_for_chunks(chunks, "fp32", 12_101)

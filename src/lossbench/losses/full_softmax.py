@@ -1,16 +1,29 @@
 """Softmax cross-entropy over the full catalogue (`ce`, `improved`, `mlm`).
 
 Classes are items 1..n_items only: the padding row 0 and any special ids (BERT4Rec's mask)
-are never scored. Nothing N x n_items is ever materialized; at most `softmax_chunk` logits
-exist at once, so peak memory is set by the chunk, not by positions x catalogue:
+are never scored. Nothing N x n_items is ever materialized; about `softmax_chunk` logits
+exist at once (at least one block's), so peak memory is set by the chunk, not by positions
+x catalogue:
 
-- usual catalogues (a chunk holds at least `MIN_FUSED_ROWS` positions' logits): one pass over
-  position chunks computes each chunk's logits, loss and both gradients at once (the softmax
-  minus the one-hot target, pushed into the hidden states and the item table) while the chunk
-  is still in cache; backward only scales them. Three matmuls, no recomputation, and about
-  twice as fast as `F.cross_entropy` on CPU, which writes, fills and re-reads N x n_items.
-- huge catalogues: the log-sum-exp runs over item chunks (`_ChunkedLogSumExp`), recomputing
+- usual catalogues (up to `max_fused_items`): one pass over position chunks computes each
+  chunk's logits, loss and both gradients at once (the softmax minus the one-hot target,
+  pushed into the hidden states and the item table) while the chunk is still in cache;
+  backward only scales them. Three matmuls, no recomputation, and about twice as fast as
+  `F.cross_entropy` on CPU, which writes, fills and re-reads N x n_items.
+- huge catalogues: the log-sum-exp runs over item chunks (`item_chunks.py`), recomputing
   each chunk's logits in backward.
+
+The chunk changes speed, never results. Which path runs depends on the catalogue alone, and
+all arithmetic but one matmul happens block by block, on blocks set by the shapes (about
+`BLOCK_LOGITS` logits each: 256 positions of lastfm, 64 of beauty-s3rec), never by the
+chunk: the sums that cross chunks (the item table's gradient over positions), the matmuls
+with a long inner dimension (whose threads may split it), and the exp2 and column sums,
+whose vectorized kernels round their tail elements differently from the rest (so where a
+tensor, or a thread's share of it, ends must not move with the chunk). A chunk is a whole
+number of blocks; only its logits come from one matmul, each logit its own length-D dot
+product (in fp64, whose MKL matmul rounds a logit differently by the number of columns, a
+chunk is one block). Loss and both gradients are equal to the last bit whatever the chunk
+(tested), so training can pick the chunk per machine (`lossbench.training.softmax_chunk`).
 """
 
 from __future__ import annotations
@@ -23,9 +36,20 @@ from torch import Tensor
 
 from lossbench.errors import LossbenchError
 from lossbench.losses.base import LossInputs, LossParams
+from lossbench.losses.item_chunks import chunked_logsumexp, item_block
 
-# Below this many positions per chunk the matmuls get too thin: switch to item chunks.
-MIN_FUSED_ROWS = 32
+# A block of positions holds about this many logits: 1M fp32 logits (4 MB) stay in cache.
+BLOCK_LOGITS = 1 << 20
+# Positions per block are a multiple of this (and at least this many): the (V, rows)
+# logits then start every column on a cache line, and the three matmuls run up to 40%
+# faster on CPU (beauty-s3rec: 86 rows 61 GFLOP/s, 64 rows 94).
+FUSED_ALIGN = 64
+# Catalogues up to this size take the fused path, by device type; above it, item chunks.
+MAX_FUSED_ITEMS = {"cuda": 1 << 20}
+DEFAULT_MAX_FUSED_ITEMS = 1 << 15
+# Spare columns in each row of the logits buffer: a block is then never a contiguous
+# tensor (a contiguous one is split into vector runs differently from a strided one).
+_ROW_PAD = 16
 
 # Every |logit| is kept below this: exp then stays within float32's normal range
 # (e^-80 .. e^80, no overflow, no denormals) and the sum of the catalogue's terms too.
@@ -35,12 +59,18 @@ _LN_2 = math.log(2.0)
 
 
 def softmax_chunk_for(device: torch.device, chunk: int | None) -> int:
-    """Logits held at once: `chunk` when given, else 1M (4 MB, cache-sized) on CPU, 64M on GPU."""
+    """Logits held at once: `chunk` when given, else 1M (4 MB, cache-sized) on CPU, 64M on GPU.
+    Training resolves None to the size measured fastest on the machine's CPU first."""
     if chunk is not None:
         if chunk < 1:
             raise LossbenchError(f"softmax_chunk must be >= 1, got {chunk}")
         return chunk
     return 1 << 26 if device.type == "cuda" else 1 << 20
+
+
+def max_fused_items(device: torch.device) -> int:
+    """The largest catalogue the fused path takes on `device` (the chunk plays no part)."""
+    return MAX_FUSED_ITEMS.get(device.type, DEFAULT_MAX_FUSED_ITEMS)
 
 
 def full_softmax_ce(inputs: LossInputs, params: LossParams) -> Tensor:
@@ -49,26 +79,37 @@ def full_softmax_ce(inputs: LossInputs, params: LossParams) -> Tensor:
     n_positions, n_items = hidden.shape[0], table.shape[0] - 1
     chunk = softmax_chunk_for(hidden.device, params.softmax_chunk)
     compute_dtype = _compute_dtype(hidden, table)
-    if chunk // max(n_items, 1) >= min(MIN_FUSED_ROWS, max(n_positions, 1)):
-        rows = fused_rows(chunk, n_items)
+    if n_items <= max_fused_items(hidden.device):
+        block, rows = fused_block(n_items), fused_rows(chunk, n_items)
+        if compute_dtype == torch.float64:
+            rows = block  # MKL's fp64 matmul rounds a logit by how many columns it computes
         # The whole table goes in (row 0 gets a zero gradient): a `table[1:]` slice would cost
         # a table-sized zero fill and copy in its backward, every step.
-        total: Tensor = _FusedSoftmaxCE.apply(hidden, table, targets, rows, compute_dtype)
+        total: Tensor = _FusedSoftmaxCE.apply(hidden, table, targets, rows, block, compute_dtype)
         return total / max(n_positions, 1)
     item_rows = table[1:]  # (n_items, D): padding row 0 is never a class
+    block = item_block(n_positions)
     items_per_chunk = max(1, chunk // max(n_positions, 1))
-    log_norm = chunked_logsumexp(hidden, item_rows, items_per_chunk)  # (N,) fp32+
+    if compute_dtype == torch.float64:
+        items_per_chunk = block  # as above
+    log_norm = chunked_logsumexp(hidden, item_rows, items_per_chunk, block)  # (N,)
     target_logits = (hidden * table[targets]).sum(-1)  # (N,)
     per_position = log_norm - target_logits.to(log_norm.dtype)
     return per_position.sum() / max(n_positions, 1)
 
 
+def fused_block(n_items: int) -> int:
+    """Positions per block of the fused path: about `BLOCK_LOGITS` logits, a multiple of
+    `FUSED_ALIGN` (lastfm's 3,646 items: 256; beauty-s3rec's 12,101: 64)."""
+    rows = BLOCK_LOGITS // max(n_items, 1)
+    return max(FUSED_ALIGN, rows - rows % FUSED_ALIGN)
+
+
 def fused_rows(chunk: int, n_items: int) -> int:
-    """Positions per fused chunk of `chunk` logits, rounded down to a multiple of 32 when there
-    are that many: the (V, rows) logits then start every column on a cache line, and the three
-    matmuls run up to 40% faster on CPU (beauty-s3rec: 86 rows 61 GFLOP/s, 64 rows 94)."""
-    rows = max(1, chunk // max(n_items, 1))
-    return rows - rows % 32 if rows >= 32 else rows
+    """Positions per fused chunk of about `chunk` logits: a whole number of blocks, at least
+    one (1M logits: lastfm 256 positions, beauty-s3rec 64; 4M: 1,024 and 320)."""
+    block = fused_block(n_items)
+    return max(block, chunk // max(n_items, 1) // block * block)
 
 
 def _compute_dtype(hidden: Tensor, item_rows: Tensor) -> torch.dtype:
@@ -84,10 +125,10 @@ class _FusedSoftmaxCE(torch.autograd.Function):
     a time. Forward also computes the gradients (each chunk's logits are used while hot);
     backward multiplies them by the upstream scalar.
 
-    Per chunk, w = exp(z - shift) with norm = sum_i w; d loss / d z = w / norm - one_hot, and
-    the 1 / norm is applied to the small (n, D) matmul operands, not to (V, n). The one-hot
-    part and the target logits are done once for all positions after the loop (a gather and
-    an index_add on (N, D) rows), so each chunk runs as few operations as possible.
+    Per block, w = exp(z - shift) with norm = sum_i w; d loss / d z = w / norm - one_hot,
+    and the 1 / norm is applied to the small (b, D) matmul operands, not to (V, b). The
+    one-hot part and the target logits are done once for all positions after the loop (a
+    gather and an index_add on (N, D) rows), so each block runs as few operations as possible.
     shift is the column max (any logits), or 0 on CPU when a bound shows that no logit can
     leave exp's normal range: that skips two of the four passes over the chunk (max,
     subtract), about 5% of the loss on beauty-s3rec, where matmuls take three quarters."""
@@ -99,6 +140,7 @@ class _FusedSoftmaxCE(torch.autograd.Function):
         table: Tensor,
         targets: Tensor,
         rows: int,
+        block: int,
         compute_dtype: torch.dtype,
     ) -> Tensor:
         accumulate = torch.promote_types(compute_dtype, torch.float32)  # softmax in fp32+
@@ -113,30 +155,25 @@ class _FusedSoftmaxCE(torch.autograd.Function):
             log_norms = torch.empty(n_positions, dtype=accumulate, device=h.device)  # (N,)
             grad_hidden = torch.empty_like(h, dtype=accumulate) if want_grads else None
             grad_table = torch.zeros_like(table, dtype=accumulate) if want_grads else None
+            grad_items = grad_table[1:] if grad_table is not None else None  # (V, D) view
             unshifted = _exp_cannot_overflow(h, items)
             # Every chunk's logits go to this one buffer: a fresh (V, n) tensor per chunk
             # (allocated while the previous chunk's is still alive) made the loss ~15%
             # slower on CPU, its memory cold in cache.
-            buffer = torch.empty(n_items * rows, dtype=compute_dtype, device=h.device)
-            grad_items = grad_table[1:] if grad_table is not None else None  # (V, D) view
+            buffer = torch.empty(n_items, rows + _ROW_PAD, dtype=compute_dtype, device=h.device)
             for start in range(0, n_positions, rows):
                 stop = min(start + rows, n_positions)
-                logits = buffer[: n_items * (stop - start)].view(n_items, -1)
-                torch.mm(items, h_base2[start:stop].T, out=logits)  # (V, n), base 2
-                if compute_dtype != accumulate:
-                    logits = logits.to(accumulate)
-                weights, norm = _chunk_weights(logits, log_norms[start:stop], unshifted)
-                if grad_hidden is None or grad_items is None:
-                    continue
-                if compute_dtype == accumulate:  # fp32 / fp64: scale the small operands
-                    inverse = norm.reciprocal_().T  # (n, 1)
-                    out = grad_hidden[start:stop]
-                    torch.mm(weights.T, items, out=out).mul_(inverse)  # (n, D)
-                    grad_items.addmm_(weights, h[start:stop] * inverse)  # (V, D)
-                else:  # low-precision matmuls on the normalized softmax, fp32 accumulation
-                    probs = weights.div_(norm).to(compute_dtype)
-                    grad_hidden[start:stop] = probs.T @ items
-                    grad_items += (probs @ h[start:stop]).to(accumulate)
+                logits = buffer[:, : stop - start]  # (V, n), rows padded
+                # The chunk's one wide matmul: each logit its own length-D dot product.
+                torch.mm(items, h_base2[start:stop].T, out=logits)  # base 2
+                for part in _parts(start, stop, block):
+                    at = slice(start + part.start, start + part.stop)  # global positions
+                    block_logits = logits[:, part]  # (V, b), never contiguous
+                    if compute_dtype != accumulate:
+                        block_logits = block_logits.to(accumulate)  # contiguous, always
+                    weights, norm = _block_weights(block_logits, log_norms[at], unshifted)
+                    if grad_hidden is not None and grad_items is not None:
+                        _block_grads(weights, norm, items, h[at], grad_hidden[at], grad_items)
             target_rows = table.detach()[targets].to(accumulate)  # (N, D)
             h_wide = hidden.detach().to(accumulate)
             total = (log_norms - (h_wide * target_rows).sum(1)).sum()
@@ -160,7 +197,13 @@ class _FusedSoftmaxCE(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
+
+
+def _parts(start: int, stop: int, block: int) -> list[slice]:
+    """The blocks of positions start..stop (a chunk starts on a block), relative to start."""
+    return [slice(at, min(at + block, stop - start)) for at in range(0, stop - start, block)]
 
 
 def _exp_cannot_overflow(hidden: Tensor, items: Tensor) -> bool:
@@ -173,92 +216,41 @@ def _exp_cannot_overflow(hidden: Tensor, items: Tensor) -> bool:
     return bound + math.log(items.shape[0]) < _EXP_LIMIT
 
 
-def _chunk_weights(logits: Tensor, log_norm: Tensor, unshifted: bool) -> tuple[Tensor, Tensor]:
-    """From (V, n) logits in base 2 (z log2 e), overwritten: w = exp(z - shift) (V, n) and
-    its column sums (1, n); the natural-log normalizers shift + log(sum) go to `log_norm`
-    (n,)."""
+def _block_weights(logits: Tensor, log_norm: Tensor, unshifted: bool) -> tuple[Tensor, Tensor]:
+    """From (V, b) logits in base 2 (z log2 e), overwritten: w = exp(z - shift) (V, b) and
+    its column sums (1, b); the natural-log normalizers shift + log(sum) go to `log_norm`
+    (b,)."""
     if unshifted:  # |logits| < _EXP_LIMIT - log V: exp needs no shift
-        weights = logits.exp2_()  # in place, (V, n)
-        norm = weights.sum(0, keepdim=True)  # (1, n)
+        weights = logits.exp2_()  # in place, (V, b)
+        norm = weights.sum(0, keepdim=True)  # (1, b)
         torch.log(norm[0], out=log_norm)
         return weights, norm
-    shift = logits.amax(0, keepdim=True)  # (1, n), base 2
-    weights = logits.sub_(shift).exp2_()  # in place: (V, n), max 1
-    norm = weights.sum(0, keepdim=True)  # (1, n), >= 1
+    shift = logits.amax(0, keepdim=True)  # (1, b), base 2
+    weights = logits.sub_(shift).exp2_()  # in place: (V, b), max 1
+    norm = weights.sum(0, keepdim=True)  # (1, b), >= 1
     torch.add(norm[0].log(), shift[0], alpha=_LN_2, out=log_norm)
     return weights, norm
 
 
-def chunked_logsumexp(hidden: Tensor, item_rows: Tensor, chunk: int) -> Tensor:
-    """(N,) logsumexp_i (hidden @ item_rows.T)[:, i], `chunk` rows at a time.
+def _block_grads(
+    weights: Tensor,
+    norm: Tensor,
+    items: Tensor,
+    h: Tensor,
+    grad_hidden: Tensor,
+    grad_items: Tensor,
+) -> None:
+    """One block's share of the softmax part of both gradients, from its (V, b) weights and
+    their (1, b) column sums: grad_hidden (b, D) = (w / norm)^T items, grad_items (V, D) +=
+    (w / norm) h."""
+    if weights.dtype == items.dtype:  # fp32 / fp64: scale the small (b, D) operands
+        inverse = norm.reciprocal_().T  # (b, 1)
+        torch.mm(weights.T, items, out=grad_hidden).mul_(inverse)
+        grad_items.addmm_(weights, h * inverse)
+    else:  # low-precision matmuls on the normalized softmax, fp32 accumulation
+        probs = weights.div_(norm).to(items.dtype)
+        grad_hidden.copy_(probs.T @ items)
+        grad_items += (probs @ h).to(grad_items.dtype)
 
-    Differentiable in both inputs. The matmuls run in the autocast dtype when autocast is on
-    (else the inputs' dtype); the log-sum-exp is accumulated in at least float32.
-    """
-    if chunk < 1:
-        raise LossbenchError(f"softmax_chunk must be >= 1, got {chunk}")
-    compute_dtype = _compute_dtype(hidden, item_rows)
-    result: Tensor = _ChunkedLogSumExp.apply(hidden, item_rows, chunk, compute_dtype)
-    return result
 
-
-def _chunk_logits(hidden: Tensor, item_rows: Tensor, start: int, chunk: int) -> Tensor:
-    """(N, C) logits of items start..start+C, matmul in hidden's dtype, result in fp32+."""
-    rows = item_rows[start : start + chunk].to(hidden.dtype)  # (C, D)
-    return (hidden @ rows.T).to(torch.promote_types(hidden.dtype, torch.float32))
-
-
-Grads = tuple[Tensor | None, Tensor | None, None, None]
-
-
-class _ChunkedLogSumExp(torch.autograd.Function):
-    """Forward: per-chunk logsumexp, then logsumexp over chunks. Backward: recompute each
-    chunk's logits and push softmax * grad into both inputs; nothing N x n_items is kept."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, hidden: Tensor, item_rows: Tensor, chunk: int, compute_dtype: torch.dtype
-    ) -> Tensor:
-        starts = range(0, item_rows.shape[0], chunk)
-        with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-            h = hidden.detach().to(compute_dtype)  # (N, D)
-            # One preallocated (chunks, N) result: small per-chunk results interleaved with the
-            # big per-chunk temporaries fragment the heap (1M items: 2.5 GB of RSS).
-            per_chunk = torch.empty(
-                len(starts),
-                h.shape[0],
-                dtype=torch.promote_types(h.dtype, torch.float32),
-                device=h.device,
-            )
-            for index, start in enumerate(starts):
-                logits = _chunk_logits(h, item_rows, start, chunk)  # (N, C)
-                torch.logsumexp(logits, 1, out=per_chunk[index])
-            log_norm = torch.logsumexp(per_chunk, dim=0)  # (N,)
-        ctx.save_for_backward(hidden, item_rows, log_norm)
-        ctx.chunk = chunk
-        ctx.compute_dtype = compute_dtype
-        return log_norm
-
-    @staticmethod
-    def backward(ctx: Any, grad_log_norm: Tensor) -> Grads:
-        hidden, item_rows, log_norm = ctx.saved_tensors
-        chunk, compute_dtype = ctx.chunk, ctx.compute_dtype
-        need_hidden, need_rows = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_hidden = torch.zeros_like(hidden, dtype=log_norm.dtype) if need_hidden else None
-        grad_rows = torch.empty_like(item_rows) if need_rows else None
-        with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-            h = hidden.detach().to(compute_dtype)  # (N, D)
-            upstream = grad_log_norm.to(log_norm.dtype).unsqueeze(1)  # (N, 1)
-            for start in range(0, item_rows.shape[0], chunk):
-                rows = item_rows[start : start + chunk].to(compute_dtype)  # (C, D)
-                logits = _chunk_logits(h, item_rows, start, chunk)  # (N, C), recomputed
-                # d logsumexp / d logits = softmax; times the upstream gradient of each row.
-                weights = torch.exp(logits - log_norm.unsqueeze(1)) * upstream
-                weights = weights.to(compute_dtype)  # (N, C)
-                if grad_hidden is not None:
-                    grad_hidden += weights @ rows  # (N, D), accumulated in fp32 or wider
-                if grad_rows is not None:
-                    grad_rows[start : start + chunk] = weights.T @ h  # (C, D)
-        if grad_hidden is not None:
-            grad_hidden = grad_hidden.to(hidden.dtype)
-        return grad_hidden, grad_rows, None, None
+__all__ = ["chunked_logsumexp", "full_softmax_ce", "fused_block", "fused_rows"]

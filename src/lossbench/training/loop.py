@@ -40,8 +40,9 @@ from lossbench.training.setup import (
     resolve_loss,
     run_device,
     seed_everything,
-    use_threads,
 )
+from lossbench.training.softmax_chunk import tuned_loss
+from lossbench.training.threads import ThreadGovernor
 
 
 @dataclass
@@ -80,7 +81,7 @@ def train_run(
     loss = resolve_loss(config)
     check_split(config, dataset)
     device = run_device(config.device, config.precision)
-    use_threads(config.threads)
+    threads = ThreadGovernor(config.threads)  # from --threads, else the free cores
     seed_everything(config.seed)
     model, model_settings = make_model(config, dataset.n_items)
     model.to(device)
@@ -141,6 +142,8 @@ def train_run(
             unseen=unseen,
         )
     autocast = _autocast(config.precision, device)
+    threads.start()
+    loss = tuned_loss(loss, device)  # a full softmax on CPU: the chunk measured fastest here
 
     record = {
         "config": config.model_dump(mode="json"),
@@ -193,6 +196,7 @@ def train_run(
                 step_loss.backward()
                 optimizer.step()
                 loss_sum += step_loss.detach()
+                threads.tick()
                 bar.advance_batch()
             epoch_loss = float(loss_sum) / len(batcher)  # the one sync of the epoch
             train_seconds = time.perf_counter() - epoch_started
@@ -215,6 +219,7 @@ def train_run(
                     "eval_seconds": eval_seconds,
                     "elapsed_seconds": time.perf_counter() - started,
                     "peak_memory_mb": peak_memory_mb(device),
+                    "threads": torch.get_num_threads(),
                     **{f"valid_{k}": v for k, v in valid_metrics.items()},
                 }
             )

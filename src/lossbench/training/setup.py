@@ -143,9 +143,11 @@ def make_adam(
 
 
 def use_threads(threads: int | None) -> None:
-    """Set torch's intra-op CPU threads when asked (None keeps torch's default)."""
-    if threads is not None:
-        torch.set_num_threads(threads)
+    """Set torch's intra-op CPU threads: `threads` when asked, else one per free core now
+    (`ThreadGovernor`, which a training run also keeps adjusting)."""
+    from lossbench.training.threads import ThreadGovernor
+
+    ThreadGovernor(threads).start()
 
 
 def seed_everything(seed: int) -> None:
