@@ -24,22 +24,27 @@ import argparse
 import json
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from harness import (
+    MILLION,
+    catalogue_step_config,
+    padding_computed,
+    plain_loss,
+    random_catalogue,
+    run_config,
+    timed_run,
+)
 from lossbench.data.prepared import PreparedDataset, ensure_prepared
 from lossbench.data.sequences import build_sequence_tensors
 from lossbench.errors import LossbenchError
-from lossbench.models.transformer import TransformerEncoder
 from lossbench.paths import default_data_dir
-from lossbench.training.config import TrainConfig, build_config
-from lossbench.training.loop import train_run
+from lossbench.training.config import TrainConfig
 from lossbench.training.setup import make_model, seed_everything
 
 
@@ -90,45 +95,29 @@ def bench_dataset(
     name: str, loss: str, data_dir: Path, epochs: int, precision: str, with_plain: bool = True
 ) -> dict[str, Any]:
     dataset = ensure_prepared(data_dir, name)
-    config = build_config(
-        overrides={
-            "dataset": name,
-            "model": "sasrec",
-            "loss": loss,
-            "max_epochs": epochs,
-            "patience": epochs + 1,
-            "precision": precision,
-            "device": "cpu",
-        }
-    )
-    # Matmul speed just before training: a machine's speed drifts over minutes.
+    config = run_config(name, loss, epochs, precision=precision)
+    # Matmul speed just before training: this machine's speed drifts over minutes.
     hidden_size = make_model(config, dataset.n_items)[1]["hidden_size"]
     reference = workload_flops(hidden_size, dataset.n_items + 1)
     square = matmul_flops(2048, 2048, 2048)
-    with tempfile.TemporaryDirectory() as run_dir:
-        result = train_run(config, dataset, Path(run_dir))
+    run = timed_run(config, dataset)
     # The first epoch pays for warm-up (allocator, kernels): report the fastest.
-    epoch_seconds = sorted(h["train_seconds"] for h in result.history)
-    train_seconds = epoch_seconds[0]
+    train_seconds = run["train_seconds_fastest"]
     plain_seconds = (
         plain_padded_epoch_seconds(dataset, config, loss, epochs=1) if with_plain else None
     )
-    valid_seconds = min(h["eval_seconds"] for h in result.history)
-
-    settings = result.config["model_settings"]
-    negatives = result.config["loss_settings"]["negatives"]
-    useful = useful_flops_per_epoch(dataset, settings, loss, negatives)
+    negatives = run["loss_settings"]["negatives"]
+    useful = useful_flops_per_epoch(dataset, run["model_settings"], loss, negatives)
     return {
         "dataset": name,
         "loss": loss,
         "precision": precision,
         "train_seconds_per_epoch": train_seconds,
-        # The middle epoch too: the fastest flatters when the machine's speed drifts.
-        "train_seconds_median_epoch": epoch_seconds[len(epoch_seconds) // 2],
+        "train_seconds_median_epoch": run["train_seconds_median"],
         "plain_padded_seconds_per_epoch": plain_seconds,
         "speedup_vs_plain": plain_seconds / train_seconds if plain_seconds else None,
-        "validation_seconds": valid_seconds,
-        "peak_memory_mb": result.metrics["peak_memory_mb"],
+        "validation_seconds": run["validation_seconds"],
+        "peak_memory_mb": run["peak_memory_mb"],
         "useful_gflop_per_epoch": useful / 1e9,
         "workload_matmul_gflops": reference / 1e9,
         "square_matmul_gflops": square / 1e9,
@@ -144,15 +133,12 @@ def plain_padded_epoch_seconds(
     max_len, the encoder over all positions, (non-padding positions x catalogue) logits
     materialized for the full softmax (or one sampled negative for bce); same model, batches
     and optimizer. The fastest of `epochs` epochs: a same-machine, same-moment stand-in for
-    the study's code (a shared machine's speed drifts by +-30% over minutes)."""
+    the study's code (this machine's speed drifts by +-30% over minutes)."""
     seed_everything(config.seed)
     model, settings = make_model(config, dataset.n_items)
     model.train()
-    TransformerEncoder.pack_padding = False  # the plain code computes padding too
-    try:
+    with padding_computed():  # the plain code computes padding too
         return _plain_epochs(model, settings["max_len"], dataset, config, loss, epochs)
-    finally:
-        TransformerEncoder.pack_padding = True
 
 
 def _plain_epochs(
@@ -167,24 +153,15 @@ def _plain_epochs(
     windows, lengths = sequences.train_windows, sequences.train_lengths  # (U, max_len + 1)
     users = torch.nonzero(lengths >= 2).squeeze(1)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    table: torch.Tensor = model.item_embedding.weight  # type: ignore[union-attr,assignment]
     best = float("inf")
     for _ in range(epochs):
         start = time.perf_counter()
         order = users[torch.randperm(len(users))]
         for batch_users in torch.split(order, config.batch_size):
             inputs, targets = windows[batch_users, :-1], windows[batch_users, 1:]  # (B, L)
-            hidden = model(inputs)  # (B, L, D): every position, padding included
-            trains = (inputs > 0).reshape(-1)
-            if loss == "bce":
-                negatives = torch.randint(1, dataset.n_items + 1, targets.shape)
-                positive = (hidden * table[targets]).sum(-1).reshape(-1)
-                negative = (hidden * table[negatives]).sum(-1).reshape(-1)
-                value = -(F.logsigmoid(positive[trains]) + F.logsigmoid(-negative[trains])).mean()
-            else:  # as the study's code: logits of the non-padding positions only
-                at_positions = hidden.reshape(-1, hidden.shape[-1])[trains]  # (N, D)
-                logits = at_positions @ table[1:].T  # (N, V), materialized
-                value = F.cross_entropy(logits, targets.reshape(-1)[trains] - 1)
+            targets = targets.where(inputs > 0, 0)  # trains where the input is an item
+            negatives = torch.randint(1, dataset.n_items + 1, targets.shape)
+            value = plain_loss(model, inputs, targets, loss, negatives)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
@@ -194,36 +171,14 @@ def _plain_epochs(
 
 def bench_million_items(steps: int = 2) -> dict[str, Any]:
     """sasrec + improved, batch 128 x length 50, on random sequences over 1,000,000 items."""
-    n_items, users, length = 1_000_000, 128, 51
-    rng = np.random.default_rng(0)
-    dataset = PreparedDataset(
-        name="million",
-        n_items=n_items,
-        train_offsets=np.arange(users + 1, dtype=np.int64) * length,
-        train_items=rng.integers(1, n_items + 1, users * length),
-        valid_items=rng.integers(1, n_items + 1, users),
-        test_items=rng.integers(1, n_items + 1, users),
-    )
-    config = build_config(
-        overrides={
-            "dataset": "million",
-            "model": "sasrec",
-            "loss": "improved",
-            "batch_size": 128,
-            "max_epochs": steps,
-            "patience": steps + 1,
-            "device": "cpu",
-            "eval_batch_size": 128,
-        }
-    )
+    dataset = random_catalogue(MILLION)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as run_dir:
-        result = train_run(config, dataset, Path(run_dir))
+    run = timed_run(catalogue_step_config(dataset, steps, "cpu"), dataset)
     return {
-        "n_items": n_items,
+        "n_items": MILLION,
         "batch": "128 x 50",
         "steps": steps,
-        "seconds_per_step": min(h["train_seconds"] for h in result.history),
+        "seconds_per_step": run["train_seconds_fastest"],
         "total_seconds": time.perf_counter() - start,
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

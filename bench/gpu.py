@@ -1,0 +1,398 @@
+"""The GPU path, checked and timed on a CUDA machine in under ten minutes, into one JSON file.
+
+    python bench/gpu.py                                   # writes gpu-bench.json
+    python bench/gpu.py --out h200.json --mirror DIR      # datasets from a local mirror
+    python bench/gpu.py --sections epochs --skip-compile  # part of it again
+    python bench/gpu.py --cpu-dry-run --out dry.json      # the same code paths, tiny, on CPU
+
+On a machine without CUDA it says so in one line and exits 0. Sections, in this order:
+
+1. `parity`: the fast path against the plain computation (padded, logits materialized) on
+   one batch, loss and every gradient, float32 without TF32, for `improved` and `ce`, on
+   the fused and the item-chunked softmax; and whether two chunk sizes give the same bits.
+2. `epochs`: SASRec epochs of bce and improved on lastfm and beauty-s3rec, fp32 and bf16,
+   eager then `--compile`: seconds (each epoch ends on a device sync), validation seconds,
+   peak GPU memory (`torch.cuda.max_memory_allocated`), and torch.compile's graph counts.
+3. `million_items`: sasrec + improved steps on a 1,000,000-item catalogue, fp32 and bf16.
+4. `compare`: one whole `lossbench compare` run in a fresh process (`compare_smoke`).
+
+Every entry is isolated: one that fails records its error and the rest still run, and the
+file is rewritten after each, so a run cut short keeps what it measured. Entries that would
+start past `--budget` seconds are recorded as skipped; the compiled epochs come last. Exit
+status 1 only when the parity check fails. Datasets are downloaded (from `--mirror` when it
+exists) and preprocessed with lossbench's own functions into `--data-dir`.
+`--cpu-dry-run` runs every section on CPU at toy sizes (the synthetic dataset, a 5,000-item
+catalogue, torch.compile with dynamo's eager backend: tracing, graph breaks and recompiles as
+on the GPU, no code generation), to check the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+import lossbench
+from harness import (
+    MILLION,
+    catalogue_step_config,
+    prepared_dataset,
+    random_catalogue,
+    run_config,
+    timed_run,
+)
+from lossbench.atomic import write_json
+from lossbench.errors import LossbenchError
+from lossbench.paths import default_data_dir
+from lossbench.training.softmax_chunk import cpu_model_name
+from parity import chunk_bits, fast_path_parity
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MIRROR = ROOT.parent / "shared" / "data" / "mirror"  # used when it exists
+SECTIONS = ("parity", "epochs", "million_items", "compare")
+COMPILE_RESERVE = 90.0  # seconds a compiled entry needs at least (compilation included)
+EAGER_RESERVE = 20.0
+
+
+@dataclass
+class Plan:
+    """What to run: the real sizes on CUDA, toy ones for `--cpu-dry-run`."""
+
+    device: str
+    datasets: list[str]
+    epochs: int
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
+    losses: list[str] = field(default_factory=lambda: ["bce", "improved"])
+    model_settings: dict[str, Any] = field(default_factory=dict)
+    catalogue_items: int = MILLION
+    compare_args: list[str] = field(default_factory=list)
+
+
+def cuda_plan(epochs: int) -> Plan:
+    return Plan(
+        "cuda",
+        ["lastfm", "beauty-s3rec"],
+        epochs,
+        compare_args=["--max-epochs", "3", "--hidden-size", "32"],
+    )
+
+
+def dry_run_plan() -> Plan:
+    return Plan(
+        "cpu",
+        ["synthetic"],
+        2,
+        model_settings={"hidden_size": 16, "num_layers": 1, "max_len": 20},
+        catalogue_items=5_000,
+        compare_args=[
+            *("--max-epochs", "1", "--hidden-size", "8", "--num-layers", "1"),
+            *("--softmax-chunk", "1048576"),  # no chunk probe in a check of the script
+        ],
+    )
+
+
+def compare_smoke(plan: Plan, data_dir: Path, work_dir: Path) -> dict[str, Any]:
+    """One whole comparison through the command line, in a fresh process: bce, ce and
+    improved on the synthetic dataset, one seed, small settings (the smoke preset's job)."""
+    out = work_dir / "compare"
+    command = [
+        sys.executable,
+        "-m",
+        "lossbench",
+        "--data-dir",
+        str(data_dir),
+        "compare",
+        "--dataset",
+        "synthetic",
+        "--model",
+        "sasrec",
+        "--losses",
+        "bce,ce,improved",
+        "--seeds",
+        "0",
+        *plan.compare_args,
+        "--device",
+        plan.device,
+        "--out",
+        str(out),
+    ]
+    # The same lossbench as this script; the chunk cache in the bench's data folder.
+    paths = [str(Path(lossbench.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(path for path in paths if path),
+        "LOSSBENCH_DATA_DIR": str(data_dir),
+    }
+    started = time.perf_counter()
+    finished = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+        check=False,
+    )
+    seconds = time.perf_counter() - started
+    results = out / "results.csv"
+    return {
+        "command": " ".join(command[1:]),
+        "exit_code": finished.returncode,
+        "seconds": seconds,
+        "runs": pl.read_csv(results).to_dicts() if results.is_file() else [],
+        "output_tail": (finished.stdout + finished.stderr)[-3000:],
+    }
+
+
+class Report:
+    """The JSON document, rewritten atomically after every entry."""
+
+    def __init__(self, path: Path, budget: float) -> None:
+        self.path = path
+        self.started = time.monotonic()
+        self.deadline = self.started + budget
+        self.document: dict[str, Any] = {"schema": 1}
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def add(self, section: str, entry: dict[str, Any], key: str | None = None) -> None:
+        self.document.setdefault(section, [] if key is None else {})
+        if key is None:
+            self.document[section].append(entry)
+        else:
+            self.document[section][key] = entry
+        self.save()
+
+    def save(self) -> None:
+        self.document["total_seconds"] = time.monotonic() - self.started
+        write_json(self.path, self.document)
+
+
+def measured(
+    what: dict[str, Any], work: Callable[[], dict[str, Any]], report: Report, reserve: float
+) -> dict[str, Any]:
+    """`what` plus the result of `work()`, its wall seconds, or why it did not run."""
+    if report.left() < reserve:
+        return {**what, "skipped": f"time budget: {report.left():.0f} s left"}
+    started = time.perf_counter()
+    try:
+        result = work()
+    except LossbenchError as error:  # a refused setting (bf16 on a CPU without it)
+        return {**what, "skipped": str(error)}
+    except Exception as error:  # noqa: BLE001 - one failure must not end the run
+        trace = traceback.format_exc().splitlines()[-12:]
+        return {**what, "error": f"{type(error).__name__}: {error}", "traceback": trace}
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return {**what, **result, "seconds": time.perf_counter() - started}
+
+
+def parity_section(plan: Plan, report: Report) -> bool:
+    device = torch.device(plan.device)
+    passed = True
+    for loss in ("improved", "ce"):
+        for item_chunks in (False, True):
+            what = {"loss": loss, "softmax_path": "item chunks" if item_chunks else "fused"}
+            work = functools.partial(fast_path_parity, device, loss, item_chunks)
+            entry = measured(what, work, report, 0.0)
+            passed = passed and entry.get("passed", False)
+            report.add("parity", entry)
+    work = functools.partial(same_bits, device)
+    report.add("chunk_bits", measured({}, work, report, 0.0), key="one block vs four")
+    return passed
+
+
+def same_bits(device: torch.device) -> dict[str, Any]:
+    return {"same_bits": chunk_bits(device)}
+
+
+def epochs_section(
+    plan: Plan, report: Report, data_dir: Path, mirror: str | None, skip_compile: bool
+) -> None:
+    datasets: dict[str, Any] = {}
+    for compile in (False, True):  # every eager entry first: compiling takes the longest
+        for name in plan.datasets:
+            for precision in plan.precisions:
+                for loss in plan.losses:
+                    what: dict[str, Any] = {"dataset": name, "loss": loss}
+                    what.update(precision=precision, compile=compile)
+                    if compile and skip_compile:
+                        report.add("epochs", {**what, "skipped": "--skip-compile"})
+                        continue
+                    work = functools.partial(epoch_entry, plan, datasets, data_dir, mirror, what)
+                    reserve = COMPILE_RESERVE if compile else EAGER_RESERVE
+                    report.add("epochs", measured(what, work, report, reserve))
+
+
+def epoch_entry(
+    plan: Plan,
+    datasets: dict[str, Any],
+    data_dir: Path,
+    mirror: str | None,
+    what: dict[str, Any],
+) -> dict[str, Any]:
+    """One timed run of `what` (dataset, loss, precision, compile); datasets are prepared
+    on first use and kept."""
+    name = what["dataset"]
+    if name not in datasets:
+        datasets[name] = prepared_dataset(data_dir, name, mirror)
+    config = run_config(
+        name,
+        what["loss"],
+        plan.epochs,
+        precision=what["precision"],
+        device=plan.device,
+        compile=what["compile"],
+        model_settings=plan.model_settings,
+    )
+    with compile_counters(what["compile"]) as graphs:
+        result = timed_run(config, datasets[name])
+    return {**result, **({"torch_compile": graphs} if what["compile"] else {})}
+
+
+def million_items_section(plan: Plan, report: Report) -> None:
+    dataset = random_catalogue(plan.catalogue_items)
+    for precision in plan.precisions:
+        what = {"n_items": plan.catalogue_items, "batch": "128 x 50", "precision": precision}
+        work = functools.partial(catalogue_steps, plan, dataset, precision)
+        report.add("million_items", measured(what, work, report, EAGER_RESERVE))
+
+
+def catalogue_steps(plan: Plan, dataset: Any, precision: str) -> dict[str, Any]:
+    """Three training steps (one per epoch) on the big catalogue; the fastest."""
+    config = catalogue_step_config(dataset, 3, plan.device)
+    run = timed_run(config.model_copy(update={"precision": precision}), dataset)
+    return {"seconds_per_step": run["train_seconds_fastest"], **run}
+
+
+@contextmanager
+def compile_counters(enabled: bool) -> Iterator[dict[str, Any]]:
+    """torch.compile's work while the block runs: graphs compiled, graph breaks, recompiles.
+    A later run of the same model class reuses earlier runs' graphs (0 new ones)."""
+    summary: dict[str, Any] = {}
+    if not enabled:
+        yield summary
+        return
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    try:
+        yield summary
+    finally:
+        counts: dict[str, dict[str, int]] = {k: dict(v) for k, v in counters.items()}
+        breaks = counts.get("graph_break", {})
+        summary.update(
+            {
+                "new_graphs": counts.get("stats", {}).get("unique_graphs", 0),
+                "graph_breaks": sum(breaks.values()),
+                "graph_break_reasons": sorted({str(r).splitlines()[0] for r in breaks})[:8],
+                "recompiles": sum(counts.get("recompiles", {}).values()),
+                "frames": counts.get("frames", {}),
+            }
+        )
+
+
+def environment(plan: Plan, dry_run: bool) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": plan.device,
+        "cpu_dry_run": dry_run,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu_model_name(),
+        "threads": torch.get_num_threads(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if torch.cuda.is_available() and plan.device == "cuda":
+        properties = torch.cuda.get_device_properties(0)
+        info.update(
+            {
+                "gpu": properties.name,
+                "gpu_memory_gb": properties.total_memory / 2**30,
+                "capability": f"{properties.major}.{properties.minor}",
+                "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version(),
+                "bf16_supported": torch.cuda.is_bf16_supported(),
+            }
+        )
+    return info
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("gpu-bench.json"))
+    parser.add_argument("--data-dir", type=Path, default=None, help="default: lossbench's")
+    parser.add_argument("--mirror", default=str(DEFAULT_MIRROR), help="dataset mirror folder")
+    parser.add_argument("--budget", type=float, default=540.0, help="seconds for all sections")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per timed run")
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--skip-compile", action="store_true", help="no compiled epochs")
+    parser.add_argument("--cpu-dry-run", action="store_true", help="toy sizes on CPU")
+    args = parser.parse_args(argv)
+    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown or args.epochs < 2 or args.budget <= 0:
+        parser.exit(2, f"--sections from {', '.join(SECTIONS)}; --epochs >= 2; --budget > 0\n")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.cpu_dry_run and not torch.cuda.is_available():
+        print("bench/gpu.py: no CUDA device here, nothing to measure (--cpu-dry-run checks it)")
+        return 0
+    plan = dry_run_plan() if args.cpu_dry_run else cuda_plan(args.epochs)
+    if args.cpu_dry_run:  # dynamo's tracing without code generation (minutes on CPU)
+        torch.compile = functools.partial(torch.compile, backend="eager")  # type: ignore[assignment]
+    data_dir = args.data_dir or default_data_dir()
+    url = args.mirror.startswith(("http://", "https://"))
+    mirror = args.mirror if url or Path(args.mirror).is_dir() else None
+    sections = args.sections.split(",")
+    report = Report(args.out, args.budget)
+    report.document["environment"] = environment(plan, args.cpu_dry_run)
+    report.document["plan"] = {**vars(plan), "mirror": mirror, "data_dir": str(data_dir)}
+    passed = True
+    with tempfile.TemporaryDirectory() as work_dir:
+        if "parity" in sections:
+            passed = parity_section(plan, report)
+        if "epochs" in sections:
+            epochs_section(plan, report, data_dir, mirror, args.skip_compile)
+        if "million_items" in sections:
+            million_items_section(plan, report)
+        if "compare" in sections:
+            work = functools.partial(compare_smoke, plan, data_dir, Path(work_dir))
+            report.add("compare", measured({}, work, report, EAGER_RESERVE), key="smoke")
+    report.save()
+    print(summary(report.document, args.out))
+    return 0 if passed else 1
+
+
+def summary(document: dict[str, Any], path: Path) -> str:
+    """One line per section: how many entries ran, were skipped or failed."""
+    lines = [f"wrote {path} in {document['total_seconds']:.0f} s"]
+    for section in ("parity", "epochs", "million_items"):
+        entries = document.get(section, [])
+        failed = sum("error" in e or e.get("passed") is False for e in entries)
+        skipped = sum("skipped" in e for e in entries)
+        lines.append(f"  {section}: {len(entries)} entries, {failed} failed, {skipped} skipped")
+    smoke = document.get("compare", {}).get("smoke")
+    if smoke is not None:
+        lines.append(f"  compare: exit {smoke.get('exit_code', smoke.get('error'))}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
