@@ -1,16 +1,18 @@
-"""Speed of the full softmax (`improved`, `ce`, `mlm`) against its chunk size, on this CPU.
+"""Speed of the full softmax (`improved`, `ce`, `mlm`) against its chunk size, on this CPU,
+beside the chunk training chose for this CPU.
 
     python bench/softmax_chunk.py                      # beauty-s3rec and lastfm shapes
     python bench/softmax_chunk.py --json
     python bench/softmax_chunk.py --chunks 1048576,4194304 --repeats 30
 
-The default chunk (1M logits on CPU, `--softmax-chunk` to change it) was the fastest on an
-AVX2 machine; on an AVX-512 one 4M logits ran the loss 15-20% faster. This script gives the
-numbers to choose by: forward + backward of the fused loss on random hidden states of one
-training batch of each dataset's shape (positions per batch of 256 users, catalogue size,
-width 64), the chunk sizes interleaved round by round (a machine's speed drifts), the
-best time of each. Useful GFLOP/s counts the three matmuls (logits, grad of hidden states,
-grad of the item table). No dataset files are needed.
+Training on CPU uses the chunk its probe measured fastest here (cached in the data folder's
+`softmax_chunk.json`; `--softmax-chunk` overrides it); the chunk never changes a result.
+This script shows how good that choice is: forward + backward of the fused loss on random
+hidden states of one training batch of each dataset's shape (positions per batch of 256
+users, catalogue size, width 64), the chunk sizes interleaved round by round (a machine's
+speed drifts), the best time of each, then per dataset the chosen chunk's time beside the
+best one's. Useful GFLOP/s counts the three matmuls (logits, grad of hidden states, grad
+of the item table). No dataset files are needed (the probe runs if nothing is cached).
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from lossbench.losses.base import LossInputs, LossParams
 from lossbench.losses.full_softmax import full_softmax_ce, fused_rows
+from lossbench.paths import default_data_dir
+from lossbench.training.softmax_chunk import machine_softmax_chunk
 
 # (name, training positions in one batch of 256 users, items): the study's Table 2 datasets.
 SHAPES = [("beauty-s3rec", 1500, 12101), ("lastfm", 11000, 3646)]
@@ -65,11 +70,31 @@ def bench_shape(
     ]
 
 
+def chosen_beside_best(rows: list[dict[str, Any]], chosen: int) -> list[dict[str, Any]]:
+    """Per dataset: the best measured chunk and the chosen one, with their times."""
+    lines = []
+    for name in dict.fromkeys(row["dataset"] for row in rows):
+        of_dataset = {row["chunk"]: row["milliseconds"] for row in rows if row["dataset"] == name}
+        best = min(of_dataset, key=lambda chunk: (of_dataset[chunk], chunk))
+        lines.append(
+            {
+                "dataset": name,
+                "chosen_chunk": chosen,
+                "chosen_milliseconds": of_dataset[chosen],
+                "best_chunk": best,
+                "best_milliseconds": of_dataset[best],
+                "chosen_vs_best": of_dataset[chosen] / of_dataset[best],
+            }
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", default=",".join(str(c) for c in DEFAULT_CHUNKS))
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     args = parser.parse_args()
     try:
         chunks = [int(c) for c in args.chunks.split(",")]
@@ -78,13 +103,17 @@ def main() -> None:
     if any(c < 1 for c in chunks) or args.repeats < 1:
         parser.exit(2, "--chunks and --repeats must be >= 1\n")
     capability = torch.backends.cpu.get_cpu_capability()
+    chosen = machine_softmax_chunk(args.data_dir)  # first, at the threads training uses
+    if chosen not in chunks:
+        chunks.append(chosen)
     rows = [
         row
         for name, positions, n_items in SHAPES
         for row in bench_shape(name, positions, n_items, chunks, args.repeats)
     ]
+    versus = chosen_beside_best(rows, chosen)
     if args.json:
-        print(json.dumps({"cpu_capability": capability, "rows": rows}, indent=2))
+        print(json.dumps({"cpu_capability": capability, "rows": rows, "chosen": versus}, indent=2))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {capability}")
     for row in rows:
@@ -92,6 +121,12 @@ def main() -> None:
             f"{row['dataset']:<13} chunk {row['chunk']:>9,} "
             f"({row['positions_per_chunk']:>4} positions)  "
             f"{row['milliseconds']:8.2f} ms  {row['gflops']:6.1f} GFLOP/s"
+        )
+    for line in versus:
+        print(
+            f"{line['dataset']:<13} chosen {line['chosen_chunk']:>9,}: "
+            f"{line['chosen_milliseconds']:.2f} ms; best {line['best_chunk']:>9,}: "
+            f"{line['best_milliseconds']:.2f} ms ({line['chosen_vs_best']:.2f}x)"
         )
 
 

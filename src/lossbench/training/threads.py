@@ -2,10 +2,10 @@
 
 torch starts one thread per core, and its threads spin while they wait for each other.
 When another process keeps one of two cores busy, one of those threads shares a core with
-it, and every parallel region waits for it: a `lastfm` epoch took 4.3x as long as alone.
-Passive waiting (`OMP_WAIT_POLICY=PASSIVE`) halves that but makes the idle machine 1.6x
-slower, and must be set before torch loads. Fewer threads cost nothing of the kind: with
-one thread per free core no thread waits for a core.
+it, and every parallel region waits for it: an epoch takes several times as long as alone.
+Passive waiting (`OMP_WAIT_POLICY=PASSIVE`) softens that but slows the idle machine, and
+must be set before torch loads. Fewer threads cost nothing of the kind: with one thread
+per free core no thread waits for a core.
 
 So, unless `--threads` is given, a run starts with as many threads as cores are free (the
 cores it may run on, less what other processes used of them over the last moments, rounded
