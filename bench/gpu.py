@@ -213,7 +213,7 @@ def parity_section(plan: Plan, report: Report) -> bool:
             passed = passed and entry.get("passed", False)
             report.add("parity", entry)
     work = functools.partial(same_bits, device)
-    report.add("chunk_bits", measured({}, work, report, 0.0), key="one block vs four")
+    report.add("chunk_bits", measured({}, work, report, 0.0), key="one block vs two")
     return passed
 
 

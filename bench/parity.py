@@ -101,15 +101,17 @@ def fast_path_parity(
     }
 
 
-def chunk_bits(device: torch.device, n_positions: int = 2048, n_items: int = 20_000) -> bool:
-    """Does the full softmax give the same bits for chunks of one block and of four?"""
+def chunk_bits(device: torch.device, n_items: int = 20_000) -> bool:
+    """Does the full softmax give the same bits for chunks of one block and of two, on
+    three and a bit blocks of positions (the last one ragged)?"""
+    block = fused_block(n_items, device)
+    n_positions = 3 * block + 17
     generator = torch.Generator().manual_seed(0)
     table = torch.randn(n_items + 1, 64, generator=generator).mul_(0.02).to(device)
     hidden = torch.randn(n_positions, 64, generator=generator).mul_(0.5).to(device)
     targets = torch.randint(1, n_items + 1, (n_positions,), generator=generator).to(device)
-    block_logits = fused_block(n_items) * n_items
     results = []
-    for chunk in (block_logits, 4 * block_logits):
+    for chunk in (block * n_items, 2 * block * n_items):
         leaves = hidden.clone().requires_grad_(), table.clone().requires_grad_()
         value = full_softmax_ce(
             LossInputs(leaves[0], targets, leaves[1]), LossParams(softmax_chunk=chunk)

@@ -52,7 +52,7 @@ def test_parity_catches_a_wrong_fast_path(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_chunk_bits_on_cpu() -> None:
-    assert parity.chunk_bits(torch.device("cpu"), n_positions=300, n_items=3000)
+    assert parity.chunk_bits(torch.device("cpu"), n_items=3000)
 
 
 def check_document(document: dict, compiled: str) -> None:
@@ -64,7 +64,7 @@ def check_document(document: dict, compiled: str) -> None:
         ("ce", "item chunks"),
     ]
     assert all(e["passed"] for e in document["parity"])
-    assert document["chunk_bits"]["one block vs four"]["same_bits"] is True
+    assert document["chunk_bits"]["one block vs two"]["same_bits"] is True
     epochs = document["epochs"]
     keys = [(e["dataset"], e["loss"], e["precision"], e["compile"]) for e in epochs]
     assert keys == [

@@ -164,7 +164,7 @@ def plain_softmax_ce(hidden: Tensor, table: Tensor, targets: Tensor) -> Tensor:
 def take_item_chunks(monkeypatch: pytest.MonkeyPatch, block: int = 3) -> None:
     """Send every catalogue to the item-chunked path, with blocks of `block` items."""
     monkeypatch.setattr(full_softmax, "DEFAULT_MAX_FUSED_ITEMS", 0)
-    monkeypatch.setattr(full_softmax, "item_block", lambda n_positions: block)
+    monkeypatch.setattr(full_softmax, "item_block", lambda n_positions, device: block)
 
 
 # 20 items, 3 x 5 = 15 positions; item path with blocks of 3 items: chunks of 1 block (any
@@ -211,7 +211,9 @@ def test_fused_softmax_over_position_chunks_matches_plain(chunk: int) -> None:
 
 
 def test_fused_softmax_gradcheck(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(full_softmax, "fused_block", lambda n_items: 2)  # chunks of 2 positions
+    monkeypatch.setattr(
+        full_softmax, "fused_block", lambda n_items, device: 2
+    )  # chunks of 2 positions
     generator = torch.Generator().manual_seed(5)
     table = torch.randn(8, 3, generator=generator, dtype=torch.float64, requires_grad=True)
     hidden = torch.randn(5, 3, generator=generator, dtype=torch.float64, requires_grad=True)
@@ -384,6 +386,9 @@ def test_fused_chunks_are_whole_blocks() -> None:
     assert fused_rows(1 << 22, 3_646) == 1024  # 1,150 -> four blocks
     assert fused_rows(5, 10) == fused_rows(1 << 20, 10) == 104_832  # at least one block
     assert item_block(6_400) == 256 and item_block(256) == 4096 and item_block(0) > 0
+    cuda = torch.device("cuda")  # a GPU's blocks are a whole batch: 64M logits
+    assert fused_block(12_101, cuda) == 5_504 and fused_block(1_000_000, cuda) == 64
+    assert item_block(6_400, cuda) == 10_240
 
 
 def bit_exact_run(
@@ -432,7 +437,7 @@ def test_softmax_results_are_the_same_bits_whatever_the_chunk(
         take_item_chunks(monkeypatch, block=64)
         chunks = [333 * 64, 1, 333 * 128, 333 * 320, 10**8]
     else:
-        monkeypatch.setattr(full_softmax, "fused_block", lambda n_items: 64)
+        monkeypatch.setattr(full_softmax, "fused_block", lambda n_items, device: 64)
         chunks = [n_items * 64, 1, n_items * 128, n_items * 192, 10**8]
     assert_same_bits_for_chunks(chunks, precision, n_items)
 

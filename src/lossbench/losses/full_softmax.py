@@ -15,7 +15,7 @@ x catalogue:
 
 The chunk changes speed, never results. Which path runs depends on the catalogue alone, and
 all arithmetic but one matmul happens block by block, on blocks set by the shapes (about
-`BLOCK_LOGITS` logits each: 256 positions of lastfm, 64 of beauty-s3rec), never by the
+`BLOCK_LOGITS` logits each: on CPU 256 positions of lastfm, 64 of beauty-s3rec), never by the
 chunk: the sums that cross chunks (the item table's gradient over positions), the matmuls
 with a long inner dimension (whose threads may split it), and the exp2 and column sums,
 whose vectorized kernels round their tail elements differently from the rest (so where a
@@ -38,8 +38,10 @@ from lossbench.errors import LossbenchError
 from lossbench.losses.base import LossInputs, LossParams
 from lossbench.losses.item_chunks import chunked_logsumexp, item_block
 
-# A block of positions holds about this many logits: 1M fp32 logits (4 MB) stay in cache.
-BLOCK_LOGITS = 1 << 20
+# A block of positions holds about this many logits, by device type: on CPU 1M fp32 logits
+# (4 MB) stay in cache; a GPU needs large kernels (64M: a whole batch at once).
+BLOCK_LOGITS = {"cuda": 1 << 26}
+DEFAULT_BLOCK_LOGITS = 1 << 20
 # Positions per block are a multiple of this (and at least this many): the (V, rows)
 # logits then start every column on a cache line, and the three matmuls run up to 40%
 # faster on CPU (beauty-s3rec: 86 rows 61 GFLOP/s, 64 rows 94).
@@ -80,7 +82,8 @@ def full_softmax_ce(inputs: LossInputs, params: LossParams) -> Tensor:
     chunk = softmax_chunk_for(hidden.device, params.softmax_chunk)
     compute_dtype = _compute_dtype(hidden, table)
     if n_items <= max_fused_items(hidden.device):
-        block, rows = fused_block(n_items), fused_rows(chunk, n_items)
+        block = fused_block(n_items, hidden.device)
+        rows = max(block, chunk // max(n_items, 1) // block * block)  # whole blocks
         if compute_dtype == torch.float64:
             rows = block  # MKL's fp64 matmul rounds a logit by how many columns it computes
         # The whole table goes in (row 0 gets a zero gradient): a `table[1:]` slice would cost
@@ -88,7 +91,7 @@ def full_softmax_ce(inputs: LossInputs, params: LossParams) -> Tensor:
         total: Tensor = _FusedSoftmaxCE.apply(hidden, table, targets, rows, block, compute_dtype)
         return total / max(n_positions, 1)
     item_rows = table[1:]  # (n_items, D): padding row 0 is never a class
-    block = item_block(n_positions)
+    block = item_block(n_positions, hidden.device)
     items_per_chunk = max(1, chunk // max(n_positions, 1))
     if compute_dtype == torch.float64:
         items_per_chunk = block  # as above
@@ -98,16 +101,17 @@ def full_softmax_ce(inputs: LossInputs, params: LossParams) -> Tensor:
     return per_position.sum() / max(n_positions, 1)
 
 
-def fused_block(n_items: int) -> int:
+def fused_block(n_items: int, device: torch.device | None = None) -> int:
     """Positions per block of the fused path: about `BLOCK_LOGITS` logits, a multiple of
-    `FUSED_ALIGN` (lastfm's 3,646 items: 256; beauty-s3rec's 12,101: 64)."""
-    rows = BLOCK_LOGITS // max(n_items, 1)
+    `FUSED_ALIGN` (on CPU, lastfm's 3,646 items: 256; beauty-s3rec's 12,101: 64)."""
+    logits = BLOCK_LOGITS.get(device.type, DEFAULT_BLOCK_LOGITS) if device else DEFAULT_BLOCK_LOGITS
+    rows = logits // max(n_items, 1)
     return max(FUSED_ALIGN, rows - rows % FUSED_ALIGN)
 
 
 def fused_rows(chunk: int, n_items: int) -> int:
-    """Positions per fused chunk of about `chunk` logits: a whole number of blocks, at least
-    one (1M logits: lastfm 256 positions, beauty-s3rec 64; 4M: 1,024 and 320)."""
+    """Positions per fused chunk of about `chunk` logits on CPU: a whole number of blocks, at
+    least one (1M logits: lastfm 256 positions, beauty-s3rec 64; 4M: 1,024 and 320)."""
     block = fused_block(n_items)
     return max(block, chunk // max(n_items, 1) // block * block)
 

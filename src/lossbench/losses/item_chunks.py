@@ -18,15 +18,20 @@ from torch import Tensor
 
 from lossbench.errors import LossbenchError
 
-# A block of items holds about this many logits, and a multiple of ITEM_ALIGN items.
-ITEM_BLOCK_LOGITS = 1 << 20
+# A block of items holds about this many logits (by device type, as the fused path's
+# blocks), and a multiple of ITEM_ALIGN items.
+ITEM_BLOCK_LOGITS = {"cuda": 1 << 26}
+DEFAULT_ITEM_BLOCK_LOGITS = 1 << 20
 ITEM_ALIGN = 256
 
 
-def item_block(n_positions: int) -> int:
+def item_block(n_positions: int, device: torch.device | None = None) -> int:
     """Items per block for N positions: about `ITEM_BLOCK_LOGITS` logits, a multiple of
-    `ITEM_ALIGN` (6,400 positions: 256 items; 256 positions: 4,096)."""
-    items = ITEM_BLOCK_LOGITS // max(n_positions, 1)
+    `ITEM_ALIGN` (on CPU, 6,400 positions: 256 items; 256 positions: 4,096)."""
+    logits = DEFAULT_ITEM_BLOCK_LOGITS
+    if device is not None:
+        logits = ITEM_BLOCK_LOGITS.get(device.type, DEFAULT_ITEM_BLOCK_LOGITS)
+    items = logits // max(n_positions, 1)
     return max(ITEM_ALIGN, items - items % ITEM_ALIGN)
 
 
