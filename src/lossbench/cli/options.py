@@ -215,8 +215,9 @@ Threads = Annotated[
     int | None,
     typer.Option(
         min=1,
-        help="CPU threads for torch (default: one per core). Runs sharing the cores should "
-        "split them: oversubscribed, spin-waiting threads slow training 10-100x.",
+        help="CPU threads for torch (default: one per core that other processes leave free, "
+        "measured again during the run). Spin-waiting threads on busy cores slow training "
+        "10-100x.",
         rich_help_panel=RUN,
     ),
 ]

@@ -85,7 +85,7 @@ class TrainConfig(BaseModel):
     # Execution.
     seed: int = Field(default=0, ge=0, lt=2**32)  # seeds torch, numpy and Python alike
     device: DeviceName = "auto"
-    threads: int | None = Field(default=None, ge=1)  # CPU threads; None: torch's default
+    threads: int | None = Field(default=None, ge=1)  # CPU threads; None: the free cores
     precision: Precision = "fp32"
     compile: bool = False
     init: Path | None = None  # pre-trained checkpoint (s3rec)
