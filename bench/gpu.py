@@ -14,7 +14,7 @@ On a machine without CUDA it says so in one line and exits 0. Sections, in this 
    eager then `--compile`: seconds (each epoch ends on a device sync), validation seconds,
    peak GPU memory (`torch.cuda.max_memory_allocated`), and torch.compile's graph counts.
 3. `million_items`: sasrec + improved steps on a 1,000,000-item catalogue, fp32 and bf16.
-4. `compare`: one whole `lossbench compare` run in a fresh process (`compare_smoke`).
+4. `compare`: one whole `lossbench compare --smoke` in a fresh process (`compare_smoke`).
 
 Every entry is isolated: one that fails records its error and the rest still run, and the
 file is rewritten after each, so a run cut short keeps what it measured. Entries that would
@@ -83,12 +83,7 @@ class Plan:
 
 
 def cuda_plan(epochs: int) -> Plan:
-    return Plan(
-        "cuda",
-        ["lastfm", "beauty-s3rec"],
-        epochs,
-        compare_args=["--max-epochs", "3", "--hidden-size", "32"],
-    )
+    return Plan("cuda", ["lastfm", "beauty-s3rec"], epochs)
 
 
 def dry_run_plan() -> Plan:
@@ -98,37 +93,20 @@ def dry_run_plan() -> Plan:
         2,
         model_settings={"hidden_size": 16, "num_layers": 1, "max_len": 20},
         catalogue_items=5_000,
-        compare_args=[
-            *("--max-epochs", "1", "--hidden-size", "8", "--num-layers", "1"),
-            *("--softmax-chunk", "1048576"),  # no chunk probe in a check of the script
-        ],
+        # One seed, and no chunk probe in a check of the script.
+        compare_args=["--seeds", "0", "--softmax-chunk", "1048576"],
     )
 
 
 def compare_smoke(plan: Plan, data_dir: Path, work_dir: Path) -> dict[str, Any]:
-    """One whole comparison through the command line, in a fresh process: bce, ce and
-    improved on the synthetic dataset, one seed, small settings (the smoke preset's job)."""
+    """One whole `lossbench compare --smoke` (bce, ce and improved on the synthetic data,
+    with the CI check that improved beats bce) through the command line, in a fresh process."""
     out = work_dir / "compare"
     command = [
-        sys.executable,
-        "-m",
-        "lossbench",
-        "--data-dir",
-        str(data_dir),
-        "compare",
-        "--dataset",
-        "synthetic",
-        "--model",
-        "sasrec",
-        "--losses",
-        "bce,ce,improved",
-        "--seeds",
-        "0",
+        *(sys.executable, "-m", "lossbench", "--data-dir", str(data_dir), "compare", "--smoke"),
+        *("--losses", "bce,ce,improved", "--expect", "improved > bce"),
         *plan.compare_args,
-        "--device",
-        plan.device,
-        "--out",
-        str(out),
+        *("--device", plan.device, "--out", str(out)),
     ]
     # The same lossbench as this script; the chunk cache in the bench's data folder.
     paths = [str(Path(lossbench.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
