@@ -62,7 +62,6 @@ from lossbench.training.softmax_chunk import cpu_model_name
 from parity import chunk_bits, fast_path_parity
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MIRROR = ROOT.parent / "shared" / "data" / "mirror"  # used when it exists
 SECTIONS = ("parity", "epochs", "million_items", "compare")
 COMPILE_RESERVE = 90.0  # seconds a compiled entry needs at least (compilation included)
 EAGER_RESERVE = 20.0
@@ -314,7 +313,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("gpu-bench.json"))
     parser.add_argument("--data-dir", type=Path, default=None, help="default: lossbench's")
-    parser.add_argument("--mirror", default=str(DEFAULT_MIRROR), help="dataset mirror folder")
+    parser.add_argument(
+        "--mirror",
+        default=os.environ.get("LOSSBENCH_MIRROR", ""),
+        help="dataset mirror folder or URL (default: env LOSSBENCH_MIRROR, else the sources)",
+    )
     parser.add_argument("--budget", type=float, default=540.0, help="seconds for all sections")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per timed run")
     parser.add_argument("--sections", default=",".join(SECTIONS))
@@ -337,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.compile = functools.partial(torch.compile, backend="eager")  # type: ignore[assignment]
     data_dir = args.data_dir or default_data_dir()
     url = args.mirror.startswith(("http://", "https://"))
-    mirror = args.mirror if url or Path(args.mirror).is_dir() else None
+    mirror = args.mirror if url or (args.mirror and Path(args.mirror).is_dir()) else None
     sections = args.sections.split(",")
     report = Report(args.out, args.budget)
     report.document["environment"] = environment(plan, args.cpu_dry_run)
