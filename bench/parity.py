@@ -21,9 +21,10 @@ from lossbench.data.sequences import build_sequence_tensors
 from lossbench.data.synthetic import make_synthetic_prepared
 from lossbench.losses.base import LossInputs, LossParams
 from lossbench.losses.full_softmax import full_softmax_ce, fused_block
+from lossbench.models import MODELS
 from lossbench.training.config import build_config
-from lossbench.training.loop import _batch_loss
 from lossbench.training.setup import make_model, resolve_loss
+from lossbench.training.step import TrainingStep
 
 MAX_LEN = 20
 # float32 on both sides; they differ in summation order only (chunks, exp2, packing).
@@ -74,7 +75,7 @@ def fast_path_parity(
     try:
         with item_chunked_softmax() if item_chunks else contextlib.nullcontext():
             generator = torch.Generator(device=device).manual_seed(0)
-            fast = _batch_loss(model, model, parts, loss, generator, None)
+            fast = TrainingStep(model, MODELS["sasrec"], loss, None, generator)(parts)
             fast_grads = torch.autograd.grad(fast, parameters, allow_unused=True)
         inputs, targets = padded(parts, MAX_LEN)
         with padding_computed():

@@ -78,7 +78,7 @@ def test_a_csv_with_string_ids_is_registered_prepared_and_compared(tmp_path: Pat
         "--out", str(out), *SMALL,
     )  # fmt: skip
     assert compared.exit_code == 0, compared.output
-    assert "| bce |" in (out / "summary.md").read_text()
+    assert "| bce (base) |" in (out / "summary.md").read_text()  # sasrec's own loss
     trained = run(data, "train", "--dataset", "shop", "--out", str(tmp_path / "one"), *SMALL)
     assert trained.exit_code == 0, trained.output
 

@@ -111,7 +111,7 @@ def interrupt(*args: object, **kwargs: object) -> None:
     ("module", "function", "args"),
     [
         ("lossbench.data.download", "download_dataset", ["download", "lastfm"]),
-        ("lossbench.training.loop", "train_run", ["train", "--max-epochs", "1"]),
+        ("lossbench.training.loop", "train_entry", ["train", "--max-epochs", "1"]),
         ("lossbench.compare.ci", "compare_losses", ["compare", "--seeds", "0"]),
     ],
 )

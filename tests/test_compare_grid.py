@@ -1,8 +1,9 @@
-"""Grid expansion, run folders, validation messages, and resuming an interrupted comparison."""
+"""Grid expansion into a plan, run folders, validation messages, and resuming a comparison."""
 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -10,19 +11,15 @@ import pytest
 from rich.console import Console
 
 from lossbench.cli.options import training_overrides
-from lossbench.compare.grid import (
-    SYNTHETIC_DEMO_SETTINGS,
-    Grid,
-    PlannedRun,
-    make_grid,
-    plan_runs,
-    read_grid_file,
-    run_state,
-)
-from lossbench.compare.runner import run_missing
+from lossbench.compare.grid import Grid, make_grid, read_grid_file
+from lossbench.compare.plan import build_plan, plan_runs
+from lossbench.compare.resume import run_status
+from lossbench.compare.runner import execute_plan, run_locally
 from lossbench.errors import LossbenchError
-from lossbench.training.config import TrainConfig, build_config
+from lossbench.training.config import build_config
+from lossbench.training.entry import PlanEntry
 from lossbench.training.loop import RunResult
+from lossbench.training.presets import DATASET_SETTINGS
 from lossbench.training.run_files import CONFIG_FILE, METRICS_FILE
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -52,7 +49,7 @@ def test_expansion_covers_every_loss_and_seed_with_one_base_config(tmp_path: Pat
     shared = [r.config.model_dump(exclude={"loss", "seed"}) for r in runs]
     assert all(settings == shared[0] for settings in shared)
     assert shared[0]["batch_size"] == 64
-    assert shared[0]["max_epochs"] == SYNTHETIC_DEMO_SETTINGS["max_epochs"]
+    assert shared[0]["max_epochs"] == DATASET_SETTINGS["synthetic"]["max_epochs"]
 
 
 def test_original_means_each_models_own_loss_and_is_its_baseline(tmp_path: Path) -> None:
@@ -143,53 +140,101 @@ def test_grid_file_rejects_per_run_fields_in_settings(tmp_path: Path) -> None:
         read_grid_file(path)
 
 
-def finish_fake(run: PlannedRun, config: dict[str, Any] | None = None) -> None:
-    """What a finished run leaves for `run_state`: config.json, then metrics.json."""
+def finish_fake(run: PlanEntry, config: dict[str, Any] | None = None) -> None:
+    """What a finished run leaves for `run_status`: config.json, then metrics.json."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
     saved = config if config is not None else run.config.model_dump(mode="json")
     (run.run_dir / CONFIG_FILE).write_text(json.dumps({"config": saved}))
     (run.run_dir / METRICS_FILE).write_text("{}")
 
 
-def test_resume_trains_only_missing_and_changed_runs(tmp_path: Path) -> None:
+def fake_executor(trained: list[tuple[str, int]]) -> Any:
+    """`run_locally` with a training function that only records what it trains."""
+
+    def fake_train(entry: PlanEntry, dataset: Any, console: Console) -> RunResult:
+        trained.append((entry.config.loss_name, entry.config.seed))
+        finish_fake(entry)
+        return RunResult(entry.run_dir, {}, {})
+
+    return partial(run_locally, train=fake_train)
+
+
+def no_fit_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake datasets: the memory check has nothing to measure."""
+    from lossbench.training import fit_check
+
+    monkeypatch.setattr(fit_check, "check_fits", lambda entry, dataset: None)
+
+
+def test_resume_trains_only_missing_runs_and_refuses_changed_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_fit_check(monkeypatch)
     grid = make_grid({"losses": ["bce", "ce", "improved"], "seeds": [0, 1]}, "test")
-    runs = plan_runs(grid, {}, tmp_path)
+    plan = build_plan(grid, {}, tmp_path)
+    runs = plan.entries
     for run in runs[:3]:
         finish_fake(run)  # finished earlier with the same config: reused
     changed = runs[3].config.model_dump(mode="json") | {"lr": 0.5}
-    finish_fake(runs[3], changed)  # finished with another config: retrained
-    runs[4].run_dir.mkdir(parents=True)  # interrupted: config.json but no metrics.json
+    finish_fake(runs[3], changed)  # finished with another config
+    runs[4].run_dir.mkdir(parents=True)  # interrupted before a checkpoint: nothing to keep
     (runs[4].run_dir / CONFIG_FILE).write_text("{}")
-    assert [run_state(run) for run in runs] == ["finished"] * 3 + ["changed", "missing", "missing"]
+    states = [run_status(run).state for run in runs]
+    assert states == ["finished"] * 3 + ["changed", "missing", "missing"]
+    assert run_status(runs[3]).changes == [("lr", 0.5, 0.001)]
 
     trained: list[tuple[str, int]] = []
-
-    def fake_train(config: TrainConfig, dataset: Any, run_dir: Path, console: Console) -> RunResult:
-        trained.append((config.loss_name, config.seed))
-        finish_fake(PlannedRun(config, run_dir))
-        return RunResult(run_dir, {}, {})
-
     prepared: list[str] = []
-    console = Console(record=True, width=200)
-    done = run_missing(runs, lambda name, split: prepared.append(name), fake_train, console)  # type: ignore[arg-type, func-returns-value]
+    console = Console(record=True, width=300)
+
+    def prepare(name: str, split: Any) -> Any:
+        prepared.append(name)
+
+    with pytest.raises(LossbenchError) as refused:
+        execute_plan(plan, prepare, console, executor=fake_executor(trained))
+    message = str(refused.value)
+    assert "1 run(s)" in message and "lr 0.5 -> 0.001" in message
+    assert "--retrain-changed" in message
+    assert trained == [] and not (tmp_path / "comparison.json").exists()
+    assert json.loads((runs[3].run_dir / CONFIG_FILE).read_text())["config"]["lr"] == 0.5
+
+    done = execute_plan(plan, prepare, console, True, fake_executor(trained))
     assert trained == [("ce", 1), ("improved", 0), ("improved", 1)]
     assert done == [run.run_dir for run in runs[3:]]
     assert prepared == ["synthetic"]  # the dataset is loaded once
+    (kept,) = runs[3].run_dir.parent.glob("seed1.replaced-*")  # the old run, moved aside
+    assert json.loads((kept / CONFIG_FILE).read_text())["config"]["lr"] == 0.5
+    assert (kept / METRICS_FILE).is_file()
     text = console.export_text()
-    assert "reusing 3 finished run(s) of 6" in text and "retraining" in text
+    assert "reusing 3 finished run(s) of 6" in text
+    assert "retraining it (the old run is kept as seed1.replaced-" in text
     # A second pass finds everything finished and trains nothing.
-    assert run_missing(runs, lambda name, split: None, fake_train) == []  # type: ignore[arg-type, return-value]
+    assert execute_plan(plan, prepare, console, executor=fake_executor(trained)) == []
     assert len(trained) == 3
 
 
 def test_thread_count_does_not_make_a_finished_run_stale(tmp_path: Path) -> None:
     (run,) = plan_runs(make_grid({"losses": ["bce"], "seeds": [0]}, "test"), {}, tmp_path)
     saved = run.config.model_dump(mode="json")
-    finish_fake(run, saved | {"threads": 7})  # finished with another thread count
-    assert run_state(run) == "finished"
-    del saved["threads"]
-    finish_fake(run, saved)  # finished before the setting existed
-    assert run_state(run) == "finished"
+    finish_fake(run, saved | {"threads": 7, "checkpoint_every": 3})  # execution only
+    assert run_status(run).state == "finished"
+    del saved["threads"], saved["checkpoint_every"]
+    finish_fake(run, saved)  # finished before the settings existed
+    assert run_status(run).state == "finished"
+
+
+def test_a_setting_the_old_run_did_not_record_counts_as_changed(tmp_path: Path) -> None:
+    """A new configuration field is compared too: an old run without it is not reused."""
+    (run,) = plan_runs(make_grid({"losses": ["bce"], "seeds": [0]}, "test"), {}, tmp_path)
+    saved = run.config.model_dump(mode="json")
+    del saved["negatives_unseen"]
+    finish_fake(run, saved | {"a_later_setting": "kept"})
+    status = run_status(run)
+    assert status.state == "changed"
+    assert status.changes == [
+        ("a_later_setting", "kept", "(not recorded)"),
+        ("negatives_unseen", "(not recorded)", True),
+    ]
 
 
 def test_training_overrides_map_flags_to_fields() -> None:
@@ -293,6 +338,69 @@ def test_a_run_saved_before_the_split_and_sampler_settings_existed_is_finished(
     for name in ("split", "valid_quantile", "test_quantile", "shuffle_train", "logq"):
         del saved[name]
     finish_fake(run, saved)
-    assert run_state(run) == "finished"
+    assert run_status(run).state == "finished"
     finish_fake(run, saved | {"shuffle_train": True})
-    assert run_state(run) == "changed"
+    assert run_status(run).state == "changed"
+
+
+def test_flags_and_a_grid_file_choose_the_baseline_by_one_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --baseline: each model's own loss if it is compared, else the first, either way."""
+    from typer.testing import CliRunner
+
+    import lossbench.compare.ci as ci
+    from lossbench.cli import app
+
+    plans: list[dict[tuple[str, str], str]] = []
+
+    def capture(grid: Grid, settings: dict[str, Any], out: Path, *args: Any, **kw: Any) -> int:
+        plans.append(build_plan(grid, settings, out).baselines)
+        return 0
+
+    monkeypatch.setattr(ci, "compare_and_judge", capture)  # imported when compare runs
+    toml = tmp_path / "grid.toml"
+    toml.write_text('[grid]\nmodels = ["gru4rec", "sasrec"]\nlosses = ["bce", "ce"]\n')
+    flags = ["compare", "--model", "gru4rec,sasrec", "--losses", "bce,ce", "--out", str(tmp_path)]
+    for args in (flags, ["compare", "--config", str(toml), "--out", str(tmp_path)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert plans[0] == plans[1] == {("synthetic", "gru4rec"): "ce", ("synthetic", "sasrec"): "bce"}
+
+
+def test_synthetic_gets_the_same_epochs_and_patience_in_train_and_compare(
+    tmp_path: Path,
+) -> None:
+    from lossbench.data.synthetic import make_synthetic_prepared
+    from lossbench.training.loop import train_run
+
+    train_config = build_config(overrides={"dataset": "synthetic"})
+    (entry,) = plan_runs(make_grid({"losses": ["ce"], "seeds": [0]}, "test"), {}, tmp_path)
+    assert (train_config.max_epochs, train_config.patience) == (10, 3)
+    assert (entry.config.max_epochs, entry.config.patience) == (10, 3)
+    assert build_config(overrides={"dataset": "synthetic", "max_epochs": 40}).max_epochs == 40
+    assert build_config(overrides={"dataset": "lastfm"}).max_epochs == 200
+    dataset = make_synthetic_prepared(n_users=60, n_items=30, mean_length=6.0, seed=0)
+    console = Console(record=True, width=200)
+    small = entry.config.model_copy(update={"max_epochs": 1, "model_settings": {"max_len": 8}})
+    train_run(small, dataset, tmp_path / "run", console)
+    assert "up to 1 epochs, stopping after 3 without a better validation" in console.export_text()
+
+
+def test_the_executor_is_handed_the_entries_to_train(tmp_path: Path) -> None:
+    """The seam for other executors: a function of the entries; a run is (entry, dataset)."""
+    plan = build_plan(make_grid({"losses": ["ce", "bce"], "seeds": [0, 1]}, "test"), {}, tmp_path)
+    finish_fake(plan.entries[0])
+    received: list[PlanEntry] = []
+
+    def executor(entries: Any, prepare: Any, console: Console) -> list[Path]:
+        received.extend(entries)
+        return [entry.run_dir for entry in entries]
+
+    from lossbench.data.synthetic import make_synthetic_prepared
+
+    dataset = make_synthetic_prepared(n_users=40, n_items=30, mean_length=6.0, seed=0)
+    done = execute_plan(plan, lambda name, split: dataset, executor=executor)
+    assert received == plan.entries[1:] and done == [e.run_dir for e in plan.entries[1:]]
+    assert all(entry.loss.name == entry.config.loss_name for entry in received)  # resolved
+    assert (tmp_path / "comparison.json").is_file()

@@ -25,14 +25,21 @@ OPTIONS = SummaryOptions(n_permutations=999)
 
 
 def write_fake_run(
-    root: Path, loss: str, seed: int, ranks: np.ndarray, model: str = "sasrec", dataset: str = "toy"
+    root: Path,
+    loss: str,
+    seed: int,
+    ranks: np.ndarray,
+    model: str = "sasrec",
+    dataset: str = "toy",
+    **settings: object,
 ) -> Path:
-    """A finished run folder as `train_run` leaves it (without weights)."""
+    """A finished run folder as `train_run` leaves it (without weights); `settings`: config
+    fields other than the defaults (and fields a newer configuration may have)."""
     run_dir = root / dataset / model / loss / f"seed{seed}"
     run_dir.mkdir(parents=True)
     config = TrainConfig(dataset=dataset, model=model, loss=loss, seed=seed, max_epochs=3)
     record = {
-        "config": config.model_dump(mode="json"),
+        "config": config.model_dump(mode="json") | settings,
         "model_settings": {"hidden_size": 64},
         "loss_settings": {
             "loss": loss,
@@ -229,6 +236,20 @@ def test_tiny_real_compare_then_resume(tmp_path: Path) -> None:
     assert report.exit_code == 0, report.output
     assert "bce (base)" in report.output and "2 runs" in report.output
 
+    # One flag changed: refused, naming the setting; nothing is touched.
+    changed = [*args[:-2], "--lr", "0.002", "--permutations", "99"]
+    third = CliRunner().invoke(app, changed)
+    assert isinstance(third.exception, LossbenchError), third.output
+    assert "2 run(s)" in str(third.exception) and "lr 0.001 -> 0.002" in str(third.exception)
+    assert not list((tmp_path / "out").rglob("*.replaced-*"))
+    # --retrain-changed retrains them, keeping the old folders aside.
+    fourth = CliRunner().invoke(app, [*changed, "--retrain-changed"])
+    assert fourth.exit_code == 0, fourth.output
+    kept = sorted((tmp_path / "out").rglob("seed0.replaced-*"))
+    assert len(kept) == 2 and all((run / "metrics.json").is_file() for run in kept)
+    runs = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert runs.height == 2 and all('"lr": 0.002' in config for config in runs["config"])
+
 
 def test_versus_compares_two_models_paired_by_seed(tmp_path: Path) -> None:
     """Run sets of two models: same numbers and test as compare's, over the shared seeds."""
@@ -245,9 +266,10 @@ def test_versus_compares_two_models_paired_by_seed(tmp_path: Path) -> None:
         if seed < 2:  # the treatment has seeds 0 and 1 only: pairs come from those
             better_ranks.append(np.maximum(ranks - 3, 1))
             write_fake_run(tmp_path, "improved", seed, better_ranks[-1])
-    summary, treated, base = versus_summary(
-        tmp_path / "toy/sasrec/improved", tmp_path / "toy/bert4rec/mlm", OPTIONS
+    summary, treated, base, warning = versus_summary(
+        tmp_path / "toy/sasrec/improved", tmp_path / "toy/bert4rec/mlm", OPTIONS, allow_mixed=True
     )
+    assert warning is not None and "seeds (sasrec + improved 0,1; bert4rec + mlm 0,1,2)" in warning
     assert (treated, base) == ("sasrec + improved", "bert4rec + mlm")
     assert summary["loss"].to_list() == [base, treated]
     row = summary.row(1, named=True)
@@ -262,11 +284,11 @@ def test_versus_compares_two_models_paired_by_seed(tmp_path: Path) -> None:
     base_mean = np.mean([per_user_metric(r, "ndcg@10").mean() for r in base_ranks])
     assert summary.row(0, named=True)["ndcg@10_mean"] == pytest.approx(base_mean)
 
-    result = CliRunner().invoke(
-        app, ["versus", str(tmp_path / "toy/sasrec/improved"), str(tmp_path / "toy/bert4rec/mlm")]
-    )
+    sets = [str(tmp_path / "toy/sasrec/improved"), str(tmp_path / "toy/bert4rec/mlm")]
+    result = CliRunner().invoke(app, ["versus", *sets, "--allow-mixed"])
     assert result.exit_code == 0, result.output
     assert "runs compared on toy" in result.output and "bert4rec + mlm (base)" in result.output
+    assert "warning: runs not trained alike" in result.output
 
 
 def test_versus_labels_same_model_and_loss_by_folder(tmp_path: Path) -> None:
@@ -276,7 +298,7 @@ def test_versus_labels_same_model_and_loss_by_folder(tmp_path: Path) -> None:
     write_fake_run(tmp_path / "old", "bce", 0, ranks)
     write_fake_run(tmp_path / "new", "bce", 0, ranks)
     new, old = tmp_path / "new/toy/sasrec/bce", tmp_path / "old/toy/sasrec/bce"
-    summary, treated, base = versus_summary(new, old, OPTIONS)
+    summary, treated, base, _ = versus_summary(new, old, OPTIONS)
     assert (treated, base) == (str(new), str(old))
     assert summary.row(1, named=True)["p_value"] == 1.0  # identical runs
 
@@ -305,3 +327,65 @@ def test_versus_errors_are_one_liners(
     )
     assert result.exit_code != 0
     assert words in str(result.exception) + result.output
+
+
+def test_report_refuses_to_pool_runs_trained_differently(saved_runs: Path) -> None:
+    """bce's seed 2 stopped after 1 epoch where the others had 3: not averaged silently."""
+    odd = saved_runs / "toy/sasrec/bce/seed2/config.json"
+    record = json.loads(odd.read_text())
+    record["config"]["max_epochs"] = 1
+    odd.write_text(json.dumps(record))
+    with pytest.raises(LossbenchError) as error:
+        render_report(saved_runs, OPTIONS)
+    message = str(error.value)
+    assert "toy sasrec: max_epochs (1 in bce seed 2, 3 in 8 runs)" in message
+    assert "--allow-mixed" in message and not (saved_runs / SUMMARY_FILE).exists()
+
+    result = CliRunner().invoke(
+        app, ["report", str(saved_runs), "--allow-mixed", "--permutations", "99"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: runs not trained alike, shown side by side" in result.output
+    written = render_report(saved_runs, OPTIONS, allow_mixed=True)
+    assert written
+    summary = (saved_runs / SUMMARY_FILE).read_text()
+    assert summary.startswith("> warning: runs not trained alike")
+    assert "| bce [max_epochs=1] |" in summary and "| bce [max_epochs=3] (base) |" in summary
+
+
+def test_report_refuses_losses_with_different_seeds(saved_runs: Path) -> None:
+    import shutil
+
+    shutil.rmtree(saved_runs / "toy/sasrec/improved/seed2")
+    with pytest.raises(LossbenchError, match=r"seeds \(bce 0,1,2; ce 0,1,2; improved 0,1\)"):
+        render_report(saved_runs, OPTIONS)
+    render_report(saved_runs, OPTIONS, allow_mixed=True)  # pairs over the shared seeds
+
+
+def test_a_new_config_field_is_compared_without_code_for_it(tmp_path: Path) -> None:
+    """A setting that does not exist today (`seen_targets`) still keeps runs apart."""
+    ranks = np.random.default_rng(4).integers(1, 40, N_USERS)
+    for seed in (0, 1):
+        write_fake_run(tmp_path, "bce", seed, ranks, seen_targets="kept")
+        write_fake_run(tmp_path, "ce", seed, ranks, seen_targets="removed" if seed else "kept")
+    with pytest.raises(LossbenchError, match="seen_targets"):
+        render_report(tmp_path, OPTIONS)
+
+
+def test_versus_refuses_a_set_trained_differently(tmp_path: Path) -> None:
+    from lossbench.compare.versus import versus_summary
+
+    ranks = np.random.default_rng(5).integers(1, 40, N_USERS)
+    for seed in (0, 1):
+        write_fake_run(tmp_path, "mlm", seed, ranks, model="bert4rec")
+        write_fake_run(tmp_path, "bce", seed, ranks, lr=0.01 if seed else 0.001)
+    sets = (tmp_path / "toy/sasrec/bce", tmp_path / "toy/bert4rec/mlm")
+    with pytest.raises(LossbenchError, match=r"lr \(0.001 in sasrec \+ bce seed 0"):
+        versus_summary(*sets, OPTIONS)
+    summary, _, _, warning = versus_summary(*sets, OPTIONS, allow_mixed=True)
+    assert warning is not None
+    assert summary["loss"].to_list() == [
+        "bert4rec + mlm",
+        "sasrec + bce [lr=0.001]",
+        "sasrec + bce [lr=0.01]",
+    ]

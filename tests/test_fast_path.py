@@ -18,11 +18,11 @@ from torch import Tensor
 from lossbench.data.batches import TrainBatch, TrainBatcher
 from lossbench.data.sequences import build_sequence_tensors
 from lossbench.data.synthetic import make_synthetic_prepared
-from lossbench.models import transformer
+from lossbench.models import MODELS, transformer
 from lossbench.models.transformer import TransformerEncoder
 from lossbench.training.config import build_config
-from lossbench.training.loop import _batch_loss
 from lossbench.training.setup import make_model, resolve_loss
+from lossbench.training.step import TrainingStep
 
 MAX_LEN = 20
 
@@ -67,8 +67,8 @@ def test_fast_batch_equals_plain_padded_computation(
     parts = next(iter(batcher.epoch()))
     assert len(parts) == 2 and parts[0].inputs.shape[1] < MAX_LEN  # parts, trimmed
 
-    generator = torch.Generator().manual_seed(0)
-    fast = _batch_loss(model, model, parts, loss, generator, None)
+    step = TrainingStep(model, MODELS["sasrec"], loss, None, torch.Generator().manual_seed(0))
+    fast = step(parts)
     fast_grads = torch.autograd.grad(fast, list(model.parameters()), allow_unused=True)
 
     inputs, targets = padded(parts, MAX_LEN)

@@ -11,11 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from lossbench.cli import app
-from lossbench.compare.grid import make_grid, plan_runs, read_grid_file, under_flags
+from lossbench.compare.grid import make_grid, read_grid_file, under_flags
+from lossbench.compare.plan import plan_runs
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.synthetic import make_synthetic_prepared
 from lossbench.errors import LossbenchError
-from lossbench.training import loop
+from lossbench.training import setup
 from lossbench.training.config import build_config
 from lossbench.training.loop import train_run
 
@@ -153,7 +154,7 @@ def test_a_run_without_test_never_evaluates_the_test_split(
     """The test evaluator is never built, so nothing can read it; the validation result is
     the one the same run gets when it does test."""
     built: list[int] = []
-    real = loop.Evaluator
+    real = setup.Evaluator  # the run's evaluators are made by setup.make_evaluator
 
     def spy(evaluation_set: Any, *args: Any) -> Any:
         built.append(id(evaluation_set))
@@ -161,7 +162,7 @@ def test_a_run_without_test_never_evaluates_the_test_split(
 
     config = build_config(overrides=quick(loss="bce"))
     tested = train_run(config, tiny, tmp_path / "tested")
-    monkeypatch.setattr(loop, "Evaluator", spy)
+    monkeypatch.setattr(setup, "Evaluator", spy)
     untested = train_run(config, tiny, tmp_path / "untested", evaluate_test=False)
     assert len(built) == 1  # validation only
     assert "test" not in untested.metrics and "test" in tested.metrics

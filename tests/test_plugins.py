@@ -12,8 +12,10 @@ import torch
 from typer.testing import CliRunner
 
 from lossbench.cli import app
-from lossbench.compare.grid import Grid, make_grid, plan_runs, run_state
-from lossbench.compare.runner import run_missing
+from lossbench.compare.grid import Grid, make_grid
+from lossbench.compare.plan import build_plan
+from lossbench.compare.resume import run_status
+from lossbench.compare.runner import execute_plan
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.synthetic import make_synthetic_prepared
 from lossbench.errors import LossbenchError
@@ -157,9 +159,10 @@ def test_a_run_records_the_source_and_a_changed_source_is_retrained(
     in_tmp: Path, tiny: PreparedDataset
 ) -> None:
     grid = Grid(losses=["./my_loss.py:plain_ce"], seeds=[0])
-    runs = plan_runs(grid, QUICK, in_tmp / "out")
+    plan = build_plan(grid, QUICK, in_tmp / "out")
+    runs = plan.entries
     assert runs[0].run_dir == in_tmp / "out/synthetic/sasrec/my_loss.py-plain_ce/seed0"
-    assert run_missing(runs, lambda name, split: tiny) == [runs[0].run_dir]
+    assert execute_plan(plan, lambda name, split: tiny) == [runs[0].run_dir]
     record = json.loads((runs[0].run_dir / "config.json").read_text())
     loss_source = record["sources"]["loss"]
     assert loss_source["name"] == record["config"]["loss"] == "./my_loss.py:plain_ce"
@@ -173,15 +176,18 @@ def test_a_run_records_the_source_and_a_changed_source_is_retrained(
         "sha256": None,
         "distribution": None,
     }
-    assert run_state(runs[0]) == "finished"
-    assert run_missing(runs, lambda name, split: tiny) == []  # resumed: nothing to do
+    assert run_status(runs[0]).state == "finished"
+    assert execute_plan(plan, lambda name, split: tiny) == []  # resumed: nothing to do
 
     with (in_tmp / "my_loss.py").open("a") as stream:
         stream.write("\n# a comment changes the file, so its sha256\n")
-    assert run_state(runs[0]) == "changed"
-    assert run_missing(runs, lambda name, split: tiny) == [runs[0].run_dir]
+    plan = build_plan(grid, QUICK, in_tmp / "out")  # the comparison again: the code is read
+    assert run_status(plan.entries[0]).state == "stale"
+    assert execute_plan(plan, lambda name, split: tiny) == [runs[0].run_dir]
     again = json.loads((runs[0].run_dir / "config.json").read_text())
     assert again["sources"]["loss"]["sha256"] == sha256(in_tmp / "my_loss.py")
+    (kept,) = runs[0].run_dir.parent.glob("seed0.replaced-*")  # the old code's run, kept
+    assert json.loads((kept / "config.json").read_text())["sources"] == record["sources"]
 
 
 def test_changed_sources_compares_sha256_only() -> None:

@@ -301,10 +301,12 @@ def test_compare_names_the_rule_and_the_users_it_concerns(
     assert "which is still ranked (--seen-targets rank" in summary
     runs = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert runs["seen_targets"].to_list() == ["rank"]
-    again = CliRunner().invoke(app, args)  # the default rule: retrained
+    refused = CliRunner().invoke(app, args)  # the default rule: trained with another one
+    assert "seen_targets rank -> miss" in str(refused.exception)
+    again = CliRunner().invoke(app, [*args, "--retrain-changed"])
     assert again.exit_code == 0, again.output
     output = " ".join(again.output.split())
-    assert "retraining" in output and "--seen-targets miss counts them as not found" in output
+    assert "retraining it" in output and "--seen-targets miss counts them as not found" in output
     assert (
         "a target among them counts as not found" in (tmp_path / "out" / "summary.md").read_text()
     )

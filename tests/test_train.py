@@ -46,10 +46,16 @@ def quick(**overrides: object) -> dict[str, object]:
     }
 
 
+@pytest.fixture(scope="module")
+def catalogue() -> PreparedDataset:
+    """More items than any loss's default negatives (gbce: 256)."""
+    return make_synthetic_prepared(n_users=150, n_items=300, mean_length=12.0, seed=1)
+
+
 @pytest.mark.parametrize("loss", sorted(set(LOSSES) - {"mlm"}))
-def test_every_loss_trains_sasrec(loss: str, tiny: PreparedDataset, tmp_path: Path) -> None:
+def test_every_loss_trains_sasrec(loss: str, catalogue: PreparedDataset, tmp_path: Path) -> None:
     config = build_config(overrides=quick(loss=loss))
-    result = train_run(config, tiny, tmp_path)
+    result = train_run(config, catalogue, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["loss"] == loss
     assert 0.0 <= metrics["test"]["ndcg@10"] <= metrics["test"]["hr@10"] <= 1.0
@@ -263,8 +269,9 @@ def test_training_step_draws_negatives_outside_the_users_history() -> None:
     from lossbench.data.batches import TrainBatcher
     from lossbench.losses.negatives import UnseenSampler
     from lossbench.losses.samplers import build_sampler
-    from lossbench.training.loop import _batch_loss
+    from lossbench.models import MODELS
     from lossbench.training.setup import make_model, resolve_loss
+    from lossbench.training.step import TrainingStep
 
     dataset = make_synthetic_prepared(n_users=60, n_items=40, mean_length=25.0, seed=1)
     config = build_config(overrides={"loss": "bce", "negatives": 30, "model": "sasrec"})
@@ -286,7 +293,10 @@ def test_training_step_draws_negatives_outside_the_users_history() -> None:
     negative_sampler = build_sampler(
         "uniform", 30, counts, counts, torch.device("cpu"), unseen=sampler
     )
-    _batch_loss(model, model, parts, loss, torch.Generator().manual_seed(0), negative_sampler)
+    step = TrainingStep(
+        model, MODELS["sasrec"], loss, negative_sampler, torch.Generator().manual_seed(0)
+    )
+    step(parts)
     users = torch.cat([part.position_users() for part in parts])
     negatives = captured[0]
     assert negatives.shape == (len(users), 30)

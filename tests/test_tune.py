@@ -22,7 +22,8 @@ pytest.importorskip("optuna")
 import optuna  # noqa: E402
 
 from lossbench.cli import main  # noqa: E402
-from lossbench.compare.grid import make_grid, plan_runs, read_grid_file  # noqa: E402
+from lossbench.compare.grid import make_grid, read_grid_file  # noqa: E402
+from lossbench.compare.plan import plan_runs  # noqa: E402
 from lossbench.data import prepared  # noqa: E402
 from lossbench.data.prepared import PreparedDataset  # noqa: E402
 from lossbench.data.synthetic import make_synthetic_prepared  # noqa: E402

@@ -48,6 +48,14 @@ Permutations = Annotated[
         rich_help_panel=COMPARE,
     ),
 ]
+AllowMixed = Annotated[
+    bool,
+    typer.Option(
+        "--allow-mixed",
+        help="Show runs trained with different settings side by side (with a warning) "
+        "instead of refusing to average or pair them.",
+    ),
+]
 Alpha = Annotated[
     float,
     typer.Option(help="Significance level (Holm-corrected across rows).", rich_help_panel=COMPARE),
@@ -86,7 +94,7 @@ def compare(
         str | None,
         typer.Option(
             help="Loss the others are compared with "
-            "(default: the first; in a grid, each model's own).",
+            "(default: each model's own loss if compared, else the first).",
             rich_help_panel=COMPARE,
         ),
     ] = None,
@@ -107,6 +115,15 @@ def compare(
             rich_help_panel=COMPARE,
         ),
     ] = None,
+    retrain_changed: Annotated[
+        bool,
+        typer.Option(
+            "--retrain-changed",
+            help="Retrain runs of --out trained with other settings (their folders are kept "
+            "as <run>.replaced-<time>); without it such a comparison is refused.",
+            rich_help_panel=COMPARE,
+        ),
+    ] = False,
     metrics: Metrics = "hr@10,ndcg@10",
     significance_metric: SignificanceMetric = "ndcg@10",
     permutations: Permutations = None,
@@ -165,6 +182,7 @@ def compare(
     junit: ci.Junit = None,
     track: ci.Track = None,
     data_dir: DataDir = None,
+    checkpoint_every: opt.CheckpointEvery = None,
 ) -> None:
     """Train one model with several losses (everything else identical) and compare them.
 
@@ -179,6 +197,7 @@ def compare(
             "baseline",
             "out",
             "config_file",
+            "retrain_changed",
             "metrics",
             "significance_metric",
             "permutations",
@@ -213,8 +232,6 @@ def compare(
     grid_values.update({k: v for k, v in given.items() if v is not None})
     if "per_loss" in grid_values:  # a flag wins over a loss's own settings too
         grid_values["per_loss"] = under_flags(grid_values["per_loss"], flags)
-    if baseline is None and "baseline" not in grid_values and config_file is None:
-        grid_values["baseline"] = grid_values.get("losses", ["bce"])[0]  # the first loss
     grid = make_grid(grid_values, str(config_file) if config_file else "options")
     summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
     check_expectations(expectations, _groups(grid), summary_options.significance_metric)
@@ -240,6 +257,7 @@ def compare(
         expectations,
         Publishing(json_output, junit, track),
         display,
+        retrain_changed=retrain_changed,
     )
     if code:
         raise typer.Exit(code)
@@ -288,6 +306,7 @@ def report(
     print_only: Annotated[
         bool, typer.Option("--print-only", help="Print the tables; write no file.")
     ] = False,
+    allow_mixed: AllowMixed = False,
 ) -> None:
     """Re-render tables, summary.md, results files and figures from saved runs (no training)."""
     from lossbench.compare.report import render_report
@@ -296,7 +315,7 @@ def report(
     if directory.is_dir() and not print_only:
         hint = "`--print-only` prints the tables and writes nothing"
         check_output_folder(directory, "report", hint)
-    render_report(directory, summary_options, console, baseline, print_only=print_only)
+    render_report(directory, summary_options, console, baseline, allow_mixed, print_only=print_only)
 
 
 @app.command()
@@ -308,13 +327,18 @@ def versus(
     metrics: Metrics = "hr@10,ndcg@10",
     significance_metric: SignificanceMetric = "ndcg@10",
     permutations: Permutations = None,
+    allow_mixed: AllowMixed = False,
 ) -> None:
     """Compare two sets of finished runs (two models, presets or versions), paired by seed."""
+    from rich.markup import escape
+
     from lossbench.compare.tables import print_unsqueezed, rich_tables
     from lossbench.compare.versus import versus_summary
 
     summary_options = _summary_options(metrics, significance_metric, permutations, 0.05)
-    summary, _, _ = versus_summary(treatment, baseline, summary_options)
+    summary, _, _, warning = versus_summary(treatment, baseline, summary_options, allow_mixed)
+    if warning is not None:
+        console.print(f"[yellow]{escape(warning)}[/]", highlight=False)
     for table in rich_tables(summary, summary_options, subject="runs"):
         print_unsqueezed(console, table)
 

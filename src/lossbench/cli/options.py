@@ -221,6 +221,15 @@ Threads = Annotated[
         rich_help_panel=RUN,
     ),
 ]
+CheckpointEvery = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="Epochs between checkpoints a rerun continues from (default: every few minutes on "
+        "CPU, every epoch on GPU; 0: none).",
+        rich_help_panel=RUN,
+    ),
+]
 ConfigFile = Annotated[
     Path | None,
     typer.Option(

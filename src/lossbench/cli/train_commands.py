@@ -92,6 +92,7 @@ def train(
     json_output: ci.JsonOutput = False,
     track: ci.Track = None,
     data_dir: DataDir = None,
+    checkpoint_every: opt.CheckpointEvery = None,
 ) -> None:
     """Train one model with one loss, early-stopped on validation, and test it once."""
     overrides = opt.training_overrides(  # before imports: `locals()` holds only the flags
@@ -102,12 +103,12 @@ def train(
     from lossbench.data.repeats import repeat_notice, repeated_targets
     from lossbench.data.subsample import sample_users as sample
     from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
-    from lossbench.models import model_config
     from lossbench.plugins import folder_name
     from lossbench.training.config import build_config
-    from lossbench.training.loop import train_run
+    from lossbench.training.entry import plan_entry
+    from lossbench.training.fit_check import check_fits
+    from lossbench.training.loop import train_alone
     from lossbench.training.presets import SMOKE_LAYER
-    from lossbench.training.setup import resolve_loss, run_device
 
     if smoke and preset is not None:
         raise LossbenchError("--smoke is the preset smoke: drop --preset, or --smoke")
@@ -116,17 +117,17 @@ def train(
         **{k: v for k, v in overrides.items() if v is not None},
     }
     config = build_config(toml_file=config_file, overrides=overrides)
-    # Impossible settings or model / loss pairings fail before anything starts.
-    model_config(config.model, config.model_settings)
-    resolve_loss(config)
-    run_device(config.device, config.precision)
     run_dir = (
         out or Path("runs") / config.dataset / f"{folder_name(config.model)}-{run_name(config)}"
     )
+    # Impossible settings, model / loss pairings and runs that cannot fit fail before anything
+    # starts.
+    entry = plan_entry(config, run_dir)
     check_output_folder(run_dir, "--out")
     prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
     if config.sample_users is not None:
         prepared = sample(prepared, config.sample_users)
+    check_fits(entry, prepared)
     display = console_err if json_output else console
     tracker = None
     if track is not None:
@@ -145,9 +146,7 @@ def train(
     if notice:
         display.print(notice, highlight=False)
     try:
-        result = train_run(
-            config, prepared, run_dir, display, observers=[tracker] if tracker else []
-        )
+        result = train_alone(entry, prepared, display, observers=[tracker] if tracker else [])
     finally:
         if tracker is not None:
             tracker.close()

@@ -1,23 +1,29 @@
 """Compare losses: plan a grid of runs, train the missing ones, then tables, files, figures.
 
-grid (what to run, where) -> runner (train what is not finished) -> results (one row per run)
--> summary (mean +- std, change, paired test) -> tables / figures, orchestrated by report.
+grid (what to run) -> plan (every run resolved and validated once) -> runner (check the run
+folders, hand the runs to an executor) -> results (one row per run) -> summary (mean +- std,
+change, paired test) -> tables / figures, orchestrated by report.
 """
 
-from lossbench.compare.grid import Grid, PlannedRun, make_grid, plan_runs, read_grid_file
+from lossbench.compare.grid import Grid, make_grid, read_grid_file
+from lossbench.compare.plan import ComparisonPlan, build_plan
 from lossbench.compare.report import render_report
-from lossbench.compare.runner import compare_losses, run_missing
+from lossbench.compare.runner import Executor, compare_losses, execute_plan, run_locally
 from lossbench.compare.summary import SummaryOptions, summarize
+from lossbench.training.entry import PlanEntry
 
 __all__ = [
+    "ComparisonPlan",
+    "Executor",
     "Grid",
-    "PlannedRun",
+    "PlanEntry",
     "SummaryOptions",
+    "build_plan",
     "compare_losses",
+    "execute_plan",
     "make_grid",
-    "plan_runs",
     "read_grid_file",
     "render_report",
-    "run_missing",
+    "run_locally",
     "summarize",
 ]

@@ -26,7 +26,7 @@ from lossbench.compare.expectations import (
     evaluate_expectations,
     needed_metrics,
 )
-from lossbench.compare.grid import Grid, PlannedRun
+from lossbench.compare.grid import Grid
 from lossbench.compare.outputs import (
     RunFailure,
     append_step_summary,
@@ -34,13 +34,14 @@ from lossbench.compare.outputs import (
     step_summary,
     write_junit,
 )
-from lossbench.compare.report import SUMMARY_FILE, load_plan
+from lossbench.compare.plan import load_saved_plan
+from lossbench.compare.report import SUMMARY_FILE
 from lossbench.compare.results import results_frame
-from lossbench.compare.runner import PrepareFn, TrainFn, compare_losses
+from lossbench.compare.runner import PrepareFn, TrainFn, compare_losses, run_locally
 from lossbench.compare.summary import SummaryOptions, summarize
 from lossbench.data.prepared import PreparedDataset
 from lossbench.errors import LossbenchError
-from lossbench.training.config import TrainConfig
+from lossbench.training.entry import PlanEntry
 from lossbench.training.loop import RunResult
 from lossbench.training.run_files import is_finished
 
@@ -78,15 +79,15 @@ class FailedRuns:
 
     def guard(self, train: TrainFn) -> TrainFn:
         def guarded(
-            config: TrainConfig, dataset: PreparedDataset, run_dir: Path, console: Console
+            entry: PlanEntry, dataset: PreparedDataset, console: Console
         ) -> RunResult | None:
-            (run_dir / FAILURE_FILE).unlink(missing_ok=True)
+            (entry.run_dir / FAILURE_FILE).unlink(missing_ok=True)
             try:
-                return train(config, dataset, run_dir, console)
+                return train(entry, dataset, console)
             except Exception as error:  # noqa: BLE001  a failed run is a result here
-                failure = _failure(config, run_dir, error)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / FAILURE_FILE).write_text(failure.details)
+                failure = _failure(entry, error)
+                entry.run_dir.mkdir(parents=True, exist_ok=True)
+                (entry.run_dir / FAILURE_FILE).write_text(failure.details)
                 self.failures.append(failure)
                 console.print(
                     failure.line, style="red", markup=False, highlight=False, soft_wrap=True
@@ -96,12 +97,13 @@ class FailedRuns:
         return guarded
 
 
-def _failure(config: TrainConfig, run_dir: Path, error: Exception) -> RunFailure:
+def _failure(entry: PlanEntry, error: Exception) -> RunFailure:
+    config, run_dir = entry.config, entry.run_dir
     message = (
         str(error) if isinstance(error, LossbenchError) else f"{type(error).__name__}: {error}"
     )
     return RunFailure(
-        label=PlannedRun(config, run_dir).label,
+        label=entry.label,
         dataset=config.dataset,
         model=config.model,
         loss=config_label(config),  # the arm, as the table names it
@@ -121,19 +123,23 @@ def compare_and_judge(
     expectations: Sequence[Expectation],
     publishing: Publishing,
     display: Console,
+    retrain_changed: bool = False,
 ) -> int:
     """Run the comparison, judge it, publish the outcome; return the exit code."""
     from lossbench.tracking import open_tracker
-    from lossbench.training.loop import train_run
+    from lossbench.training.loop import train_entry
     from lossbench.training.observers import FiniteLoss, RunObserver
 
     started = time.perf_counter()
     tracker = open_tracker(publishing.track, out_dir, out_dir.name) if publishing.track else None
     observers: list[RunObserver] = [*([tracker] if tracker else []), FiniteLoss()]
     failed = FailedRuns()
-    train = failed.guard(partial(train_run, observers=observers))
+    train = failed.guard(partial(train_entry, observers=observers))
+    executor = partial(run_locally, train=train)
     try:
-        written = compare_losses(grid, settings, out_dir, prepare, options, display, train)
+        written = compare_losses(
+            grid, settings, out_dir, prepare, options, display, retrain_changed, executor
+        )
     except BaseException as error:
         # Every run failed ("no finished runs") is an outcome; anything else ends here.
         if not (isinstance(error, LossbenchError) and failed.failures):
@@ -156,7 +162,7 @@ def judge(
 ) -> Outcome:
     """Summarize the comparison's finished runs (with every metric an expectation reads) and
     judge the expectations on each of its (dataset, model) pairs."""
-    plan = load_plan(out_dir)
+    plan = load_saved_plan(out_dir)
     if plan is None:
         raise LossbenchError(f"{out_dir} holds no comparison; run `lossbench compare` first")
     run_dirs = [run_dir for run_dir in plan.run_dirs if is_finished(run_dir)]

@@ -1,42 +1,32 @@
-"""A comparison as a grid: datasets x models x losses x shuffle x seeds, one run folder per cell.
+"""A comparison as a grid: datasets x models x losses x shuffle x seeds (`plan.py` expands it
+into runs, one run folder per cell).
 
-Every run of one (dataset, model) shares one base `TrainConfig`; the runs differ only in the
-loss arm (a loss, or a loss with its own sampler / logQ, see `arms.py`), in `shuffle_train`
-and in `seed`, which is what makes the comparison fair. The one exception is asked for by
-name: `[settings.per_loss.<loss>]` tables give one loss its own settings (each loss at its
-tuned settings, as `lossbench tune` writes them), a layer over `[settings]` and under the
-command-line flags. Run folders are `OUT/<dataset>[-temporal-...]/<model>/<arm label>/seed<N>/`.
+The losses are arms (a loss, or a loss with its own sampler / logQ, see `arms.py`). The grid
+comes from flags or from a TOML file's `[grid]` table; either way it is validated here and its
+baseline is chosen by one rule (`Grid.baseline_for`).
+
+`[settings.per_loss.<loss>]` tables give one loss its own settings (each loss at its tuned
+settings, as `lossbench tune` writes them), a layer over `[settings]` and under the
+command-line flags: the one exception, asked for by name, to "runs differ only in the arm".
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lossbench.compare.arms import LossArm, arm_label, config_label, folder_name
-from lossbench.data.registry import get_dataset
-from lossbench.data.splits import check_timed
+from lossbench.compare.arms import LossArm, arm_label
 from lossbench.errors import LossbenchError
 from lossbench.losses import find_loss
-from lossbench.models import model_config, model_spec
-from lossbench.plugins import changed_sources
-from lossbench.training.config import TrainConfig, build_config, read_toml, validate_config
-from lossbench.training.run_files import CONFIG_FILE, is_finished
-from lossbench.training.setup import code_sources, resolve_loss, run_device
+from lossbench.models import model_spec
+from lossbench.training.config import read_toml
 
 ORIGINAL = "original"  # in a grid's losses: each model's published loss
 DEMO_LOSSES = ["bce", "ce", "improved"]
 DEMO_SEEDS = [0, 1, 2]
-# The synthetic demo must finish in a few minutes on 2 cores: cap its epochs. These form a
-# layer under the grid's [settings] and the CLI flags, so either can lift the cap.
-SYNTHETIC_DEMO_SETTINGS: dict[str, Any] = {"max_epochs": 10, "patience": 3}
-
-RunState = Literal["finished", "changed", "missing"]
 
 
 # A run's field -> the [grid] list that varies it.
@@ -69,7 +59,9 @@ class Grid(BaseModel):
     losses: list[str | LossArm] = Field(default_factory=lambda: _demo_losses())
     shuffle: list[bool] = Field(default_factory=lambda: [False])  # the order control axis
     seeds: list[int] = Field(default_factory=lambda: list(DEMO_SEEDS))
-    baseline: str = ORIGINAL  # a loss name or arm label, or each model's own loss
+    # A loss name or arm label, or `original`: each model's own loss if it is compared, else
+    # the first.
+    baseline: str = ORIGINAL
     # loss -> settings of that loss only (TrainConfig fields, `model_settings` merged by key)
     per_loss: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -159,17 +151,6 @@ def _resolvable(resolve: Callable[[str], object], name: str, note: str = "") -> 
         raise ValueError(f"{error}{note}") from None
 
 
-@dataclass(frozen=True)
-class PlannedRun:
-    config: TrainConfig
-    run_dir: Path
-
-    @property
-    def label(self) -> str:
-        c = self.config
-        return f"{c.dataset} {c.model} + {config_label(c)}, seed {c.seed}"
-
-
 def make_grid(values: dict[str, Any], source: str) -> Grid:
     """Validate grid values; a problem names the field (`invalid grid.losses in F: ...`)."""
     try:
@@ -237,97 +218,3 @@ def merge_settings(*layers: dict[str, Any]) -> dict[str, Any]:
     if model_settings:
         merged["model_settings"] = model_settings
     return merged
-
-
-def plan_runs(grid: Grid, settings: dict[str, Any], out_dir: Path) -> list[PlannedRun]:
-    """Every (dataset, model, loss, seed) as a validated config and its run folder.
-
-    `settings` are TrainConfig fields shared by all runs (grid [settings] under CLI flags).
-    Loss/model mismatches (bce on bert4rec) fail here, before anything trains.
-    """
-    _check_per_loss(grid)
-    planned: list[PlannedRun] = []
-    for dataset in grid.datasets:
-        demo = SYNTHETIC_DEMO_SETTINGS if dataset == "synthetic" else {}
-        for model in grid.models:
-            layers = merge_settings(demo, settings, {"dataset": dataset, "model": model})
-            base = build_config(overrides=layers)
-            check_timed(dataset, get_dataset(dataset).format, base.split_spec)
-            model_config(model, base.model_settings)  # unknown model settings fail now
-            run_device(base.device, base.precision)  # so does bf16 on a CPU without it
-            grid.baseline_for(model)  # fails early when the baseline is not compared
-            for arm in grid.arms_for(model):
-                own = grid.per_loss.get(arm.loss)
-                loss_base = base if own is None else _with_own_settings(layers, arm.loss, own)
-                for shuffled in grid.shuffle:
-                    updates = {**arm.overrides(), "shuffle_train": shuffled}
-                    arm_config = validate_config({**loss_base.model_dump(), **updates}, "the grid")
-                    resolve_loss(arm_config)
-                    for seed in grid.seeds:
-                        config = arm_config.model_copy(update={"seed": seed})
-                        planned.append(PlannedRun(config, run_folder(out_dir, config)))
-    labels = [(run.config.dataset, run.config.model, run.label) for run in planned]
-    if len(set(labels)) < len(labels):
-        raise LossbenchError("two losses of the grid are the same arm; list each arm once")
-    return planned
-
-
-def _check_per_loss(grid: Grid) -> None:
-    compared = list(dict.fromkeys(arm.loss for m in grid.models for arm in grid.arms_for(m)))
-    for loss in grid.per_loss:
-        if loss not in compared:
-            raise LossbenchError(
-                f"settings.per_loss.{loss} names a loss that is not compared; "
-                f"the compared losses are: {', '.join(compared)}"
-            )
-
-
-def _with_own_settings(layers: dict[str, Any], loss: str, own: dict[str, Any]) -> TrainConfig:
-    """The config of a loss with settings of its own, over the shared layers."""
-    try:
-        config = build_config(overrides=merge_settings(layers, own, {"loss": loss}))
-        model_config(config.model, config.model_settings)
-    except LossbenchError as error:
-        raise LossbenchError(f"settings.per_loss.{loss}: {error}") from None
-    return config
-
-
-def run_folder(out_dir: Path, config: TrainConfig) -> Path:
-    dataset = config.dataset + config.split_spec.folder_suffix
-    arm = folder_name(config_label(config))
-    return out_dir / dataset / folder_name(config.model) / arm / f"seed{config.seed}"
-
-
-def run_state(run: PlannedRun) -> RunState:
-    """finished: metrics.json present, the saved config equals the requested one and the
-    loss and model source files (of plugins) are those the run was trained with."""
-    if not is_finished(run.run_dir):
-        return "missing"
-    try:
-        record = json.loads((run.run_dir / CONFIG_FILE).read_text())
-        saved = record["config"]
-    except (OSError, ValueError, KeyError):
-        return "changed"
-    wanted = run.config.model_dump(mode="json")
-    if changed_sources(record.get("sources"), code_sources(run.config)):
-        return "changed"
-    return "finished" if _comparable(saved) == _comparable(wanted) else "changed"
-
-
-# How a run executes, not what it computes: a resumed comparison may change these freely
-# (and run folders written before a setting existed still match).
-_EXECUTION_ONLY = ("threads",)
-
-
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """Without execution-only keys; a setting a saved config predates holds its default."""
-    with_defaults = {**_DEFAULTS, **config}
-    return {key: value for key, value in with_defaults.items() if key not in _EXECUTION_ONLY}
-
-
-# Settings added after a run folder was written compare as their defaults (the behaviour
-# the run had): the data split, the order control and the negative sampler's logQ.
-_DEFAULTS: dict[str, Any] = {
-    name: TrainConfig.model_fields[name].default
-    for name in ("split", "valid_quantile", "test_quantile", "shuffle_train", "logq")
-}

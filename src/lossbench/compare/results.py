@@ -15,6 +15,7 @@ from lossbench.training.run_files import (
     HISTORY_FILE,
     METRICS_FILE,
     RANKS_FILE,
+    REPLACED,
     read_metrics,
 )
 
@@ -32,8 +33,13 @@ TIMING_COLUMNS = [
 
 
 def find_finished_runs(root: Path) -> list[Path]:
-    """Every run folder under `root` (or `root` itself) whose metrics.json exists, sorted."""
-    return sorted(path.parent for path in root.rglob(METRICS_FILE))
+    """Every run folder under `root` (or `root` itself) whose metrics.json exists, sorted;
+    folders a resumed comparison moved aside (`<run>.replaced-<time>`) are not among them."""
+    return sorted(
+        path.parent
+        for path in root.rglob(METRICS_FILE)
+        if REPLACED not in path.parent.relative_to(root).as_posix()
+    )
 
 
 def run_row(run_dir: Path) -> dict[str, Any]:

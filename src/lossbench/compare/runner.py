@@ -1,56 +1,97 @@
-"""Train the runs of a comparison that are not finished yet, one after another.
+"""Execute a comparison plan: check it against the run folders, then train what is missing.
 
-A run whose folder holds `metrics.json` and the same config is reused, so an interrupted
-comparison resumes where it stopped; a folder trained with another config, or with another
-version of a plugin loss or model's source file, is retrained.
+`execute_plan` does everything that must hold before the first run trains: runs trained with
+other settings are refused (or, with `--retrain-changed`, moved aside and retrained; runs of
+an edited plugin's code are always), every run to train is checked to fit in memory, and the
+plan is saved. The runs themselves go to an executor: any
+function that takes the entries to train (`Executor`); `run_locally` trains them one after
+another in this process, each under its run folder's lock, so two processes on one `--out`
+never train the same run: the second skips a run being trained and, after its others, waits
+for it (and trains it only if the first process died before finishing it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lossbench.compare.grid import Grid, PlannedRun, plan_runs, run_state
-from lossbench.compare.report import render_report, save_plan
+from lossbench.compare.grid import Grid
+from lossbench.compare.plan import ComparisonPlan, build_plan
+from lossbench.compare.report import render_report
+from lossbench.compare.resume import move_aside, refuse_changed, run_status
 from lossbench.compare.summary import SummaryOptions
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.splits import SplitSpec
-from lossbench.training.config import TrainConfig
+from lossbench.training.entry import PlanEntry
 from lossbench.training.loop import RunResult
+from lossbench.training.run_lock import lock_holder, run_lock
 
 # May return None: a run that failed and was recorded as such (see compare/ci.py).
-TrainFn = Callable[[TrainConfig, PreparedDataset, Path, Console], RunResult | None]
+TrainFn = Callable[[PlanEntry, PreparedDataset, Console], RunResult | None]
 PrepareFn = Callable[[str, SplitSpec], PreparedDataset]  # (dataset name, split) -> data
 
 
-def run_missing(
-    runs: list[PlannedRun],
-    prepare: PrepareFn,
-    train: TrainFn | None = None,
-    console: Console | None = None,
-) -> list[Path]:
-    """Train every run that is not finished with its config; return the trained folders."""
-    if train is None:
-        from lossbench.training.loop import train_run
+class Executor(Protocol):
+    """Trains the given entries (none is finished); returns the run folders it trained."""
 
-        train = train_run
+    def __call__(
+        self, entries: Sequence[PlanEntry], prepare: PrepareFn, console: Console
+    ) -> list[Path]: ...
+
+
+def execute_plan(
+    plan: ComparisonPlan,
+    prepare: PrepareFn,
+    console: Console | None = None,
+    retrain_changed: bool = False,
+    executor: Executor | None = None,
+) -> list[Path]:
+    """Refuse or set aside changed runs, check the rest fit, save the plan, train the rest."""
+    from lossbench.training.fit_check import check_fits
+
     console = console or Console(quiet=True)
-    states = [run_state(run) for run in runs]
-    reused = states.count("finished")
-    if reused:
-        console.print(f"reusing {reused} finished run(s) of {len(runs)}")
-    for run, state in zip(runs, states, strict=True):
-        if state == "changed":
+    statuses = [run_status(entry) for entry in plan.entries]
+    changed = [status for status in statuses if status.state == "changed"]
+    if changed and not retrain_changed:
+        refuse_changed(changed, plan.out_dir)
+    todo = [status.entry for status in statuses if status.state != "finished"]
+    prepare = cache(prepare)  # each dataset is loaded once
+    for entry in todo:
+        check_fits(entry, _dataset_of(entry, prepare))
+    for status in statuses:
+        if status.state in ("changed", "stale"):
+            moved = move_aside(status.entry.run_dir)
+            why = "other settings" if status.state == "changed" else "another version of its code"
             console.print(
-                f"[yellow]{run.run_dir} was trained with another config or code: retraining it[/]"
+                f"[yellow]{status.entry.run_dir} was trained with {why}: retraining it "
+                f"(the old run is kept as {moved.name})[/]"
             )
-    todo = [run for run, state in zip(runs, states, strict=True) if state != "finished"]
-    datasets: dict[tuple[str, SplitSpec], PreparedDataset] = {}
+    reused = len(statuses) - len(todo)
+    if reused:
+        console.print(f"reusing {reused} finished run(s) of {len(statuses)}")
+    plan.save()
+    return (executor or run_locally)(todo, prepare, console)
+
+
+def run_locally(
+    entries: Sequence[PlanEntry],
+    prepare: PrepareFn,
+    console: Console,
+    train: TrainFn | None = None,
+) -> list[Path]:
+    """Train `entries` one after another in this process, each under its folder's lock."""
+    if train is None:
+        from lossbench.training.loop import train_entry
+
+        train = train_entry
     trained: list[Path] = []
+    waiting: list[PlanEntry] = []
     progress = Progress(
         TextColumn("[bold]comparison"),
         BarColumn(),
@@ -58,50 +99,58 @@ def run_missing(
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
         console=console,
-        disable=console.quiet or not todo,
+        disable=console.quiet or not entries,
     )
     with progress:
-        task = progress.add_task("", total=len(runs), completed=reused)
-        for run in todo:
-            progress.update(task, description=run.label)
-            key = (run.config.dataset, run.config.split_spec)
-            if key not in datasets:
-                datasets[key] = prepare(*key)
-            console.print(f"[bold]{run.label}[/] -> {run.run_dir}")
-            reset_process_peak_memory()
-            train(run.config, datasets[key], run.run_dir, console)
-            trained.append(run.run_dir)
+        task = progress.add_task("", total=len(entries))
+        for entry in entries:
+            progress.update(task, description=entry.label)
+            with run_lock(entry.run_dir, wait=False) as held:
+                if held:
+                    trained += _train_unless_finished(entry, prepare, console, train)
+                    progress.advance(task)
+                    continue
+            console.print(
+                f"{entry.run_dir} is being trained by process "
+                f"{lock_holder(entry.run_dir) or '?'}: leaving it for later"
+            )
+            waiting.append(entry)
+        for entry in waiting:
+            console.print(f"waiting for the other process to finish {entry.run_dir}")
+            with run_lock(entry.run_dir, wait=True):
+                trained += _train_unless_finished(entry, prepare, console, train)
             progress.advance(task)
     return trained
 
 
-def reset_process_peak_memory() -> None:
-    """Reset the process's peak RSS (Linux), so each CPU run reports its own peak.
+def _train_unless_finished(
+    entry: PlanEntry, prepare: PrepareFn, console: Console, train: TrainFn
+) -> list[Path]:
+    """Train `entry` (its lock held) unless another process has finished it meanwhile."""
+    if run_status(entry).state == "finished":
+        console.print(f"{entry.run_dir} was finished by another process")
+        return []
+    console.print(f"[bold]{escape(entry.label)}[/] -> {entry.run_dir}")
+    result = train(entry, _dataset_of(entry, prepare), console)
+    return [] if result is None else [entry.run_dir]  # None: failed, recorded by the train
 
-    Without it `ru_maxrss` only grows, and every run of a sequential comparison would
-    inherit the peak of the runs before it. Best effort: elsewhere nothing happens.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        pass
+
+def _dataset_of(entry: PlanEntry, prepare: PrepareFn) -> PreparedDataset:
+    return prepare(entry.config.dataset, entry.config.split_spec)
 
 
 def compare_losses(
     grid: Grid,
-    settings: dict[str, Any],
+    settings: dict[str, object],
     out_dir: Path,
     prepare: PrepareFn,
     options: SummaryOptions,
     console: Console | None = None,
-    train: TrainFn | None = None,
+    retrain_changed: bool = False,
+    executor: Executor | None = None,
 ) -> list[Path]:
     """Plan the grid, train what is missing, then render tables, files and figures."""
     console = console or Console(quiet=True)
-    runs = plan_runs(grid, settings, out_dir)
-    baselines = {(d, m): grid.baseline_for(m) for d in grid.datasets for m in grid.models}
-    order = list(dict.fromkeys(loss for m in grid.models for loss in grid.losses_for(m)))
-    save_plan(out_dir, runs, baselines, order)
-    run_missing(runs, prepare, train, console)
+    plan = build_plan(grid, dict(settings), out_dir)
+    execute_plan(plan, prepare, console, retrain_changed, executor)
     return render_report(out_dir, options, console)

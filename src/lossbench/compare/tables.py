@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
@@ -96,7 +97,7 @@ def rich_tables(
             style = (
                 "green" if BETTER in "".join(cells) else "red" if WORSE in "".join(cells) else None
             )
-            table.add_row(*cells, style=style)
+            table.add_row(*map(escape, cells), style=style)  # `bce [lr=0.01]` is no markup
         tables.append(table)
     return tables
 

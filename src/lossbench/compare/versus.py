@@ -3,7 +3,9 @@
 `compare` tests losses within one model. `lossbench versus A B` compares any two sets: two
 models (the study's Table 3: improved SASRec against BERT4Rec), two presets, two versions of
 the code. Each set is one (dataset, model, loss) folder of seed runs (or one run folder);
-runs are paired by seed, and (user, seed) pairs by user, exactly as in `compare`.
+runs are paired by seed, and (user, seed) pairs by user, exactly as in `compare`. The two sets
+may differ in anything, but the runs of one set must have been trained alike and both sets
+must hold the same seeds (`mixed.py`; `allow_mixed` shows them side by side instead).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from lossbench.compare.grid import PLURALS
+from lossbench.compare.mixed import check_mixing, variants
 from lossbench.compare.results import find_finished_runs, results_frame
 from lossbench.compare.summary import SummaryOptions, summarize
 from lossbench.errors import LossbenchError
@@ -21,9 +24,10 @@ SET_COLUMN = "model"  # summarize groups by (dataset, model): one group holds bo
 
 
 def versus_summary(
-    treatment: Path, baseline: Path, options: SummaryOptions
-) -> tuple[pl.DataFrame, str, str]:
-    """(summary rows, treatment label, baseline label); the baseline is the reference row."""
+    treatment: Path, baseline: Path, options: SummaryOptions, allow_mixed: bool = False
+) -> tuple[pl.DataFrame, str, str, str | None]:
+    """(summary rows, treatment label, baseline label, warning line or None); the baseline is
+    the reference row."""
     if treatment.resolve() == baseline.resolve():
         raise LossbenchError(f"{treatment} is both sets; give two different folders of runs")
     treated, base = _run_set(treatment), _run_set(baseline)
@@ -51,8 +55,11 @@ def versus_summary(
         ],
         how="diagonal_relaxed",
     )
-    summary = summarize(runs, {(datasets.pop(), "versus"): base_label}, options, [base_label])
-    return summary, treated_label, base_label
+    runs, warning = check_mixing(runs, ["dataset", SET_COLUMN], None, allow_mixed)
+    reference = variants(runs, base_label)[0]
+    order = [*variants(runs, base_label), *variants(runs, treated_label)]
+    summary = summarize(runs, {(datasets.pop(), "versus"): reference}, options, order)
+    return summary, treated_label, base_label, warning
 
 
 def _run_set(root: Path) -> pl.DataFrame:

@@ -1,85 +1,70 @@
-"""The model registry: name -> how to configure and build a sequence model.
+"""The model registry: name -> `ModelSpec` (how to configure and build a sequence model, and
+what it can do).
 
-Every model follows `lossbench.models.base.SequenceModel`. To add one, write its module (a
-pydantic config with `extra="forbid"` plus an `nn.Module` whose constructor takes `n_items`
-and the config's fields as keywords) and add one entry to `MODELS`. A `ModelSpec` defined
-outside lossbench is found by `find_model` (entry points, `package.module:name`,
-`./file.py:name`) through `lossbench.plugins`.
+Every model follows `lossbench.models.base.SequenceModel`; its abilities beyond that are the
+declared fields of its `ModelSpec` (see its docstring and docs/models.md, "Writing a model").
+To add one, write its module (a pydantic config with `extra="forbid"` plus an `nn.Module`
+whose constructor takes `n_items` and the config's fields as keywords) and add one entry to
+`MODELS`. A `ModelSpec` defined outside lossbench is found by `find_model` (entry points,
+`package.module:name`, `./file.py:name`) through `lossbench.plugins`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
 
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from lossbench import plugins
 from lossbench.errors import LossbenchError
+from lossbench.models.base import ModelSpec, SequenceModel, from_config, mask_token_id
 from lossbench.models.bert4rec import BERT4Rec, BERT4RecConfig
 from lossbench.models.gru4rec import GRU4Rec, GRU4RecConfig
 from lossbench.models.s3rec import S3Rec, S3RecConfig
 from lossbench.models.sasrec import SASRec, SASRecConfig
 from lossbench.models.srgnn import SRGNN, SRGNNConfig
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A registered model, the loss it was published with and how to build it."""
-
-    config_class: type[BaseModel]  # every setting with its default (the study's values)
-    build: Callable[[Any, int], nn.Module]  # (config, n_items) -> model
-    default_loss: str  # the model's original training loss, a name in the loss registry
-    bidirectional: bool  # True: sees later items, so it can only train with `mlm`
-    description: str
-
-
-def from_config(model_class: Callable[..., nn.Module]) -> Callable[[BaseModel, int], nn.Module]:
-    """A `build` that passes every config field as a keyword, so none is silently dropped."""
-
-    def build(config: BaseModel, n_items: int) -> nn.Module:
-        return model_class(n_items, **config.model_dump())
-
-    return build
-
-
 MODELS: dict[str, ModelSpec] = {
     "sasrec": ModelSpec(
         config_class=SASRecConfig,
         build=from_config(SASRec),
         default_loss="bce",
-        bidirectional=False,
         description="causal self-attention with learned positions (Kang & McAuley 2018)",
+        encodes_last_only=True,
+        packed_parts=True,
     ),
     "bert4rec": ModelSpec(
         config_class=BERT4RecConfig,
         build=from_config(BERT4Rec),
         default_loss="mlm",
-        bidirectional=True,
         description="bidirectional self-attention with a mask token (Sun et al. 2019)",
+        bidirectional=True,
+        uses_mask_token=True,
+        encodes_last_only=True,
+        packed_parts=True,
     ),
     "gru4rec": ModelSpec(
         config_class=GRU4RecConfig,
         build=from_config(GRU4Rec),
         default_loss="ce",
-        bidirectional=False,
         description="item embedding -> GRU, a state per position (Hidasi et al. 2016)",
     ),
     "srgnn": ModelSpec(
         config_class=SRGNNConfig,
         build=from_config(SRGNN),
         default_loss="ce",
-        bidirectional=False,
         description="session graph, gated GNN, attention readout, causal (Wu et al. 2019)",
+        encodes_last_only=True,
     ),
     "s3rec": ModelSpec(
         config_class=S3RecConfig,
         build=from_config(S3Rec),
         default_loss="bce",
-        bidirectional=False,
         description="SASRec fine-tuned from self-supervised pre-training (Zhou et al. 2020)",
+        encodes_last_only=True,
+        packed_parts=True,
+        pretrainable=True,
     ),
 }
 
@@ -160,9 +145,11 @@ __all__ = [
     "ModelSpec",
     "SASRec",
     "SASRecConfig",
+    "SequenceModel",
     "build_model",
     "find_model",
     "from_config",
+    "mask_token_id",
     "model_config",
     "model_spec",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lossbench.models.base import mask_token_id
 from lossbench.models.transformer import (
     PositionalInput,
     TransformerConfig,
@@ -42,7 +43,7 @@ class BERT4Rec(nn.Module):
         super().__init__()
         self.n_items = n_items
         self.max_len = max_len
-        self.mask_token = n_items + 1
+        self.mask_token = mask_token_id(n_items)
         # row 0 padding, rows 1..n_items items, row n_items + 1 the mask token
         self.item_embedding = nn.Embedding(n_items + 2, hidden_size, padding_idx=0)
         self.positional_input = PositionalInput(hidden_size, max_len, dropout)

@@ -18,7 +18,7 @@ from lossbench.evaluation.seen import SeenRule, SeenTargets, seen_rule
 from lossbench.losses import resolve_loss
 from lossbench.losses.base import NegativeSamplerName, Positions, SamplerName
 from lossbench.models import model_spec
-from lossbench.training.presets import DEFAULT_PRESET, PER_MODEL, PRESETS
+from lossbench.training.presets import DATASET_SETTINGS, DEFAULT_PRESET, PER_MODEL, PRESETS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -89,6 +89,9 @@ class TrainConfig(BaseModel):
     precision: Precision = "fp32"
     compile: bool = False
     init: Path | None = None  # pre-trained checkpoint (s3rec)
+    # Epochs between resumable checkpoints; None: every epoch on GPU, every few minutes on
+    # CPU; 0: never.
+    checkpoint_every: int | None = Field(default=None, ge=0)
 
     @field_validator("model")
     @classmethod
@@ -165,7 +168,7 @@ def build_config(
     toml_file: Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> TrainConfig:
-    """defaults -> preset -> TOML -> CLI overrides, validated once at the end.
+    """defaults -> preset -> dataset defaults -> TOML -> CLI overrides, validated once at the end.
 
     `overrides` holds only the flags the user gave (None values are dropped); its
     `model_settings` are merged key by key into those of the lower layers.
@@ -177,10 +180,12 @@ def build_config(
         raise LossbenchError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
     model_name = cli_layer.get("model", file_layer.get("model", "sasrec"))
     preset_layer = _preset_for_model(preset_name, model_name)
+    dataset_name = cli_layer.get("dataset", file_layer.get("dataset", TrainConfig().dataset))
+    dataset_layer = DATASET_SETTINGS.get(dataset_name, {})
 
     merged: dict[str, Any] = {}
     model_settings: dict[str, Any] = {}
-    for layer in (preset_layer, file_layer, cli_layer):
+    for layer in (preset_layer, dataset_layer, file_layer, cli_layer):
         model_settings.update(layer.get("model_settings", {}))
         merged.update({k: v for k, v in layer.items() if k != "model_settings"})
     merged["model_settings"] = model_settings

@@ -1,10 +1,19 @@
-"""The training loop, readable top to bottom: build, train with early stopping, test, save."""
+"""The training loop, readable top to bottom: set up, one epoch, evaluate, finish.
+
+`train_entry(entry, dataset)` is one run as a plain function: a resolved plan entry and its
+prepared dataset in, a finished run folder out. Executors (one process, or a pool) call it for
+every entry of a plan. A run writes a checkpoint now and then (`checkpoint.py`) and, started
+again on the same folder with the same settings, continues from it to the same result.
+
+Observers (trackers, checks) see the run start, each epoch and its end; an epoch callback (a
+tuning trial's pruner) sees each epoch and may stop the run by raising. A run that is not
+tested (`evaluate_test=False`, a tuning trial) keeps no checkpoint: its trials are its unit.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,35 +22,45 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from torch import nn
 
-from lossbench import __version__
-from lossbench.data.batches import TrainBatch, TrainBatcher
+from lossbench.data.batches import TrainBatcher
 from lossbench.data.prepared import PreparedDataset
-from lossbench.data.sequences import build_sequence_tensors
+from lossbench.data.sequences import EvaluationSet, build_sequence_tensors
 from lossbench.data.subsample import sample_users
 from lossbench.errors import LossbenchError
 from lossbench.evaluation.metrics import metrics_from_ranks
-from lossbench.evaluation.ranking import sample_eval_candidates
-from lossbench.losses.base import LossInputs
-from lossbench.losses.negatives import UnseenSampler
-from lossbench.losses.samplers import NegativeSampler, build_sampler
-from lossbench.models.base import scoring_table
+from lossbench.models.base import mask_token_id
+from lossbench.training.checkpoint import (
+    TrainingState,
+    checkpoint_due,
+    read_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from lossbench.training.config import TrainConfig
+from lossbench.training.entry import PlanEntry, plan_entry
 from lossbench.training.evaluate import Evaluator
+from lossbench.training.fit_check import check_fits
 from lossbench.training.memory import peak_memory_mb, reset_peak_memory
 from lossbench.training.observers import RunObserver
 from lossbench.training.progress import TrainingProgress
-from lossbench.training.run_files import RunFiles
+from lossbench.training.run_files import (
+    CHECKPOINT_FILE,
+    RunFiles,
+    describe_changes,
+    run_record,
+    setting_changes,
+    source_changes,
+)
+from lossbench.training.run_lock import lock_holder, run_lock
 from lossbench.training.setup import (
-    LossSettings,
-    code_sources,
     make_adam,
-    make_model,
-    resolve_loss,
-    run_device,
+    make_evaluator,
     seed_everything,
 )
 from lossbench.training.softmax_chunk import tuned_loss
+from lossbench.training.step import TrainingStep, negative_sampler
 from lossbench.training.threads import ThreadGovernor
 
 
@@ -56,6 +75,45 @@ class RunResult:
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class RunHooks:
+    """Who watches a run and whether it is tested; none of it changes what the run computes."""
+
+    observers: Sequence[RunObserver] = ()
+    epoch_callback: EpochCallback | None = None  # gets each history row; raises to stop
+    evaluate_test: bool = True  # False: validation only (a tuning trial), no checkpoint
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What a run builds once, before its first epoch."""
+
+    entry: PlanEntry
+    model: nn.Module
+    step: TrainingStep
+    optimizer: torch.optim.Optimizer
+    batcher: TrainBatcher
+    valid: Evaluator
+    test: Evaluator | None  # None: the run is not tested
+    test_set: EvaluationSet
+    ks: list[int]
+    generators: dict[str, torch.Generator]  # every generator a checkpoint must restore
+    threads: ThreadGovernor  # CPU threads, following the free cores between steps
+    record: dict[str, Any]  # config.json
+    files: RunFiles
+    console: Console
+    hooks: RunHooks
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.entry.config
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=self.entry.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
 def train_run(
     config: TrainConfig,
     dataset: PreparedDataset,
@@ -66,241 +124,274 @@ def train_run(
     evaluate_test: bool = True,
     observers: Sequence[RunObserver] = (),
 ) -> RunResult:
+    """Resolve `config` into a plan entry for `run_dir`, then train it (`train_entry`)."""
+    entry = plan_entry(config, run_dir)
+    hooks = RunHooks(observers, epoch_callback, evaluate_test)
+    return train_entry(entry, dataset, console, hooks=hooks)
+
+
+def train_entry(
+    entry: PlanEntry,
+    dataset: PreparedDataset,
+    console: Console | None = None,
+    *,
+    hooks: RunHooks | None = None,
+    observers: Sequence[RunObserver] = (),
+) -> RunResult:
     """Train one (model, loss, seed), early-stopped on validation, then test once.
 
-    `epoch_callback` gets each epoch's history row (after it is written) and stops the run by
-    raising (a tuning trial's pruner). With `evaluate_test=False` (a tuning trial) the test
+    `observers` is short for `hooks=RunHooks(observers)`. With `evaluate_test=False` the test
     split is never evaluated: the run returns validation metrics only, and its folder keeps
-    `config.json` and `history.csv`, nothing a comparison would read as a finished run.
-    `observers` (experiment trackers, checks) see the run start, each epoch and, once it is
-    tested, its end.
-    """
-    console = console or Console(quiet=True)
-    if config.sample_users is not None:
-        dataset = sample_users(dataset, config.sample_users)
-    loss = resolve_loss(config)
+    `config.json` and `history.csv`, nothing a comparison would read as a finished run."""
+    hooks = hooks or RunHooks(observers)
+    if entry.config.sample_users is not None:
+        dataset = sample_users(dataset, entry.config.sample_users)
+    run = set_up(entry, dataset, console or Console(quiet=True), hooks)
+    state = start_or_resume(run)
+    config = entry.config
+    reset_peak_memory(entry.device)
+    clock_start = time.perf_counter() - state.elapsed_seconds  # time of earlier processes too
+    last_checkpoint = time.perf_counter()
+    run.threads.start()
+    with TrainingProgress(
+        run.console, config.max_epochs, len(run.batcher), config.validation_metric, state.epoch
+    ) as bar:
+        while state.epoch < config.max_epochs:
+            row = train_epoch(run, bar)
+            row |= validate(run)
+            state.epoch += 1
+            state.elapsed_seconds = time.perf_counter() - clock_start
+            stop = end_epoch(run, state, row, bar)
+            if stop or state.epoch == config.max_epochs:
+                break
+            since = time.perf_counter() - last_checkpoint
+            due = checkpoint_due(state.epoch, config.checkpoint_every, entry.device, since)
+            if due and hooks.evaluate_test:
+                write_checkpoint(run, state)
+                last_checkpoint = time.perf_counter()
+    return finish(run, state)
+
+
+def train_alone(
+    entry: PlanEntry,
+    dataset: PreparedDataset,
+    console: Console | None = None,
+    observers: Sequence[RunObserver] = (),
+) -> RunResult:
+    """`train_entry` holding the run folder's lock: refused while another process trains it."""
+    with run_lock(entry.run_dir, wait=False) as held:
+        if not held:
+            raise LossbenchError(
+                f"{entry.run_dir} is being trained by process {lock_holder(entry.run_dir) or '?'}"
+                "; wait for it, or give another --out"
+            )
+        return train_entry(entry, dataset, console, observers=observers)
+
+
+def set_up(entry: PlanEntry, dataset: PreparedDataset, console: Console, hooks: RunHooks) -> _Run:
+    """Check the run fits, then build its model, batches, evaluators, optimizer and sampler."""
+    config, device = entry.config, entry.device
     check_split(config, dataset)
-    device = run_device(config.device, config.precision)
+    check_fits(entry, dataset)  # before anything is built or written
     threads = ThreadGovernor(config.threads)  # from --threads, else the free cores
     seed_everything(config.seed)
-    model, model_settings = make_model(config, dataset.n_items)
-    model.to(device)
-    if config.model == "s3rec" and config.init is None:
-        console.print("[yellow]s3rec without --init has no pre-training: it trains as SASRec[/]")
-
-    sequences = build_sequence_tensors(dataset, max_len=model_settings["max_len"])
+    model = entry.build_model(dataset.n_items).to(device)
+    if entry.model.pretrainable and config.init is None:
+        console.print(f"[yellow]{config.model} without --init starts from random weights[/]")
+    console.print(
+        f"up to {config.max_epochs} epochs, stopping after {config.patience} without a better "
+        f"validation {config.validation_metric}",
+        highlight=False,
+    )
+    sequences = build_sequence_tensors(dataset, max_len=entry.max_len)
     batcher = TrainBatcher(
         sequences,
         batch_size=config.batch_size,
-        positions=loss.positions,
+        positions=entry.loss.positions,
         batching=config.batching,
         seed=config.seed,
         mask_prob=config.mask_prob,
-        mask_token=getattr(model, "mask_token", None),
+        mask_token=mask_token_id(dataset.n_items) if entry.model.uses_mask_token else None,
         shuffle_train=config.shuffle_train,
     )
-    valid = Evaluator(
-        sequences.valid,
-        config.eval_batch_size,
-        config.exclude_seen,
-        device,
-        _candidates(config, sequences.valid, sequences.item_counts, 1),
-        config.seen_targets,
-    )
-    test = None
-    if evaluate_test:
-        test = Evaluator(
-            sequences.test,
-            config.eval_batch_size,
-            config.exclude_seen,
-            device,
-            _candidates(config, sequences.test, sequences.item_counts, 2),
-            config.seen_targets,
-        )
-    ks = sorted({*config.ks, *_metric_k(config.validation_metric)})
-
+    sampler = negative_sampler(entry, dataset.n_items, sequences, batcher)
+    generator = torch.Generator(device=device).manual_seed(config.seed + 7919)
     step_model = torch.compile(model) if config.compile else model
-    optimizer = make_adam(
-        model, device, config.lr, (config.beta1, config.beta2), config.weight_decay
+    loss = tuned_loss(entry.loss, device)  # a full softmax on CPU: the chunk measured fastest
+    return _Run(
+        entry=entry,
+        model=model,
+        step=TrainingStep(model, entry.model, loss, sampler, generator, step_model),
+        optimizer=make_adam(
+            model, device, config.lr, (config.beta1, config.beta2), config.weight_decay
+        ),
+        batcher=batcher,
+        valid=make_evaluator(config, sequences.valid, sequences.item_counts, device, salt=1),
+        test=make_evaluator(config, sequences.test, sequences.item_counts, device, salt=2)
+        if hooks.evaluate_test
+        else None,
+        test_set=sequences.test,
+        ks=sorted({*config.ks, *_metric_k(config.validation_metric)}),
+        generators={"batches": batcher.generator, "negatives": generator},
+        threads=threads,
+        record=run_record(entry, dataset, sequences),
+        files=RunFiles(entry.run_dir),
+        console=console,
+        hooks=hooks,
     )
-    negative_generator = torch.Generator(device=device).manual_seed(config.seed + 7919)
-    sampler = None
-    if loss.negatives > 0:
-        unseen = None
-        if config.negatives_unseen:
-            unseen = UnseenSampler(
-                sequences.train_offsets, sequences.train_items, dataset.n_items, device
-            )
-            unseen.check(batcher.users.to(device))
-        sampler = build_sampler(
-            config.sampler,
-            loss.negatives,
-            sequences.item_counts,
-            batcher.target_counts(dataset.n_items),
-            device,
-            logq=config.logq,
-            unseen=unseen,
+
+
+def start_or_resume(run: _Run) -> TrainingState:
+    """Continue from the run folder's checkpoint when it has the same settings, else start."""
+    path = run.entry.run_dir / CHECKPOINT_FILE
+    checkpoint = read_checkpoint(path) if run.hooks.evaluate_test else None
+    if checkpoint is not None:
+        changes = setting_changes(checkpoint["config"], run.record["config"])
+        changes += source_changes(checkpoint.get("sources"), run.entry)
+        if not changes:
+            state = restore_checkpoint(checkpoint, run.model, run.optimizer, run.generators)
+            run.console.print(f"resuming {run.entry.run_dir} after epoch {state.epoch}")
+            _start(run, state)
+            return state
+        run.console.print(
+            f"[yellow]{path} has other settings ({describe_changes(changes)}): "
+            "training from the first epoch[/]"
         )
-    autocast = _autocast(config.precision, device)
-    threads.start()
-    loss = tuned_loss(loss, device)  # a full softmax on CPU: the chunk measured fastest here
+        path.unlink()
+    state = TrainingState(best_state=copy.deepcopy(run.model.state_dict()))
+    _start(run, state)
+    return state
 
-    record = {
-        "config": config.model_dump(mode="json"),
-        "model_settings": model_settings,
-        "loss_settings": loss.record(),
-        "sources": code_sources(config),
-        "dataset": {
-            "name": dataset.name,
-            "n_users": dataset.n_users,
-            "n_items": dataset.n_items,
-            "split": config.split_spec.identity(),
-            "valid_users": len(sequences.valid.targets),
-            "test_users": len(sequences.test.targets),
-        },
-        "environment": {
-            "device": str(device),
-            "torch": torch.__version__,
-            "lossbench": __version__,
-            "threads": torch.get_num_threads(),
-            "precision": config.precision,
-        },
-    }
-    files = RunFiles(run_dir)
-    files.start(record)
-    for observer in observers:
-        observer.on_start(run_dir, record)
 
-    history: list[dict[str, Any]] = []
-    best_value, best_epoch, best_state = float("-inf"), 0, copy.deepcopy(model.state_dict())
-    reset_peak_memory(device)
+def _start(run: _Run, state: TrainingState) -> None:
+    """Write the run folder's first files; observers see the start and any resumed epochs."""
+    run.files.start(run.record, state.history)
+    for observer in run.hooks.observers:
+        observer.on_start(run.entry.run_dir, run.record)
+        for row in state.history:
+            observer.on_epoch(row)
+
+
+def train_epoch(run: _Run, bar: TrainingProgress) -> dict[str, float]:
+    """One pass over the training users; the epoch's mean loss and seconds."""
     started = time.perf_counter()
-    with TrainingProgress(
-        console, config.max_epochs, len(batcher), config.validation_metric
-    ) as bar:
-        for epoch in range(1, config.max_epochs + 1):
-            epoch_started = time.perf_counter()
-            model.train()
-            loss_sum = torch.zeros((), device=device)
-            for parts in batcher.epoch():
-                with autocast:
-                    step_loss = _batch_loss(
-                        step_model,
-                        model,
-                        [part.to(device) for part in parts],
-                        loss,
-                        negative_generator,
-                        sampler,
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                step_loss.backward()
-                optimizer.step()
-                loss_sum += step_loss.detach()
-                threads.tick()
-                bar.advance_batch()
-            epoch_loss = float(loss_sum) / len(batcher)  # the one sync of the epoch
-            train_seconds = time.perf_counter() - epoch_started
+    device = run.entry.device
+    run.model.train()
+    loss_sum = torch.zeros((), device=device)
+    for parts in run.batcher.epoch():
+        with run.autocast():
+            step_loss = run.step([part.to(device) for part in parts])
+        run.optimizer.zero_grad(set_to_none=True)
+        step_loss.backward()
+        run.optimizer.step()
+        loss_sum += step_loss.detach()
+        run.threads.tick()
+        bar.advance_batch()
+    epoch_loss = float(loss_sum) / len(run.batcher)  # the one sync of the epoch
+    return {"loss": epoch_loss, "train_seconds": time.perf_counter() - started}
 
-            eval_started = time.perf_counter()
-            with autocast:
-                valid_ranks = valid.evaluate(model).ranks
-            valid_metrics = metrics_from_ranks(valid_ranks, ks)
-            eval_seconds = time.perf_counter() - eval_started
-            value = valid_metrics[config.validation_metric]
-            improved = value > best_value
-            if improved:
-                best_value, best_epoch = value, epoch
-                best_state = copy.deepcopy(model.state_dict())
-            history.append(
-                {
-                    "epoch": epoch,
-                    "loss": epoch_loss,
-                    "train_seconds": train_seconds,
-                    "eval_seconds": eval_seconds,
-                    "elapsed_seconds": time.perf_counter() - started,
-                    "peak_memory_mb": peak_memory_mb(device),
-                    "threads": torch.get_num_threads(),
-                    **{f"valid_{k}": v for k, v in valid_metrics.items()},
-                }
-            )
-            files.append_history(history[-1])
-            for observer in observers:
-                observer.on_epoch(history[-1])
-            bar.end_epoch(epoch, epoch_loss, value, best_value)
-            if epoch_callback is not None:
-                epoch_callback(history[-1])
-            if epoch - best_epoch >= config.patience:
-                break
-            if config.time_limit is not None and time.perf_counter() - started > config.time_limit:
-                console.print(f"time limit of {config.time_limit:g} s reached after epoch {epoch}")
-                break
 
-    model.load_state_dict(best_state)
+def validate(run: _Run) -> dict[str, float]:
+    """Validation metrics (`valid_*`) of the current weights, and their seconds."""
+    started = time.perf_counter()
+    with run.autocast():
+        ranks = run.valid.evaluate(run.model).ranks
+    metrics = metrics_from_ranks(ranks, run.ks)
+    return {
+        "eval_seconds": time.perf_counter() - started,
+        **{f"valid_{name}": value for name, value in metrics.items()},
+    }
+
+
+def end_epoch(
+    run: _Run, state: TrainingState, row: dict[str, float], bar: TrainingProgress
+) -> bool:
+    """Record the epoch, keep the best weights; True when training stops here."""
+    config = run.config
+    value = row[f"valid_{config.validation_metric}"]
+    if value > state.best_value:
+        state.best_value, state.best_epoch = value, state.epoch
+        state.best_state = copy.deepcopy(run.model.state_dict())
+    state.history.append(
+        {
+            "epoch": state.epoch,
+            "loss": row["loss"],
+            "train_seconds": row["train_seconds"],
+            "eval_seconds": row["eval_seconds"],
+            "elapsed_seconds": state.elapsed_seconds,
+            "peak_memory_mb": peak_memory_mb(run.entry.device),
+            "threads": torch.get_num_threads(),
+            **{k: v for k, v in row.items() if k.startswith("valid_")},
+        }
+    )
+    run.files.append_history(state.history[-1])
+    for observer in run.hooks.observers:
+        observer.on_epoch(state.history[-1])
+    bar.end_epoch(state.epoch, row["loss"], value, state.best_value)
+    if run.hooks.epoch_callback is not None:
+        run.hooks.epoch_callback(state.history[-1])
+    if state.epoch - state.best_epoch >= config.patience:
+        return True
+    if config.time_limit is not None and state.elapsed_seconds > config.time_limit:
+        run.console.print(
+            f"time limit of {config.time_limit:g} s reached after epoch {state.epoch}"
+        )
+        return True
+    return False
+
+
+def write_checkpoint(run: _Run, state: TrainingState) -> None:
+    save_checkpoint(
+        run.entry.run_dir / CHECKPOINT_FILE,
+        run.record,
+        state,
+        run.model,
+        run.optimizer,
+        run.generators,
+    )
+
+
+def finish(run: _Run, state: TrainingState) -> RunResult:
+    """Restore the best weights, test once, write the run's files (metrics.json last)."""
+    config, history = run.config, state.history
+    run.model.load_state_dict(state.best_state)
     test_result = None
-    if test is not None:
-        with autocast:
-            test_result = test.evaluate(model, topk=config.save_topk)
+    if run.test is not None:
+        with run.autocast():
+            test_result = run.test.evaluate(run.model, topk=config.save_topk)
     valid_best = {
         k.removeprefix("valid_"): v
-        for k, v in history[best_epoch - 1].items()
+        for k, v in history[state.best_epoch - 1].items()
         if k.startswith("valid_")
     }
-    tested = {} if test_result is None else {"test": metrics_from_ranks(test_result.ranks, ks)}
+    tested = {} if test_result is None else {"test": metrics_from_ranks(test_result.ranks, run.ks)}
+    train_seconds = sum(h["train_seconds"] for h in history)
     metrics = {
         "valid": valid_best,
         **tested,
-        "best_epoch": best_epoch,
+        "best_epoch": state.best_epoch,
         "epochs": len(history),
-        "train_seconds": sum(h["train_seconds"] for h in history),
-        "train_seconds_per_epoch": sum(h["train_seconds"] for h in history) / len(history),
+        "train_seconds": train_seconds,
+        "train_seconds_per_epoch": train_seconds / len(history),
         "eval_seconds_per_epoch": sum(h["eval_seconds"] for h in history) / len(history),
-        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_mb": peak_memory_mb(run.entry.device),
         "validation_metric": config.validation_metric,
         "seen_targets": config.seen_rule,  # miss, rank, or keep (--keep-seen)
-        "loss": loss.name,
+        "loss": config.loss_name,
         "model": config.model,
-        "dataset": dataset.name,
+        "dataset": run.record["dataset"]["name"],
         "split": config.split_spec.label,
         "seed": config.seed,
     }
     if test_result is None:
-        return RunResult(run_dir, record, metrics, history)
-    test_set = sequences.test
-    files.finish(model.state_dict(), test_result, test_set.rows(), test_set.targets, metrics)
-    for observer in observers:
+        return RunResult(run.entry.run_dir, run.record, metrics, history)
+    test_set = run.test_set
+    run.files.finish(
+        run.model.state_dict(), test_result, test_set.rows(), test_set.targets, metrics
+    )
+    for observer in run.hooks.observers:
         observer.on_finish(metrics)
-    return RunResult(run_dir, record, metrics, history)
-
-
-def _batch_loss(
-    step_model: Callable[..., torch.Tensor],
-    model: torch.nn.Module,
-    parts: list[TrainBatch],
-    loss: LossSettings,
-    generator: torch.Generator,
-    sampler: NegativeSampler | None,
-) -> torch.Tensor:
-    """The loss of one training step over the training positions of all its parts (the model
-    runs once per part; the loss once, so its mean is over the whole batch)."""
-    forward_parts = getattr(model, "forward_parts", None)  # transformers: all parts at once
-    if loss.positions != "last" and step_model is model and forward_parts is not None:
-        hidden_parts = forward_parts([part.inputs for part in parts])
-        states = [
-            hidden.reshape(-1, hidden.shape[-1]).index_select(0, part.positions)
-            for hidden, part in zip(hidden_parts, parts, strict=True)
-        ]
-    else:
-        states = [_part_states(step_model, model, part, loss) for part in parts]
-    at_positions = states[0] if len(states) == 1 else torch.cat(states)  # (N, D)
-    targets = parts[0].targets if len(parts) == 1 else torch.cat([p.targets for p in parts])
-    negatives, log_q = None, None
-    if sampler is not None:
-        users = None
-        if sampler.needs_users:
-            users = torch.cat([part.position_users() for part in parts])  # (N,)
-        negatives, log_q = sampler.sample(targets, users, generator), sampler.log_q
-    table = scoring_table(model)  # type: ignore[arg-type]
-    return loss.spec.fn(LossInputs(at_positions, targets, table, negatives, log_q), loss.params)
+    return RunResult(run.entry.run_dir, run.record, metrics, history)
 
 
 def check_split(config: TrainConfig, dataset: PreparedDataset) -> None:
@@ -313,48 +404,6 @@ def check_split(config: TrainConfig, dataset: PreparedDataset) -> None:
         )
 
 
-def _part_states(
-    step_model: Callable[..., torch.Tensor],
-    model: torch.nn.Module,
-    part: TrainBatch,
-    loss: LossSettings,
-) -> torch.Tensor:
-    """(N_part, D) hidden states at the part's training positions."""
-    if loss.positions == "last" and _has_last_only(model):
-        # Only the last column is trained: skip the other queries of the final block.
-        return step_model(part.inputs, last_only=True)[:, -1]  # (B, D)
-    hidden = step_model(part.inputs)  # (B, W, D)
-    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, part.positions)
-
-
-def _has_last_only(model: torch.nn.Module) -> bool:
-    return "last_only" in inspect.signature(model.forward).parameters
-
-
-def _candidates(
-    config: TrainConfig, evaluation_set: Any, item_counts: torch.Tensor, salt: int
-) -> torch.Tensor | None:
-    """Sampled-ranking negatives, fixed per seed (None for full ranking)."""
-    if config.eval_negatives == 0:
-        return None
-    return sample_eval_candidates(
-        config.eval_negatives,
-        len(item_counts) - 1,
-        evaluation_set.seen_offsets,
-        evaluation_set.seen_items,
-        evaluation_set.targets,
-        by=config.eval_sampler,
-        item_counts=item_counts,
-        seed=config.seed * 1000 + salt,
-    )
-
-
 def _metric_k(name: str) -> list[int]:
     _, _, k = name.partition("@")
     return [int(k)] if k else []
-
-
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()

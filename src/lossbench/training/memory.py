@@ -1,15 +1,21 @@
-"""Peak memory of a run: the CUDA allocator's high-water mark, or the process's peak RSS.
+"""Memory of a run: its peak afterwards, and whether its tensors can fit before it starts.
+
+Peak: the CUDA allocator's high-water mark, or the process's peak RSS.
 
 On Linux the RSS high-water mark (VmHWM) is reset at the start of every run (writing 5 to
 /proc/self/clear_refs), after handing freed heap memory back to the system (glibc's
 `malloc_trim`), so each run of a comparison reports its own peak, not the largest of all
 runs before it in the same process. Elsewhere it is the peak RSS of the process.
+
+Fit (`fit_check.py`) compares an estimate of a step's memory with `available_memory_bytes`:
+free GPU memory, or on Linux MemAvailable of /proc/meminfo (bounded by the cgroup's limit).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import resource
 import sys
 from pathlib import Path
@@ -18,6 +24,8 @@ import torch
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
+_MEMINFO = Path("/proc/meminfo")
+_CGROUP = Path("/sys/fs/cgroup")
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -65,3 +73,47 @@ def _vm_high_water_kib() -> int | None:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])  # "VmHWM:   123456 kB"
     return None
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Memory a run on `device` can still allocate, or None where it cannot be known."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    available = _meminfo_available() or _sysconf_available()
+    limit = _cgroup_room()
+    if available is None or limit is None:
+        return available if limit is None else limit
+    return min(available, limit)
+
+
+def _meminfo_available(path: Path = _MEMINFO) -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (Linux >= 3.14)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024  # "MemAvailable:   123456 kB"
+    return None
+
+
+def _sysconf_available() -> int | None:
+    """Free physical pages times the page size (POSIX systems that report it)."""
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _cgroup_room(root: Path = _CGROUP) -> int | None:
+    """The cgroup v2 memory limit minus current use, or None without a limit."""
+    try:
+        limit = (root / "memory.max").read_text().strip()
+        current = int((root / "memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+    if limit == "max":
+        return None
+    return max(int(limit) - current, 0)

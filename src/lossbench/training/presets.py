@@ -1,7 +1,10 @@
-"""Named hyperparameter presets from the study.
+"""Named hyperparameter presets from the study, and per-dataset training defaults.
 
 A preset is a layer of overrides applied after the defaults and before a TOML file and CLI
-flags. Top-level keys are `TrainConfig` fields; `model_settings` go to the model's own config,
+flags; a dataset's defaults (`DATASET_SETTINGS`) come right after the preset, so `train` and
+`compare` apply the same ones and a TOML file or a flag can still change them.
+
+Top-level keys are `TrainConfig` fields; `model_settings` go to the model's own config,
 then `PER_MODEL[model]` on top of them (a model the study's code built with its own
 constants). Model settings that a model does not have (GRU4Rec has no attention heads) are
 left out for it.
@@ -92,10 +95,16 @@ PRESETS["smoke"] = {
     },
     PER_MODEL: {},  # not the study's wide GRU either: every model at width 32
 }
-# What `--smoke` sets above the comparison's own demo layer (which caps synthetic epochs).
+# What `--smoke` sets above the dataset defaults (`DATASET_SETTINGS` caps synthetic epochs).
 SMOKE_LAYER: dict[str, Any] = {
     "preset": "smoke",
     **{name: PRESETS["smoke"][name] for name in ("max_epochs", "patience")},
 }
 
 DEFAULT_PRESET = "study-s3rec"
+
+# The generated demo dataset converges in a few epochs: a short run keeps `make demo` to
+# minutes on 2 CPU cores. Every run prints its epoch limit and patience in its header.
+DATASET_SETTINGS: dict[str, dict[str, Any]] = {
+    "synthetic": {"max_epochs": 10, "patience": 3},
+}

@@ -23,7 +23,10 @@ from rich.progress import (
 
 
 class TrainingProgress:
-    def __init__(self, console: Console, max_epochs: int, batches: int, metric: str) -> None:
+    def __init__(
+        self, console: Console, max_epochs: int, batches: int, metric: str, done: int = 0
+    ) -> None:
+        """`done`: epochs a resumed run has already trained."""
         self.console = console
         self.metric = metric
         self.batches = batches
@@ -42,7 +45,7 @@ class TrainingProgress:
             transient=False,
             disable=console.quiet or self.lines,
         )
-        self.epochs = self.progress.add_task("epochs", total=max_epochs, status="")
+        self.epochs = self.progress.add_task("epochs", total=max_epochs, completed=done, status="")
         self.batch_task = self.progress.add_task("batches", total=batches, status="")
 
     def __enter__(self) -> TrainingProgress:

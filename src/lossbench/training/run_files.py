@@ -7,13 +7,20 @@
   under a temporal split only the users with a test target); a target that counts as not
   found (`--seen-targets miss`) has rank 2**62 (`NOT_FOUND_RANK`)
 - `topk.parquet`: `user`, `target`, `topk` (best first), with `--save-topk K`
+- `checkpoint.pt`: while the run trains, everything needed to continue it after an
+  interruption (see `checkpoint.py`); removed when the run finishes.
 - `metrics.json`: validation and test metrics, timings, the seen-items rule (`seen_targets`:
   miss, rank or keep); written last, so its presence means the run finished.
+
+Two runs "have the same settings" when their recorded configurations agree on every setting
+but the execution-only ones (`EXECUTION_ONLY`): `setting_changes` lists the others that differ,
+generically, so a setting added to `TrainConfig` is compared without further code.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +28,13 @@ import polars as pl
 import torch
 from torch import Tensor
 
+from lossbench import __version__
 from lossbench.atomic import write_json, write_with
+from lossbench.data.prepared import PreparedDataset
+from lossbench.data.sequences import SequenceTensors
+from lossbench.plugins import changed_sources
+from lossbench.training.config import TrainConfig
+from lossbench.training.entry import PlanEntry
 from lossbench.training.evaluate import EvaluationResult
 
 METRICS_FILE = "metrics.json"
@@ -30,6 +43,18 @@ HISTORY_FILE = "history.csv"
 RANKS_FILE = "test_ranks.parquet"
 TOPK_FILE = "topk.parquet"
 WEIGHTS_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+# How a run executes, not what it computes (the softmax chunk changes speed, never a bit): a
+# resumed comparison may change these freely, they never keep runs apart in a report, and run
+# folders written before one existed still match. In any section of a record.
+EXECUTION_ONLY = frozenset({"threads", "checkpoint_every", "softmax_chunk"})
+NOT_RECORDED = "(not recorded)"
+# Settings added after run folders were written, whose default is the behaviour those runs
+# had: a record without one compares as that default (a setting not listed here and missing
+# from a record is NOT_RECORDED, which differs from every value).
+BACKFILLED = ("split", "valid_quantile", "test_quantile", "shuffle_train", "logq")
+REPLACED = ".replaced-"  # run folders set aside by a resumed comparison: `seed0.replaced-<time>`
 
 
 class RunFiles:
@@ -37,11 +62,17 @@ class RunFiles:
         self.run_dir = run_dir
         self.history: list[dict[str, Any]] = []
 
-    def start(self, record: dict[str, Any]) -> None:
+    def start(self, record: dict[str, Any], history: list[dict[str, Any]] | None = None) -> None:
+        """Write config.json; `history`: the epochs a resumed run has already trained."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in (METRICS_FILE, HISTORY_FILE, RANKS_FILE, TOPK_FILE, WEIGHTS_FILE):
             (self.run_dir / stale).unlink(missing_ok=True)
+        for temporary in self.run_dir.glob(".*.tmp"):  # left by a process killed mid-write
+            temporary.unlink(missing_ok=True)
         write_json(self.run_dir / CONFIG_FILE, record)
+        self.history = []
+        for row in history or []:
+            self.append_history(row)
 
     def append_history(self, row: dict[str, Any]) -> None:
         self.history.append(row)
@@ -74,6 +105,34 @@ class RunFiles:
             )
             write_with(self.run_dir / TOPK_FILE, topk.write_parquet)
         write_json(self.run_dir / METRICS_FILE, metrics)
+        (self.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # finished: nothing to resume
+
+
+def run_record(
+    entry: PlanEntry, dataset: PreparedDataset, sequences: SequenceTensors
+) -> dict[str, Any]:
+    """config.json: the configuration, the resolved model and loss settings, the data."""
+    return {
+        "config": entry.config.model_dump(mode="json"),
+        "model_settings": entry.model_settings.model_dump(),
+        "loss_settings": entry.loss.record(),
+        "sources": entry.sources,
+        "dataset": {
+            "name": dataset.name,
+            "n_users": dataset.n_users,
+            "n_items": dataset.n_items,
+            "split": entry.config.split_spec.identity(),
+            "valid_users": len(sequences.valid.targets),
+            "test_users": len(sequences.test.targets),
+        },
+        "environment": {
+            "device": str(entry.device),
+            "torch": torch.__version__,
+            "lossbench": __version__,
+            "threads": torch.get_num_threads(),
+            "precision": entry.config.precision,
+        },
+    }
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -82,3 +141,68 @@ def is_finished(run_dir: Path) -> bool:
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
     return dict(json.loads((run_dir / METRICS_FILE).read_text()))
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """config.json of a run folder, or None when it is missing or unreadable."""
+    try:
+        record = json.loads((run_dir / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def flat_settings(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"lr": 0.001, "model_settings": {"max_len": 50}} -> {"lr": ..., "model_settings.max_len":
+    ...}, without the execution-only settings."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in EXECUTION_ONLY:
+            continue
+        if isinstance(value, Mapping):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def with_backfilled(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded configuration with the defaults of the `BACKFILLED` settings it predates."""
+    defaults = {name: TrainConfig.model_fields[name].default for name in BACKFILLED}
+    return {**defaults, **config}
+
+
+def setting_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(setting, old value, new value) for every setting of two configurations that differs; a
+    setting one of them lacks shows as NOT_RECORDED."""
+    before, after = flat_settings(with_backfilled(old)), flat_settings(with_backfilled(new))
+    changes = []
+    for key in sorted(before.keys() | after.keys()):
+        was, now = before.get(key, NOT_RECORDED), after.get(key, NOT_RECORDED)
+        if was != now:
+            changes.append((key, was, now))
+    return changes
+
+
+def source_changes(
+    sources: Mapping[str, Any] | None, entry: PlanEntry
+) -> list[tuple[str, Any, Any]]:
+    """(`loss source sha256`, old, new) for a plugin loss or model whose source file is not
+    the one a recorded run was trained with."""
+    changes = []
+    for part in changed_sources(sources, entry.sources):
+        was = ((sources or {}).get(part) or {}).get("sha256") or "built-in"
+        changes.append((f"{part} source sha256", was, entry.sources[part]["sha256"]))
+    return changes
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
+    """'lr 0.001 -> 0.01, max_epochs 200 -> 10'."""
+    return ", ".join(
+        f"{key} {setting_text(was)} -> {setting_text(now)}" for key, was, now in changes
+    )
+
+
+def setting_text(value: Any) -> str:
+    """A setting's value as a user reads it: 0.001, true, [1, 5], bce, null."""
+    return value if isinstance(value, str) else json.dumps(value)

@@ -1,20 +1,25 @@
-"""Everything a run needs before its first step: device, seeds, model, loss settings."""
+"""Everything a run needs before its first step: device, seeds, model, loss settings,
+optimizer and evaluators."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from lossbench.data.sequences import EvaluationSet
 from lossbench.errors import LossbenchError
+from lossbench.evaluation.ranking import sample_eval_candidates
 from lossbench.losses import find_loss
 from lossbench.losses.base import LossParams, LossSpec, Positions
 from lossbench.models import build_model, find_model, model_spec
+from lossbench.models.base import Pretrainable
 from lossbench.training.config import TrainConfig
+from lossbench.training.evaluate import Evaluator
 
 
 @dataclass(frozen=True)
@@ -158,12 +163,40 @@ def seed_everything(seed: int) -> None:
 
 
 def make_model(config: TrainConfig, n_items: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of `config` with fresh weights, or `--init`'s for a pretrainable model."""
     model, model_config = build_model(config.model, n_items, config.model_settings)
     if config.init is not None:
-        load = getattr(model, "load_pretrained", None)
-        if load is None:
-            raise LossbenchError(
-                f"model {config.model} takes no --init checkpoint; only s3rec does"
-            )
-        load(config.init)
+        if not model_spec(config.model).pretrainable:
+            raise LossbenchError(f"model {config.model} takes no --init checkpoint")
+        cast(Pretrainable, model).load_pretrained(config.init)
     return model, model_config.model_dump()
+
+
+def make_evaluator(
+    config: TrainConfig,
+    evaluation_set: EvaluationSet,
+    item_counts: Tensor,
+    device: torch.device,
+    salt: int,
+) -> Evaluator:
+    """Full ranking, or ranking among sampled negatives fixed per seed (and per split: salt)."""
+    candidates = None
+    if config.eval_negatives > 0:
+        candidates = sample_eval_candidates(
+            config.eval_negatives,
+            len(item_counts) - 1,
+            evaluation_set.seen_offsets,
+            evaluation_set.seen_items,
+            evaluation_set.targets,
+            by=config.eval_sampler,
+            item_counts=item_counts,
+            seed=config.seed * 1000 + salt,
+        )
+    return Evaluator(
+        evaluation_set,
+        config.eval_batch_size,
+        config.exclude_seen,
+        device,
+        candidates,
+        config.seen_targets,
+    )

@@ -25,7 +25,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
-from lossbench.compare.grid import make_grid, plan_runs
+from lossbench.compare.grid import make_grid
+from lossbench.compare.plan import build_plan
 from lossbench.data.prepared import PreparedDataset
 from lossbench.errors import LossbenchError
 from lossbench.plugins import folder_name
@@ -116,7 +117,7 @@ def trial_config(request: TuneRequest, loss: str, values: dict[str, Any]) -> Tra
         },
         "tune",
     )
-    (run,) = plan_runs(grid, request.settings, request.out_dir)
+    (run,) = build_plan(grid, request.settings, request.out_dir).entries
     return run.config
 
 

@@ -1,0 +1,72 @@
+"""One run, resolved and validated once: the unit every executor hands to `train_entry`.
+
+`plan_entry` resolves each name of a configuration in one place: the model (its spec and
+validated settings, from the registry or a plugin), the loss (its published defaults with the
+user's overrides, checked against the model), the device (and whether the precision can run
+on it), whether `--init` fits the model, and the code's sources. Nothing downstream resolves
+a name again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from lossbench.errors import LossbenchError
+from lossbench.models import MODELS, ModelSpec, model_config, model_spec
+from lossbench.models.base import Pretrainable
+from lossbench.training.config import TrainConfig
+from lossbench.training.setup import LossSettings, code_sources, resolve_loss, run_device
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """A run to train: its configuration, its folder and every name resolved."""
+
+    config: TrainConfig
+    run_dir: Path
+    model: ModelSpec
+    model_settings: BaseModel  # validated by `model.config_class`
+    loss: LossSettings
+    device: torch.device
+    # Where the loss and model code came from, with a plugin's source sha256 (config.json's
+    # `sources`): read once, so a run records the code the plan was checked against.
+    sources: dict[str, dict[str, str | None]]
+
+    @property
+    def label(self) -> str:
+        """'synthetic sasrec + sampled-ce in-batch, seed 0': the arm names what it varies."""
+        from lossbench.compare.arms import config_label  # compare builds on training
+
+        c = self.config
+        return f"{c.dataset} {c.model} + {config_label(c)}, seed {c.seed}"
+
+    @property
+    def max_len(self) -> int:
+        return self.model.max_len(self.model_settings)
+
+    def build_model(self, n_items: int) -> nn.Module:
+        """The model with fresh weights, or with `--init`'s for a pretrainable model."""
+        model = self.model.build(self.model_settings, n_items)
+        if self.config.init is not None:
+            cast(Pretrainable, model).load_pretrained(self.config.init)
+        return model
+
+
+def plan_entry(config: TrainConfig, run_dir: Path) -> PlanEntry:
+    """Resolve and check `config` for a run in `run_dir`; a LossbenchError names what is wrong."""
+    spec = model_spec(config.model)
+    settings = model_config(config.model, config.model_settings)
+    loss = resolve_loss(config)
+    device = run_device(config.device, config.precision)
+    if config.init is not None and not spec.pretrainable:
+        pretrainable = ", ".join(name for name, spec in MODELS.items() if spec.pretrainable)
+        raise LossbenchError(
+            f"model {config.model} takes no --init checkpoint; models that do: {pretrainable}"
+        )
+    return PlanEntry(config, run_dir, spec, settings, loss, device, code_sources(config))

@@ -1,0 +1,101 @@
+"""One training step: the model's states at the training positions, negatives, the loss.
+
+The model's declared abilities (`ModelSpec`) choose the fast paths: all parts of a batch in one
+packed call (`packed_parts`), or only the last column's state when only the last position
+trains (`encodes_last_only`). Nothing here inspects the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+from torch import Tensor, nn
+
+from lossbench.data.batches import TrainBatch, TrainBatcher
+from lossbench.data.sequences import SequenceTensors
+from lossbench.losses.base import LossInputs
+from lossbench.losses.negatives import UnseenSampler
+from lossbench.losses.samplers import NegativeSampler, build_sampler
+from lossbench.models.base import (
+    LastOnlyEncoder,
+    ModelSpec,
+    PackedPartsEncoder,
+    SequenceModel,
+    scoring_table,
+)
+from lossbench.training.entry import PlanEntry
+from lossbench.training.setup import LossSettings
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    """The loss of one training step over the training positions of all its parts (the model
+    runs once per part, or once for all; the loss once, so its mean is over the whole batch)."""
+
+    model: nn.Module
+    spec: ModelSpec
+    loss: LossSettings
+    sampler: NegativeSampler | None  # None: the loss samples no negatives
+    generator: torch.Generator  # of the negatives, on the model's device
+    # The model as called in training: `torch.compile`d, or the model itself.
+    step_model: Callable[..., Tensor] | None = None
+
+    def __call__(self, parts: list[TrainBatch]) -> Tensor:
+        states = self.states(parts)
+        at_positions = states[0] if len(states) == 1 else torch.cat(states)  # (N, D)
+        targets = parts[0].targets if len(parts) == 1 else torch.cat([p.targets for p in parts])
+        negatives, log_q = None, None
+        if self.sampler is not None:
+            users = None
+            if self.sampler.needs_users:
+                users = torch.cat([part.position_users() for part in parts])  # (N,)
+            negatives = self.sampler.sample(targets, users, self.generator)
+            log_q = self.sampler.log_q
+        table = scoring_table(cast(SequenceModel, self.model))
+        inputs = LossInputs(at_positions, targets, table, negatives, log_q)
+        return self.loss.spec.fn(inputs, self.loss.params)
+
+    def states(self, parts: list[TrainBatch]) -> list[Tensor]:
+        """(N_p, D) hidden states at each part's training positions."""
+        compiled = self.step_model is not None and self.step_model is not self.model
+        if self.loss.positions != "last" and self.spec.packed_parts and not compiled:
+            packed = cast(PackedPartsEncoder, self.model)
+            hidden_parts = packed.forward_parts([part.inputs for part in parts])
+            return [
+                hidden.reshape(-1, hidden.shape[-1]).index_select(0, part.positions)
+                for hidden, part in zip(hidden_parts, parts, strict=True)
+            ]
+        return [self._part_states(part) for part in parts]
+
+    def _part_states(self, part: TrainBatch) -> Tensor:
+        call = self.step_model or self.model
+        if self.loss.positions == "last" and self.spec.encodes_last_only:
+            # Only the last column trains: skip the other queries of the final block.
+            return cast(LastOnlyEncoder, call)(part.inputs, last_only=True)[:, -1]  # (B, D)
+        hidden = call(part.inputs)  # (B, W, D)
+        return hidden.reshape(-1, hidden.shape[-1]).index_select(0, part.positions)
+
+
+def negative_sampler(
+    entry: PlanEntry, n_items: int, sequences: SequenceTensors, batcher: TrainBatcher
+) -> NegativeSampler | None:
+    """The run's negative sampler on its device (None when the loss samples no negatives)."""
+    config, device = entry.config, entry.device
+    if entry.loss.negatives == 0:
+        return None
+    unseen = None
+    if config.negatives_unseen:
+        unseen = UnseenSampler(sequences.train_offsets, sequences.train_items, n_items, device)
+        unseen.check(batcher.users.to(device))
+    return build_sampler(
+        config.sampler,
+        entry.loss.negatives,
+        sequences.item_counts,
+        batcher.target_counts(n_items),
+        device,
+        logq=config.logq,
+        unseen=unseen,
+    )

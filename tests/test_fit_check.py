@@ -1,0 +1,92 @@
+"""Runs whose tensors cannot fit are refused before anything trains, with the numbers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lossbench.cli import app
+from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.errors import LossbenchError
+from lossbench.training import fit_check, memory
+from lossbench.training.config import build_config
+from lossbench.training.entry import plan_entry
+from lossbench.training.fit_check import check_fits, estimate_step_memory
+
+
+def test_more_negatives_than_items_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "lossbench", "--data-dir", str(tmp_path / "data"), "train"]
+        + ["--loss", "bce", "--negatives", "100000", "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert completed.returncode == 2
+    lines = [line for line in completed.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, completed.stderr
+    assert "--negatives 100,000 is more than the 500 items of synthetic" in lines[0]
+    assert "training " not in completed.stdout and not (tmp_path / "run").exists()
+
+
+def test_a_loss_default_above_the_catalogue_names_the_default(tmp_path: Path) -> None:
+    dataset = make_synthetic_prepared(n_users=50, n_items=100, mean_length=8.0, seed=0)
+    entry = plan_entry(build_config(overrides={"loss": "gbce"}), tmp_path)
+    with pytest.raises(LossbenchError, match="gbce's default of 256 negatives is more than"):
+        check_fits(entry, dataset)
+
+
+def test_a_step_larger_than_the_memory_is_refused_with_the_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = make_synthetic_prepared(n_users=300, n_items=400, mean_length=30.0, seed=0)
+    overrides = {"loss": "bce", "negatives": 300, "model_settings": {"max_len": 50}}
+    entry = plan_entry(build_config(overrides=overrides), tmp_path)
+    estimate = estimate_step_memory(entry, dataset)
+    positions = 256 * min(50, int(dataset.train_lengths.max()))
+    # the gathered negative rows and their gradients alone: N x K x D floats, twice
+    assert estimate.total_bytes > positions * 300 * 64 * 4 * 2
+    assert f"{positions:,} positions x 300 negatives x 64 dims" == estimate.largest
+
+    monkeypatch.setattr(fit_check, "available_memory_bytes", lambda device: 2**30)
+    with pytest.raises(LossbenchError) as error:
+        check_fits(entry, dataset)
+    message = str(error.value)
+    assert f"needs about {estimate.total_bytes / 2**30:,.1f} GB" in message
+    assert "more than the 1.0 GB available on cpu" in message and "--batch-size" in message
+    monkeypatch.setattr(fit_check, "available_memory_bytes", lambda device: 2**40)
+    assert check_fits(entry, dataset) == estimate
+
+
+def test_compare_checks_every_run_before_training_any(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second loss cannot fit: the first is not trained either."""
+    monkeypatch.setattr(fit_check, "available_memory_bytes", lambda device: 200 * 2**20)
+    result = CliRunner().invoke(
+        app,
+        ["--data-dir", str(tmp_path / "data"), "compare", "--losses", "ce,bce", "--seeds", "0"]
+        + ["--negatives", "500", "--out", str(tmp_path / "out")],
+    )
+    assert isinstance(result.exception, LossbenchError), result.output
+    assert "sasrec + bce on synthetic: a training step needs about" in str(result.exception)
+    assert not list((tmp_path / "out").rglob("config.json"))
+
+
+def test_available_memory_reads_meminfo_and_the_cgroup_limit(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:  8000000 kB\nMemFree:  100 kB\nMemAvailable:   4000000 kB\n")
+    assert memory._meminfo_available(meminfo) == 4000000 * 1024
+    assert memory._meminfo_available(tmp_path / "missing") is None
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text("100\n")
+    assert memory._cgroup_room(tmp_path) is None
+    (tmp_path / "memory.max").write_text(f"{2**30}\n")
+    assert memory._cgroup_room(tmp_path) == 2**30 - 100
+    available = memory.available_memory_bytes(torch.device("cpu"))
+    assert available is None or available > 0
