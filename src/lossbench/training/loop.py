@@ -234,7 +234,7 @@ def set_up(entry: PlanEntry, dataset: PreparedDataset, console: Console, hooks: 
         ks=sorted({*config.ks, *_metric_k(config.validation_metric)}),
         generators={"batches": batcher.generator, "negatives": generator},
         threads=threads,
-        record=run_record(entry, dataset, sequences),
+        record=run_record(entry, dataset, sequences, loss),
         files=RunFiles(entry.run_dir),
         console=console,
         hooks=hooks,

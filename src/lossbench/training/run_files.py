@@ -36,6 +36,7 @@ from lossbench.plugins import changed_sources
 from lossbench.training.config import TrainConfig
 from lossbench.training.entry import PlanEntry
 from lossbench.training.evaluate import EvaluationResult
+from lossbench.training.setup import LossSettings
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
@@ -109,13 +110,14 @@ class RunFiles:
 
 
 def run_record(
-    entry: PlanEntry, dataset: PreparedDataset, sequences: SequenceTensors
+    entry: PlanEntry, dataset: PreparedDataset, sequences: SequenceTensors, loss: LossSettings
 ) -> dict[str, Any]:
-    """config.json: the configuration, the resolved model and loss settings, the data."""
+    """config.json: the configuration, the resolved model settings and the loss as it trains
+    (its softmax chunk measured on this machine), the code's sources, the data."""
     return {
         "config": entry.config.model_dump(mode="json"),
         "model_settings": entry.model_settings.model_dump(),
-        "loss_settings": entry.loss.record(),
+        "loss_settings": loss.record(),
         "sources": entry.sources,
         "dataset": {
             "name": dataset.name,
