@@ -115,15 +115,8 @@ def compare(
             rich_help_panel=COMPARE,
         ),
     ] = None,
-    retrain_changed: Annotated[
-        bool,
-        typer.Option(
-            "--retrain-changed",
-            help="Retrain runs of --out trained with other settings (their folders are kept "
-            "as <run>.replaced-<time>); without it such a comparison is refused.",
-            rich_help_panel=COMPARE,
-        ),
-    ] = False,
+    retrain_changed: opt.RetrainChanged = False,
+    markdown_file: opt.Markdown = None,
     metrics: Metrics = "hr@10,ndcg@10",
     significance_metric: SignificanceMetric = "ndcg@10",
     permutations: Permutations = None,
@@ -132,12 +125,7 @@ def compare(
         Path | None,
         typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).", rich_help_panel=opt.RUN),
     ] = None,
-    save_topk: Annotated[
-        int | None,
-        typer.Option(
-            help="Write topk.parquet with each test user's K best items.", rich_help_panel=opt.RUN
-        ),
-    ] = None,
+    save_topk: opt.SaveTopk = None,
     preset: opt.Preset = None,
     batch_size: opt.BatchSize = None,
     lr: opt.LearningRate = None,
@@ -198,6 +186,7 @@ def compare(
             "out",
             "config_file",
             "retrain_changed",
+            "markdown_file",
             "metrics",
             "significance_metric",
             "permutations",
@@ -258,6 +247,7 @@ def compare(
         Publishing(json_output, junit, track),
         display,
         retrain_changed=retrain_changed,
+        markdown_file=markdown_file,
     )
     if code:
         raise typer.Exit(code)
@@ -307,6 +297,7 @@ def report(
         bool, typer.Option("--print-only", help="Print the tables; write no file.")
     ] = False,
     allow_mixed: AllowMixed = False,
+    markdown_file: opt.Markdown = None,
 ) -> None:
     """Re-render tables, summary.md, results files and figures from saved runs (no training)."""
     from lossbench.compare.report import render_report
@@ -315,7 +306,15 @@ def report(
     if directory.is_dir() and not print_only:
         hint = "`--print-only` prints the tables and writes nothing"
         check_output_folder(directory, "report", hint)
-    render_report(directory, summary_options, console, baseline, allow_mixed, print_only=print_only)
+    render_report(
+        directory,
+        summary_options,
+        console,
+        baseline,
+        allow_mixed,
+        print_only=print_only,
+        markdown_file=markdown_file,
+    )
 
 
 @app.command()
