@@ -55,7 +55,9 @@ class PretrainStep:
 
     @property
     def label(self) -> str:
-        return f"{self.dataset} {self.model} pre-training, {self.epochs} epochs"
+        return f"{self.dataset} {self.model} pre-training, {self.epochs} epoch" + (
+            "s" if self.epochs != 1 else ""
+        )
 
     def record(self) -> dict[str, Any]:
         """What the step computes (not how: device and threads are left out)."""

@@ -155,8 +155,8 @@ def setting_notes(record: dict[str, Any]) -> list[str]:
         study = pretrain_epochs(step["dataset"])
         if step["epochs"] != study:
             notes.append(
-                f"{step['model']} on {step['dataset']} was pre-trained {step['epochs']} "
-                f"epoch(s); the study pre-trained {study}."
+                f"{step['model']} on {step['dataset']} was pre-trained for "
+                f"{_epochs(step['epochs'])}; the study pre-trained for {_epochs(study)}."
             )
     for dataset in record["datasets"]:
         if not published_for(table.name, dataset):
@@ -282,10 +282,10 @@ def render_reproduction(
     report = build_report(record, comparison.summary, options, tolerance)
     for table in rich_tables(report, options, tolerance):
         print_unsqueezed(console, table)
-    for line in report.notes:
-        console.print(escape(line), highlight=False)
+    for line in report.notes:  # one line each, however narrow the terminal (soft wrap)
+        console.print(escape(line), highlight=False, soft_wrap=True)
     for line in report.far:
-        console.print(f"[yellow]{escape(line)}[/]", highlight=False)
+        console.print(f"[yellow]{escape(line)}[/]", highlight=False, soft_wrap=True)
     write_report_files(comparison, out_dir, options, console)
     text = markdown(report, options, tolerance)
     write_text(out_dir / REPRODUCTION_MD, text)
@@ -293,3 +293,7 @@ def render_reproduction(
         write_text(markdown_file, text)
         console.print(f"wrote the reproduction table as markdown to {markdown_file}")
     return report
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'s' if count != 1 else ''}"

@@ -1,0 +1,300 @@
+"""`lossbench reproduce`: the tables as data, their plans, pre-training as a reusable step, and
+the report beside the published numbers (from constructed run folders with known ranks)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from lossbench.cli import app
+from lossbench.compare.summary import SummaryOptions
+from lossbench.data.prepared import PreparedDataset
+from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.errors import LossbenchError
+from lossbench.evaluation.metrics import metrics_from_ranks
+from lossbench.losses import LOSSES
+from lossbench.models import MODELS
+from lossbench.reproduce.plan import (
+    REPRODUCTION_FILE,
+    build_reproduction,
+    run_reproduction,
+)
+from lossbench.reproduce.pretraining import PRETRAIN_RECORD, step_state
+from lossbench.reproduce.published import published_for, published_value
+from lossbench.reproduce.report import render_reproduction
+from lossbench.reproduce.tables import TABLES, arm_entry, get_table, pretrain_epochs
+from lossbench.training.entry import PlanEntry
+from lossbench.training.presets import PRESETS
+
+N_USERS = 1000
+OPTIONS = SummaryOptions(n_permutations=999)
+
+
+def test_tables_name_known_models_losses_and_presets() -> None:
+    for table in TABLES.values():
+        assert table.preset in PRESETS
+        for cell in table.cells:
+            assert cell.model in MODELS and cell.loss in LOSSES
+        for model in table.pretrained:
+            assert MODELS[model].pretrainable
+        for model in table.models:  # each model's first cell is its original loss
+            assert table.baseline_of(model).loss == MODELS[model].default_loss
+
+
+def test_every_published_cell_but_bce_with_1000_negatives_is_a_table_cell() -> None:
+    for name, table in TABLES.items():
+        keys = {cell.key for cell in table.cells}
+        for row in published_for(name):
+            if row.negatives != 1000:
+                assert (row.model, row.loss, row.negatives) in keys, row
+    table2 = get_table("table2")
+    for dataset in table2.published_datasets:  # every cell of table 2 is published
+        assert all(
+            published_value("table2", dataset, c.model, c.loss, "hr@10") for c in table2.cells
+        )
+
+
+def test_a_cell_is_a_plain_loss_unless_it_names_other_negatives() -> None:
+    sweep = get_table("loss-sweep")
+    entries = [arm_entry(cell, LOSSES[cell.loss].negatives) for cell in sweep.cells]
+    assert entries[:4] == [
+        "bce",
+        {"loss": "bce", "negatives": 10},
+        {"loss": "bce", "negatives": 100},
+        "bpr",
+    ]
+    assert pretrain_epochs("lastfm") == 150 and pretrain_epochs("yelp") == 100
+
+
+def test_table2_plan_pretrains_s3rec_and_keeps_each_models_settings(tmp_path: Path) -> None:
+    reproduction = build_reproduction(
+        get_table("table2"), ["lastfm"], [0, 1], {"model_settings": {"num_heads": 1}}, tmp_path
+    )
+    entries = reproduction.plan.entries
+    assert len(entries) == 16
+    assert [(r.cell.model, r.label, r.baseline) for r in reproduction.rows][::2] == [
+        ("gru4rec", "ce", "ce"),
+        ("srgnn", "ce", "ce"),
+        ("sasrec", "bce", "bce"),
+        ("s3rec", "bce", "bce"),
+    ]
+    (step,) = reproduction.steps
+    assert step.epochs == 150 and step.folder == tmp_path / "lastfm/s3rec/pretrain-150-epochs"
+    for entry in entries:
+        assert entry.config.preset == "study-s3rec"
+        assert entry.config.init == (step.checkpoint if entry.config.model == "s3rec" else None)
+    gru4rec = next(e for e in entries if e.config.model == "gru4rec")
+    assert gru4rec.config.model_settings["hidden_size"] == 128  # the preset's own GRU
+    assert "num_heads" not in gru4rec.config.model_settings  # a flag it does not have
+    sasrec = next(e for e in entries if e.config.model == "sasrec")
+    assert sasrec.config.model_settings["num_heads"] == 1
+    assert reproduction.given == {"num_heads": 1}
+    quick = build_reproduction(get_table("table2"), ["lastfm"], [0], {}, tmp_path, 2)
+    assert quick.steps[0].folder.name == "pretrain-2-epochs"
+
+
+def test_plan_errors_are_one_liners(tmp_path: Path) -> None:
+    table2 = get_table("table2")
+    with pytest.raises(LossbenchError, match="own preset"):
+        build_reproduction(table2, ["lastfm"], [0], {"preset": "study-aprec"}, tmp_path)
+    with pytest.raises(LossbenchError, match="has the setting 'gate'"):
+        build_reproduction(table2, ["lastfm"], [0], {"model_settings": {"gate": 1}}, tmp_path)
+    with pytest.raises(LossbenchError, match="unknown table 'table9'"):
+        get_table("table9")
+
+
+def tiny(name: str) -> PreparedDataset:
+    return make_synthetic_prepared(n_users=40, n_items=30, mean_length=8, n_attributes=6, seed=0)
+
+
+TINY = {"max_epochs": 1, "model_settings": {"hidden_size": 8, "num_layers": 1, "num_heads": 1}}
+
+
+def test_tiny_table2_pretrains_once_then_reuses_everything(tmp_path: Path) -> None:
+    reproduction = build_reproduction(get_table("table2"), ["synthetic"], [0], TINY, tmp_path, 1)
+    first = io.StringIO()
+    trained = run_reproduction(reproduction, tiny, Console(file=first, width=200))
+    assert len(trained) == 8
+    assert "synthetic s3rec pre-training, 1 epoch ->" in first.getvalue()
+    (step,) = reproduction.steps
+    assert step_state(step) == "finished"
+    weights = step.checkpoint.stat().st_mtime_ns
+    again = io.StringIO()
+    assert run_reproduction(reproduction, tiny, Console(file=again, width=200)) == []
+    assert "reusing 8 finished run(s) of 8" in again.getvalue()
+    assert "pre-training" not in again.getvalue()
+    # A lost fine-tuning run is trained again from the pre-training, which is reused.
+    s3rec_run = next(e for e in reproduction.plan.entries if e.config.model == "s3rec").run_dir
+    (s3rec_run / "metrics.json").unlink()
+    third = io.StringIO()
+    assert run_reproduction(reproduction, tiny, Console(file=third, width=200)) == [s3rec_run]
+    assert f"reusing {step.label}" in third.getvalue()
+    assert step.checkpoint.stat().st_mtime_ns == weights
+    record = json.loads((tmp_path / REPRODUCTION_FILE).read_text())
+    assert record["table"] == "table2" and len(record["rows"]) == 8
+    report = render_reproduction(tmp_path, OPTIONS, Console(file=io.StringIO()))
+    assert [r.seeds for r in report.results] == [1] * 8
+    assert report.far == []  # nothing is published for synthetic
+    assert "The study published no table2 numbers for synthetic" in " ".join(report.notes)
+    assert "pre-trained for 1 epoch; the study pre-trained for 150 epochs" in " ".join(report.notes)
+
+
+def test_pretraining_continues_a_partial_step_and_refuses_another(tmp_path: Path) -> None:
+    reproduction = build_reproduction(get_table("table2"), ["synthetic"], [0], TINY, tmp_path, 1)
+    (step,) = reproduction.steps
+    step.folder.mkdir(parents=True)
+    (step.folder / PRETRAIN_RECORD).write_text(json.dumps({**step.record(), "epochs": 9}))
+    with pytest.raises(LossbenchError, match="hold another pre-training; add --retrain-changed"):
+        run_reproduction(reproduction, tiny)
+    assert not (tmp_path / "synthetic" / "gru4rec").exists()  # refused before anything trained
+    output = io.StringIO()
+    run_reproduction(reproduction, tiny, Console(file=output, width=200), retrain_changed=True)
+    assert "held another pre-training: moved to" in output.getvalue()
+    assert step_state(step) == "finished"
+    assert len(list(step.folder.parent.glob("pretrain-1-epochs.replaced-*"))) == 1
+
+
+def finish_fake_run(entry: PlanEntry, ranks: np.ndarray) -> None:
+    """A finished run folder for `entry`, as `train_entry` leaves it (without weights)."""
+    run_dir = entry.run_dir
+    run_dir.mkdir(parents=True)
+    record = {
+        "config": entry.config.model_dump(mode="json"),
+        "model_settings": entry.model_settings.model_dump(mode="json"),
+        "loss_settings": {"loss": entry.config.loss_name, "negatives": entry.loss.negatives},
+        "environment": {"device": "cpu", "precision": "fp32"},
+    }
+    (run_dir / "config.json").write_text(json.dumps(record))
+    pl.DataFrame(
+        {
+            "user": np.arange(1, len(ranks) + 1, dtype=np.int32),
+            "target": np.ones(len(ranks), dtype=np.int32),
+            "rank": ranks.astype(np.int64),
+        }
+    ).write_parquet(run_dir / "test_ranks.parquet")
+    pl.DataFrame(
+        {"epoch": [1], "loss": [1.0], "elapsed_seconds": [1.0], "valid_ndcg@10": [0.1]}
+    ).write_csv(run_dir / "history.csv")
+    metrics = {
+        "valid": metrics_from_ranks(ranks, [10, 20]),
+        "test": metrics_from_ranks(ranks, [10, 20]),
+        "best_epoch": 1,
+        "epochs": 1,
+        "train_seconds": 1.0,
+        "train_seconds_per_epoch": 1.0,
+        "validation_metric": "ndcg@20",
+        "loss": entry.config.loss_name,
+        "model": entry.config.model,
+        "dataset": entry.config.dataset,
+        "seed": entry.config.seed,
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def ranks_with_hits(hits: int, seed: int) -> np.ndarray:
+    """N_USERS ranks of which exactly `hits` are in the top 10: HR@10 = hits / N_USERS, and
+    NDCG@10 = 0.55 HR@10 or so (hits at rank 2 and 3: 1/log2(3) = 0.63, 1/log2(4) = 0.5), about
+    the study's ratio of the two."""
+    rng = np.random.default_rng(seed)
+    ranks = rng.integers(50, 500, N_USERS)
+    hit_users = rng.choice(N_USERS, hits, replace=False)
+    ranks[hit_users] = np.where(np.arange(hits) < round(0.38 * hits), 2, 3)
+    return ranks
+
+
+# Hits of 1,000 users per cell: most at the study's HR@10, sasrec bce at half of it (far),
+# s3rec improved below s3rec bce (the study's direction reversed, and far).
+HITS = {
+    ("gru4rec", "ce"): 31,
+    ("gru4rec", "improved"): 46,
+    ("srgnn", "ce"): 16,
+    ("srgnn", "improved"): 39,
+    ("sasrec", "bce"): 20,
+    ("sasrec", "improved"): 59,
+    ("s3rec", "bce"): 69,
+    ("s3rec", "improved"): 30,
+}
+
+
+@pytest.fixture
+def saved_table2(tmp_path: Path) -> Path:
+    """table2 on lastfm, seeds 0 and 1, every run finished with ranks from `HITS`."""
+    out = tmp_path / "out"
+    reproduction = build_reproduction(get_table("table2"), ["lastfm"], [0, 1], {}, out)
+    for entry in reproduction.plan.entries:
+        key = (entry.config.model, entry.config.loss_name)
+        finish_fake_run(entry, ranks_with_hits(HITS[key], entry.config.seed))
+    reproduction.plan.save()
+    reproduction.save()
+    return out
+
+
+def test_report_puts_each_cell_beside_the_study(saved_table2: Path) -> None:
+    report = render_reproduction(saved_table2, OPTIONS, Console(file=io.StringIO()))
+    cells = {(r.model, r.label): r for r in report.results}
+    sasrec_bce = cells[("sasrec", "bce")]
+    assert sasrec_bce.means["hr@10"] == pytest.approx(0.020)
+    assert sasrec_bce.stds["hr@10"] == pytest.approx(0.0)
+    assert sasrec_bce.published == {"hr@10": 0.0404, "ndcg@10": 0.0223}
+    assert sasrec_bce.difference("hr@10") == pytest.approx(100 * (0.020 - 0.0404) / 0.0404)
+    assert sasrec_bce.direction == "—" and sasrec_bce.original
+    assert cells[("sasrec", "improved")].direction.startswith("yes ▲ (+193.1%, p = ")
+    assert cells[("s3rec", "improved")].direction.startswith("opposite ▼ (-5")
+    assert [line.split(":")[0] for line in report.far] == [
+        "lastfm sasrec + bce",
+        "lastfm s3rec + improved",
+    ]
+    assert "HR@10 0.0200 against 0.0404 (-50.5%)" in report.far[0]
+    markdown = (saved_table2 / "reproduction.md").read_text()
+    assert "| sasrec | bce (original) | 2 | 0.0200 ± 0.0000 | 0.0404 | -50.5% |" in markdown
+
+
+def test_reproduce_command_reuses_the_runs_and_expects_published(saved_table2: Path) -> None:
+    base = ["reproduce", "table2", "--dataset", "lastfm", "--seeds", "0,1"]
+    base += ["--out", str(saved_table2), "--permutations", "99"]
+    runner = CliRunner()
+    result = runner.invoke(app, [*base, "--markdown", str(saved_table2.parent / "t2.md")])
+    assert result.exit_code == 0, result.output
+    assert "reusing 16 finished run(s) of 16" in result.output
+    assert "0.0404" in result.output and "far from the study" in result.output
+    assert (saved_table2.parent / "t2.md").read_text().startswith("# Table 2")
+    failing = runner.invoke(app, [*base, "--expect-published"])
+    assert failing.exit_code == 1, failing.output
+    loose = runner.invoke(app, [*base, "--expect-published", "--tolerance", "10"])
+    assert loose.exit_code == 0, loose.output
+    assert "far from the study" not in loose.output
+
+
+def test_list_names_every_table_and_dataset_with_published_numbers() -> None:
+    result = CliRunner().invoke(app, ["reproduce", "--list"])
+    assert result.exit_code == 0, result.output
+    for name, table in TABLES.items():
+        assert f"{name}:" in result.output
+        for dataset in table.published_datasets:
+            assert dataset in result.output
+    assert "s3rec pre-trained first" in result.output
+
+
+@pytest.mark.parametrize(
+    ("arguments", "words"),
+    [
+        (["reproduce"], "give a table: table2, table3, loss-sweep"),
+        (["reproduce", "table9", "--dataset", "lastfm"], "unknown table 'table9'"),
+        (["reproduce", "table3"], "give --dataset; table3 has published numbers for ml-1m"),
+        (
+            ["reproduce", "table2", "--dataset", "synthetic", "--expect-published"],
+            "published no table2 numbers for synthetic",
+        ),
+    ],
+)
+def test_reproduce_usage_errors_are_one_liners(arguments: list[str], words: str) -> None:
+    result = CliRunner().invoke(app, arguments)
+    assert isinstance(result.exception, LossbenchError)
+    assert words in str(result.exception)
