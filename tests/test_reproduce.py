@@ -21,6 +21,7 @@ from lossbench.errors import LossbenchError
 from lossbench.evaluation.metrics import metrics_from_ranks
 from lossbench.losses import LOSSES
 from lossbench.models import MODELS
+from lossbench.models.s3rec import S3RecConfig
 from lossbench.reproduce.plan import (
     REPRODUCTION_FILE,
     build_reproduction,
@@ -146,7 +147,28 @@ def test_tiny_table2_pretrains_once_then_reuses_everything(tmp_path: Path) -> No
     assert "pre-trained for 1 epoch; the study pre-trained for 150 epochs" in " ".join(report.notes)
 
 
-def test_pretraining_continues_a_partial_step_and_refuses_another(tmp_path: Path) -> None:
+def test_pretraining_continues_a_partial_step(tmp_path: Path) -> None:
+    from lossbench.reproduce.pretraining import run_step
+    from lossbench.training.pretrain import pretrain_s3rec
+
+    reproduction = build_reproduction(get_table("table2"), ["synthetic"], [0], TINY, tmp_path, 2)
+    (step,) = reproduction.steps
+    step.folder.mkdir(parents=True)
+    (step.folder / PRETRAIN_RECORD).write_text(json.dumps(step.record()))
+    assert isinstance(step.model_settings, S3RecConfig)
+    pretrain_s3rec(tiny("synthetic"), step.model_settings, step.folder, 1, 1, step.seed)
+    step.checkpoint.unlink()  # as if stopped after the first epoch's checkpoint
+    assert step_state(step) == "partial"
+    output = io.StringIO()
+    run_step(step, tiny, "cpu", Console(file=output, width=200))
+    assert "continuing synthetic s3rec pre-training, 2 epochs from pretrain-epoch1.pt" in (
+        output.getvalue()
+    )
+    history = json.loads((step.folder / "pretrain-history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2] and step_state(step) == "finished"
+
+
+def test_pretraining_with_other_settings_is_refused_or_moved_aside(tmp_path: Path) -> None:
     reproduction = build_reproduction(get_table("table2"), ["synthetic"], [0], TINY, tmp_path, 1)
     (step,) = reproduction.steps
     step.folder.mkdir(parents=True)
