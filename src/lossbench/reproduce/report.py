@@ -109,12 +109,13 @@ def cell_results(
 def _direction(
     row: dict[str, Any] | None, metric: str, study: float | None, study_base: float | None
 ) -> str:
-    """'yes ▲ (+70.1%, p = 1.0e-04)', 'no (+15.5%, p = 0.120)', 'opposite ▼ (...)'."""
-    if study is None or study_base is None:
-        return NOT_PUBLISHED
+    """'yes ▲ (+70.1%, p = 1.0e-04)', 'no (+15.5%, p = 0.120)', 'opposite ▼ (...)'; without a
+    published pair, lossbench's own result: 'not published; here ▲ (...)'."""
     if row is None:
         return "not run yet"
     detail = f"({_percent(row[f'{metric}_change'])}, p = {_p_value(row['p_holm'])})"
+    if study is None or study_base is None:
+        return f"{NOT_PUBLISHED}; here {row['mark'] or 'n.s.'} {detail}"
     expected = BETTER if study > study_base else WORSE if study < study_base else ""
     if not expected:
         return f"study: equal {detail}"
