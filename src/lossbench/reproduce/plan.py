@@ -100,38 +100,56 @@ def build_reproduction(
     replaces the study's pre-training epochs (a quick check)."""
     if "preset" in settings:
         raise LossbenchError(f"{table.name} is trained with its own preset ({table.preset})")
+    if not seeds or not datasets:
+        raise LossbenchError("give at least one dataset and one seed")
     layers = merge_settings({"preset": table.preset}, settings)
+    _check_model_flags(table, layers.get("model_settings") or {})
     entries: list[PlanEntry] = []
-    baselines: dict[tuple[str, str], str] = {}
     rows: list[CellRow] = []
     steps: list[PretrainStep] = []
-    _check_model_flags(table, layers.get("model_settings") or {})
-    for dataset in datasets:
+    for dataset in dict.fromkeys(datasets):
         for model in table.models:
             model_layers = _for_model(layers, model)
             if model in table.pretrained:
                 epochs = epochs_of_pretraining or pretrain_epochs(dataset)
-                step = _pretrain_step(dataset, model, model_layers, seeds, out_dir, epochs)
-                steps.append(step)
-                model_layers = {**model_layers, "init": step.checkpoint}
-            labels: list[str] = []
-            for cell in table.cells_of(model):
-                cell_entries = _cell_entries(cell, dataset, seeds, model_layers, out_dir)
-                labels.append(row_label(cell_entries[0]))
-                entries += cell_entries
-            if len(set(labels)) < len(labels):
-                raise LossbenchError(
-                    f"two cells of {table.name} for {model} become the same runs with these "
-                    "settings (does --negatives override the cells' own?); leave it out"
-                )
-            baselines[(dataset, model)] = labels[0]
-            rows += [
-                CellRow(dataset, cell, label, labels[0])
-                for cell, label in zip(table.cells_of(model), labels, strict=True)
-            ]
+                steps.append(_pretrain_step(dataset, model, model_layers, seeds, out_dir, epochs))
+                model_layers = {**model_layers, "init": steps[-1].checkpoint}
+            model_entries, model_rows = _model_cells(
+                table, dataset, model, seeds, model_layers, out_dir
+            )
+            entries += model_entries
+            rows += model_rows
+    baselines = {(row.dataset, row.cell.model): row.baseline for row in rows}
     order = list(dict.fromkeys(row.label for row in rows))
     plan = ComparisonPlan(out_dir, entries, baselines, order)
-    return Reproduction(table, list(datasets), plan, steps, rows, _given(settings))
+    return Reproduction(table, list(dict.fromkeys(datasets)), plan, steps, rows, _given(settings))
+
+
+def _model_cells(
+    table: ReproductionTable,
+    dataset: str,
+    model: str,
+    seeds: Sequence[int],
+    settings: dict[str, Any],
+    out_dir: Path,
+) -> tuple[list[PlanEntry], list[CellRow]]:
+    """The runs of one model's cells on one dataset, and where each cell's row lands."""
+    entries: list[PlanEntry] = []
+    labels: list[str] = []
+    for cell in table.cells_of(model):
+        cell_entries = _cell_entries(cell, dataset, seeds, settings, out_dir)
+        labels.append(row_label(cell_entries[0]))
+        entries += cell_entries
+    if len(set(labels)) < len(labels):
+        raise LossbenchError(
+            f"two cells of {table.name} for {model} become the same runs with these "
+            "settings (does --negatives override the cells' own?); leave it out"
+        )
+    cells = table.cells_of(model)
+    rows = [
+        CellRow(dataset, cell, label, labels[0]) for cell, label in zip(cells, labels, strict=True)
+    ]
+    return entries, rows
 
 
 def _for_model(layers: dict[str, Any], model: str) -> dict[str, Any]:
