@@ -87,3 +87,25 @@ def save_fake_table2(out: Path) -> Path:
     reproduction.plan.save()
     reproduction.save()
     return out
+
+
+def save_fake_comparison(out: Path) -> Path:
+    """`compare --dataset lastfm --model sasrec --losses bce,improved --seeds 0,1`, finished."""
+    from lossbench.compare.grid import make_grid
+    from lossbench.compare.plan import build_plan
+
+    grid = make_grid(
+        {
+            "datasets": ["lastfm"],
+            "models": ["sasrec"],
+            "losses": ["bce", "improved"],
+            "seeds": [0, 1],
+        },
+        "test",
+    )
+    plan = build_plan(grid, {}, out)
+    for entry in plan.entries:
+        key = (entry.config.model, entry.config.loss_name)
+        finish_fake_run(entry, ranks_with_hits(HITS[key], entry.config.seed))
+    plan.save()
+    return out

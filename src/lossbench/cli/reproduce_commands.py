@@ -22,9 +22,9 @@ from lossbench.cli.compare_commands import (
 from lossbench.compare import SummaryOptions
 from lossbench.compare.stats import DEFAULT_PERMUTATIONS
 from lossbench.errors import LossbenchError
+from lossbench.reproduce.report import DEFAULT_TOLERANCE
 
 REPRODUCE = "Reproduction"
-DEFAULT_TOLERANCE = 0.10
 
 
 @app.command()
