@@ -97,6 +97,29 @@ def test_table2_plan_pretrains_s3rec_and_keeps_each_models_settings(tmp_path: Pa
     assert quick.steps[0].folder.name == "pretrain-2-epochs"
 
 
+def test_loss_sweep_names_each_bce_by_its_negatives(tmp_path: Path) -> None:
+    reproduction = build_reproduction(get_table("loss-sweep"), ["beauty-s3rec"], [0], {}, tmp_path)
+    assert [row.label for row in reproduction.rows] == [
+        "bce",
+        "bce 10 negatives",
+        "bce 100 negatives",
+        "bpr",
+        "bpr-max",
+        "top1",
+        "top1-max",
+        "ce",
+        "improved",
+    ]
+    assert {row.baseline for row in reproduction.rows} == {"bce"}
+    trained = {entry.label: entry.loss.negatives for entry in reproduction.plan.entries}
+    assert trained["beauty-s3rec sasrec + bce, seed 0"] == 1
+    assert trained["beauty-s3rec sasrec + bce 100 negatives, seed 0"] == 100
+    assert trained["beauty-s3rec sasrec + top1, seed 0"] == 10
+    folders = {entry.run_dir.parent.name for entry in reproduction.plan.entries}
+    assert {"bce", "bce-10-negatives", "bce-100-negatives"} <= folders
+    assert reproduction.plan.entries[0].config.preset == "study-s3rec"
+
+
 def test_plan_errors_are_one_liners(tmp_path: Path) -> None:
     table2 = get_table("table2")
     with pytest.raises(LossbenchError, match="own preset"):
@@ -107,7 +130,7 @@ def test_plan_errors_are_one_liners(tmp_path: Path) -> None:
         get_table("table9")
 
 
-def tiny(name: str) -> PreparedDataset:
+def tiny(name: str, split: object = None) -> PreparedDataset:
     return make_synthetic_prepared(n_users=40, n_items=30, mean_length=8, n_attributes=6, seed=0)
 
 

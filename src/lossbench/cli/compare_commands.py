@@ -223,10 +223,11 @@ def compare(
         grid_values["per_loss"] = under_flags(grid_values["per_loss"], flags)
     grid = make_grid(grid_values, str(config_file) if config_file else "options")
     summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
-    check_expectations(expectations, _groups(grid), summary_options.significance_metric)
+    shared = merge_settings(settings, SMOKE_LAYER if smoke else {}, flags)
+    groups = _groups(grid, shared.get("negatives"))
+    check_expectations(expectations, groups, summary_options.significance_metric)
     check_output_folder(out, "--out")
 
-    shared = merge_settings(settings, SMOKE_LAYER if smoke else {}, flags)
     base = build_config(overrides=shared)
     loaded: dict[tuple[str, SplitSpec], PreparedDataset] = {}
 
@@ -253,10 +254,10 @@ def compare(
         raise typer.Exit(code)
 
 
-def _groups(grid: Grid) -> dict[tuple[str, str], tuple[list[str], str]]:
+def _groups(grid: Grid, negatives: int | None) -> dict[tuple[str, str], tuple[list[str], str]]:
     """(dataset, model) -> (its losses, its baseline), as the comparison will run them."""
     return {
-        (dataset, model): (grid.losses_for(model), grid.baseline_for(model))
+        (dataset, model): (grid.losses_for(model, negatives), grid.baseline_for(model, negatives))
         for dataset in grid.datasets
         for model in grid.models
     }

@@ -1,15 +1,19 @@
-"""`lossbench reproduce TABLE --dataset D`: one of the study's tables, its numbers beside."""
+"""`lossbench reproduce TABLE --dataset D`: one of the study's tables, its numbers beside.
+
+`lossbench.reproduce` (torch, polars, pydantic) is imported inside the command.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
+from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import GlobalOptions, app, console, console_err
+from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
 from lossbench.cli.compare_commands import (
     Alpha,
     Metrics,
@@ -19,10 +23,12 @@ from lossbench.cli.compare_commands import (
     _seeds,
     _summary_options,
 )
-from lossbench.compare import SummaryOptions
-from lossbench.compare.stats import DEFAULT_PERMUTATIONS
+from lossbench.cli.outputs import check_output_folder
 from lossbench.errors import LossbenchError
-from lossbench.reproduce.report import DEFAULT_TOLERANCE
+from lossbench.reproduce import DEFAULT_TOLERANCE
+
+if TYPE_CHECKING:
+    from lossbench.compare import SummaryOptions
 
 REPRODUCE = "Reproduction"
 
@@ -85,7 +91,7 @@ def reproduce(
     retrain_changed: opt.RetrainChanged = False,
     metrics: Metrics = "hr@10,ndcg@10",
     significance_metric: SignificanceMetric = "ndcg@10",
-    permutations: Permutations = DEFAULT_PERMUTATIONS,
+    permutations: Permutations = None,
     alpha: Alpha = 0.05,
     save_topk: opt.SaveTopk = None,
     batch_size: opt.BatchSize = None,
@@ -99,10 +105,15 @@ def reproduce(
     positions: opt.Positions = None,
     negatives: opt.Negatives = None,
     sampler: opt.Sampler = None,
+    logq: opt.Logq = None,
     negatives_unseen: opt.NegativesUnseen = None,
     gbce_t: opt.GbceT = None,
     mask_prob: opt.MaskProb = None,
     softmax_chunk: opt.SoftmaxChunk = None,
+    split: opt.Split = None,
+    valid_quantile: opt.ValidQuantile = None,
+    test_quantile: opt.TestQuantile = None,
+    shuffle_train: opt.ShuffleTrain = None,
     hidden_size: opt.HiddenSize = None,
     num_layers: opt.NumLayers = None,
     num_heads: opt.NumHeads = None,
@@ -112,6 +123,7 @@ def reproduce(
     validation_metric: opt.ValidationMetric = None,
     ks: opt.Ks = None,
     keep_seen: opt.KeepSeen = None,
+    seen_targets: opt.SeenTargets = None,
     eval_negatives: opt.EvalNegatives = None,
     eval_sampler: opt.EvalSampler = None,
     device: opt.Device = None,
@@ -119,6 +131,8 @@ def reproduce(
     compile: opt.Compile = None,
     threads: opt.Threads = None,
     checkpoint_every: opt.CheckpointEvery = None,
+    sample_users: ci.SampleUsers = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Rerun one of the study's tables (its models, losses and preset; S3Rec pre-trained
     first) and print each cell beside the published number. Resumes like `compare`."""
@@ -175,6 +189,7 @@ _NOT_TRAINING = (
     "significance_metric",
     "permutations",
     "alpha",
+    "data_dir",
 )
 
 
@@ -192,12 +207,15 @@ def _reproduce(
 ) -> list[str]:
     """Plan, pre-train and train what is missing, then report; the lines beyond tolerance."""
     from lossbench.data.prepared import PreparedDataset, ensure_prepared
+    from lossbench.data.splits import SplitSpec
     from lossbench.reproduce.plan import build_reproduction, run_reproduction
     from lossbench.reproduce.report import render_reproduction
     from lossbench.reproduce.tables import get_table
 
-    def prepare(name: str) -> PreparedDataset:
-        return ensure_prepared(GlobalOptions.data_dir, name)
+    check_output_folder(out, "--out")
+
+    def prepare(name: str, split: SplitSpec) -> PreparedDataset:
+        return ensure_prepared(GlobalOptions.data_dir, name, split)
 
     reproduction = build_reproduction(
         get_table(table), datasets, seeds, dict(flags), out, pretrain_epochs

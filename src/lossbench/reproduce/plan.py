@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from lossbench.atomic import write_json
+from lossbench.compare.arms import config_label
 from lossbench.compare.grid import make_grid, merge_settings
 from lossbench.compare.plan import ComparisonPlan, build_plan
 from lossbench.compare.resume import move_aside, refuse_changed, run_status
@@ -193,7 +194,9 @@ def _pretrain_step(
     probe = build_plan(grid, layers, out_dir).entries[0]  # the runs' resolved settings
     dataset_folder = probe.run_dir.relative_to(out_dir).parts[0]
     folder = pretrain_folder(out_dir, dataset_folder, model, epochs)
-    return PretrainStep(dataset, model, probe.model_settings, epochs, PRETRAIN_SEED, folder)
+    return PretrainStep(
+        dataset, probe.config.split_spec, model, probe.model_settings, epochs, PRETRAIN_SEED, folder
+    )
 
 
 def _given(settings: dict[str, Any]) -> dict[str, Any]:
@@ -241,7 +244,7 @@ def run_reproduction(
 
 def row_label(entry: PlanEntry) -> str:
     """The comparison row an entry's runs fall in (how `results.py` labels a finished run)."""
-    return entry.config.loss_name
+    return config_label(entry.config)
 
 
 def load_reproduction_record(out_dir: Path) -> dict[str, Any] | None:

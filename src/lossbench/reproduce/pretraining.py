@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +22,8 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from lossbench.atomic import atomic_path, write_json
-from lossbench.data.prepared import PreparedDataset
+from lossbench.compare.runner import PrepareFn
+from lossbench.data.splits import SplitSpec
 from lossbench.errors import LossbenchError
 from lossbench.training.run_lock import run_lock
 
@@ -34,7 +34,6 @@ PRETRAIN_LR = 1e-3
 CHECKPOINT_EVERY = 10
 _EPOCH_CHECKPOINT = re.compile(r"pretrain-epoch(\d+)\.pt")
 
-PrepareFn = Callable[[str], PreparedDataset]
 StepState = Literal["finished", "partial", "changed", "missing"]
 
 
@@ -43,6 +42,7 @@ class PretrainStep:
     """Pre-train `model` on `dataset` for `epochs`; its fine-tuning runs start from it."""
 
     dataset: str
+    split: SplitSpec  # the fine-tuning runs' split: pre-training sees its training items only
     model: str
     model_settings: BaseModel  # the fine-tuning runs' validated model settings
     epochs: int
@@ -63,6 +63,7 @@ class PretrainStep:
         """What the step computes (not how: device and threads are left out)."""
         return {
             "dataset": self.dataset,
+            "split": self.split.identity(),
             "model": self.model,
             "epochs": self.epochs,
             "seed": self.seed,
@@ -147,7 +148,7 @@ def _pretrain(
     step.folder.mkdir(parents=True, exist_ok=True)
     write_json(step.folder / PRETRAIN_RECORD, step.record())
     return pretrain_s3rec(
-        prepare(step.dataset),
+        prepare(step.dataset, step.split),
         step.model_settings,
         step.folder,
         epochs=step.epochs,

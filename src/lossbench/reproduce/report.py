@@ -31,11 +31,11 @@ from lossbench.compare.tables import (  # the comparison table's cell formats, s
     print_unsqueezed,
 )
 from lossbench.errors import LossbenchError
+from lossbench.reproduce import DEFAULT_TOLERANCE
 from lossbench.reproduce.plan import load_reproduction_record
 from lossbench.reproduce.published import published_datasets, published_for, published_value
 from lossbench.reproduce.tables import TABLES, pretrain_epochs
 
-DEFAULT_TOLERANCE = 0.10
 REPRODUCTION_MD = "reproduction.md"
 NOT_PUBLISHED = "not published"
 
