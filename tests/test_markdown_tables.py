@@ -38,7 +38,7 @@ CELL_FORMS = {  # column header -> the form of its cells
     "vs study": rf"{PERCENT}|—",
     "change": rf"({PERCENT}( [▲▼])?)|—",
     "p": rf"{P_VALUE}|—",
-    "direction": rf"—|not run yet|(yes|opposite) [▲▼]( {CHANGE})?|no( {CHANGE})?"
+    "direction": rf"—|(original )?not run yet|(yes|opposite) [▲▼]( {CHANGE})?|no( {CHANGE})?"
     rf"|not published; here ([▲▼]|n\.s\.) {CHANGE}",
     "number": r"\d+(\.\d+)?|—",
 }

@@ -269,3 +269,16 @@ def test_reproduce_usage_errors_are_one_liners(arguments: list[str], words: str)
     result = CliRunner().invoke(app, arguments)
     assert isinstance(result.exception, LossbenchError)
     assert words in str(result.exception)
+
+
+def test_cells_not_run_yet_say_so(saved_table2: Path) -> None:
+    for seed in (0, 1):
+        (saved_table2 / f"lastfm/sasrec/bce/seed{seed}/metrics.json").unlink()
+    report = render_reproduction(saved_table2, OPTIONS, Console(file=io.StringIO()))
+    cells = {(r.model, r.label): r for r in report.results}
+    assert cells[("sasrec", "bce")].seeds == 0
+    assert cells[("sasrec", "bce")].means["hr@10"] is None
+    assert cells[("sasrec", "improved")].direction == "original not run yet"
+    assert "lastfm sasrec + bce" not in " ".join(report.far)  # nothing to be far with
+    markdown = (saved_table2 / "reproduction.md").read_text()
+    assert "| sasrec | bce (original) | not run yet | — | 0.0404 | — |" in markdown

@@ -88,8 +88,14 @@ def cell_results(
     for key, cell in cells.items():
         row = rows.get(key)
         original = cell["label"] == cell["baseline"]
-        base = cells[(cell["dataset"], cell["model"], cell["baseline"])]
-        direction = "—" if original else _direction(row, sig, study(cell, sig), study(base, sig))
+        base_key = (cell["dataset"], cell["model"], cell["baseline"])
+        base = cells[base_key]
+        if original:
+            direction = "—"
+        elif base_key not in rows:  # nothing to pair with (the summary would pick another)
+            direction = "original not run yet"
+        else:
+            direction = _direction(row, sig, study(cell, sig), study(base, sig))
         results.append(
             CellResult(
                 dataset=cell["dataset"],
