@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from lossbench.cli import app
 from lossbench.compare.report import SUMMARY_FILE
 from lossbench.compare.summary import SummaryOptions
+from lossbench.errors import LossbenchError
 from lossbench.reproduce.report import render_reproduction
 from reproduce_fixture import save_fake_comparison, save_fake_table2
 
@@ -124,3 +125,34 @@ def test_results_page_tables_are_in_the_generated_format(generated: dict[str, Ta
                 check_form(table)
                 matched[kind] += 1
     assert matched["reproduction"] >= 3 and matched["comparison"] >= 1, matched
+
+
+def test_compare_writes_its_table_as_markdown(tmp_path: Path) -> None:
+    """A tiny comparison: `--markdown` holds the text of summary.md, written whole."""
+    table = tmp_path / "docs" / "table.md"  # its folder is created
+    arguments = ["compare", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
+    arguments += ["--losses", "bce,improved", "--seeds", "0", "--max-epochs", "1"]
+    arguments += ["--hidden-size", "8", "--num-layers", "1", "--num-heads", "1", "--max-len", "10"]
+    result = CliRunner().invoke(app, [*arguments, "--permutations", "99", "--markdown", str(table)])
+    assert result.exit_code == 0, result.output
+    assert table.read_text() == (tmp_path / "out" / SUMMARY_FILE).read_text()
+    (comparison,) = tables_in(table.read_text())
+    check_form(comparison)
+    assert [row[0] for row in comparison[2]] == ["bce (base)", "improved"]
+    assert not list(table.parent.glob(".*.tmp"))  # no temporary file left beside it
+
+
+def test_a_markdown_file_that_cannot_be_written_is_refused_first(tmp_path: Path) -> None:
+    saved = save_fake_comparison(tmp_path / "compare")
+    (tmp_path / "plain").write_text("a file")
+    for target, words in (
+        (tmp_path, f"--markdown {tmp_path} is a folder"),
+        (tmp_path / "plain" / "t.md", f"--markdown {tmp_path / 'plain'} is a file, not a folder"),
+    ):
+        result = CliRunner().invoke(app, ["report", str(saved), "--markdown", str(target)])
+        assert isinstance(result.exception, LossbenchError), result.output
+        assert words in str(result.exception)
+    arguments = ["reproduce", "table2", "--dataset", "lastfm", "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, [*arguments, "--markdown", str(tmp_path)])
+    assert isinstance(result.exception, LossbenchError) and "is a folder" in str(result.exception)
+    assert not (tmp_path / "r").exists()  # refused before anything was planned or trained

@@ -14,7 +14,7 @@ import typer
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
 from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
-from lossbench.cli.outputs import check_output_folder
+from lossbench.cli.outputs import check_output_file, check_output_folder
 from lossbench.errors import LossbenchError
 
 if TYPE_CHECKING:
@@ -227,6 +227,7 @@ def compare(
     groups = _groups(grid, shared.get("negatives"))
     check_expectations(expectations, groups, summary_options.significance_metric)
     check_output_folder(out, "--out")
+    check_output_file(markdown_file, "--markdown")
 
     base = build_config(overrides=shared)
     loaded: dict[tuple[str, SplitSpec], PreparedDataset] = {}
@@ -307,6 +308,7 @@ def report(
     if directory.is_dir() and not print_only:
         hint = "`--print-only` prints the tables and writes nothing"
         check_output_folder(directory, "report", hint)
+    check_output_file(markdown_file, "--markdown")
     render_report(
         directory,
         summary_options,

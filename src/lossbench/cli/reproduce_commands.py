@@ -23,7 +23,7 @@ from lossbench.cli.compare_commands import (
     _seeds,
     _summary_options,
 )
-from lossbench.cli.outputs import check_output_folder
+from lossbench.cli.outputs import check_output_file, check_output_folder
 from lossbench.errors import LossbenchError
 from lossbench.reproduce import DEFAULT_TOLERANCE
 
@@ -213,6 +213,7 @@ def _reproduce(
     from lossbench.reproduce.tables import get_table
 
     check_output_folder(out, "--out")
+    check_output_file(markdown_file, "--markdown")
 
     def prepare(name: str, split: SplitSpec) -> PreparedDataset:
         return ensure_prepared(GlobalOptions.data_dir, name, split)
