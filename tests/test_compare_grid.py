@@ -316,8 +316,28 @@ def test_arms_the_loss_cannot_use_or_repeat_are_refused(tmp_path: Path) -> None:
         plan_runs(same, {}, tmp_path)
     with pytest.raises(LossbenchError, match="unknown loss 'bc'"):
         make_grid({"losses": [{"loss": "bc"}]}, "t")
+    with pytest.raises(LossbenchError, match="an arm sets only loss, negatives, sampler, logq"):
+        make_grid({"losses": [{"loss": "bce", "lr": 0.1}]}, "t")
     with pytest.raises(LossbenchError, match="grid.losses"):
-        make_grid({"losses": [{"loss": "bce", "negatives": 3}]}, "t")
+        make_grid({"losses": [{"loss": "bce", "negatives": -1}]}, "t")
+
+
+def test_arms_with_their_own_negatives_are_rows_and_folders_of_their_own(tmp_path: Path) -> None:
+    arms = ["bce", {"loss": "bce", "negatives": 10}, {"loss": "bpr", "negatives": 10}]
+    grid = make_grid({"losses": [*arms, "improved"], "seeds": [0]}, "t")
+    assert grid.losses_for("sasrec") == ["bce", "bce 10 negatives", "bpr", "improved"]
+    runs = plan_runs(grid, {}, tmp_path)
+    assert [run.loss.negatives for run in runs] == [1, 10, 10, 0]  # bpr's own count is 10
+    assert [run.run_dir.parts[-2] for run in runs] == ["bce", "bce-10-negatives", "bpr", "improved"]
+    # A shared --negatives names the rows it changes; a baseline named by its loss finds them.
+    shared = make_grid({"losses": ["bce", "improved"], "seeds": [0], "baseline": "bce"}, "t")
+    plan = build_plan(shared, {"negatives": 5}, tmp_path)
+    assert [entry.label for entry in plan.entries] == [
+        "synthetic sasrec + bce 5 negatives, seed 0",
+        "synthetic sasrec + improved, seed 0",
+    ]
+    assert plan.baselines[("synthetic", "sasrec")] == "bce 5 negatives"
+    assert plan.loss_order == ["bce 5 negatives", "improved"]
 
 
 def test_a_temporal_grid_needs_timestamps_and_gets_its_own_folders(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from lossbench.cli import check_commands, compare_commands, data_commands  # noq
 from lossbench.cli import pretrain_commands, train_commands, user_data_commands  # noqa: E402,F401  isort: skip
 from lossbench.cli import tune_commands  # noqa: E402,F401  isort: skip
 from lossbench.cli import ci_commands  # noqa: E402,F401  isort: skip
+from lossbench.cli import reproduce_commands  # noqa: E402,F401  isort: skip
 
 EXIT_ERROR = 2
 

@@ -14,7 +14,7 @@ import typer
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
 from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
-from lossbench.cli.outputs import check_output_folder
+from lossbench.cli.outputs import check_output_file, check_output_folder
 from lossbench.errors import LossbenchError
 
 if TYPE_CHECKING:
@@ -115,15 +115,8 @@ def compare(
             rich_help_panel=COMPARE,
         ),
     ] = None,
-    retrain_changed: Annotated[
-        bool,
-        typer.Option(
-            "--retrain-changed",
-            help="Retrain runs of --out trained with other settings (their folders are kept "
-            "as <run>.replaced-<time>); without it such a comparison is refused.",
-            rich_help_panel=COMPARE,
-        ),
-    ] = False,
+    retrain_changed: opt.RetrainChanged = False,
+    markdown_file: opt.Markdown = None,
     metrics: Metrics = "hr@10,ndcg@10",
     significance_metric: SignificanceMetric = "ndcg@10",
     permutations: Permutations = None,
@@ -132,12 +125,7 @@ def compare(
         Path | None,
         typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).", rich_help_panel=opt.RUN),
     ] = None,
-    save_topk: Annotated[
-        int | None,
-        typer.Option(
-            help="Write topk.parquet with each test user's K best items.", rich_help_panel=opt.RUN
-        ),
-    ] = None,
+    save_topk: opt.SaveTopk = None,
     preset: opt.Preset = None,
     batch_size: opt.BatchSize = None,
     lr: opt.LearningRate = None,
@@ -198,6 +186,7 @@ def compare(
             "out",
             "config_file",
             "retrain_changed",
+            "markdown_file",
             "metrics",
             "significance_metric",
             "permutations",
@@ -234,10 +223,12 @@ def compare(
         grid_values["per_loss"] = under_flags(grid_values["per_loss"], flags)
     grid = make_grid(grid_values, str(config_file) if config_file else "options")
     summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
-    check_expectations(expectations, _groups(grid), summary_options.significance_metric)
-    check_output_folder(out, "--out")
-
     shared = merge_settings(settings, SMOKE_LAYER if smoke else {}, flags)
+    groups = _groups(grid, shared.get("negatives"))
+    check_expectations(expectations, groups, summary_options.significance_metric)
+    check_output_folder(out, "--out")
+    check_output_file(markdown_file, "--markdown")
+
     base = build_config(overrides=shared)
     loaded: dict[tuple[str, SplitSpec], PreparedDataset] = {}
 
@@ -258,15 +249,16 @@ def compare(
         Publishing(json_output, junit, track),
         display,
         retrain_changed=retrain_changed,
+        markdown_file=markdown_file,
     )
     if code:
         raise typer.Exit(code)
 
 
-def _groups(grid: Grid) -> dict[tuple[str, str], tuple[list[str], str]]:
+def _groups(grid: Grid, negatives: int | None) -> dict[tuple[str, str], tuple[list[str], str]]:
     """(dataset, model) -> (its losses, its baseline), as the comparison will run them."""
     return {
-        (dataset, model): (grid.losses_for(model), grid.baseline_for(model))
+        (dataset, model): (grid.losses_for(model, negatives), grid.baseline_for(model, negatives))
         for dataset in grid.datasets
         for model in grid.models
     }
@@ -307,6 +299,7 @@ def report(
         bool, typer.Option("--print-only", help="Print the tables; write no file.")
     ] = False,
     allow_mixed: AllowMixed = False,
+    markdown_file: opt.Markdown = None,
 ) -> None:
     """Re-render tables, summary.md, results files and figures from saved runs (no training)."""
     from lossbench.compare.report import render_report
@@ -315,7 +308,16 @@ def report(
     if directory.is_dir() and not print_only:
         hint = "`--print-only` prints the tables and writes nothing"
         check_output_folder(directory, "report", hint)
-    render_report(directory, summary_options, console, baseline, allow_mixed, print_only=print_only)
+    check_output_file(markdown_file, "--markdown")
+    render_report(
+        directory,
+        summary_options,
+        console,
+        baseline,
+        allow_mixed,
+        print_only=print_only,
+        markdown_file=markdown_file,
+    )
 
 
 @app.command()

@@ -230,6 +230,29 @@ CheckpointEvery = Annotated[
         rich_help_panel=RUN,
     ),
 ]
+SaveTopk = Annotated[
+    int | None,
+    typer.Option(
+        help="Write topk.parquet with each test user's K best items.", rich_help_panel=RUN
+    ),
+]
+RetrainChanged = Annotated[
+    bool,
+    typer.Option(
+        "--retrain-changed",
+        help="Retrain runs of --out trained with other settings (their folders are kept "
+        "as <run>.replaced-<time>); without it such a comparison is refused.",
+        rich_help_panel=RUN,
+    ),
+]
+Markdown = Annotated[
+    Path | None,
+    typer.Option(
+        "--markdown",
+        help="Also write the table as markdown to this file (ready to paste into docs).",
+        rich_help_panel=RUN,
+    ),
+]
 ConfigFile = Annotated[
     Path | None,
     typer.Option(

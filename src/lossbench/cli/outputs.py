@@ -28,3 +28,12 @@ def check_output_folder(path: Path, flag: str, hint: str = "choose another folde
         ) from None
     os.close(handle)
     os.unlink(probe)
+
+
+def check_output_file(path: Path | None, flag: str) -> None:
+    """`path` (when given) can be written: not a folder, and its folder is writable."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise LossbenchError(f"{flag} {path} is a folder; give a file name such as table.md")
+    check_output_folder(path.parent, flag, "choose another file")

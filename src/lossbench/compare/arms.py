@@ -1,7 +1,8 @@
-"""The arms of a comparison: a loss, optionally with its own negative sampler and logQ, and
-trained on ordered or shuffled sequences. An arm's label names exactly what differs from the
-plain loss ("sampled-ce in-batch logq", "improved shuffled"), so tables, figures and run
-folders tell the arms apart; a plain loss is labelled by its name alone.
+"""The arms of a comparison: a loss, optionally with its own number of negatives, negative
+sampler and logQ, and trained on ordered or shuffled sequences. An arm's label names exactly
+what differs from the plain loss ("bce 10 negatives", "sampled-ce in-batch logq", "improved
+shuffled"), so tables, figures and run folders tell the arms apart; a plain loss is labelled
+by its name alone. Negatives are named when they differ from the loss's published count.
 
 A label is derived from a run's configuration, never stored beside it, so a finished run
 folder is labelled the same way whichever grid trained it.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lossbench import plugins
 from lossbench.errors import LossbenchError
@@ -24,11 +25,13 @@ SHUFFLED = "shuffled"
 
 class LossArm(BaseModel):
     """A `[grid]` losses entry written as a table: `{loss = "sampled-ce", sampler =
-    "in-batch", logq = true}`. Unset fields keep the grid's settings."""
+    "in-batch", logq = true}`, `{loss = "bce", negatives = 10}`. Unset fields keep the grid's
+    settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     loss: str
+    negatives: int | None = Field(default=None, ge=0)
     sampler: NegativeSamplerName | None = None
     logq: bool | None = None
 
@@ -45,6 +48,8 @@ class LossArm(BaseModel):
         """The TrainConfig fields this arm sets. Negatives outside the user's history are
         drawn uniformly, so an arm with another sampler draws them anywhere."""
         values: dict[str, Any] = {"loss": self.loss}
+        if self.negatives is not None:
+            values["negatives"] = self.negatives
         if self.sampler is not None:
             values["sampler"] = self.sampler
             if self.sampler != "uniform":
@@ -54,10 +59,16 @@ class LossArm(BaseModel):
         return values
 
 
-def arm_label(loss: str, sampler: str | None, logq: bool, shuffled: bool) -> str:
-    """'loss [sampler] [logq] [shuffled]': the sampler only when it is not uniform and the
-    loss samples negatives at all."""
+def arm_label(
+    loss: str, sampler: str | None, logq: bool, shuffled: bool, negatives: int | None = None
+) -> str:
+    """'loss [N negatives] [sampler] [logq] [shuffled]': the negatives when they differ from
+    the loss's published count, the sampler when it is not uniform; both only for a loss that
+    samples negatives at all."""
     words = [loss]
+    count = _named_negatives(loss, negatives)
+    if count is not None:
+        words.append(f"{count} negative{'s' if count != 1 else ''}")
     if sampler not in (None, "uniform") and _samples(loss):
         words.append(str(sampler))
     if logq:
@@ -65,6 +76,18 @@ def arm_label(loss: str, sampler: str | None, logq: bool, shuffled: bool) -> str
     if shuffled:
         words.append(SHUFFLED)
     return " ".join(words)
+
+
+def _named_negatives(loss: str, negatives: int | None) -> int | None:
+    """`negatives` when the loss has a published count that they change (a bare function
+    that takes its negatives from the flags has none)."""
+    if negatives is None:
+        return None
+    try:
+        published = find_loss(loss).value.negatives
+    except LossbenchError:
+        return None
+    return negatives if published > 0 and negatives != published else None
 
 
 def _samples(loss: str) -> bool:
@@ -78,7 +101,9 @@ def _samples(loss: str) -> bool:
 
 
 def config_label(config: TrainConfig) -> str:
-    return arm_label(config.loss_name, config.sampler, config.logq, config.shuffle_train)
+    return arm_label(
+        config.loss_name, config.sampler, config.logq, config.shuffle_train, config.negatives
+    )
 
 
 def record_label(loss: str, config: dict[str, Any]) -> str:
@@ -88,6 +113,7 @@ def record_label(loss: str, config: dict[str, Any]) -> str:
         config.get("sampler"),
         bool(config.get("logq", False)),
         bool(config.get("shuffle_train", False)),
+        config.get("negatives"),
     )
 
 

@@ -124,6 +124,7 @@ def compare_and_judge(
     publishing: Publishing,
     display: Console,
     retrain_changed: bool = False,
+    markdown_file: Path | None = None,
 ) -> int:
     """Run the comparison, judge it, publish the outcome; return the exit code."""
     from lossbench.tracking import open_tracker
@@ -138,7 +139,15 @@ def compare_and_judge(
     executor = partial(run_locally, train=train)
     try:
         written = compare_losses(
-            grid, settings, out_dir, prepare, options, display, retrain_changed, executor
+            grid,
+            settings,
+            out_dir,
+            prepare,
+            options,
+            display,
+            retrain_changed,
+            executor,
+            markdown_file=markdown_file,
         )
     except BaseException as error:
         # Every run failed ("no finished runs") is an outcome; anything else ends here.

@@ -120,27 +120,37 @@ class Grid(BaseModel):
         ]
         return list(dict.fromkeys(arms))
 
-    def losses_for(self, model: str) -> list[str]:
-        """The labels of this model's rows: every arm, ordered then shuffled when both."""
-        labels = [
-            arm_label(arm.loss, arm.sampler, bool(arm.logq), shuffled)
+    def losses_for(self, model: str, negatives: int | None = None) -> list[str]:
+        """The labels of this model's rows: every arm, ordered then shuffled when both.
+
+        `negatives`: the grid's shared setting, which an arm's own replaces."""
+        return list(dict.fromkeys(label for _, label in self._labelled(model, negatives)))
+
+    def baseline_for(self, model: str, negatives: int | None = None) -> str:
+        """The explicit baseline; else the model's own loss if it is compared, else the first.
+        A baseline named by its loss alone is that loss's row when it has one."""
+        labelled = self._labelled(model, negatives)
+        losses = list(dict.fromkeys(label for _, label in labelled))
+        wanted = model_spec(model).default_loss if self.baseline == ORIGINAL else self.baseline
+        if wanted in losses:
+            return wanted
+        of_loss = list(dict.fromkeys(label for arm, label in labelled if arm.loss == wanted))
+        if len(of_loss) == 1:
+            return of_loss[0]
+        if self.baseline != ORIGINAL:
+            raise LossbenchError(
+                f"baseline {self.baseline!r} is not among the compared losses "
+                f"({', '.join(losses)}); add it to the losses or pick one of them"
+            )
+        return losses[0]
+
+    def _labelled(self, model: str, negatives: int | None) -> list[tuple[LossArm, str]]:
+        return [
+            (arm, arm_label(arm.loss, arm.sampler, bool(arm.logq), shuffled, count))
             for arm in self.arms_for(model)
             for shuffled in self.shuffle
+            for count in [arm.negatives if arm.negatives is not None else negatives]
         ]
-        return list(dict.fromkeys(labels))
-
-    def baseline_for(self, model: str) -> str:
-        """The explicit baseline; else the model's own loss if it is compared, else the first."""
-        losses = self.losses_for(model)
-        if self.baseline != ORIGINAL:
-            if self.baseline not in losses:
-                raise LossbenchError(
-                    f"baseline {self.baseline!r} is not among the compared losses "
-                    f"({', '.join(losses)}); add it to the losses or pick one of them"
-                )
-            return self.baseline
-        own = model_spec(model).default_loss
-        return own if own in losses else losses[0]
 
 
 def _resolvable(resolve: Callable[[str], object], name: str, note: str = "") -> None:

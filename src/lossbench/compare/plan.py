@@ -85,7 +85,7 @@ def build_plan(grid: Grid, settings: dict[str, Any], out_dir: Path) -> Compariso
             layers = merge_settings(settings, {"dataset": dataset, "model": model})
             base = build_config(overrides=layers)
             check_timed(dataset, get_dataset(dataset).format, base.split_spec)
-            baselines[(dataset, model)] = grid.baseline_for(model)
+            baselines[(dataset, model)] = grid.baseline_for(model, base.negatives)
             for arm in grid.arms_for(model):
                 own = grid.per_loss.get(arm.loss)
                 loss_base = base if own is None else _with_own_settings(layers, arm.loss, own)
@@ -98,7 +98,8 @@ def build_plan(grid: Grid, settings: dict[str, Any], out_dir: Path) -> Compariso
     labels = [(e.config.dataset, e.config.model, e.label) for e in entries]
     if len(set(labels)) < len(labels):
         raise LossbenchError("two losses of the grid are the same arm; list each arm once")
-    order = list(dict.fromkeys(loss for m in grid.models for loss in grid.losses_for(m)))
+    shared = settings.get("negatives")
+    order = list(dict.fromkeys(loss for m in grid.models for loss in grid.losses_for(m, shared)))
     per_loss = sorted({key for table in grid.per_loss.values() for key in flat_settings(table)})
     return ComparisonPlan(out_dir, entries, baselines, order, per_loss)
 

@@ -8,8 +8,10 @@ Runs that were not trained alike are refused, or shown side by side (`mixed.py`)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
 from rich.console import Console
 from rich.markup import escape
 
@@ -40,18 +42,23 @@ def _own_loss(model: str) -> str | None:
         return None
 
 
-def render_report(
+@dataclass(frozen=True)
+class Comparison:
+    """The finished runs of a comparison folder and their summary (one row per loss)."""
+
+    runs: pl.DataFrame  # one row per finished run (results.py)
+    shown: pl.DataFrame  # the runs as summarized: split by setting when mixed and allowed
+    summary: pl.DataFrame  # one row per (dataset, model, loss), see summary.py
+    warning: str | None  # why rows were split by their settings, if they were
+
+
+def load_comparison(
     out_dir: Path,
     options: SummaryOptions,
-    console: Console | None = None,
     baseline: str | None = None,
     allow_mixed: bool = False,
-    *,
-    print_only: bool = False,
-) -> list[Path]:
-    """Re-render everything from the finished runs of DIR; return the files written (none
-    with `print_only`: the tables go to the console only)."""
-    console = console or Console(quiet=True)
+) -> Comparison:
+    """The finished runs of DIR (those `comparison.json` names, else all) and their summary."""
     if not out_dir.is_dir():
         raise LossbenchError(f"{out_dir} is not a folder; give the --out folder of a comparison")
     plan = load_saved_plan(out_dir)
@@ -83,22 +90,69 @@ def render_report(
     if warning is not None:  # rows were split by their settings: name them in order
         baselines = {key: (variants(shown, loss) or [loss])[0] for key, loss in baselines.items()}
         order = [label for loss in order for label in variants(shown, loss)]
-        console.print(f"[yellow]{escape(warning)}[/]", highlight=False)
-    summary = summarize(shown, baselines, options, order)
-    for table in rich_tables(summary, options):
+    return Comparison(runs, shown, summarize(shown, baselines, options, order), warning)
+
+
+def render_report(
+    out_dir: Path,
+    options: SummaryOptions,
+    console: Console | None = None,
+    baseline: str | None = None,
+    allow_mixed: bool = False,
+    *,
+    print_only: bool = False,
+    markdown_file: Path | None = None,
+) -> list[Path]:
+    """Re-render everything from the finished runs of DIR; return the files written (none
+    with `print_only`: the tables go to the console only). `markdown_file`: also write the
+    comparison table there as markdown (the text of summary.md)."""
+    console = console or Console(quiet=True)
+    comparison = load_comparison(out_dir, options, baseline, allow_mixed)
+    if comparison.warning is not None:
+        console.print(f"[yellow]{escape(comparison.warning)}[/]", highlight=False)
+    for table in rich_tables(comparison.summary, options):
         print_unsqueezed(console, table)
     if print_only:
+        if markdown_file is not None:
+            write_text(markdown_file, summary_text(comparison, options))
         return []
+    return write_report_files(comparison, out_dir, options, console, markdown_file)
 
-    written = write_results(runs, out_dir)
-    with atomic_path(out_dir / SUMMARY_FILE) as temporary:
-        note = f"> {warning}\n\n" if warning is not None else ""
-        temporary.write_text(note + markdown(summary, options))
+
+def summary_text(comparison: Comparison, options: SummaryOptions) -> str:
+    """summary.md: the comparison table as markdown, after the mixing warning if any."""
+    note = f"> {comparison.warning}\n\n" if comparison.warning is not None else ""
+    return note + markdown(comparison.summary, options)
+
+
+def write_report_files(
+    comparison: Comparison,
+    out_dir: Path,
+    options: SummaryOptions,
+    console: Console,
+    markdown_file: Path | None = None,
+) -> list[Path]:
+    """results.parquet / .csv, summary.md and the figures in DIR (and `markdown_file`)."""
+    written = write_results(comparison.runs, out_dir)
+    text = summary_text(comparison, options)
+    write_text(out_dir / SUMMARY_FILE, text)
     written.append(out_dir / SUMMARY_FILE)
     metric = options.significance_metric
-    written.append(quality_vs_time(summary, out_dir / QUALITY_VS_TIME, metric))
-    written.append(validation_curves(shown, out_dir / VALIDATION_CURVES, metric))
-    console.print(
-        f"{len(run_dirs)} runs; wrote {', '.join(path.name for path in written)} in {out_dir}"
-    )
+    written.append(quality_vs_time(comparison.summary, out_dir / QUALITY_VS_TIME, metric))
+    written.append(validation_curves(comparison.shown, out_dir / VALIDATION_CURVES, metric))
+    n_runs = comparison.runs.height
+    console.print(f"{n_runs} runs; wrote {', '.join(path.name for path in written)} in {out_dir}")
+    if markdown_file is not None:
+        write_text(markdown_file, text)
+        console.print(f"wrote the table as markdown to {markdown_file}")
+        written.append(markdown_file)
     return written
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write `path` atomically; a folder that cannot be written is a one-line error."""
+    try:
+        with atomic_path(path) as temporary:
+            temporary.write_text(text)
+    except OSError as error:
+        raise LossbenchError(f"cannot write {path}: {error.strerror or error}") from None

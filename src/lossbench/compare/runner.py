@@ -148,9 +148,10 @@ def compare_losses(
     console: Console | None = None,
     retrain_changed: bool = False,
     executor: Executor | None = None,
+    markdown_file: Path | None = None,
 ) -> list[Path]:
     """Plan the grid, train what is missing, then render tables, files and figures."""
     console = console or Console(quiet=True)
     plan = build_plan(grid, dict(settings), out_dir)
     execute_plan(plan, prepare, console, retrain_changed, executor)
-    return render_report(out_dir, options, console)
+    return render_report(out_dir, options, console, markdown_file=markdown_file)
