@@ -6,9 +6,10 @@ results (one row per run) -> summary (mean +- std, change, paired test) -> table
 orchestrated by report.
 """
 
-from lossbench.compare.executors import Executor, RayExecutor, make_executor, run_locally
+from lossbench.compare.executors import Executor, make_executor, run_locally
 from lossbench.compare.grid import Grid, make_grid, read_grid_file
 from lossbench.compare.plan import ComparisonPlan, build_plan
+from lossbench.compare.ray_executor import RayExecutor
 from lossbench.compare.report import render_report
 from lossbench.compare.runner import compare_losses, execute_plan
 from lossbench.compare.summary import SummaryOptions, summarize
