@@ -9,7 +9,7 @@ One grid on the synthetic dataset (small model, a fixed number of epochs: patien
 them, so every run does the same work), with enough seeds that each core gets about two
 runs, timed in this one process: first the local executor (one run at a time, every core's
 thread on it), then Ray with one CPU per run (as many runs side by side as there are cores).
-Ray's start (a local instance sized to this machine) is timed apart and not counted; its
+Ray's start (a local instance sized to the local machine) is timed apart and not counted; its
 workers' start (each imports torch) is. With GPUs, the same grid again on the GPUs: local
 (one run at a time on one GPU) against Ray with `--gpus-per-run 1` and `0.5`.
 Each timing trains into a fresh temporary folder.

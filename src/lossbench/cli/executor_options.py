@@ -30,7 +30,7 @@ RayAddress = Annotated[
     str | None,
     typer.Option(
         help="Ray cluster to join: auto (the one started on this host) or ray://host:port "
-        "(default: start a local Ray instance sized to this machine).",
+        "(default: start a local Ray instance sized to the local machine).",
         rich_help_panel=EXECUTOR,
     ),
 ]

@@ -53,7 +53,7 @@ class ExecutorSettings(BaseModel):
 
     kind: str = "local"  # a key of EXECUTORS
     # The options below apply to `ray` only; None: not given.
-    ray_address: str | None = None  # None: start a local Ray instance sized to this machine
+    ray_address: str | None = None  # None: start a local Ray instance sized to the local machine
     cpus_per_run: int | None = Field(default=None, ge=1)  # None: --threads if given, else 1
     gpus_per_run: float | None = Field(default=None, ge=0.0)  # fractions share a GPU
     max_retries: int | None = Field(default=None, ge=0)  # re-runs of a run whose worker died

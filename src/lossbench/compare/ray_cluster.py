@@ -42,7 +42,7 @@ def import_ray() -> Any:
 @contextmanager
 def ray_session(ray: Any, address: str | None, console: Console) -> Iterator[None]:
     """Connect to Ray for the block: to `address` (`auto`, `ray://host:port`), or a new local
-    instance sized to this machine. A Ray this process had already started (a script, a test)
+    instance sized to the local machine. A Ray this process had already started (a script, a test)
     is used as it is and left running."""
     if ray.is_initialized():
         yield
@@ -124,6 +124,11 @@ def check_out_folder(ray: Any, out_dir: Path) -> None:
             f"the Ray nodes did not answer the out-folder check within {CHECK_SECONDS:g} s; "
             "is the cluster busy or its workers failing to start?"
         ) from None
+    except ray.exceptions.RayError as error:
+        raise LossbenchError(
+            f"a Ray node could not run lossbench ({task_failure(ray, error)}): every node "
+            "needs the driver's versions of Python, torch and lossbench"
+        ) from None
     finally:
         path.unlink(missing_ok=True)
     for host, sees in answers:
@@ -158,6 +163,15 @@ def cancel_tasks(ray: Any, refs: Sequence[Any], console: Console) -> None:
     _, left = ray.wait(list(refs), num_returns=len(refs), timeout=CANCEL_GRACE_SECONDS)
     for ref in left:
         ray.cancel(ref, force=True)
+
+
+def task_failure(ray: Any, error: BaseException) -> str:
+    """One line for a Ray task that did not return: the innermost error of one that raised
+    outside lossbench's own handling (code that would not import), else how its worker died."""
+    if isinstance(error, ray.exceptions.RayTaskError):
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        return one_line(LossbenchError(lines[-1] if lines else type(error).__name__))
+    return f"{one_line(error)} (--max-retries K re-runs a run whose worker died)"
 
 
 def one_line(error: BaseException) -> str:

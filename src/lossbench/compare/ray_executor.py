@@ -27,7 +27,13 @@ from rich.console import Console
 
 from lossbench.compare import ray_cluster
 from lossbench.compare.executors import ExecutorSettings, PrepareFn, TrainFn, train_unless_finished
-from lossbench.compare.ray_cluster import POLL_SECONDS, cancel_tasks, import_ray, one_line
+from lossbench.compare.ray_cluster import (
+    POLL_SECONDS,
+    cancel_tasks,
+    import_ray,
+    one_line,
+    task_failure,
+)
 from lossbench.compare.runs_progress import RunsProgress
 from lossbench.errors import LossbenchError
 from lossbench.training.run_files import read_metrics
@@ -42,7 +48,7 @@ if TYPE_CHECKING:
 class RunResources:
     """What every run's Ray task reserves, and where the Ray cluster is."""
 
-    address: str | None  # None: start a local instance sized to this machine
+    address: str | None  # None: start a local instance sized to the local machine
     cpus: int  # also the run's torch threads
     gpus: float
     max_retries: int  # re-runs after its worker process died; a run that raised is not re-run
@@ -91,6 +97,7 @@ class RayExecutor:
                     replace(entry, run_dir=entry.run_dir.absolute()),
                     datasets[entry.config.dataset],
                     cwd,
+                    self.resources.gpus,
                     self.train,
                 ): entry
                 for entry in entries
@@ -121,9 +128,8 @@ def _collect(
                     entry = submitted[ref]
                     try:
                         outcome: RunOutcome = ray.get(ref)
-                    except ray.exceptions.RayError as error:  # its worker died
-                        died = f"{one_line(error)} (--max-retries K re-runs such a run)"
-                        outcome = RunOutcome(trained=False, error=died)
+                    except ray.exceptions.RayError as error:  # it did not return
+                        outcome = RunOutcome(trained=False, error=task_failure(ray, error))
                     outcomes.append((entry, outcome))
                     progress.run_ended(entry.label, outcome, left=len(waiting))
                 progress.show(left=len(waiting))
@@ -135,7 +141,7 @@ def _collect(
 
 
 def train_on_worker(
-    entry: PlanEntry, dataset: PreparedDataset, cwd: str, train: TrainFn | None
+    entry: PlanEntry, dataset: PreparedDataset, cwd: str, gpus: float, train: TrainFn | None
 ) -> RunOutcome:
     """One run, in a Ray worker: the same `train_unless_finished` as the local executor."""
     from lossbench.training.setup import run_device
@@ -144,8 +150,10 @@ def train_on_worker(
     if os.path.isdir(cwd):
         os.chdir(cwd)  # relative paths in the settings (--init) mean what they do on the driver
     try:
-        # This worker's device: the GPUs Ray reserved for the task are the only ones it sees.
-        entry = replace(entry, device=run_device(entry.config.device, entry.config.precision))
+        # This worker's device: a GPU only when the task reserved one (`cuda` without one is
+        # refused before the plan), so a run never trains on a GPU Ray gave to another task.
+        device = entry.config.device if gpus else "cpu"
+        entry = replace(entry, device=run_device(device, entry.config.precision))
         with run_lock(entry.run_dir, wait=True):
             if not train_unless_finished(entry, dataset, Console(quiet=True), train):
                 return RunOutcome(trained=False)
