@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,9 +159,14 @@ def cancel_tasks(ray: Any, refs: Sequence[Any], console: Console) -> None:
     if not refs:
         return
     console.print(f"[yellow]interrupted: cancelling {len(refs)} run(s) not finished[/]")
-    for ref in refs:
-        ray.cancel(ref)
-    _, left = ray.wait(list(refs), num_returns=len(refs), timeout=CANCEL_GRACE_SECONDS)
+    left = list(refs)
+    deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+    while left and time.monotonic() < deadline:
+        # Asked again each second: a cancel that reaches a task while it is being handed to
+        # its worker can be lost, and the task would then train on.
+        for ref in left:
+            ray.cancel(ref)
+        _, left = ray.wait(left, num_returns=len(left), timeout=1.0)
     for ref in left:
         ray.cancel(ref, force=True)
 

@@ -90,6 +90,10 @@ class RayExecutor:
                 num_gpus=self.resources.gpus,
                 max_retries=self.resources.max_retries,
                 retry_exceptions=False,
+                # A fresh worker process per run: nothing of one run (its memory caches, an
+                # import a cancel interrupted) reaches the next; a run takes minutes, a worker's
+                # start seconds.
+                max_calls=1,
             )(train_on_worker)
             cwd = str(Path.cwd())
             submitted = {
