@@ -232,8 +232,15 @@ def test_a_killed_worker_is_retried_or_its_run_reported_failed(
     resources = RunResources(None, 1, 0.0, max_retries=retries)
     executor = RayExecutor(resources, tmp_path, train=die_once)
     console = Console(record=True, width=200)
+    prepared: list[str] = []
+
+    def prepare(name: str) -> PreparedDataset:
+        prepared.append(name)
+        return small_dataset(name)
+
     if retries:
-        trained = execute_plan(plan, small_dataset, console, executor=executor)
+        trained = execute_plan(plan, prepare, console, executor=executor)
+        assert prepared == ["synthetic"]  # by the driver, once; workers only read it
         assert sorted(trained) == sorted([bce, improved])
         assert (tmp_path / "killed-once").is_file()  # it did die once
         assert (bce / METRICS_FILE).is_file()

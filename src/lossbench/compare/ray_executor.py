@@ -27,13 +27,6 @@ from rich.console import Console
 
 from lossbench.compare import ray_cluster
 from lossbench.compare.executors import ExecutorSettings, PrepareFn, TrainFn, train_unless_finished
-from lossbench.compare.ray_cluster import (
-    POLL_SECONDS,
-    cancel_tasks,
-    import_ray,
-    one_line,
-    task_failure,
-)
 from lossbench.compare.runs_progress import RunsProgress
 from lossbench.errors import LossbenchError
 from lossbench.training.run_files import read_metrics
@@ -127,19 +120,21 @@ def _collect(
     with progress:
         try:
             while waiting:
-                done, waiting = ray.wait(waiting, num_returns=1, timeout=POLL_SECONDS)
+                done, waiting = ray.wait(waiting, num_returns=1, timeout=ray_cluster.POLL_SECONDS)
                 for ref in done:
                     entry = submitted[ref]
                     try:
                         outcome: RunOutcome = ray.get(ref)
                     except ray.exceptions.RayError as error:  # it did not return
-                        outcome = RunOutcome(trained=False, error=task_failure(ray, error))
+                        outcome = RunOutcome(
+                            trained=False, error=ray_cluster.task_failure(ray, error)
+                        )
                     outcomes.append((entry, outcome))
                     progress.run_ended(entry.label, outcome, left=len(waiting))
                 progress.show(left=len(waiting))
         except KeyboardInterrupt:
             progress.stop()
-            cancel_tasks(ray, waiting, progress.console)
+            ray_cluster.cancel_tasks(ray, waiting, progress.console)
             raise
     return outcomes
 
@@ -163,7 +158,7 @@ def train_on_worker(
                 return RunOutcome(trained=False)
         metrics = read_metrics(entry.run_dir)
     except Exception as error:  # a run that raised is a failed run, reported by the driver
-        return RunOutcome(trained=False, error=one_line(error))
+        return RunOutcome(trained=False, error=ray_cluster.one_line(error))
     metric = entry.config.validation_metric
     return RunOutcome(
         trained=True,
@@ -178,7 +173,7 @@ def ray_executor(
     settings: ExecutorSettings, training: dict[str, Any], out_dir: Path
 ) -> tuple[RayExecutor, dict[str, Any]]:
     """Check the Ray options against the training settings; a run's threads are its CPUs."""
-    import_ray()  # a missing extra says so now, before anything is planned
+    ray_cluster.import_ray()  # a missing extra says so now, before anything is planned
     threads = training.get("threads")
     cpus = settings.cpus_per_run or threads or 1
     if threads is not None and threads != cpus:
