@@ -28,12 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lossbench.compare.executors import Executor, run_locally
 from lossbench.compare.grid import make_grid
 from lossbench.compare.plan import build_plan
 from lossbench.compare.ray_cluster import import_ray
 from lossbench.compare.ray_executor import RayExecutor, RunResources
-from lossbench.compare.runner import execute_plan
+from lossbench.compare.runner import Executor, execute_plan, run_locally
 from lossbench.data.prepared import PreparedDataset, ensure_prepared
 from lossbench.errors import LossbenchError
 from lossbench.paths import default_data_dir
@@ -50,7 +49,7 @@ def time_grid(
         plan = build_plan(grid, settings, Path(out))
         executor: Executor = run_locally if ray is None else RayExecutor(ray, Path(out))
         start = time.perf_counter()
-        execute_plan(plan, lambda name: dataset, executor=executor)
+        execute_plan(plan, lambda name, split: dataset, executor=executor)
         return time.perf_counter() - start
 
 

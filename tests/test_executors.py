@@ -27,16 +27,24 @@ import lossbench
 from lossbench.cli import app
 from lossbench.cli.executor_options import settings_from
 from lossbench.compare import ray_cluster
-from lossbench.compare.executors import ExecutorSettings, make_executor, run_locally
+from lossbench.compare.executors import (
+    ExecutorSettings,
+    RunHandling,
+    local_executor,
+    make_executor,
+)
+from lossbench.compare.failures import FAILURE_FILE, FailedRuns
 from lossbench.compare.grid import make_grid, read_grid_file
 from lossbench.compare.plan import ComparisonPlan, build_plan
-from lossbench.compare.ray_executor import RayExecutor, RunResources
+from lossbench.compare.ray_executor import RayExecutor, RunResources, show_run
 from lossbench.compare.runner import execute_plan
 from lossbench.data.prepared import PreparedDataset
+from lossbench.data.splits import SplitSpec
 from lossbench.data.synthetic import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.training.entry import PlanEntry
 from lossbench.training.loop import RunResult, train_entry
+from lossbench.training.observers import FiniteLoss
 from lossbench.training.run_files import METRICS_FILE
 
 SRC = Path(lossbench.__file__).resolve().parents[1]
@@ -59,9 +67,14 @@ def test_ray_runs_get_their_cpus_as_threads_and_bad_combinations_are_refused(
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("ray")
-    executor, settings = make_executor(ray_settings(cpus_per_run=3), {"lr": 0.01}, tmp_path)
+    factory, settings = make_executor(ray_settings(cpus_per_run=3), {"lr": 0.01}, tmp_path)
+    check, watcher, failed = FiniteLoss(), FiniteLoss(), FailedRuns()
+    executor = factory(RunHandling(checks=(check,), watchers=(watcher,), failed=failed))
     assert isinstance(executor, RayExecutor)
     assert executor.resources == RunResources(None, 3, 0.0, 0)
+    assert executor.failed is failed and executor.watchers == (watcher,)
+    # The checks go with every run to its worker; the watchers stay on the driver.
+    assert executor.train.keywords == {"observers": [check]}  # type: ignore[union-attr]
     assert settings == {"lr": 0.01, "threads": 3}
     _, settings = make_executor(ray_settings(), {"threads": 2}, tmp_path)
     assert settings["threads"] == 2  # --threads alone sets the CPUs per run
@@ -75,8 +88,8 @@ def test_ray_runs_get_their_cpus_as_threads_and_bad_combinations_are_refused(
     for executor_settings, training, words in refused:
         with pytest.raises(LossbenchError, match=words):
             make_executor(executor_settings, training, tmp_path)
-    executor, settings = make_executor(ExecutorSettings(), {"threads": 2}, tmp_path)
-    assert executor is run_locally and settings == {"threads": 2}
+    factory, settings = make_executor(ExecutorSettings(), {"threads": 2}, tmp_path)
+    assert factory is local_executor and settings == {"threads": 2}
 
 
 def test_executor_table_of_a_grid_file_under_the_flags(tmp_path: Path) -> None:
@@ -120,6 +133,41 @@ def test_executor_ray_without_ray_installed_is_one_line_exit_2(tmp_path: Path) -
     assert len(lines) == 1, completed.stderr
     assert "pip install 'lossbench[ray]'" in lines[0]
     assert not (tmp_path / "out").exists()  # refused before anything was planned
+
+
+class Recorder:
+    """An observer that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def on_start(self, run_dir: Path, record: dict[str, Any]) -> None:
+        self.calls.append(("start", (run_dir, record)))
+
+    def on_epoch(self, row: dict[str, Any]) -> None:
+        self.calls.append(("epoch", row))
+
+    def on_finish(self, metrics: dict[str, Any]) -> None:
+        self.calls.append(("finish", metrics))
+
+
+def test_a_tracker_on_the_driver_is_told_what_the_loop_would_have_told_it(
+    tmp_path: Path,
+) -> None:
+    """Under Ray a tracker watches from the driver: a run's files, once it ends, tell it the
+    same start, epochs and end as the training loop tells an observer beside it."""
+    plan = build_plan(
+        make_grid({"losses": ["bce"], "seeds": [0]}, "test"),
+        {**QUICK_SETTINGS, "max_epochs": 2, "patience": 5, "threads": 1},
+        tmp_path,
+    )
+    (entry,) = plan.entries
+    beside, from_files = Recorder(), Recorder()
+    train_entry(entry, small_dataset("synthetic", entry.config.split_spec), observers=[beside])
+    show_run([from_files], entry.run_dir)
+    assert [kind for kind, _ in from_files.calls] == ["start", "epoch", "epoch", "finish"]
+    assert from_files.calls == beside.calls
+    show_run([], entry.run_dir)  # no watcher: nothing is read
 
 
 # --- on a local Ray instance ---------------------------------------------------------------
@@ -199,12 +247,49 @@ def test_a_node_that_cannot_see_the_out_folder_stops_the_comparison_before_train
     assert list(tmp_path.glob(".worker-check-*")) == []  # the token file is removed
 
 
+PLUGIN = """
+from lossbench.losses import LossInputs, LossParams
+import torch.nn.functional as F
+
+
+def plain_ce(inputs: LossInputs, params: LossParams):
+    logits = inputs.hidden @ inputs.item_embeddings[1:].T
+    return F.cross_entropy(logits, inputs.targets - 1)
+
+
+def boom(inputs: LossInputs, params: LossParams):
+    raise ValueError("boom at the first batch")
+"""
+
+
+def test_a_failed_run_under_ray_is_recorded_and_the_command_exits_1_as_locally(
+    ray_instance: Any, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Losses from a file reach the workers; a run that raises is a FAIL line, its traceback
+    in failure.txt, the other run finishes, the exit code is the local executor's 1."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_losses.py").write_text(PLUGIN)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["--data-dir", str(data_dir), "compare", "--seeds", "0", *QUICK, "--out", str(out)]
+        + ["--losses", "./my_losses.py:plain_ce,./my_losses.py:boom", "--executor", "ray"],
+    )
+    assert result.exit_code == 1, result.output + repr(result.exception)
+    line = "FAIL training synthetic sasrec + ./my_losses.py:boom, seed 0: ValueError: boom"
+    assert line in result.output
+    (fine,) = out.glob("synthetic/sasrec/my_losses.py-plain_ce/seed0")
+    (failed,) = out.glob("synthetic/sasrec/my_losses.py-boom/seed0")
+    assert (fine / METRICS_FILE).is_file() and not (failed / METRICS_FILE).exists()
+    assert "boom at the first batch" in (failed / FAILURE_FILE).read_text()
+
+
 # --- worker deaths and interruptions (slow: several worker processes start) ---------------
 
 RESOURCES = RunResources(address=None, cpus=1, gpus=0.0, max_retries=0)
 
 
-def small_dataset(name: str) -> PreparedDataset:
+def small_dataset(name: str, split: SplitSpec) -> PreparedDataset:
     return make_synthetic_prepared(n_users=200, n_items=80, mean_length=12.0, seed=3)
 
 
@@ -234,9 +319,9 @@ def test_a_killed_worker_is_retried_or_its_run_reported_failed(
     console = Console(record=True, width=200)
     prepared: list[str] = []
 
-    def prepare(name: str) -> PreparedDataset:
+    def prepare(name: str, split: SplitSpec) -> PreparedDataset:
         prepared.append(name)
-        return small_dataset(name)
+        return small_dataset(name, split)
 
     if retries:
         trained = execute_plan(plan, prepare, console, executor=executor)
@@ -245,11 +330,13 @@ def test_a_killed_worker_is_retried_or_its_run_reported_failed(
         assert (tmp_path / "killed-once").is_file()  # it did die once
         assert (bce / METRICS_FILE).is_file()
     else:
-        with pytest.raises(LossbenchError) as failed:
-            execute_plan(plan, small_dataset, console, executor=executor)
-        message = str(failed.value)
-        assert message.startswith("1 of 2 run(s) failed: synthetic sasrec + bce, seed 0 (")
-        assert "WorkerCrashedError" in message and "--max-retries" in message
+        failed = FailedRuns()  # as a comparison runs it: recorded, the others go on
+        executor = RayExecutor(resources, tmp_path, train=die_once, failed=failed)
+        assert execute_plan(plan, small_dataset, console, executor=executor) == [improved]
+        (failure,) = failed.failures
+        assert failure.label == "synthetic sasrec + bce, seed 0" and failure.run_dir == bce
+        assert "WorkerCrashedError" in failure.error and "--max-retries" in failure.error
+        assert "WorkerCrashedError" in (bce / FAILURE_FILE).read_text()
         assert "failed synthetic sasrec + bce, seed 0" in console.export_text()
         assert not (bce / METRICS_FILE).exists()
     metrics = json.loads((improved / METRICS_FILE).read_text())  # the other run is intact

@@ -1,18 +1,15 @@
-"""`compare`'s executor options: where its runs train (see `compare/executors.py`)."""
+"""`compare`'s executor options: where its runs train (see `compare/executors.py`, imported
+when the command runs: it needs pydantic, and Ray itself only under `--executor ray`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lossbench.compare.executors import (
-    EXECUTORS,
-    ExecutorSettings,
-    executor_settings,
-    read_executor_table,
-)
+if TYPE_CHECKING:
+    from lossbench.compare.executors import ExecutorSettings
 
 EXECUTOR = "Executor"
 
@@ -20,9 +17,8 @@ ExecutorName = Annotated[
     str | None,
     typer.Option(
         "--executor",
-        help="Where the runs train: "
-        + " or ".join(EXECUTORS)
-        + " (local: one after another here, the default; ray: side by side as Ray tasks).",
+        help="Where the runs train: local (one after another here, the default) or ray "
+        "(side by side as Ray tasks; pip install 'lossbench\\[ray]').",
         rich_help_panel=EXECUTOR,
     ),
 ]
@@ -66,6 +62,8 @@ NOT_CONFIG = ("executor", "ray_address", "cpus_per_run", "gpus_per_run", "max_re
 
 def settings_from(flags: dict[str, Any], config_file: Path | None) -> ExecutorSettings:
     """The grid file's `[executor]` table under the flags given (None: not given)."""
+    from lossbench.compare.executors import executor_settings, read_executor_table
+
     values = read_executor_table(config_file) if config_file else {}
     given = {
         "kind": flags["executor"],

@@ -6,12 +6,11 @@ results (one row per run) -> summary (mean +- std, change, paired test) -> table
 orchestrated by report.
 """
 
-from lossbench.compare.executors import Executor, make_executor, run_locally
+from lossbench.compare.executors import make_executor
 from lossbench.compare.grid import Grid, make_grid, read_grid_file
 from lossbench.compare.plan import ComparisonPlan, build_plan
-from lossbench.compare.ray_executor import RayExecutor
 from lossbench.compare.report import render_report
-from lossbench.compare.runner import compare_losses, execute_plan
+from lossbench.compare.runner import Executor, compare_losses, execute_plan, run_locally
 from lossbench.compare.summary import SummaryOptions, summarize
 from lossbench.training.entry import PlanEntry
 
@@ -20,7 +19,6 @@ __all__ = [
     "Executor",
     "Grid",
     "PlanEntry",
-    "RayExecutor",
     "SummaryOptions",
     "build_plan",
     "compare_losses",

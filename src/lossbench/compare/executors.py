@@ -1,13 +1,17 @@
-"""How a comparison's runs execute: one after another in this process, or as Ray tasks.
+"""Where a comparison's runs train: one after another in this process, or as Ray tasks.
 
-An executor takes the plan entries still to train (none is finished) and trains each with
-the same run function (`train_entry`, a plain function of plan entry and dataset) through
+Every executor trains the plan entries still to train with the same run function
+(`train_entry`, a plain function of plan entry and dataset) through the runner's
 `train_unless_finished`, under the run folder's lock. A run's metrics therefore depend on its
 entry only (seed, settings, thread count), never on the executor, the worker or the order.
 
-- `local` (the default): `run_locally`, one run at a time in this process, `--threads` each.
+- `local` (the default): `run_locally` (runner.py), one run at a time here, `--threads` each.
 - `ray`: `RayExecutor` (`ray_executor.py`), each run one Ray task reserving `--cpus-per-run`
   CPUs (its torch threads) and `--gpus-per-run` GPUs, on a local Ray instance or a cluster.
+
+The comparison (compare/ci.py) hands the chosen executor's factory what it asks of every run
+(`RunHandling`): checks that go with the run, trackers that watch it, and where a run that
+fails is recorded; either way the others go on and the command exits 1.
 
 The executor comes from `--executor` or a grid file's `[executor]` table, not from
 `[settings]`: settings are what a run computes and are recorded in its `config.json`; how runs
@@ -16,34 +20,42 @@ are spread over cores and machines changes neither.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lossbench.compare.resume import run_status
+from lossbench.compare.runner import Executor, run_locally
 from lossbench.errors import LossbenchError
 from lossbench.training.config import read_toml
-from lossbench.training.run_lock import lock_holder, run_lock
 
 if TYPE_CHECKING:
-    from lossbench.data.prepared import PreparedDataset
-    from lossbench.training.entry import PlanEntry
-    from lossbench.training.loop import RunResult
-
-TrainFn = Callable[["PlanEntry", "PreparedDataset", Console], "RunResult"]
-PrepareFn = Callable[[str], "PreparedDataset"]
+    from lossbench.compare.failures import FailedRuns
+    from lossbench.training.observers import RunObserver
 
 
-class Executor(Protocol):
-    """Trains the given entries (none is finished); returns the run folders it trained."""
+@dataclass(frozen=True)
+class RunHandling:
+    """What a comparison asks of each of its runs, whichever executor trains them."""
 
-    def __call__(
-        self, entries: Sequence[PlanEntry], prepare: PrepareFn, console: Console
-    ) -> list[Path]: ...
+    checks: tuple[RunObserver, ...]  # observers that go with the run and may stop it
+    watchers: tuple[RunObserver, ...]  # observers that only see it (experiment trackers)
+    failed: FailedRuns  # a run that raises is recorded here; the others go on
+
+
+ExecutorFactory = Callable[[RunHandling], Executor]
+
+
+def local_executor(handling: RunHandling) -> Executor:
+    """`run_locally` with the run's observers in the loop and its failures recorded."""
+    from lossbench.training.loop import train_entry
+
+    observers = [*handling.watchers, *handling.checks]  # a tracker sees the epoch a check stops
+    train = handling.failed.guard(partial(train_entry, observers=observers))
+    return partial(run_locally, train=train)
 
 
 class ExecutorSettings(BaseModel):
@@ -88,78 +100,15 @@ def executor_settings(values: dict[str, Any], source: str) -> ExecutorSettings:
 
 def make_executor(
     settings: ExecutorSettings, training: dict[str, Any], out_dir: Path
-) -> tuple[Executor, dict[str, Any]]:
-    """The executor, and the training settings with what it implies (Ray: `threads`)."""
+) -> tuple[ExecutorFactory, dict[str, Any]]:
+    """The executor's factory, and the training settings with what it implies (Ray:
+    `threads`). Checked now, before anything is planned."""
     return EXECUTORS[settings.kind](settings, training, out_dir)
-
-
-def train_unless_finished(
-    entry: PlanEntry, dataset: PreparedDataset, console: Console, train: TrainFn | None
-) -> bool:
-    """Train `entry` (its lock held) unless another process finished it meanwhile."""
-    if run_status(entry).state == "finished":
-        console.print(f"{entry.run_dir} was finished by another process")
-        return False
-    console.print(f"[bold]{entry.label}[/] -> {entry.run_dir}")
-    if train is None:
-        from lossbench.training.loop import train_entry
-
-        train = train_entry
-    train(entry, dataset, console)
-    return True
-
-
-# --- local: one run after another in this process ----------------------------------------
-
-
-def run_locally(
-    entries: Sequence[PlanEntry],
-    prepare: PrepareFn,
-    console: Console,
-    train: TrainFn | None = None,
-) -> list[Path]:
-    """Train `entries` one after another in this process, each under its folder's lock; a
-    run another process is training is left for last, then waited for."""
-    trained: list[Path] = []
-    waiting: list[PlanEntry] = []
-    progress = Progress(
-        TextColumn("[bold]comparison"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=console.quiet or not entries,
-    )
-    with progress:
-        task = progress.add_task("", total=len(entries))
-        for entry in entries:
-            progress.update(task, description=entry.label)
-            with run_lock(entry.run_dir, wait=False) as held:
-                if held:
-                    dataset = prepare(entry.config.dataset)
-                    if train_unless_finished(entry, dataset, console, train):
-                        trained.append(entry.run_dir)
-                    progress.advance(task)
-                    continue
-            console.print(
-                f"{entry.run_dir} is being trained by process "
-                f"{lock_holder(entry.run_dir) or '?'}: leaving it for later"
-            )
-            waiting.append(entry)
-        for entry in waiting:
-            console.print(f"waiting for the other process to finish {entry.run_dir}")
-            with run_lock(entry.run_dir, wait=True):
-                dataset = prepare(entry.config.dataset)
-                if train_unless_finished(entry, dataset, console, train):
-                    trained.append(entry.run_dir)
-            progress.advance(task)
-    return trained
 
 
 def _local(
     settings: ExecutorSettings, training: dict[str, Any], out_dir: Path
-) -> tuple[Executor, dict[str, Any]]:
+) -> tuple[ExecutorFactory, dict[str, Any]]:
     given = {
         "--ray-address": settings.ray_address,
         "--cpus-per-run": settings.cpus_per_run,
@@ -172,18 +121,18 @@ def _local(
             f"{', '.join(ray_only)} apply to --executor ray; the local executor trains one run "
             "at a time, with --threads torch threads"
         )
-    return run_locally, training
+    return local_executor, training
 
 
 def _ray(
     settings: ExecutorSettings, training: dict[str, Any], out_dir: Path
-) -> tuple[Executor, dict[str, Any]]:
+) -> tuple[ExecutorFactory, dict[str, Any]]:
     from lossbench.compare.ray_executor import ray_executor
 
     return ray_executor(settings, training, out_dir)
 
 
 ExecutorBuilder = Callable[
-    [ExecutorSettings, dict[str, Any], Path], tuple[Executor, dict[str, Any]]
+    [ExecutorSettings, dict[str, Any], Path], tuple[ExecutorFactory, dict[str, Any]]
 ]
 EXECUTORS: dict[str, ExecutorBuilder] = {"local": _local, "ray": _ray}

@@ -169,7 +169,8 @@ def read_grid_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
     `[settings.per_loss.<loss>]` tables come back in the grid values as `per_loss`."""
     document = read_toml(path)
-    known = {"grid", "settings", "expect", "executor"}  # expect: expectations.py; executor: executors.py
+    # expect: expectations.py; executor: executors.py
+    known = {"grid", "settings", "expect", "executor"}
     unknown = sorted(set(document) - known)
     if unknown:
         raise LossbenchError(

@@ -141,6 +141,15 @@ def check_out_folder(ray: Any, out_dir: Path) -> None:
             )
 
 
+def send_file_plugins(ray: Any) -> None:
+    """Losses and models loaded from a file (`./my_loss.py:fn`) go to the workers by value:
+    a worker could not import their modules by name."""
+    from lossbench.plugins import file_modules
+
+    for module in file_modules():
+        ray.cloudpickle.register_pickle_by_value(module)
+
+
 def sees_token(path: str, token: str) -> tuple[str, bool]:
     """On a node: (its address, whether it reads `token` at `path` and may write beside it)."""
     import ray
