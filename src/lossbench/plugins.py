@@ -224,6 +224,12 @@ def _exec_file(path: str, sha: str, source: bytes, noun: str) -> ModuleType:
     return module
 
 
+def file_modules() -> list[ModuleType]:
+    """The modules loaded from `path/to/file.py:name` references so far: importable by no
+    other process (an executor that sends their objects elsewhere sends them by value)."""
+    return list(_FILE_MODULES.values())
+
+
 _MODULE_FILES: dict[str, tuple[str | None, str | None]] = {}
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from lossbench.cli import ci_options as ci
+from lossbench.cli import executor_options as ex
 from lossbench.cli import options as opt
 from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
 from lossbench.cli.outputs import check_output_file, check_output_folder
@@ -171,6 +172,11 @@ def compare(
     track: ci.Track = None,
     data_dir: DataDir = None,
     checkpoint_every: opt.CheckpointEvery = None,
+    executor: ex.ExecutorName = None,
+    ray_address: ex.RayAddress = None,
+    cpus_per_run: ex.CpusPerRun = None,
+    gpus_per_run: ex.GpusPerRun = None,
+    max_retries: ex.MaxRetries = None,
 ) -> None:
     """Train one model with several losses (everything else identical) and compare them.
 
@@ -192,12 +198,15 @@ def compare(
             "permutations",
             "alpha",
             *ci.NOT_CONFIG,
+            *ex.NOT_CONFIG,
         ),
     )
+    executor_settings = ex.settings_from(locals(), config_file)
     if smoke and preset is not None:
         raise LossbenchError("--smoke is the preset smoke: drop --preset, or --smoke")
     from lossbench.compare import make_grid, read_grid_file
     from lossbench.compare.ci import Publishing, compare_and_judge
+    from lossbench.compare.executors import make_executor
     from lossbench.compare.expectations import (
         check_expectations,
         parse_expectations,
@@ -228,7 +237,7 @@ def compare(
     check_expectations(expectations, groups, summary_options.significance_metric)
     check_output_folder(out, "--out")
     check_output_file(markdown_file, "--markdown")
-
+    executor_factory, shared = make_executor(executor_settings, shared, out)  # Ray: threads
     base = build_config(overrides=shared)
     loaded: dict[tuple[str, SplitSpec], PreparedDataset] = {}
 
@@ -250,6 +259,7 @@ def compare(
         display,
         retrain_changed=retrain_changed,
         markdown_file=markdown_file,
+        executor_factory=executor_factory,
     )
     if code:
         raise typer.Exit(code)

@@ -1,10 +1,12 @@
 """Compare losses: plan a grid of runs, train the missing ones, then tables, files, figures.
 
 grid (what to run) -> plan (every run resolved and validated once) -> runner (check the run
-folders, hand the runs to an executor) -> results (one row per run) -> summary (mean +- std,
-change, paired test) -> tables / figures, orchestrated by report.
+folders, hand the runs to an executor) -> executors (one after another here, or Ray tasks) ->
+results (one row per run) -> summary (mean +- std, change, paired test) -> tables / figures,
+orchestrated by report.
 """
 
+from lossbench.compare.executors import make_executor
 from lossbench.compare.grid import Grid, make_grid, read_grid_file
 from lossbench.compare.plan import ComparisonPlan, build_plan
 from lossbench.compare.report import render_report
@@ -21,6 +23,7 @@ __all__ = [
     "build_plan",
     "compare_losses",
     "execute_plan",
+    "make_executor",
     "make_grid",
     "read_grid_file",
     "render_report",

@@ -9,23 +9,22 @@ import dataclasses
 import json
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from rich.console import Console
 
-from lossbench.compare.arms import config_label
+from lossbench.compare.executors import ExecutorFactory, RunHandling, local_executor
 from lossbench.compare.expectations import (
     Expectation,
     Verdict,
     evaluate_expectations,
     needed_metrics,
 )
+from lossbench.compare.failures import FAILURE_FILE, FailedRuns
 from lossbench.compare.grid import Grid
 from lossbench.compare.outputs import (
     RunFailure,
@@ -37,15 +36,15 @@ from lossbench.compare.outputs import (
 from lossbench.compare.plan import load_saved_plan
 from lossbench.compare.report import SUMMARY_FILE
 from lossbench.compare.results import results_frame
-from lossbench.compare.runner import PrepareFn, TrainFn, compare_losses, run_locally
+from lossbench.compare.runner import PrepareFn, compare_losses
 from lossbench.compare.summary import SummaryOptions, summarize
-from lossbench.data.prepared import PreparedDataset
 from lossbench.errors import LossbenchError
-from lossbench.training.entry import PlanEntry
-from lossbench.training.loop import RunResult
 from lossbench.training.run_files import is_finished
 
-FAILURE_FILE = "failure.txt"  # a failed run's traceback, in its run folder
+if TYPE_CHECKING:
+    from lossbench.training.observers import RunObserver
+
+__all__ = ["FAILURE_FILE", "FailedRuns", "Outcome", "Publishing", "compare_and_judge"]
 
 
 @dataclass(frozen=True)
@@ -70,50 +69,6 @@ class Outcome:
         return not self.failures and all(verdict.passed for verdict in self.verdicts)
 
 
-class FailedRuns:
-    """Wraps a train function so that a run that raises is recorded instead of ending the
-    comparison (KeyboardInterrupt still ends it); the traceback goes to the run folder."""
-
-    def __init__(self) -> None:
-        self.failures: list[RunFailure] = []
-
-    def guard(self, train: TrainFn) -> TrainFn:
-        def guarded(
-            entry: PlanEntry, dataset: PreparedDataset, console: Console
-        ) -> RunResult | None:
-            (entry.run_dir / FAILURE_FILE).unlink(missing_ok=True)
-            try:
-                return train(entry, dataset, console)
-            except Exception as error:  # noqa: BLE001  a failed run is a result here
-                failure = _failure(entry, error)
-                entry.run_dir.mkdir(parents=True, exist_ok=True)
-                (entry.run_dir / FAILURE_FILE).write_text(failure.details)
-                self.failures.append(failure)
-                console.print(
-                    failure.line, style="red", markup=False, highlight=False, soft_wrap=True
-                )
-                return None
-
-        return guarded
-
-
-def _failure(entry: PlanEntry, error: Exception) -> RunFailure:
-    config, run_dir = entry.config, entry.run_dir
-    message = (
-        str(error) if isinstance(error, LossbenchError) else f"{type(error).__name__}: {error}"
-    )
-    return RunFailure(
-        label=entry.label,
-        dataset=config.dataset,
-        model=config.model,
-        loss=config_label(config),  # the arm, as the table names it
-        seed=config.seed,
-        run_dir=run_dir,
-        error=" ".join(message.split()),  # one line
-        details="".join(traceback.format_exception(error)),
-    )
-
-
 def compare_and_judge(
     grid: Grid,
     settings: dict[str, Any],
@@ -125,18 +80,20 @@ def compare_and_judge(
     display: Console,
     retrain_changed: bool = False,
     markdown_file: Path | None = None,
+    executor_factory: ExecutorFactory = local_executor,
 ) -> int:
-    """Run the comparison, judge it, publish the outcome; return the exit code."""
+    """Run the comparison, judge it, publish the outcome; return the exit code.
+
+    `executor_factory` (compare/executors.py) trains the runs: here, or as Ray tasks."""
     from lossbench.tracking import open_tracker
-    from lossbench.training.loop import train_entry
-    from lossbench.training.observers import FiniteLoss, RunObserver
+    from lossbench.training.observers import FiniteLoss
 
     started = time.perf_counter()
     tracker = open_tracker(publishing.track, out_dir, out_dir.name) if publishing.track else None
-    observers: list[RunObserver] = [*([tracker] if tracker else []), FiniteLoss()]
+    watchers: tuple[RunObserver, ...] = (tracker,) if tracker else ()
     failed = FailedRuns()
-    train = failed.guard(partial(train_entry, observers=observers))
-    executor = partial(run_locally, train=train)
+    handling = RunHandling(checks=(FiniteLoss(),), watchers=watchers, failed=failed)
+    executor = executor_factory(handling)
     try:
         written = compare_losses(
             grid,

@@ -179,11 +179,13 @@ def read_grid_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
     `[settings.per_loss.<loss>]` tables come back in the grid values as `per_loss`."""
     document = read_toml(path)
-    unknown = sorted(set(document) - {"grid", "settings", "expect"})  # expect: expectations.py
+    # expect: expectations.py; executor: executors.py
+    known = {"grid", "settings", "expect", "executor"}
+    unknown = sorted(set(document) - known)
     if unknown:
         raise LossbenchError(
-            f"invalid {unknown[0]} in {path}: a grid file holds only [grid], [settings] "
-            "and an expect list"
+            f"invalid {unknown[0]} in {path}: a grid file holds only [grid], [settings], "
+            "[executor] and an expect list"
         )
     grid, settings = dict(document.get("grid", {})), dict(document.get("settings", {}))
     per_loss = settings.pop("per_loss", {})

@@ -3,11 +3,12 @@
 `execute_plan` does everything that must hold before the first run trains: runs trained with
 other settings are refused (or, with `--retrain-changed`, moved aside and retrained; runs of
 an edited plugin's code are always), every run to train is checked to fit in memory, and the
-plan is saved. The runs themselves go to an executor: any
-function that takes the entries to train (`Executor`); `run_locally` trains them one after
-another in this process, each under its run folder's lock, so two processes on one `--out`
-never train the same run: the second skips a run being trained and, after its others, waits
-for it (and trains it only if the first process died before finishing it).
+plan is saved. The runs themselves go to an executor: any function that takes the entries to
+train (`Executor`; executors.py chooses one). `run_locally` trains them one after another in
+this process, `RayExecutor` (ray_executor.py) as Ray tasks side by side; both train each run
+with `train_unless_finished` under its run folder's lock, so two processes on one `--out`
+never train the same run: the local one skips a run being trained and, after its others,
+waits for it (and trains it only if the first process died before finishing it).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def run_locally(
             progress.update(task, description=entry.label)
             with run_lock(entry.run_dir, wait=False) as held:
                 if held:
-                    trained += _train_unless_finished(entry, prepare, console, train)
+                    if train_unless_finished(entry, _dataset_of(entry, prepare), console, train):
+                        trained.append(entry.run_dir)
                     progress.advance(task)
                     continue
             console.print(
@@ -118,21 +120,22 @@ def run_locally(
         for entry in waiting:
             console.print(f"waiting for the other process to finish {entry.run_dir}")
             with run_lock(entry.run_dir, wait=True):
-                trained += _train_unless_finished(entry, prepare, console, train)
+                if train_unless_finished(entry, _dataset_of(entry, prepare), console, train):
+                    trained.append(entry.run_dir)
             progress.advance(task)
     return trained
 
 
-def _train_unless_finished(
-    entry: PlanEntry, prepare: PrepareFn, console: Console, train: TrainFn
-) -> list[Path]:
-    """Train `entry` (its lock held) unless another process has finished it meanwhile."""
+def train_unless_finished(
+    entry: PlanEntry, dataset: PreparedDataset, console: Console, train: TrainFn
+) -> bool:
+    """Train `entry` (its lock held) unless another process has finished it meanwhile;
+    whether it trained (False also for a run that failed and was recorded by `train`)."""
     if run_status(entry).state == "finished":
         console.print(f"{entry.run_dir} was finished by another process")
-        return []
+        return False
     console.print(f"[bold]{escape(entry.label)}[/] -> {entry.run_dir}")
-    result = train(entry, _dataset_of(entry, prepare), console)
-    return [] if result is None else [entry.run_dir]  # None: failed, recorded by the train
+    return train(entry, dataset, console) is not None  # None: failed, recorded by the train
 
 
 def _dataset_of(entry: PlanEntry, prepare: PrepareFn) -> PreparedDataset:

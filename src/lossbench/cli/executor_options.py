@@ -1,0 +1,73 @@
+"""`compare`'s executor options: where its runs train (see `compare/executors.py`, imported
+when the command runs: it needs pydantic, and Ray itself only under `--executor ray`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from lossbench.compare.executors import ExecutorSettings
+
+EXECUTOR = "Executor"
+
+ExecutorName = Annotated[
+    str | None,
+    typer.Option(
+        "--executor",
+        help="Where the runs train: local (one after another here, the default) or ray "
+        "(side by side as Ray tasks; pip install 'lossbench\\[ray]').",
+        rich_help_panel=EXECUTOR,
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster to join: auto (the one started on this host) or ray://host:port "
+        "(default: start a local Ray instance sized to the local machine).",
+        rich_help_panel=EXECUTOR,
+    ),
+]
+CpusPerRun = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="CPUs each Ray task reserves, also its torch threads (default: --threads, else 1).",
+        rich_help_panel=EXECUTOR,
+    ),
+]
+GpusPerRun = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        help="GPUs each Ray task reserves; 0.5 puts two runs on one GPU (default 0).",
+        rich_help_panel=EXECUTOR,
+    ),
+]
+MaxRetries = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="Times a run is re-run when its Ray worker dies (a run that raised an error "
+        "is not re-run; default 0).",
+        rich_help_panel=EXECUTOR,
+    ),
+]
+
+# The command's flags that are executor settings, not TrainConfig fields.
+NOT_CONFIG = ("executor", "ray_address", "cpus_per_run", "gpus_per_run", "max_retries")
+
+
+def settings_from(flags: dict[str, Any], config_file: Path | None) -> ExecutorSettings:
+    """The grid file's `[executor]` table under the flags given (None: not given)."""
+    from lossbench.compare.executors import executor_settings, read_executor_table
+
+    values = read_executor_table(config_file) if config_file else {}
+    given = {
+        "kind": flags["executor"],
+        **{name: flags[name] for name in NOT_CONFIG if name != "executor"},
+    }
+    values.update({key: value for key, value in given.items() if value is not None})
+    return executor_settings(values, str(config_file) if config_file else "options")
