@@ -54,7 +54,7 @@ MODELS: dict[str, ModelSpec] = {
         config_class=SRGNNConfig,
         build=from_config(SRGNN),
         default_loss="ce",
-        description="session graph, gated GNN, attention readout, causal (Wu et al. 2019)",
+        description="sequence item graph, gated GNN, attention readout, causal (Wu et al. 2019)",
         encodes_last_only=True,
     ),
     "s3rec": ModelSpec(

@@ -84,7 +84,7 @@ def prefix_adjacency(
     edge_weight: EdgeWeight = "binary",
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Normalized in / out adjacency of every prefix's session graph, per pair and edge.
+    """Normalized in / out adjacency of every prefix's item graph, per pair and edge.
 
     item_ids (B, L) left-padded. Edge e joins position e to e + 1 (E = L - 1 edges). Returns
     (B, P, 2, E): for pair p = (t, j), [b, p, 0, e] is the weight with which j's node receives
