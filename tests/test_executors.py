@@ -230,6 +230,35 @@ def test_ray_tasks_give_the_local_loops_metrics_to_the_last_digit(
     assert "reusing 4 finished run(s) of 4" in again
 
 
+def test_reproduce_trains_its_cells_as_ray_tasks_with_the_local_metrics(
+    ray_instance: Any, data_dir: Path, tmp_path: Path
+) -> None:
+    def reproduce(out: Path, *args: str) -> None:
+        arguments = ["--data-dir", str(data_dir), "reproduce", "table3", "--dataset"]
+        arguments += ["synthetic", "--seeds", "0", *QUICK, "--out", str(out), *args]
+        result = runner.invoke(app, [*arguments, "--permutations", "99"])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+
+    reproduce(tmp_path / "local", "--threads", "1")
+    reproduce(tmp_path / "ray", "--executor", "ray", "--cpus-per-run", "1")
+    runs = sorted((tmp_path / "local").glob("synthetic/*/*/seed0"))
+    assert len(runs) == 3  # sasrec + bce, bert4rec + mlm, sasrec + improved
+    for local_run in runs:
+        ray_run = tmp_path / "ray" / local_run.relative_to(tmp_path / "local")
+        local_metrics = json.loads((local_run / METRICS_FILE).read_text())
+        ray_metrics = json.loads((ray_run / METRICS_FILE).read_text())
+        for split in ("valid", "test"):
+            assert ray_metrics[split] == local_metrics[split], local_run
+
+
+def test_reproduce_refuses_ray_options_without_the_ray_executor() -> None:
+    result = runner.invoke(
+        app, ["reproduce", "table3", "--dataset", "synthetic", "--cpus-per-run", "2"]
+    )
+    assert isinstance(result.exception, LossbenchError)
+    assert "--cpus-per-run apply to --executor ray" in str(result.exception)
+
+
 def blind(path: str, token: str) -> tuple[str, bool]:
     """A node that cannot see the out folder."""
     return "10.0.0.7", False

@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 
 from lossbench.cli import ci_options as ci
+from lossbench.cli import executor_options as ex
 from lossbench.cli import options as opt
 from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
 from lossbench.cli.compare_commands import (
@@ -29,6 +30,7 @@ from lossbench.reproduce import DEFAULT_TOLERANCE
 
 if TYPE_CHECKING:
     from lossbench.compare import SummaryOptions
+    from lossbench.compare.executors import ExecutorSettings
 
 REPRODUCE = "Reproduction"
 
@@ -132,11 +134,17 @@ def reproduce(
     threads: opt.Threads = None,
     checkpoint_every: opt.CheckpointEvery = None,
     sample_users: ci.SampleUsers = None,
+    executor: ex.ExecutorName = None,
+    ray_address: ex.RayAddress = None,
+    cpus_per_run: ex.CpusPerRun = None,
+    gpus_per_run: ex.GpusPerRun = None,
+    max_retries: ex.MaxRetries = None,
     data_dir: DataDir = None,
 ) -> None:
     """Rerun one of the study's tables (its models, losses and preset; S3Rec pre-trained
     first) and print each cell beside the published number. Resumes like `compare`."""
     flags = opt.training_overrides(locals(), skip=_NOT_TRAINING)  # before any other local
+    executor_settings = ex.settings_from(locals(), None)
     if list_tables:
         _print_tables()
         return
@@ -157,7 +165,7 @@ def reproduce(
             f"{', '.join(datasets)}; it did for {', '.join(definition.published_datasets)}"
         )
     summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
-    far = _reproduce(
+    far, failed = _reproduce(
         table,
         datasets,
         _seeds(seeds) or [],
@@ -168,7 +176,11 @@ def reproduce(
         tolerance,
         markdown_file,
         retrain_changed,
+        executor_settings,
     )
+    if failed:
+        console_err.print(f"{failed} run(s) failed; run the same command again to retry them")
+        raise typer.Exit(1)
     if expect_published and far:
         console_err.print(f"{len(far)} cell(s) beyond ±{100 * tolerance:g}% of the study")
         raise typer.Exit(1)
@@ -190,6 +202,7 @@ _NOT_TRAINING = (
     "permutations",
     "alpha",
     "data_dir",
+    *ex.NOT_CONFIG,
 )
 
 
@@ -204,13 +217,18 @@ def _reproduce(
     tolerance: float,
     markdown_file: Path | None,
     retrain_changed: bool,
-) -> list[str]:
-    """Plan, pre-train and train what is missing, then report; the lines beyond tolerance."""
+    executor_settings: ExecutorSettings,
+) -> tuple[list[str], int]:
+    """Plan, pre-train and train what is missing, then report; the lines beyond tolerance
+    and the number of runs that failed (they are left out of the report)."""
+    from lossbench.compare.executors import RunHandling, make_executor
+    from lossbench.compare.failures import FailedRuns
     from lossbench.data.prepared import PreparedDataset, ensure_prepared
     from lossbench.data.splits import SplitSpec
     from lossbench.reproduce.plan import build_reproduction, run_reproduction
     from lossbench.reproduce.report import render_reproduction
     from lossbench.reproduce.tables import get_table
+    from lossbench.training.observers import FiniteLoss
 
     check_output_folder(out, "--out")
     check_output_file(markdown_file, "--markdown")
@@ -218,12 +236,15 @@ def _reproduce(
     def prepare(name: str, split: SplitSpec) -> PreparedDataset:
         return ensure_prepared(GlobalOptions.data_dir, name, split)
 
+    executor_factory, flags = make_executor(executor_settings, dict(flags), out)  # Ray: threads
+    failed = FailedRuns()
+    executor = executor_factory(RunHandling(checks=(FiniteLoss(),), watchers=(), failed=failed))
     reproduction = build_reproduction(
-        get_table(table), datasets, seeds, dict(flags), out, pretrain_epochs
+        get_table(table), datasets, seeds, flags, out, pretrain_epochs
     )
-    run_reproduction(reproduction, prepare, console, retrain_changed)
+    run_reproduction(reproduction, prepare, console, retrain_changed, executor)
     report = render_reproduction(out, options, console, tolerance, markdown_file)
-    return report.far
+    return report.far, len(failed.failures)
 
 
 def _print_tables() -> None:
