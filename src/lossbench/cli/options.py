@@ -1,13 +1,18 @@
-"""Training options shared by `train` and `compare`, defined once.
+"""Training options shared by `train`, `compare`, `tune` and `reproduce`, defined once.
 
 Every option defaults to None, meaning "not given": only given flags override the lower
-configuration layers (defaults -> preset -> TOML file).
+configuration layers (defaults -> preset -> TOML file). `@training_flags` gives a command
+the options every training command takes (`SHARED_FLAGS`) in place of its `training`
+parameter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import functools
+import inspect
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any
 
 import typer
@@ -261,6 +266,77 @@ ConfigFile = Annotated[
 ]
 
 
+# The options of every training command, in the order `--help` lists them.
+SHARED_FLAGS: dict[str, Any] = {
+    "batch_size": BatchSize,
+    "lr": LearningRate,
+    "beta2": Beta2,
+    "weight_decay": WeightDecay,
+    "max_epochs": MaxEpochs,
+    "patience": Patience,
+    "time_limit": TimeLimit,
+    "batching": Batching,
+    "positions": Positions,
+    "negatives": Negatives,
+    "sampler": Sampler,
+    "logq": Logq,
+    "negatives_unseen": NegativesUnseen,
+    "gbce_t": GbceT,
+    "mask_prob": MaskProb,
+    "softmax_chunk": SoftmaxChunk,
+    "split": Split,
+    "valid_quantile": ValidQuantile,
+    "test_quantile": TestQuantile,
+    "shuffle_train": ShuffleTrain,
+    "hidden_size": HiddenSize,
+    "num_layers": NumLayers,
+    "num_heads": NumHeads,
+    "dropout": Dropout,
+    "attention_dropout": AttentionDropout,
+    "max_len": MaxLen,
+    "validation_metric": ValidationMetric,
+    "ks": Ks,
+    "keep_seen": KeepSeen,
+    "seen_targets": SeenTargets,
+    "eval_negatives": EvalNegatives,
+    "eval_sampler": EvalSampler,
+    "device": Device,
+    "precision": Precision,
+    "compile": Compile,
+    "threads": Threads,
+}
+# What a `@training_flags` command's `training` parameter holds: SHARED_FLAGS' values.
+TrainingFlags = Mapping[str, Any]
+NO_FLAGS: TrainingFlags = MappingProxyType({})
+
+Command = Callable[..., None]
+
+
+def training_flags(command: Command) -> Command:
+    """`command` with SHARED_FLAGS as typer options where its `training` parameter stands;
+    it receives their values (None: not given) as the one mapping `training`."""
+    signature = inspect.signature(command, eval_str=True)
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=flag)
+        for name, flag in SHARED_FLAGS.items()
+    ]
+    parameters: list[inspect.Parameter] = []
+    for parameter in signature.parameters.values():
+        if parameter.name == "training":
+            parameters += shared
+        else:
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @functools.wraps(command)
+    def with_flags(**flags: Any) -> None:
+        training = {name: flags.pop(name) for name in SHARED_FLAGS}
+        command(**flags, training=MappingProxyType(training))
+
+    with_flags.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    with_flags.__annotations__ = {p.name: p.annotation for p in parameters}
+    return with_flags
+
+
 # Flags every command takes that are no training setting (`--data-dir` after the command).
 GLOBAL_FLAGS = ("data_dir",)
 # Flags that become `model_settings` entries rather than top-level TrainConfig fields.
@@ -276,8 +352,11 @@ def training_overrides(flags: Mapping[str, Any], skip: Collection[str] = ()) -> 
     """
     from lossbench.training.config import TrainConfig
 
+    flags = {**flags, **flags.get("training", NO_FLAGS)}  # a `@training_flags` command's
     overrides: dict[str, Any] = {}
     for name, value in flags.items():
+        if name == "training":
+            continue
         if name in skip or name in MODEL_FLAGS or name in GLOBAL_FLAGS:
             continue
         if name == "keep_seen":

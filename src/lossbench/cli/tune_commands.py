@@ -16,6 +16,7 @@ DEFAULT_OUT = Path("runs/tune")
 
 
 @app.command()
+@opt.training_flags
 def tune(
     dataset: Annotated[
         str, typer.Option(help="Dataset to tune on (its validation split).", rich_help_panel=TUNE)
@@ -89,42 +90,7 @@ def tune(
         typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).", rich_help_panel=opt.RUN),
     ] = None,
     preset: opt.Preset = None,
-    batch_size: opt.BatchSize = None,
-    lr: opt.LearningRate = None,
-    beta2: opt.Beta2 = None,
-    weight_decay: opt.WeightDecay = None,
-    max_epochs: opt.MaxEpochs = None,
-    patience: opt.Patience = None,
-    time_limit: opt.TimeLimit = None,
-    batching: opt.Batching = None,
-    positions: opt.Positions = None,
-    negatives: opt.Negatives = None,
-    sampler: opt.Sampler = None,
-    logq: opt.Logq = None,
-    negatives_unseen: opt.NegativesUnseen = None,
-    gbce_t: opt.GbceT = None,
-    mask_prob: opt.MaskProb = None,
-    softmax_chunk: opt.SoftmaxChunk = None,
-    split: opt.Split = None,
-    valid_quantile: opt.ValidQuantile = None,
-    test_quantile: opt.TestQuantile = None,
-    shuffle_train: opt.ShuffleTrain = None,
-    hidden_size: opt.HiddenSize = None,
-    num_layers: opt.NumLayers = None,
-    num_heads: opt.NumHeads = None,
-    dropout: opt.Dropout = None,
-    attention_dropout: opt.AttentionDropout = None,
-    max_len: opt.MaxLen = None,
-    validation_metric: opt.ValidationMetric = None,
-    ks: opt.Ks = None,
-    keep_seen: opt.KeepSeen = None,
-    seen_targets: opt.SeenTargets = None,
-    eval_negatives: opt.EvalNegatives = None,
-    eval_sampler: opt.EvalSampler = None,
-    device: opt.Device = None,
-    precision: opt.Precision = None,
-    compile: opt.Compile = None,
-    threads: opt.Threads = None,
+    training: opt.TrainingFlags = opt.NO_FLAGS,
     data_dir: DataDir = None,
 ) -> None:
     """Tune every loss on validation with the same budget, then write a grid that retrains each
