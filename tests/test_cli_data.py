@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -43,6 +44,16 @@ def test_preprocess_synthetic_shows_the_summary_and_is_idempotent(tmp_path: Path
     again = run(tmp_path, "preprocess", "synthetic")
     assert again.exit_code == 0 and "already prepared" in again.output
     assert "prepared" in run(tmp_path, "datasets").output
+
+
+def test_a_folder_of_another_version_is_named_as_such_not_as_damaged(tmp_path: Path) -> None:
+    assert run(tmp_path, "preprocess", "synthetic").exit_code == 0
+    meta_file = tmp_path / "synthetic" / "prepared" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "format_version": 1}))
+    status = run(tmp_path, "datasets").output
+    assert "stale" in status and "damaged" not in status
+    assert "2,000" in run(tmp_path, "preprocess", "synthetic").output  # generated again
 
 
 def test_protocol_flags_override_the_defaults(tmp_path: Path) -> None:
