@@ -152,7 +152,6 @@ def train_entry(
     reset_peak_memory(entry.device)
     clock_start = time.perf_counter() - state.elapsed_seconds  # time of earlier processes too
     last_checkpoint = time.perf_counter()
-    run.threads.start()
     with TrainingProgress(
         run.console, config.max_epochs, len(run.batcher), config.validation_metric, state.epoch
     ) as bar:
@@ -218,6 +217,7 @@ def set_up(entry: PlanEntry, dataset: PreparedDataset, console: Console, hooks: 
     generator = torch.Generator(device=device).manual_seed(config.seed + 7919)
     step_model = torch.compile(model) if config.compile else model
     loss = tuned_loss(entry.loss, device)  # a full softmax on CPU: the chunk measured fastest
+    threads.start()  # before the record, which names the threads the run trains with
     return _Run(
         entry=entry,
         model=model,
