@@ -246,7 +246,7 @@ RetrainChanged = Annotated[
     typer.Option(
         "--retrain-changed",
         help="Retrain runs of --out trained with other settings (their folders are kept "
-        "as <run>.replaced-<time>); without it such a comparison is refused.",
+        "as <run>.replaced-<time>); without it they are refused.",
         rich_help_panel=RUN,
     ),
 ]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -20,7 +21,10 @@ from lossbench.cli.outputs import check_output_folder
 from lossbench.errors import LossbenchError
 
 if TYPE_CHECKING:
-    from lossbench.training.loop import RunResult
+    from rich.console import Console
+
+    from lossbench.data.prepared import PreparedDataset
+    from lossbench.training.entry import PlanEntry
 
 
 @app.command()
@@ -59,12 +63,17 @@ def train(
     track: ci.Track = None,
     data_dir: DataDir = None,
     checkpoint_every: opt.CheckpointEvery = None,
+    retrain_changed: opt.RetrainChanged = False,
 ) -> None:
-    """Train one model with one loss, early-stopped on validation, and test it once."""
+    """Train one model with one loss, early-stopped on validation, and test it once.
+
+    Run again on the same --out, it reuses a finished run with the same settings, continues
+    an interrupted one, and refuses one trained with other settings (as `compare` does)."""
     overrides = opt.training_overrides(  # before imports: `locals()` holds only the flags
-        locals(), skip=("out", "config_file", *ci.NOT_CONFIG)
+        locals(), skip=("out", "config_file", "retrain_changed", *ci.NOT_CONFIG)
     )
     from lossbench.compare.arms import config_label, run_name
+    from lossbench.compare.resume import settle_runs
     from lossbench.data.prepared import ensure_prepared
     from lossbench.data.repeats import repeat_notice, repeated_targets
     from lossbench.data.subsample import sample_users as sample
@@ -73,8 +82,8 @@ def train(
     from lossbench.training.config import build_config
     from lossbench.training.entry import plan_entry
     from lossbench.training.fit_check import check_fits
-    from lossbench.training.loop import train_alone
     from lossbench.training.presets import SMOKE_LAYER
+    from lossbench.training.run_files import read_metrics
 
     if smoke and preset is not None:
         raise LossbenchError("--smoke is the preset smoke: drop --preset, or --smoke")
@@ -93,42 +102,64 @@ def train(
     prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
     if config.sample_users is not None:
         prepared = sample(prepared, config.sample_users)
-    check_fits(entry, prepared)
     display = console_err if json_output else console
-    tracker = None
-    if track is not None:
-        from lossbench.tracking import open_tracker
-
-        tracker = open_tracker(track, run_dir)
-    display.print(
-        f"training [bold]{config.model}[/] with [bold]{config_label(config)}[/] on "
-        f"[bold]{config.dataset}[/] ({prepared.n_users:,} users, {prepared.n_items:,} items, "
-        f"{config.split_spec.label} split), "
-        f"seed {config.seed} -> {run_dir}"
-    )
-    notice = repeat_notice(
-        config.dataset, repeated_targets(prepared), SEEN_RULE_EFFECTS[config.seen_rule]
-    )
-    if notice:
-        display.print(notice, highlight=False)
-    try:
-        result = train_alone(entry, prepared, display, observers=[tracker] if tracker else [])
-    finally:
-        if tracker is not None:
-            tracker.close()
-    display.print(result_table(result))
-    display.print(f"run files in {result.run_dir}")
+    # compare's rules: reuse a finished run, refuse (or move aside) one with other settings
+    if settle_runs([entry], run_dir, display, retrain_changed, lambda e: check_fits(e, prepared)):
+        display.print(
+            f"training [bold]{config.model}[/] with [bold]{config_label(config)}[/] on "
+            f"[bold]{config.dataset}[/] ({prepared.n_users:,} users, {prepared.n_items:,} "
+            f"items, {config.split_spec.label} split), seed {config.seed} -> {run_dir}"
+        )
+        notice = repeat_notice(
+            config.dataset, repeated_targets(prepared), SEEN_RULE_EFFECTS[config.seen_rule]
+        )
+        if notice:
+            display.print(notice, highlight=False)
+        train_or_exit(entry, prepared, display, track)
+    metrics = read_metrics(run_dir)
+    display.print(result_table(metrics))
+    display.print(f"run files in {run_dir}")
     if json_output:
         from lossbench.compare.outputs import finite, run_document
 
-        document = {"runs": [run_document(result.run_dir)]}
+        document = {"runs": [run_document(run_dir)]}
         sys.stdout.write(json.dumps(finite(document), indent=2, allow_nan=False) + "\n")
 
 
-def result_table(result: RunResult) -> Table:
-    """Rows: (split, metric family); columns: the cut-offs. Recall@k equals HR@k with one
-    target per user, so it stays in metrics.json and out of the way here."""
-    metrics = result.metrics
+def train_or_exit(
+    entry: PlanEntry, prepared: PreparedDataset, display: Console, track: str | None
+) -> None:
+    """Train `entry` holding its folder's lock. A run that fails is handled as `compare`
+    handles it: one `FAIL training` line, the traceback in the run's failure.txt, exit 1."""
+    from lossbench.compare.failures import train_or_fail
+    from lossbench.training.loop import train_entry
+    from lossbench.training.run_lock import lock_holder, run_lock
+
+    with run_lock(entry.run_dir, wait=False) as held:
+        if not held:
+            raise LossbenchError(
+                f"{entry.run_dir} is being trained by process {lock_holder(entry.run_dir) or '?'}"
+                "; wait for it, or give another --out"
+            )
+        tracker = None
+        if track is not None:
+            from lossbench.tracking import open_tracker
+
+            tracker = open_tracker(track, entry.run_dir)
+        train = partial(train_entry, observers=[tracker] if tracker else [])
+        try:
+            _, failure = train_or_fail(train, entry, prepared, display)
+        finally:
+            if tracker is not None:
+                tracker.close()
+    if failure is not None:
+        console_err.print(failure.line, style="red", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(1)
+
+
+def result_table(metrics: dict[str, Any]) -> Table:
+    """A finished run's `metrics.json` as rows (split, metric family) and columns (the
+    cut-offs). Recall@k equals HR@k with one target per user, so it stays out of the way."""
     ks = sorted({int(name.split("@")[1]) for name in metrics["test"] if "@" in name})
     table = Table(
         title=f"{metrics['model']} + {metrics['loss']} on {metrics['dataset']}, seed "

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from rich.console import Console
 
 from lossbench.errors import LossbenchError
 from lossbench.training.entry import PlanEntry
@@ -59,6 +62,42 @@ def run_status(entry: PlanEntry) -> RunStatus:
     return RunStatus(entry, "finished" if finished else "partial")
 
 
+def settle_runs(
+    entries: Sequence[PlanEntry],
+    out_dir: Path,
+    console: Console,
+    retrain_changed: bool = False,
+    check: Callable[[PlanEntry], object] | None = None,
+) -> list[PlanEntry]:
+    """The entries still to train, after the rules every command that trains follows.
+
+    Runs trained with other settings are refused (`refuse_changed`) unless `retrain_changed`;
+    `check` (the memory fit) then sees every entry to train, before anything is moved; changed
+    and stale folders are moved aside, and reused finished runs are counted on `console`."""
+    statuses = [run_status(entry) for entry in entries]
+    changed = [status for status in statuses if status.state == "changed"]
+    if changed and not retrain_changed:
+        refuse_changed(changed, out_dir)
+    todo = [status.entry for status in statuses if status.state != "finished"]
+    for entry in todo:
+        if check is not None:
+            check(entry)
+    for status in statuses:
+        if status.state in ("changed", "stale"):
+            moved = move_aside(status.entry.run_dir)
+            why = "other settings" if status.state == "changed" else "another version of its code"
+            console.print(
+                f"[yellow]{status.entry.run_dir} was trained with {why}: retraining it "
+                f"(the old run is kept as {moved.name})[/]"
+            )
+    reused = len(statuses) - len(todo)
+    if reused and statuses[0].entry.run_dir == out_dir:  # `train --out out_dir`
+        console.print(f"{out_dir} holds this run, finished with the same settings: reusing it")
+    elif reused:
+        console.print(f"reusing {reused} finished run(s) of {len(statuses)}")
+    return todo
+
+
 def refuse_changed(changed: list[RunStatus], out_dir: Path) -> None:
     """One line: how many runs differ, and each differing setting with its old and new values."""
     values: dict[str, tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
@@ -70,6 +109,12 @@ def refuse_changed(changed: list[RunStatus], out_dir: Path) -> None:
         f"{key} {' / '.join(sorted(old))} -> {' / '.join(sorted(new))}"
         for key, (old, new) in sorted(values.items())
     )
+    if len(changed) == 1 and changed[0].entry.run_dir == out_dir:  # `train --out out_dir`
+        raise LossbenchError(
+            f"{out_dir} holds a run trained with other settings ({settings}); add "
+            f"--retrain-changed to retrain it (the old folder is kept as {out_dir.name}"
+            f"{REPLACED}<time>), or give another --out"
+        )
     raise LossbenchError(
         f"{len(changed)} run(s) in {out_dir} were trained with other settings ({settings}); "
         "add --retrain-changed to retrain them (the old folders are kept as "

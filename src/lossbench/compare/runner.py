@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lossbench.compare.grid import Grid
 from lossbench.compare.plan import ComparisonPlan, build_plan
 from lossbench.compare.report import render_report
-from lossbench.compare.resume import move_aside, refuse_changed, run_status
+from lossbench.compare.resume import run_status, settle_runs
 from lossbench.compare.summary import SummaryOptions
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.splits import SplitSpec
@@ -57,25 +57,14 @@ def execute_plan(
     from lossbench.training.fit_check import check_fits
 
     console = console or Console(quiet=True)
-    statuses = [run_status(entry) for entry in plan.entries]
-    changed = [status for status in statuses if status.state == "changed"]
-    if changed and not retrain_changed:
-        refuse_changed(changed, plan.out_dir)
-    todo = [status.entry for status in statuses if status.state != "finished"]
     prepare = cache(prepare)  # each dataset is loaded once
-    for entry in todo:
-        check_fits(entry, _dataset_of(entry, prepare))
-    for status in statuses:
-        if status.state in ("changed", "stale"):
-            moved = move_aside(status.entry.run_dir)
-            why = "other settings" if status.state == "changed" else "another version of its code"
-            console.print(
-                f"[yellow]{status.entry.run_dir} was trained with {why}: retraining it "
-                f"(the old run is kept as {moved.name})[/]"
-            )
-    reused = len(statuses) - len(todo)
-    if reused:
-        console.print(f"reusing {reused} finished run(s) of {len(statuses)}")
+    todo = settle_runs(
+        plan.entries,
+        plan.out_dir,
+        console,
+        retrain_changed,
+        check=lambda entry: check_fits(entry, _dataset_of(entry, prepare)),
+    )
     plan.save()
     return (executor or run_locally)(todo, prepare, console)
 

@@ -39,6 +39,7 @@ from lossbench.training.checkpoint import (
     save_checkpoint,
 )
 from lossbench.training.config import TrainConfig
+from lossbench.training.divergence import FiniteLossWatch
 from lossbench.training.entry import PlanEntry, plan_entry
 from lossbench.training.evaluate import Evaluator
 from lossbench.training.fit_check import check_fits
@@ -156,7 +157,7 @@ def train_entry(
         run.console, config.max_epochs, len(run.batcher), config.validation_metric, state.epoch
     ) as bar:
         while state.epoch < config.max_epochs:
-            row = train_epoch(run, bar)
+            row = train_epoch(run, bar, state.epoch + 1)
             row |= validate(run)
             state.epoch += 1
             state.elapsed_seconds = time.perf_counter() - clock_start
@@ -272,12 +273,14 @@ def _start(run: _Run, state: TrainingState) -> None:
             observer.on_epoch(row)
 
 
-def train_epoch(run: _Run, bar: TrainingProgress) -> dict[str, float]:
-    """One pass over the training users; the epoch's mean loss and seconds."""
+def train_epoch(run: _Run, bar: TrainingProgress, epoch: int) -> dict[str, float]:
+    """One pass over the training users; the epoch's mean loss and seconds. A non-finite
+    step loss stops the run (`DivergedRun`, naming the step), without a wait per step."""
     started = time.perf_counter()
     device = run.entry.device
     run.model.train()
     loss_sum = torch.zeros((), device=device)
+    watch = FiniteLossWatch(device, epoch, len(run.batcher), run.config.lr)
     for parts in run.batcher.epoch():
         with run.autocast():
             step_loss = run.step([part.to(device) for part in parts])
@@ -285,8 +288,10 @@ def train_epoch(run: _Run, bar: TrainingProgress) -> dict[str, float]:
         step_loss.backward()
         run.optimizer.step()
         loss_sum += step_loss.detach()
+        watch.add(step_loss.detach())
         run.threads.tick()
         bar.advance_batch()
+    watch.check()  # beside the epoch's one sync below
     epoch_loss = float(loss_sum) / len(run.batcher)  # the one sync of the epoch
     return {"loss": epoch_loss, "train_seconds": time.perf_counter() - started}
 
