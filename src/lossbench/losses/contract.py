@@ -29,6 +29,7 @@ GRADIENT_SHAPE = (7, 8, 30)
 UNSCORED_SHAPE = (5, 8, 2000)  # a large catalogue: most items are neither target nor negative
 GRADCHECK_SHAPE = (3, 4, 6)
 NOT_RUN = "not run: the loss must first return a finite scalar"
+FED_NEGATIVES = 4  # negatives per position to tell whether a loss raises for want of them
 
 
 @dataclass(frozen=True)
@@ -96,15 +97,31 @@ def _guarded(check: Check, subject: Subject) -> CheckResult:
     try:
         failure = check.run(subject)
     except Exception as error:
-        hint = ""
-        if subject.negatives == 0 and subject.spec.negatives_from_flags:
-            hint = " (it was fed no negatives: give --negatives K to a sampled loss)"
+        hint = _cause(check, subject, error)
         return CheckResult(check.name, False, f"raised {one_line(error)}{hint}")
     if failure is not None:
         return CheckResult(check.name, False, failure)
     if check is SAMPLERS and subject.negatives == 0:
         return CheckResult(check.name, True, "the loss is fed no negatives")
     return CheckResult(check.name, True, check.checked)
+
+
+def _cause(check: Check, subject: Subject, error: Exception) -> str:
+    """A hint naming why the loss raised, where that can be told; else nothing."""
+    if subject.negatives == 0 and subject.spec.negatives_from_flags:
+        fed = Subject(subject.spec, subject.params, FED_NEGATIVES)
+        try:  # the same check with negatives: does it raise only without them?
+            check.run(fed)
+        except Exception:  # noqa: BLE001  it raises either way: negatives are not the cause
+            pass
+        else:
+            return " (it was fed no negatives: give --negatives K to a sampled loss)"
+    text = str(error)
+    if isinstance(error, TypeError) and "argument" in text:
+        return " (a loss is called as fn(inputs: LossInputs, params: LossParams))"
+    if isinstance(error, RuntimeError) and "does not require grad" in text:
+        return " (the value is detached from the inputs: no .detach(), .item() or numpy)"
+    return ""
 
 
 def _not_run(check: Check) -> CheckResult:

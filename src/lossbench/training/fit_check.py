@@ -35,6 +35,7 @@ class StepMemory:
 
     total_bytes: int
     largest: str  # "12,800 positions x 100,000 negatives x 64 dims"
+    remedy: str = ""  # the settings that grow the largest term: "lower --negatives (100,000)..."
 
 
 def check_fits(entry: PlanEntry, dataset: PreparedDataset) -> StepMemory:
@@ -50,14 +51,18 @@ def check_fits(entry: PlanEntry, dataset: PreparedDataset) -> StepMemory:
             f"{asked} is more than the {n_items:,} items of {dataset.name}; "
             f"use --negatives {n_items:,} or fewer"
         )
+    if entry.config.save_topk > n_items:  # else the test, after all the training, fails
+        raise LossbenchError(
+            f"--save-topk {entry.config.save_topk:,} is more than the {n_items:,} items of "
+            f"{dataset.name}; use --save-topk {n_items:,} or fewer"
+        )
     estimate = estimate_step_memory(entry, dataset)
     available = available_memory_bytes(entry.device)
     if available is not None and estimate.total_bytes > available:
         raise LossbenchError(
             f"{entry.config.model} + {entry.config.loss_name} on {dataset.name}: a training step "
-            f"needs about {_gb(estimate.total_bytes)} ({estimate.largest}), more than the "
-            f"{_gb(available)} available on {entry.device.type}; lower --batch-size, "
-            "--negatives or --max-len"
+            f"needs about {_gb(estimate.total_bytes)}, more than the {_gb(available)} available "
+            f"on {entry.device.type}; most of it is {estimate.largest}: {estimate.remedy}"
         )
     return estimate
 
@@ -70,6 +75,11 @@ def estimate_step_memory(entry: PlanEntry, dataset: PreparedDataset) -> StepMemo
     rows = max(1, min(config.batch_size, dataset.n_users))
     positions = rows if entry.loss.positions == "last" else rows * width
 
+    # The settings each term grows with, as the flags that lower it ("--max-len (50)").
+    size = f"--hidden-size ({hidden:,})"
+    batch, length = f"--batch-size ({config.batch_size:,})", f"--max-len ({entry.max_len:,})"
+    along = [batch] if entry.loss.positions == "last" else [batch, length]
+
     weights = parameters * FLOAT_BYTES * 5  # weights, gradients, Adam's moments, best copy
     activations = rows * width * hidden * FLOAT_BYTES * ACTIVATION_COPIES
     if entry.loss.negatives > 0:
@@ -77,21 +87,35 @@ def estimate_step_memory(entry: PlanEntry, dataset: PreparedDataset) -> StepMemo
         # gathered rows and their gradients (N, K, D), ids (int64) and scores (N, K)
         loss = positions * k * (2 * hidden * FLOAT_BYTES + 8 + 3 * FLOAT_BYTES)
         loss_text = f"{positions:,} positions x {k:,} negatives x {hidden:,} dims"
+        loss_flags = [f"--negatives ({k:,})", *along, size]
     else:
-        logits = min(positions * n_items, softmax_chunk_for(entry.device, config.softmax_chunk))
+        chunk = softmax_chunk_for(entry.device, config.softmax_chunk)
+        logits = min(positions * n_items, chunk)
         loss = logits * FLOAT_BYTES * 3  # logits, softmax, gradient
         loss_text = f"{logits:,} softmax logits at once"
+        loss_flags = [f"--softmax-chunk ({chunk:,})"] if logits == chunk else along
     candidates = config.eval_negatives + 1 if config.eval_negatives else n_items
     evaluation = config.eval_batch_size * candidates * FLOAT_BYTES * 3  # scores, masks, ranks
 
-    terms = {
-        f"{parameters:,} parameters with gradients and Adam state": weights,
-        f"{rows:,} x {width:,} positions x {hidden:,} dims of activations": activations,
-        loss_text: loss,
-        f"scores of {config.eval_batch_size:,} users x {candidates:,} items": evaluation,
+    terms = {  # name: (bytes, the settings that grow it, the one that dominates first)
+        f"{parameters:,} parameters with gradients and Adam state": (weights, [size]),
+        f"{rows:,} x {width:,} positions x {hidden:,} dims of activations": (
+            activations,
+            [batch, length, size],
+        ),
+        loss_text: (loss, loss_flags),
+        f"scores of {config.eval_batch_size:,} users x {candidates:,} items": (
+            evaluation,
+            [f"eval_batch_size ({config.eval_batch_size:,}) in a --config file"],
+        ),
     }
     total = weights + max(activations + loss, evaluation)
-    return StepMemory(total, max(terms, key=lambda name: terms[name]))
+    largest = max(terms, key=lambda name: terms[name][0])
+    return StepMemory(total, largest, f"lower {_either(terms[largest][1])}")
+
+
+def _either(flags: list[str]) -> str:
+    return flags[0] if len(flags) == 1 else f"{', '.join(flags[:-1])} or {flags[-1]}"
 
 
 def _model_size(entry: PlanEntry, n_items: int) -> tuple[int, int]:

@@ -31,6 +31,7 @@ from lossbench.data.prepared import PreparedDataset
 from lossbench.errors import LossbenchError
 from lossbench.plugins import folder_name
 from lossbench.training.config import TrainConfig
+from lossbench.training.divergence import DivergedRun
 from lossbench.training.setup import code_sources
 from lossbench.tuning.space import SearchSpace
 
@@ -227,9 +228,14 @@ def _objective(
                 trial.set_user_attr("epochs", int(row["epoch"]))
                 raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
 
-        result = train(
-            config, dataset, run_dir, console, epoch_callback=report, evaluate_test=False
-        )
+        try:
+            result = train(
+                config, dataset, run_dir, console, epoch_callback=report, evaluate_test=False
+            )
+        except DivergedRun as error:  # a diverging setting is a finding of the search
+            trial.set_user_attr("epochs", error.epoch)
+            trial.set_user_attr("diverged", f"step {error.step} of epoch {error.epoch}")
+            raise optuna.TrialPruned(str(error)) from None
         trial.set_user_attr("epochs", int(result.metrics["epochs"]))
         trial.set_user_attr("best_epoch", int(result.metrics["best_epoch"]))
         return float(result.metrics["valid"][metric])
@@ -294,7 +300,9 @@ def _print_trial(
     of = f"/{request.trials}" if request.trials is not None else ""
     settings = "  ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
     metric = trial.user_attrs.get("metric", "value")
-    if trial.state == TrialState.PRUNED:
+    if "diverged" in trial.user_attrs:
+        result = f"diverged (loss not finite at {trial.user_attrs['diverged']})"
+    elif trial.state == TrialState.PRUNED:
         result = f"pruned after epoch {trial.user_attrs.get('epochs', '?')}"
     elif trial.state == TrialState.COMPLETE:
         result = f"{metric} {trial.value:.4f} (best {study.best_value:.4f})"
