@@ -131,7 +131,7 @@ def train_or_exit(
 ) -> None:
     """Train `entry` holding its folder's lock. A run that fails is handled as `compare`
     handles it: one `FAIL training` line, the traceback in the run's failure.txt, exit 1."""
-    from lossbench.compare.failures import train_or_fail
+    from lossbench.compare.failures import FAILURE_FILE, train_or_fail
     from lossbench.training.loop import train_entry
     from lossbench.training.run_lock import lock_holder, run_lock
 
@@ -153,7 +153,14 @@ def train_or_exit(
             if tracker is not None:
                 tracker.close()
     if failure is not None:
-        console_err.print(failure.line, style="red", markup=False, highlight=False, soft_wrap=True)
+        where = entry.run_dir / FAILURE_FILE
+        console_err.print(
+            f"{failure.line} (traceback in {where})",
+            style="red",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         raise SystemExit(1)
 
 
