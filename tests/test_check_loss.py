@@ -140,3 +140,36 @@ def test_the_check_is_fed_the_loss_s_own_negatives() -> None:
     assert set(seen) == {3}
     check_loss(spec, negatives=7)
     assert set(seen) == {3, 7}
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("./broken.py:needs_negatives", "(it was fed no negatives: give --negatives K"),
+        ("./broken.py:raises", None),  # raises whatever it is fed: no hint
+        ("os:system", "(a loss is called as fn(inputs: LossInputs, params: LossParams))"),
+        ("./broken.py:detached", "(the value is detached from the inputs"),
+    ],
+)
+def test_the_hint_names_the_actual_cause(broken: Path, name: str, hint: str | None) -> None:
+    (broken / "broken.py").write_text(
+        textwrap.dedent(BROKEN)
+        + textwrap.dedent(
+            """
+            def raises(inputs, params):
+                raise ValueError("broken whatever it is fed")
+
+
+            def detached(inputs, params):
+                return logits(inputs).logsumexp(-1).mean().detach()
+            """
+        )
+    )
+    result = CliRunner().invoke(app, ["check-loss", name])
+    assert result.exit_code == 1, result.output
+    first = next(text for text in result.output.splitlines() if text.startswith("FAIL "))
+    if hint is None:
+        assert first.endswith("raised ValueError: broken whatever it is fed (broken.py:46)")
+        assert "--negatives" not in result.output
+    else:
+        assert first.endswith(")") and hint in first, first

@@ -90,3 +90,26 @@ def test_available_memory_reads_meminfo_and_the_cgroup_limit(tmp_path: Path) -> 
     assert memory._cgroup_room(tmp_path) == 2**30 - 100
     available = memory.available_memory_bytes(torch.device("cpu"))
     assert available is None or available > 0
+
+
+def test_the_memory_refusal_names_the_setting_that_dominates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A huge --hidden-size: the weights dominate, so the hint is --hidden-size, not the
+    batch size, negatives or length."""
+    monkeypatch.setattr(fit_check, "available_memory_bytes", lambda device: 2**30)
+    result = CliRunner().invoke(
+        app,
+        ["--data-dir", str(tmp_path / "data"), "train", "--hidden-size", "100000"]
+        + ["--out", str(tmp_path / "run")],
+    )
+    assert isinstance(result.exception, LossbenchError), result.output
+    message = str(result.exception)
+    assert "parameters with gradients and Adam state: lower --hidden-size (100,000)" in message
+    assert message.endswith("lower --hidden-size (100,000)")
+    assert "--batch-size" not in message and "--negatives" not in message
+    dataset = make_synthetic_prepared(n_users=300, n_items=400, mean_length=30.0, seed=0)
+    entry = plan_entry(build_config(overrides={"eval_batch_size": 10**6}), tmp_path)
+    assert estimate_step_memory(entry, dataset).remedy == (
+        "lower eval_batch_size (1,000,000) in a --config file"
+    )
