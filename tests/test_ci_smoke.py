@@ -222,7 +222,8 @@ def test_runs_that_fail_to_train_are_recorded_and_the_rest_train(
     assert "FAIL training synthetic sasrec + broken, seed 0: ValueError: this loss is broken" in (
         result.stderr
     )
-    assert "the training loss is nan in epoch 1" in result.stderr
+    assert "the training loss is nan at step 1 of " in result.stderr  # stopped at its step
+    assert " in epoch 1, before any update" in result.stderr
     assert "FAIL improved > broken [synthetic/sasrec]: no finished run of broken" in result.stderr
     document = json.loads(result.stdout)
     assert [run["loss"] for run in document["runs"]] == ["improved"]

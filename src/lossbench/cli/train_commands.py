@@ -132,6 +132,7 @@ def train_or_exit(
     """Train `entry` holding its folder's lock. A run that fails is handled as `compare`
     handles it: one `FAIL training` line, the traceback in the run's failure.txt, exit 1."""
     from lossbench.compare.failures import FAILURE_FILE, train_or_fail
+    from lossbench.compare.resume import run_status
     from lossbench.training.loop import train_entry
     from lossbench.training.run_lock import lock_holder, run_lock
 
@@ -141,6 +142,9 @@ def train_or_exit(
                 f"{entry.run_dir} is being trained by process {lock_holder(entry.run_dir) or '?'}"
                 "; wait for it, or give another --out"
             )
+        if run_status(entry).state == "finished":  # by another process since it was settled
+            display.print(f"{entry.run_dir} was finished by another process")
+            return
         tracker = None
         if track is not None:
             from lossbench.tracking import open_tracker
