@@ -292,7 +292,7 @@ def train_epoch(run: _Run, bar: TrainingProgress, epoch: int) -> dict[str, float
         run.threads.tick()
         bar.advance_batch()
     watch.check()  # beside the epoch's one sync below
-    epoch_loss = float(loss_sum) / len(run.batcher)  # the one sync of the epoch
+    epoch_loss = float(loss_sum) / len(run.batcher)  # a sync at the epoch end, as the check
     return {"loss": epoch_loss, "train_seconds": time.perf_counter() - started}
 
 
