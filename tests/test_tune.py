@@ -334,3 +334,34 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_too(
     ]
     assert states[orphan.number] == optuna.trial.TrialState.FAIL
     assert len(outcome.trials) == 2 and outcome.failed == 1
+
+
+def test_a_diverged_trial_counts_as_pruned_and_the_tuning_goes_on(
+    tiny: PreparedDataset, tmp_path: Path
+) -> None:
+    """A setting of the space that diverges is a finding, not the end of the study."""
+    from rich.console import Console
+
+    from lossbench.training.divergence import DivergedRun
+
+    calls = {"n": 0}
+
+    def diverging_first(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise DivergedRun("the training loss is nan at step 5 of 3 in epoch 2", 2, 5)
+        return train_run(*args, **kwargs)
+
+    out = tmp_path / "out"
+    console = Console(record=True, width=200)
+    (outcome,), _ = tune_losses(
+        request(out, 2, ("bce",)),
+        default_storage(out),
+        lambda name, split: tiny,
+        console,
+        train=diverging_first,
+    )
+    states = [trial.state for trial in outcome.trials]
+    assert states[0] == optuna.trial.TrialState.PRUNED and len(states) == 2
+    assert outcome.trials[0].user_attrs["epochs"] == 2
+    assert "diverged (loss not finite at step 5 of epoch 2)" in console.export_text()
