@@ -65,6 +65,8 @@ def train(
     overrides = opt.training_overrides(  # before imports: `locals()` holds only the flags
         locals(), skip=("out", "config_file", *ci.NOT_CONFIG)
     )
+    from torch.distributed import DistError
+
     from lossbench.compare.arms import config_label, run_name
     from lossbench.data.prepared import ensure_prepared
     from lossbench.data.repeats import repeat_notice, repeated_targets
@@ -77,6 +79,7 @@ def train(
         check_same_settings,
         join_process_group,
         leave_process_group,
+        peer_failure,
     )
     from lossbench.training.entry import plan_entry
     from lossbench.training.fit_check import check_fits
@@ -131,6 +134,8 @@ def train(
         result = train_alone(
             entry, prepared, display, observers=[tracker] if tracker else [], group=group
         )
+    except DistError as error:  # a peer rank died or stopped answering
+        raise LossbenchError(peer_failure(error, group)) from None
     finally:
         if tracker is not None:
             tracker.close()

@@ -131,6 +131,15 @@ def check_same_settings(settings: dict[str, Any], group: ProcessGroup) -> None:
         )
 
 
+def peer_failure(error: Exception, group: ProcessGroup) -> str:
+    """One line for a collective that failed because another rank died or hung."""
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return (
+        f"rank {group.rank} of {group.world_size} lost its peers ({first_line[:160]}); run the "
+        "same command again to resume from the last checkpoint"
+    )
+
+
 def barrier(group: ProcessGroup) -> None:
     if group.distributed:
         dist.barrier()
