@@ -156,13 +156,15 @@ def train_entry(
     *,
     hooks: RunHooks | None = None,
     observers: Sequence[RunObserver] = (),
+    group: ProcessGroup = SINGLE_PROCESS,
 ) -> RunResult:
     """Train one (model, loss, seed), early-stopped on validation, then test once.
 
-    `observers` is short for `hooks=RunHooks(observers)`. With `evaluate_test=False` the test
+    `observers` and `group` are short for `hooks=RunHooks(observers, group=group)`. With
+    `evaluate_test=False` the test
     split is never evaluated: the run returns validation metrics only, and its folder keeps
     `config.json` and `history.csv`, nothing a comparison would read as a finished run."""
-    hooks = hooks or RunHooks(observers)
+    hooks = hooks or RunHooks(observers, group=group)
     if not hooks.group.is_main:  # other ranks train silently and write nothing
         hooks = RunHooks((), hooks.epoch_callback, hooks.evaluate_test, hooks.group)
         console = None
