@@ -148,3 +148,110 @@ def test_an_unreachable_rendezvous_is_one_line(tmp_path: Path) -> None:
     assert output.startswith("error: could not join the process group at 127.0.0.1:")
     assert len(output.splitlines()) == 1, output
     assert not (tmp_path / "run").exists()
+
+
+def test_workers_per_run_is_a_ray_option(tmp_path: Path) -> None:
+    _needs_script()
+    env = {**os.environ, "LOSSBENCH_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(
+        [str(SCRIPT), "compare", "--smoke", "--workers-per-run", "2", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    output = (done.stdout + done.stderr).strip()
+    assert done.returncode == 2, output
+    assert output == (
+        "error: --workers-per-run apply to --executor ray; the local executor trains one run "
+        "at a time, with --threads torch threads"
+    )
+
+
+# --- slow: whole runs over two processes (a few minutes on 2 cores) -------------------------
+
+TWO_EPOCHS = ("--max-epochs", "2", "--dropout", "0")
+
+
+def _test_metrics(run_dir: Path) -> dict[str, float]:
+    import json
+
+    return dict(json.loads((run_dir / "metrics.json").read_text())["test"])
+
+
+@pytest.mark.slow
+def test_two_processes_test_within_5_percent_of_one(tmp_path: Path) -> None:
+    _needs_script()
+    for out, processes in (("one", 1), ("two", 2)):
+        done = _train(tmp_path, out, processes, *TWO_EPOCHS)
+        assert done.returncode == 0, done.stdout + done.stderr
+    one, two = _test_metrics(tmp_path / "one"), _test_metrics(tmp_path / "two")
+    for name in ("hr@10", "ndcg@10"):
+        assert abs(two[name] - one[name]) <= 0.05 * one[name], (name, one[name], two[name])
+
+
+@pytest.mark.slow
+def test_a_killed_rank_stops_the_other_and_the_rerun_resumes(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    _needs_script()
+    flags = ("--max-epochs", "3", "--checkpoint-every", "1", "--sample-users", "600")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LOSSBENCH_DATA_DIR": str(tmp_path / "data")}
+    port = str(_free_port())
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", port, "-m", "lossbench", "train", "--dataset", "synthetic",
+               "--threads", "1", "--out", str(tmp_path / "run"), *flags]  # fmt: skip
+    launcher = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert checkpoint.exists(), "no checkpoint after the first epoch"
+    rank_1 = _rank_process(1)
+    killed_at = time.monotonic()
+    os.kill(rank_1, signal.SIGKILL)
+    output, _ = launcher.communicate(timeout=120)
+    assert time.monotonic() - killed_at < 60
+    assert launcher.returncode != 0
+    assert "interrupted; run the same command again to resume" in output
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "after epoch 1" in " ".join(rerun.stdout.split()), rerun.stdout
+    assert (tmp_path / "run" / "metrics.json").exists()
+
+
+def _rank_process(rank: int) -> int:
+    """The pid of the lossbench process of `rank` (from its environment)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"lossbench" in cmdline:
+            if b"torch.distributed.run" not in cmdline:
+                return int(entry.name)
+    raise AssertionError(f"no process of rank {rank}")
+
+
+@pytest.mark.slow
+def test_ray_train_workers_give_torchruns_metrics(tmp_path: Path) -> None:
+    """compare --executor ray --workers-per-run 2: the metrics of torchrun with 2 processes."""
+    pytest.importorskip("ray.train.torch")
+    _needs_script()
+    torchrun = _train(tmp_path, "torchrun", 2, *TWO_EPOCHS)
+    assert torchrun.returncode == 0, torchrun.stdout + torchrun.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LOSSBENCH_DATA_DIR": str(tmp_path / "data")}
+    command = [str(SCRIPT), "compare", "--dataset", "synthetic", "--model", "sasrec",
+               "--losses", "improved", "--seeds", "0", *TWO_EPOCHS, "--executor", "ray",
+               "--workers-per-run", "2", "--cpus-per-run", "1", "--out", str(tmp_path / "ray")]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=580)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run_dir,) = {path.parent for path in (tmp_path / "ray").rglob("metrics.json")}
+    assert _test_metrics(run_dir) == _test_metrics(tmp_path / "torchrun")
