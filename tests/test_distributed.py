@@ -248,9 +248,10 @@ def test_ray_train_workers_give_torchruns_metrics(tmp_path: Path) -> None:
     torchrun = _train(tmp_path, "torchrun", 2, *TWO_EPOCHS)
     assert torchrun.returncode == 0, torchrun.stdout + torchrun.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LOSSBENCH_DATA_DIR": str(tmp_path / "data")}
+    out = str(tmp_path / "ray")
     command = [str(SCRIPT), "compare", "--dataset", "synthetic", "--model", "sasrec",
                "--losses", "improved", "--seeds", "0", *TWO_EPOCHS, "--executor", "ray",
-               "--workers-per-run", "2", "--cpus-per-run", "1", "--out", str(tmp_path / "ray")]  # fmt: skip
+               "--workers-per-run", "2", "--cpus-per-run", "1", "--out", out]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=580)
     assert done.returncode == 0, done.stdout + done.stderr
     (run_dir,) = {path.parent for path in (tmp_path / "ray").rglob("metrics.json")}
