@@ -256,3 +256,16 @@ def test_ray_train_workers_give_torchruns_metrics(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     (run_dir,) = {path.parent for path in (tmp_path / "ray").rglob("metrics.json")}
     assert _test_metrics(run_dir) == _test_metrics(tmp_path / "torchrun")
+
+
+@pytest.mark.parametrize("command", ["compare", "tune", "reproduce", "pretrain"])
+def test_only_train_runs_under_torchrun(tmp_path: Path, command: str) -> None:
+    _needs_script()
+    env = {**os.environ, "LOSSBENCH_DATA_DIR": str(tmp_path / "data"), "WORLD_SIZE": "2"}
+    done = subprocess.run(
+        [str(SCRIPT), command, "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
+    output = (done.stdout + done.stderr).strip()
+    assert done.returncode == 2, output
+    assert output.startswith(f"error: `lossbench {command}` does not run under torchrun")
+    assert len(output.splitlines()) == 1
