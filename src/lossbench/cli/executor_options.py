@@ -83,7 +83,7 @@ def settings_from(flags: dict[str, Any], config_file: Path | None) -> ExecutorSe
     values = read_executor_table(config_file) if config_file else {}
     given = {
         "kind": flags["executor"],
-        **{name: flags[name] for name in NOT_CONFIG if name != "executor"},
+        **{name: flags.get(name) for name in NOT_CONFIG if name != "executor"},
     }
     values.update({key: value for key, value in given.items() if value is not None})
     return executor_settings(values, str(config_file) if config_file else "options")
