@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from lossbench.cli import ci_options as ci
@@ -21,10 +22,11 @@ from lossbench.cli.outputs import check_output_folder
 from lossbench.errors import LossbenchError
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from lossbench.data.prepared import PreparedDataset
+    from lossbench.training.distributed import ProcessGroup
     from lossbench.training.entry import PlanEntry
+    from lossbench.training.loop import RunResult
+    from lossbench.training.observers import RunObserver
 
 
 @app.command()
@@ -73,13 +75,19 @@ def train(
         locals(), skip=("out", "config_file", "retrain_changed", *ci.NOT_CONFIG)
     )
     from lossbench.compare.arms import config_label, run_name
-    from lossbench.compare.resume import settle_runs
+    from lossbench.compare.resume import run_status, settle_runs
     from lossbench.data.prepared import ensure_prepared
     from lossbench.data.repeats import repeat_notice, repeated_targets
     from lossbench.data.subsample import sample_users as sample
     from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
     from lossbench.plugins import folder_name
     from lossbench.training.config import build_config
+    from lossbench.training.distributed import (
+        barrier,
+        check_same_settings,
+        join_process_group,
+        leave_process_group,
+    )
     from lossbench.training.entry import plan_entry
     from lossbench.training.fit_check import check_fits
     from lossbench.training.presets import SMOKE_LAYER
@@ -99,25 +107,44 @@ def train(
     # starts.
     entry = plan_entry(config, run_dir)
     check_output_folder(run_dir, "--out")
-    prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
+    group = join_process_group(config.device)  # one process, or a rank under torchrun
+    check_same_settings(config.model_dump(mode="json"), group)
+    if group.is_main:  # rank 0 prepares the data; the others then read what it wrote
+        prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
+    barrier(group)
+    if not group.is_main:
+        prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
     if config.sample_users is not None:
         prepared = sample(prepared, config.sample_users)
     display = console_err if json_output else console
-    # compare's rules: reuse a finished run, refuse (or move aside) one with other settings
-    if settle_runs([entry], run_dir, display, retrain_changed, lambda e: check_fits(e, prepared)):
-        display.print(
-            f"training [bold]{config.model}[/] with [bold]{config_label(config)}[/] on "
-            f"[bold]{config.dataset}[/] ({prepared.n_users:,} users, {prepared.n_items:,} "
-            f"items, {config.split_spec.label} split), seed {config.seed} -> {run_dir}"
-        )
-        notice = repeat_notice(
-            config.dataset, repeated_targets(prepared), SEEN_RULE_EFFECTS[config.seen_rule]
-        )
-        if notice:
-            display.print(notice, highlight=False)
-        train_or_exit(entry, prepared, display, track)
-    metrics = read_metrics(run_dir)
-    display.print(result_table(metrics))
+    if not group.is_main:  # rank 0 speaks, settles the folder and records for all ranks
+        display = Console(quiet=True)
+        json_output, track = False, None
+    try:
+        # compare's rules: reuse a finished run, refuse (or move aside) one with other settings
+        if group.is_main:
+            check = partial(check_fits, dataset=prepared)
+            to_train = bool(settle_runs([entry], run_dir, display, retrain_changed, check))
+        barrier(group)  # the others follow what rank 0 found (and moved aside)
+        if not group.is_main:
+            to_train = run_status(entry).state != "finished"
+        if to_train:
+            display.print(
+                f"training [bold]{config.model}[/] with [bold]{config_label(config)}[/] on "
+                f"[bold]{config.dataset}[/] ({prepared.n_users:,} users, {prepared.n_items:,} "
+                f"items, {config.split_spec.label} split), seed {config.seed} -> {run_dir}"
+            )
+            notice = repeat_notice(
+                config.dataset, repeated_targets(prepared), SEEN_RULE_EFFECTS[config.seen_rule]
+            )
+            if notice:
+                display.print(notice, highlight=False)
+            train_or_exit(entry, prepared, display, track, group)
+    finally:
+        leave_process_group()
+    if not group.is_main:
+        return
+    display.print(result_table(read_metrics(run_dir)))
     display.print(f"run files in {run_dir}")
     if json_output:
         from lossbench.compare.outputs import finite, run_document
@@ -127,15 +154,25 @@ def train(
 
 
 def train_or_exit(
-    entry: PlanEntry, prepared: PreparedDataset, display: Console, track: str | None
+    entry: PlanEntry,
+    prepared: PreparedDataset,
+    display: Console,
+    track: str | None,
+    group: ProcessGroup,
 ) -> None:
-    """Train `entry` holding its folder's lock. A run that fails is handled as `compare`
-    handles it: one `FAIL training` line, the traceback in the run's failure.txt, exit 1."""
+    """Train `entry` holding its folder's lock (rank 0 holds it for all ranks). A run that
+    fails is handled as `compare` handles it: one `FAIL training` line, the traceback in the
+    run's failure.txt, exit 1."""
     from lossbench.compare.failures import FAILURE_FILE, train_or_fail
     from lossbench.compare.resume import run_status
-    from lossbench.training.loop import train_entry
     from lossbench.training.run_lock import lock_holder, run_lock
 
+    if not group.is_main:
+        try:
+            _train_rank(entry, prepared, display, [], group)
+        except Exception:  # noqa: BLE001  rank 0 records and reports the failure
+            raise SystemExit(1) from None
+        return
     with run_lock(entry.run_dir, wait=False) as held:
         if not held:
             raise LossbenchError(
@@ -150,7 +187,7 @@ def train_or_exit(
             from lossbench.tracking import open_tracker
 
             tracker = open_tracker(track, entry.run_dir)
-        train = partial(train_entry, observers=[tracker] if tracker else [])
+        train = partial(_train_rank, observers=[tracker] if tracker else [], group=group)
         try:
             _, failure = train_or_fail(train, entry, prepared, display)
         finally:
@@ -166,6 +203,25 @@ def train_or_exit(
             soft_wrap=True,
         )
         raise SystemExit(1)
+
+
+def _train_rank(
+    entry: PlanEntry,
+    dataset: PreparedDataset,
+    console: Console,
+    observers: list[RunObserver],
+    group: ProcessGroup,
+) -> RunResult:
+    """`train_entry` on this rank; a peer that died or hung is one line."""
+    from torch.distributed import DistError
+
+    from lossbench.training.distributed import peer_failure
+    from lossbench.training.loop import train_entry
+
+    try:
+        return train_entry(entry, dataset, console, observers=observers, group=group)
+    except DistError as error:  # a peer rank died or stopped answering
+        raise LossbenchError(peer_failure(error, group)) from None
 
 
 def result_table(metrics: dict[str, Any]) -> Table:

@@ -7,7 +7,8 @@ queue of kernels drains and the step's launch overhead shows). Instead the first
 and its loss are kept on the device, with no wait, and read at points where the loop waits
 anyway or rarely: every `CHECK_EVERY` steps and at the epoch's end, where the epoch's mean
 loss is read. The run so stops at most `CHECK_EVERY - 1` steps late, and the message names
-the exact step.
+the exact step. A run spread over several processes checks at the epoch's end only, all
+processes together (training/loop.py).
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ class DivergedRun(LossbenchError):
 class FiniteLossWatch:
     """Watches one epoch's step losses; `check` raises `DivergedRun` for the first bad one."""
 
-    def __init__(self, device: torch.device, epoch: int, batches: int, lr: float) -> None:
+    def __init__(
+        self, device: torch.device, epoch: int, batches: int, lr: float, every_steps: bool = True
+    ) -> None:
+        """`every_steps` False: checked only when `check` is called (the epoch's end)."""
         self.epoch = epoch
         self.batches = batches
         self.lr = lr
+        self.every_steps = every_steps
         self.steps = 0
         self.first_bad_step = torch.zeros((), dtype=torch.int64, device=device)  # 0: none yet
         self.first_bad_loss = torch.zeros((), device=device)
@@ -47,7 +52,7 @@ class FiniteLossWatch:
         # A Python scalar as `input` of torch.where: no host-to-device copy, no wait.
         self.first_bad_step = torch.where(new, self.steps, self.first_bad_step)
         self.first_bad_loss = torch.where(new, step_loss.float(), self.first_bad_loss)
-        if self.steps % CHECK_EVERY == 0:
+        if self.every_steps and self.steps % CHECK_EVERY == 0:
             self.check()
 
     def check(self) -> None:
