@@ -269,3 +269,17 @@ def test_only_train_runs_under_torchrun(tmp_path: Path, command: str) -> None:
     assert done.returncode == 2, output
     assert output.startswith(f"error: `lossbench {command}` does not run under torchrun")
     assert len(output.splitlines()) == 1
+
+
+def test_a_diverged_run_stops_every_rank_and_rank_0_reports_it(tmp_path: Path) -> None:
+    """The ranks read the non-finite flag together at the epoch's end: both stop (none waits
+    in an all-reduce), one FAIL line from rank 0, its traceback in failure.txt."""
+    _needs_script()
+    flags = ("--max-epochs", "2", "--hidden-size", "8", "--lr", "inf")
+    failed = _train(tmp_path, "run", 2, *flags)
+    assert failed.returncode != 0, failed.stdout + failed.stderr
+    lines = [line for line in failed.stderr.splitlines() if "FAIL training" in line]
+    assert len(lines) == 1 and "the training loss is nan at step 2 of " in lines[0], lines
+    assert "in epoch 1, the run diverged" in lines[0]
+    assert (tmp_path / "run" / "failure.txt").is_file()
+    assert not (tmp_path / "run" / "metrics.json").exists()
