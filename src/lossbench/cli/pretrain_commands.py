@@ -9,7 +9,7 @@ import typer
 
 from lossbench.cli import options as opt
 from lossbench.cli.app import DataDir, GlobalOptions, app, console
-from lossbench.cli.outputs import check_output_folder
+from lossbench.cli.outputs import check_run_folder
 from lossbench.errors import LossbenchError
 
 PRETRAINABLE = ("s3rec",)
@@ -70,7 +70,7 @@ def pretrain(
     config = model_config(model, settings)
     assert isinstance(config, S3RecConfig)
     out_dir = out or Path("runs") / dataset / f"{model}-pretrain-seed{seed}"
-    check_output_folder(out_dir, "--out")
+    check_run_folder(out_dir, "--out")
     prepared = ensure_prepared(GlobalOptions.data_dir, dataset)
     use_threads(threads)
     console.print(f"pre-training [bold]{model}[/] on [bold]{dataset}[/] -> {out_dir}")

@@ -16,7 +16,7 @@ from rich.table import Table
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
 from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
-from lossbench.cli.outputs import check_output_folder
+from lossbench.cli.outputs import check_run_folder
 from lossbench.errors import LossbenchError
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def train(
     # Impossible settings, model / loss pairings and runs that cannot fit fail before anything
     # starts.
     entry = plan_entry(config, run_dir)
-    check_output_folder(run_dir, "--out")
+    check_run_folder(run_dir, "--out")
     prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
     if config.sample_users is not None:
         prepared = sample(prepared, config.sample_users)
