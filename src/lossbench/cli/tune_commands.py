@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -124,7 +125,7 @@ def tune(
 
     if trials is not None and trials < 1:
         raise LossbenchError(f"--trials must be at least 1, not {trials}")
-    if timeout is not None and timeout <= 0:
+    if timeout is not None and not 0 < timeout < math.inf:  # nan fails both comparisons
         raise LossbenchError(f"--timeout must be a positive number of seconds, not {timeout:g}")
     get_dataset(dataset)  # an unknown name fails now, with a suggestion
     names = None if losses is None else [p.strip() for p in losses.split(",") if p.strip()]

@@ -39,7 +39,9 @@ def tune_losses(
         request.out_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(storage_url)
     request.out_dir.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial gets our own line
+    # Each trial gets our own line. A trial that raises (Ctrl-C included) reaches the caller
+    # as that exception; Optuna's warning would print its traceback first.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     # The split is a fixed setting, never tuned: every trial trains on the same data.
     split = trial_config(request, request.losses[0], request.space.first()).split_spec
     dataset = prepare(request.dataset, split)
