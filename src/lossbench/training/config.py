@@ -139,8 +139,8 @@ class TrainConfig(BaseModel):
     def _unseen_needs_uniform(self) -> TrainConfig:
         if self.negatives_unseen and self.sampler != "uniform":
             raise ValueError(
-                "negatives outside the user's history are drawn uniformly; with --sampler "
-                f"{self.sampler} add --negatives-anywhere"
+                "negatives outside the user's history are drawn uniformly: drop "
+                f"--negatives-unseen to use --sampler {self.sampler}"
             )
         return self
 
@@ -190,6 +190,11 @@ def build_config(
         model_settings.update(layer.get("model_settings", {}))
         merged.update({k: v for k, v in layer.items() if k != "model_settings"})
     merged["model_settings"] = model_settings
+    if merged.get("sampler", "uniform") != "uniform" and not any(
+        "negatives_unseen" in layer for layer in (file_layer, cli_layer)
+    ):
+        # The preset's unseen negatives are the uniform sampler's; an explicit sampler wins.
+        merged["negatives_unseen"] = False
     return validate_config(merged, source=str(toml_file) if toml_file else "options")
 
 
