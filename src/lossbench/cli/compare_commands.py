@@ -14,7 +14,7 @@ import typer
 from lossbench.cli import ci_options as ci
 from lossbench.cli import executor_options as ex
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
 from lossbench.cli.outputs import check_output_file, check_output_folder
 from lossbench.errors import LossbenchError
 
@@ -209,7 +209,7 @@ def compare(
 
     def prepare(name: str, split: SplitSpec) -> PreparedDataset:
         if (name, split) not in loaded:
-            loaded[name, split] = ensure_prepared(GlobalOptions.data_dir, name, split)
+            loaded[name, split] = ensure_prepared(GlobalOptions.data_dir, name, split, announce)
         return loaded[name, split]
 
     display = console_err if json_output else console

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console
+from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console
 from lossbench.cli.outputs import check_run_folder
 from lossbench.errors import LossbenchError
 
@@ -71,7 +71,7 @@ def pretrain(
     assert isinstance(config, S3RecConfig)
     out_dir = out or Path("runs") / dataset / f"{model}-pretrain-seed{seed}"
     check_run_folder(out_dir, "--out")
-    prepared = ensure_prepared(GlobalOptions.data_dir, dataset)
+    prepared = ensure_prepared(GlobalOptions.data_dir, dataset, announce=announce)
     use_threads(threads)
     console.print(f"pre-training [bold]{model}[/] on [bold]{dataset}[/] -> {out_dir}")
     final = pretrain_s3rec(

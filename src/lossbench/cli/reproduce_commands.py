@@ -14,7 +14,7 @@ from rich.markup import escape
 from lossbench.cli import ci_options as ci
 from lossbench.cli import executor_options as ex
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
 from lossbench.cli.compare_commands import (
     Alpha,
     Metrics,
@@ -200,7 +200,7 @@ def _reproduce(
     check_output_file(markdown_file, "--markdown")
 
     def prepare(name: str, split: SplitSpec) -> PreparedDataset:
-        return ensure_prepared(GlobalOptions.data_dir, name, split)
+        return ensure_prepared(GlobalOptions.data_dir, name, split, announce)
 
     executor_factory, flags = make_executor(executor_settings, dict(flags), out)  # Ray: threads
     failed = FailedRuns()

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
 from lossbench.cli.outputs import check_run_folder
 from lossbench.errors import LossbenchError
 
@@ -90,7 +90,7 @@ def train(
     # starts.
     entry = plan_entry(config, run_dir)
     check_run_folder(run_dir, "--out")
-    prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
+    prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec, announce)
     if config.sample_users is not None:
         prepared = sample(prepared, config.sample_users)
     check_fits(entry, prepared)

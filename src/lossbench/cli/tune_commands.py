@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console
+from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console
 from lossbench.errors import LossbenchError
 
 TUNE = "Tuning"
@@ -148,7 +148,7 @@ def tune(
     tune_losses(
         request,
         storage or default_storage(out),
-        lambda name, split: ensure_prepared(GlobalOptions.data_dir, name, split),
+        lambda name, split: ensure_prepared(GlobalOptions.data_dir, name, split, announce),
         console,
     )
     console.print(f"tuned settings in {out / 'tuned.toml'}; retrain and test them on fresh seeds:")

@@ -26,6 +26,7 @@ n_items (BERT4Rec's mask token), which are never scored.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,10 +190,16 @@ def load_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> Prepared
     return prepared_from_frames(name, table, meta, attributes)
 
 
-def ensure_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> PreparedDataset:
-    """Load `name` split by `split`, preparing on the fly what needs no download: `synthetic`
-    (again when its folder is stale or damaged), and a user's own file (prepared again when
-    its registry entry names another version)."""
+def ensure_prepared(
+    data_dir: Path,
+    name: str,
+    split: SplitSpec = LOO,
+    announce: Callable[[str], None] | None = None,
+) -> PreparedDataset:
+    """Load `name` split by `split`, preparing on the fly: `synthetic` (again when its folder
+    is stale or damaged), a user's own file (again when its registry entry names another
+    version), and a downloaded dataset not prepared yet, with its registered protocol
+    (`announce` gets one line saying so)."""
     from lossbench.data.download import is_downloaded
     from lossbench.data.preprocess import preprocess_dataset
     from lossbench.data.registry import get_dataset
@@ -208,10 +215,15 @@ def ensure_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> Prepar
     elif not is_prepared(data_dir, name, split):
         if not is_downloaded(data_dir, entry):
             raise LossbenchError(
-                f"dataset {name} is not downloaded or prepared: run `lossbench download {name}` "
-                f"then `{command}`"
+                f"dataset {name} is not downloaded: run `lossbench download {name}` "
+                "(it is prepared on first use)"
             )
-        raise LossbenchError(f"dataset {name} is not prepared ({split.label}): run `{command}`")
+        if announce is not None:
+            announce(
+                f"preparing {name} ({split.label} split) with its registered protocol, once "
+                f"(as `{command}` does)"
+            )
+        preprocess_dataset(data_dir, name, split=split)
     return load_prepared(data_dir, name, split)
 
 
