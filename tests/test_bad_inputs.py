@@ -346,3 +346,33 @@ def test_ctrl_c_in_a_tune_trial_prints_one_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 130, done.stdout + done.stderr
     assert done.stderr.strip() == "interrupted; run the same command again to resume"
+
+
+def test_a_preset_s_user_sample_is_at_most_and_an_explicit_one_is_checked() -> None:
+    """`--smoke` samples at most 1,000 users: a smaller dataset is used whole, while an
+    explicit `--sample-users` above the dataset's users is refused."""
+    import numpy as np
+
+    from lossbench.data.prepared import PreparedDataset
+    from lossbench.errors import LossbenchError
+    from lossbench.training.config import build_config
+    from lossbench.training.data_fit import check_data_fit
+
+    users = 300
+    dataset = PreparedDataset(
+        name="small",
+        n_items=50,
+        train_offsets=np.arange(0, 3 * users + 1, 3),
+        train_items=np.arange(3 * users) % 50 + 1,
+        valid_items=np.full(users, 7),
+        test_items=np.full(users, 8),
+    )
+    check_data_fit(build_config(overrides={"preset": "smoke"}), dataset)
+    check_data_fit(build_config(overrides={"sample_users": 300, "ks": [1, 50]}), dataset)
+    for overrides, message in [
+        ({"sample_users": 301}, "--sample-users 301 is more than the 300 users of small"),
+        ({"sample_users": 1}, "small with --sample-users 1 has 1 test user"),
+        ({"ks": [10, 51, 100]}, "--ks 51,100: more than the 50 items of small"),
+    ]:
+        with pytest.raises(LossbenchError, match=message):
+            check_data_fit(build_config(overrides=overrides), dataset)

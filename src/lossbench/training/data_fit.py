@@ -10,6 +10,7 @@ from __future__ import annotations
 from lossbench.data.prepared import PreparedDataset
 from lossbench.errors import LossbenchError
 from lossbench.training.config import TrainConfig
+from lossbench.training.presets import PRESETS
 
 # Fewer test users than this leave nothing to average or to test for significance.
 MIN_TEST_USERS = 2
@@ -19,7 +20,8 @@ def check_data_fit(config: TrainConfig, dataset: PreparedDataset) -> None:
     """A one-line LossbenchError when `config` cannot be measured on `dataset` (sampled or
     not: a sample of N users has exactly N)."""
     name, n_users, n_items = dataset.name, dataset.n_users, dataset.n_items
-    if config.sample_users is not None and config.sample_users > n_users:
+    cap = PRESETS[config.preset].get("sample_users")  # a preset's sample is "at most N"
+    if config.sample_users not in (None, cap) and config.sample_users > n_users:
         raise LossbenchError(
             f"--sample-users {config.sample_users:,} is more than the {n_users:,} users of "
             f"{name}; give at most {n_users:,}, or drop --sample-users to use them all"
