@@ -351,6 +351,8 @@ def test_ctrl_c_in_a_tune_trial_prints_one_line(tmp_path: Path) -> None:
 def test_a_preset_s_user_sample_is_at_most_and_an_explicit_one_is_checked() -> None:
     """`--smoke` samples at most 1,000 users: a smaller dataset is used whole, while an
     explicit `--sample-users` above the dataset's users is refused."""
+    from dataclasses import replace
+
     import numpy as np
 
     from lossbench.data.prepared import PreparedDataset
@@ -369,6 +371,8 @@ def test_a_preset_s_user_sample_is_at_most_and_an_explicit_one_is_checked() -> N
     )
     check_data_fit(build_config(overrides={"preset": "smoke"}), dataset)
     check_data_fit(build_config(overrides={"sample_users": 300, "ks": [1, 50]}), dataset)
+    tiny = replace(dataset, n_items=12)  # the default cut-offs (up to 20) are not refused
+    check_data_fit(build_config(), tiny)
     for overrides, message in [
         ({"sample_users": 301}, "--sample-users 301 is more than the 300 users of small"),
         ({"sample_users": 1}, "small with --sample-users 1 has 1 test user"),

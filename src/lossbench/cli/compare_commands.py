@@ -179,7 +179,7 @@ def compare(
         read_grid_expectations,
     )
     from lossbench.compare.grid import merge_settings, under_flags
-    from lossbench.data.prepared import ensure_prepared
+    from lossbench.data.prepared import ensure_prepared, prepare_on_first_use
     from lossbench.training.config import build_config
     from lossbench.training.presets import SMOKE_LAYER
 
@@ -209,7 +209,8 @@ def compare(
 
     def prepare(name: str, split: SplitSpec) -> PreparedDataset:
         if (name, split) not in loaded:
-            loaded[name, split] = ensure_prepared(GlobalOptions.data_dir, name, split, announce)
+            prepare_on_first_use(GlobalOptions.data_dir, name, split, announce)
+            loaded[name, split] = ensure_prepared(GlobalOptions.data_dir, name, split)
         return loaded[name, split]
 
     display = console_err if json_output else console

@@ -189,7 +189,7 @@ def _reproduce(
     and the number of runs that failed (they are left out of the report)."""
     from lossbench.compare.executors import RunHandling, make_executor
     from lossbench.compare.failures import FailedRuns
-    from lossbench.data.prepared import PreparedDataset, ensure_prepared
+    from lossbench.data.prepared import PreparedDataset, ensure_prepared, prepare_on_first_use
     from lossbench.data.splits import SplitSpec
     from lossbench.reproduce.plan import build_reproduction, run_reproduction
     from lossbench.reproduce.report import render_reproduction
@@ -200,7 +200,8 @@ def _reproduce(
     check_output_file(markdown_file, "--markdown")
 
     def prepare(name: str, split: SplitSpec) -> PreparedDataset:
-        return ensure_prepared(GlobalOptions.data_dir, name, split, announce)
+        prepare_on_first_use(GlobalOptions.data_dir, name, split, announce)
+        return ensure_prepared(GlobalOptions.data_dir, name, split)
 
     executor_factory, flags = make_executor(executor_settings, dict(flags), out)  # Ray: threads
     failed = FailedRuns()

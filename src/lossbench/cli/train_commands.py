@@ -65,7 +65,7 @@ def train(
         locals(), skip=("out", "config_file", *ci.NOT_CONFIG)
     )
     from lossbench.compare.arms import config_label, run_name
-    from lossbench.data.prepared import ensure_prepared
+    from lossbench.data.prepared import ensure_prepared, prepare_on_first_use
     from lossbench.data.repeats import repeat_notice, repeated_targets
     from lossbench.data.subsample import sample_users as sample
     from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
@@ -90,7 +90,8 @@ def train(
     # starts.
     entry = plan_entry(config, run_dir)
     check_run_folder(run_dir, "--out")
-    prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec, announce)
+    prepare_on_first_use(GlobalOptions.data_dir, config.dataset, config.split_spec, announce)
+    prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
     if config.sample_users is not None:
         prepared = sample(prepared, config.sample_users)
     check_fits(entry, prepared)

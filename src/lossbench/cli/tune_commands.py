@@ -116,8 +116,9 @@ def tune(
     except ImportError:
         raise LossbenchError("lossbench tune needs Optuna: pip install 'lossbench[tune]'") from None
     from lossbench.compare.grid import make_grid, merge_settings
-    from lossbench.data.prepared import ensure_prepared
+    from lossbench.data.prepared import PreparedDataset, ensure_prepared, prepare_on_first_use
     from lossbench.data.registry import get_dataset
+    from lossbench.data.splits import SplitSpec
     from lossbench.tuning.output import compare_command
     from lossbench.tuning.runner import tune_losses
     from lossbench.tuning.space import parse_space, read_tune_file
@@ -145,10 +146,15 @@ def tune(
         prune=prune,
         out_dir=out,
     )
+
+    def prepare(name: str, split: SplitSpec) -> PreparedDataset:
+        prepare_on_first_use(GlobalOptions.data_dir, name, split, announce)
+        return ensure_prepared(GlobalOptions.data_dir, name, split)
+
     tune_losses(
         request,
         storage or default_storage(out),
-        lambda name, split: ensure_prepared(GlobalOptions.data_dir, name, split, announce),
+        prepare,
         console,
     )
     console.print(f"tuned settings in {out / 'tuned.toml'}; retrain and test them on fresh seeds:")

@@ -1,5 +1,6 @@
 """Refuse, before anything trains, settings that make no sense on the chosen data: a sample of
-more users than the dataset has, cut-offs beyond its catalogue, a test split of one user.
+more users than the dataset has, cut-offs asked for beyond its catalogue, a test split of one
+user.
 
 Each would run to the end and report numbers that mean nothing (HR@100000 = 1 on a catalogue
 of 500; with one user every item but the target is in its history, so HR@1 = 1).
@@ -37,8 +38,9 @@ def check_data_fit(config: TrainConfig, dataset: PreparedDataset) -> None:
             "users mean nothing (the items a user has are excluded, so the target may be all "
             f"that is left); use a dataset with at least {MIN_TEST_USERS} users"
         )
+    default_ks = TrainConfig.model_fields["ks"].get_default(call_default_factory=True)
     too_large = [k for k in config.ks if k > n_items]
-    if too_large:
+    if too_large and config.ks != default_ks:  # the defaults on a tiny catalogue are no junk
         raise LossbenchError(
             f"--ks {','.join(map(str, too_large))}: more than the {n_items:,} items of {name}, "
             f"so every run would score 1 there; use cut-offs up to {n_items:,}"
