@@ -124,6 +124,12 @@ def preprocess(
         bool | None, typer.Option("--dedup/--no-dedup", help="Keep the first (user, item) only.")
     ] = None,
     max_length: Annotated[int | None, typer.Option(help="Training history length.")] = None,
+    organic_only: Annotated[
+        bool | None,
+        typer.Option(
+            "--organic-only/--all-events", help="Yambda: keep only organic events (is_organic)."
+        ),
+    ] = None,
     split: opt.Split = None,
     valid_quantile: opt.ValidQuantile = None,
     test_quantile: opt.TestQuantile = None,
@@ -141,6 +147,7 @@ def preprocess(
         "item_core": item_core,
         "dedup": dedup,
         "max_length": max_length,
+        "organic_only": organic_only,
     }
     overrides = {key: value for key, value in knobs.items() if value is not None}
     for name in names:

@@ -37,7 +37,7 @@ from lossbench.data.raw_files import (
     is_downloaded,
     verified_sources,
 )
-from lossbench.data.readers import read_interactions, read_item_attributes
+from lossbench.data.readers import ORGANIC, read_interactions, read_item_attributes
 from lossbench.data.registry import DatasetEntry, Protocol, Registry, get_dataset
 from lossbench.data.splits import LOO, SplitSpec, check_timed, split_interactions
 from lossbench.errors import LossbenchError
@@ -134,9 +134,25 @@ def _first_of_each_pair(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.filter(pl.Series(keep))
 
 
+def organic_events(raw: pl.DataFrame, protocol: Protocol) -> pl.DataFrame:
+    """Only the organic events when the protocol asks for them; a file without the flag
+    cannot honour that."""
+    if not protocol.organic_only:
+        return raw
+    if ORGANIC not in raw.columns:
+        raise LossbenchError(
+            "--organic-only needs a file with an organic flag (the Yambda formats); "
+            "this dataset has none: drop --organic-only"
+        )
+    return raw.filter(pl.col(ORGANIC))
+
+
 def clean(raw: pl.DataFrame, protocol: Protocol) -> tuple[pl.DataFrame, dict[str, int]]:
     """Filter and order raw interactions: `user`, `item` keys (see `id_keys`), `timestamp`."""
     report = {"raw_interactions": raw.height}
+    if protocol.organic_only:
+        raw = organic_events(raw, protocol)
+        report["after_organic_filter"] = raw.height
     if protocol.min_rating is not None:
         rating = pl.col("rating")
         raw = raw.filter(rating.is_null() | (rating >= protocol.min_rating))
@@ -232,6 +248,15 @@ def summary_stats(tables: PreparedTables) -> dict[str, Any]:
     }
 
 
+def protocol_identity(protocol: Protocol) -> dict[str, Any]:
+    """The protocol as it defines a preparation; `organic_only` only when set, so the datasets
+    without the flag keep the identity (and prepared folders) they had before it existed."""
+    identity = protocol.model_dump()
+    if not protocol.organic_only:
+        identity.pop("organic_only")
+    return identity
+
+
 def preprocess_dataset(
     data_dir: Path,
     name: str,
@@ -257,7 +282,7 @@ def preprocess_dataset(
         "format_version": FORMAT_VERSION,
         "format": entry.format,
         "member": entry.member,
-        "protocol": protocol.model_dump(),
+        "protocol": protocol_identity(protocol),
         "split": split.identity(),
         "sources": sources,
     }
