@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from lossbench.atomic import remove_stale_folders, temporary_folder
+from lossbench.data import fingerprint as content
 from lossbench.data import repeats, synthetic
 from lossbench.data.integrity import file_record
 from lossbench.data.local_files import local_sources, read_local_interactions
@@ -294,6 +295,7 @@ def preprocess_dataset(
         and existing is not None
         and existing.get("fingerprint") == fingerprint
         and repeats.META_KEY in existing  # else prepared by a version without the report
+        and content.META_KEY in existing  # ... or without the dataset fingerprint
         and not prepared_problems(data_dir, name, existing, hashes=True, split=split)
     ):
         return PrepareResult(name, existing, True, target)
@@ -309,9 +311,14 @@ def preprocess_dataset(
         attributes = read_item_attributes(attributes_file) if attributes_file else None
     tables = build_tables(raw, protocol, attributes, split)
     refuse_unsplittable(entry, tables.report)
+    stats = summary_stats(tables)
     meta = {
         "name": name,
-        **summary_stats(tables),
+        **stats,
+        content.META_KEY: content.fingerprint(
+            stats["n_users"], stats["n_items"], stats["n_interactions"], tables.split
+        ),
+        "tie_rule": content.TIE_RULE,
         "report": tables.report,
         **identity,
         "fingerprint": fingerprint,
