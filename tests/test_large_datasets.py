@@ -4,17 +4,19 @@ prepared, and counted exactly; the tie rule on equal timestamps; the organic fil
 from __future__ import annotations
 
 import io
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
-from test_download import FileServer, server, sha256, write_registry, zipped  # noqa: F401
 
 from lossbench.data.download import download_dataset
 from lossbench.data.prepared import load_prepared
 from lossbench.data.preprocess import preprocess_dataset
 from lossbench.data.registry import get_dataset, load_registry
 from lossbench.errors import LossbenchError
+from test_download import FileServer, sha256, write_registry, zipped
 
 # user 1: 4 items, one of them twice (dedup keeps the first); user 2: 3 items;
 # user 3: 2 items (too short for leave-one-out, dropped). MovieLens csv layout.
@@ -65,6 +67,17 @@ def yambda_bytes() -> bytes:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    """Files served on 127.0.0.1 (test_download's server): nothing comes from outside."""
+    files = FileServer()
+    thread = threading.Thread(target=files.httpd.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield files
+    files.httpd.shutdown()
+    files.httpd.server_close()
 
 
 def test_new_entries_are_registered_with_sources_and_pins():
@@ -121,7 +134,12 @@ def test_amazon23_served_from_a_mirror_downloads_and_prepares(
     # AFQLN's second B006GBITXC is a repeat (dedup keeps the first).
     assert (meta["n_users"], meta["n_items"], meta["n_interactions"]) == (2, 4, 6)
     items = pl.read_parquet(data_dir / "amazon23-beauty" / "prepared" / "items.parquet")
-    assert items["original_id"].to_list() == ["B006GBITXC", "B00SO7HF6I", "B00TLEMSVK", "B081RW1PLY"]
+    assert items["original_id"].to_list() == [
+        "B006GBITXC",
+        "B00SO7HF6I",
+        "B00TLEMSVK",
+        "B081RW1PLY",
+    ]
     dataset = load_prepared(data_dir, "amazon23-beauty")
     assert dataset.test_items.tolist() == [4, 2]  # AFQLN: B081RW1PLY; AGKAS: B00SO7HF6I
 
@@ -196,3 +214,43 @@ def test_equal_timestamps_keep_the_file_order_not_the_item_order(
     assert original[int(dataset.valid_items[0])] == "20"
     assert original[int(dataset.test_items[0])] == "10"
     assert get_dataset("tied").protocol.dedup
+
+
+def test_reproduce_refuses_a_beauty_with_other_counts_naming_both(
+    server: FileServer, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from typer.testing import CliRunner
+
+    from lossbench.cli import app
+
+    # A "Beauty" in S3Rec's format, but another variant: 3 users, 5 items, 12 interactions.
+    body = b"1 1 2 3 4\n2 2 3 4 5\n3 1 3 5 2\n"
+    server.files["/Beauty.txt"] = body
+    entry = (
+        f'[beauty-s3rec]\nsource = "test"\nformat = "s3rec"\n[beauty-s3rec.file]\n'
+        f'url = "{server.url}/Beauty.txt"\nsize = {len(body)}\nsha256 = "{sha256(body)}"\n'
+    )
+    write_registry(tmp_path / "r.toml", entry, monkeypatch)
+    download_dataset(data_dir, "beauty-s3rec", show_progress=False)
+    preprocess_dataset(data_dir, "beauty-s3rec")
+    arguments = ["reproduce", "table2", "--dataset", "beauty-s3rec", "--seeds", "0"]
+    arguments += ["--out", str(tmp_path / "out"), "--data-dir", str(data_dir)]
+    result = CliRunner().invoke(app, arguments)
+    assert isinstance(result.exception, LossbenchError), result.output
+    message = str(result.exception)
+    assert "\n" not in message
+    assert "has 3 users, 5 items, 12 interactions" in message
+    assert "the study's variant has 22,363 users, 12,101 items, 198,502 interactions" in message
+    assert not list((tmp_path / "out").rglob("metrics.json"))  # nothing trained
+
+
+def test_every_published_dataset_of_the_study_has_its_counts_and_lastfm_matches_the_docs():
+    from lossbench.reproduce.published import PUBLISHED_COUNTS, check_published_variant
+
+    assert set(PUBLISHED_COUNTS) == {"beauty", "beauty-s3rec", "lastfm"}
+    check_published_variant("lastfm", {"n_users": 1090, "n_items": 3646, "n_interactions": 52551})
+    check_published_variant("ml-1m", {"n_users": 1, "n_items": 1, "n_interactions": 1})  # none
+    with pytest.raises(LossbenchError, match="has 1,090 users, 3,646 items, 52,550 inter"):
+        check_published_variant(
+            "lastfm", {"n_users": 1090, "n_items": 3646, "n_interactions": 52550}
+        )

@@ -10,6 +10,7 @@ import polars as pl
 
 from lossbench.atomic import write_with
 from lossbench.compare.arms import record_label
+from lossbench.data.fingerprint import describe
 from lossbench.training.run_files import (
     CONFIG_FILE,
     HISTORY_FILE,
@@ -68,10 +69,18 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "seen_targets": _seen_rule(metrics, config),
         "device": environment.get("device"),
         "precision": environment.get("precision"),
+        "dataset_fingerprint": _fingerprint(record),
         "model_settings": json.dumps(record.get("model_settings", {}), sort_keys=True),
         "config": json.dumps(config, sort_keys=True),
         "run_dir": str(run_dir),
     }
+
+
+def _fingerprint(record: dict[str, Any]) -> str | None:
+    """The prepared data a run trained on, in words; None for runs recorded without it."""
+    dataset = record.get("dataset")
+    fingerprint = dataset.get("fingerprint") if isinstance(dataset, dict) else None
+    return describe(fingerprint) if fingerprint else None
 
 
 def _seen_rule(metrics: dict[str, Any], config: dict[str, Any]) -> str:

@@ -36,7 +36,9 @@ def split_sha256(split: pl.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(n_users: int, n_items: int, n_interactions: int, split: pl.DataFrame) -> dict[str, Any]:
+def fingerprint(
+    n_users: int, n_items: int, n_interactions: int, split: pl.DataFrame
+) -> dict[str, Any]:
     return {
         "users": n_users,
         "items": n_items,
