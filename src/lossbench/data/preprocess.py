@@ -38,9 +38,15 @@ from lossbench.data.raw_files import (
     is_downloaded,
     verified_sources,
 )
-from lossbench.data.readers import ORGANIC, read_interactions, read_item_attributes
+from lossbench.data.readers import (
+    NO_ORGANIC_FLAG,
+    ORGANIC,
+    read_interactions,
+    read_item_attributes,
+)
 from lossbench.data.registry import DatasetEntry, Protocol, Registry, get_dataset
 from lossbench.data.splits import LOO, SplitSpec, check_timed, split_interactions
+from lossbench.data.streaming import CompactInteractions, is_streamed, read_compact
 from lossbench.errors import LossbenchError
 
 MIN_SEQUENCE = 3  # train (>= 1 item), valid, test
@@ -116,7 +122,7 @@ def _chronological(frame: pl.DataFrame) -> pl.DataFrame:
     low, high = frame["timestamp"].min(), frame["timestamp"].max()
     if isinstance(low, int) and isinstance(high, int) and high - low < 1 << 31:
         # One int64 key sorts faster than two columns (user keys are < 2**31).
-        key = pl.col("user") * (1 << 31) + (pl.col("timestamp") - low)
+        key = pl.col("user").cast(pl.Int64) * (1 << 31) + (pl.col("timestamp") - low)
         return frame.sort(key, maintain_order=True)
     return frame.sort("user", "timestamp", maintain_order=True)
 
@@ -127,7 +133,7 @@ def _first_of_each_pair(frame: pl.DataFrame) -> pl.DataFrame:
     A stable sort by the pair puts repeats side by side: cheaper than hashing two columns.
     """
     n_items = int(frame.select(pl.col("item").max()).item())
-    pair = frame["user"] * (n_items + 1) + frame["item"]  # (N,) int64
+    pair = frame["user"].cast(pl.Int64) * (n_items + 1) + frame["item"]  # (N,) int64
     by_pair = pl.DataFrame({"pair": pair}).with_row_index("row").sort("pair", maintain_order=True)
     firsts = by_pair.filter(pl.col("pair").ne_missing(pl.col("pair").shift(1)))["row"]
     keep = np.zeros(frame.height, dtype=bool)
@@ -141,10 +147,7 @@ def organic_events(raw: pl.DataFrame, protocol: Protocol) -> pl.DataFrame:
     if not protocol.organic_only:
         return raw
     if ORGANIC not in raw.columns:
-        raise LossbenchError(
-            "--organic-only needs a file with an organic flag (the Yambda formats); "
-            "this dataset has none: drop --organic-only"
-        )
+        raise LossbenchError(NO_ORGANIC_FLAG)
     return raw.filter(pl.col(ORGANIC))
 
 
@@ -188,6 +191,38 @@ def build_tables(
     item_keys, item_originals = id_keys(raw["item"])
     keyed = raw.with_columns(user=user_keys, item=item_keys)
     frame, report = clean(keyed, protocol)
+    return tables_from_clean(frame, report, user_originals, item_originals, attributes, split_by)
+
+
+def build_tables_streamed(
+    compact: CompactInteractions,
+    protocol: Protocol,
+    attributes: pl.DataFrame | None = None,
+    split_by: SplitSpec = LOO,
+) -> PreparedTables:
+    """`build_tables` for a file read by `streaming.read_compact` (its organic and rating
+    filters already applied in the scan): the same steps, the same tables."""
+    unfiltered = protocol.model_copy(update={"organic_only": False, "min_rating": None})
+    frame, counts = clean(compact.frame, unfiltered)
+    kept = counts["raw_interactions"]  # what the scan's filters kept
+    report = {"raw_interactions": compact.raw_rows}
+    if protocol.organic_only:
+        report["after_organic_filter"] = kept
+    report.update({key: value for key, value in counts.items() if key != "raw_interactions"})
+    return tables_from_clean(
+        frame, report, compact.user_originals, compact.item_originals, attributes, split_by
+    )
+
+
+def tables_from_clean(
+    frame: pl.DataFrame,
+    report: dict[str, int],
+    user_originals: pl.Series,
+    item_originals: pl.Series,
+    attributes: pl.DataFrame | None,
+    split_by: SplitSpec,
+) -> PreparedTables:
+    """Re-index the cleaned rows (keys of `*_originals`) 1..n, split them, map attributes."""
     # Keys of the kept ids -> contiguous 1..n (ranks keep the key order and the row order).
     user_ids, kept_users = dense_rank(frame["user"])
     item_ids, kept_items = dense_rank(frame["item"])
@@ -300,16 +335,7 @@ def preprocess_dataset(
     ):
         return PrepareResult(name, existing, True, target)
 
-    attributes: pl.DataFrame | None = None
-    if entry.generator is not None:
-        raw, attributes = synthetic.generate_interactions(**entry.generator.model_dump())
-    elif entry.local_file is not None:
-        raw = read_local_interactions(entry)
-    else:
-        raw = read_interactions(interactions_path(data_dir, entry), entry.format)
-        attributes_file = attributes_path(data_dir, entry)
-        attributes = read_item_attributes(attributes_file) if attributes_file else None
-    tables = build_tables(raw, protocol, attributes, split)
+    tables = read_and_build(data_dir, entry, protocol, split)
     refuse_unsplittable(entry, tables.report)
     stats = summary_stats(tables)
     meta = {
@@ -324,6 +350,27 @@ def preprocess_dataset(
         "fingerprint": fingerprint,
     }
     return PrepareResult(name, write_prepared(target, tables, meta), False, target)
+
+
+def read_and_build(
+    data_dir: Path, entry: DatasetEntry, protocol: Protocol, split: SplitSpec
+) -> PreparedTables:
+    """The entry's interactions, read and prepared: downloaded files of a streamed format
+    (`streaming.py`) on the streaming engine, everything else in memory."""
+    attributes: pl.DataFrame | None = None
+    if entry.generator is not None:
+        raw, attributes = synthetic.generate_interactions(**entry.generator.model_dump())
+    elif entry.local_file is not None:
+        raw = read_local_interactions(entry)
+    else:
+        path = interactions_path(data_dir, entry)
+        attributes_file = attributes_path(data_dir, entry)
+        attributes = read_item_attributes(attributes_file) if attributes_file else None
+        if is_streamed(entry.format):
+            compact = read_compact(path, entry.format, protocol)
+            return build_tables_streamed(compact, protocol, attributes, split)
+        raw = read_interactions(path, entry.format)
+    return build_tables(raw, protocol, attributes, split)
 
 
 def refuse_unsplittable(entry: DatasetEntry, report: dict[str, int]) -> None:

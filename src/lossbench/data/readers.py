@@ -21,6 +21,10 @@ from lossbench.errors import LossbenchError
 
 COLUMNS = ("user", "item", "timestamp", "rating")
 ORGANIC = "organic"  # Yambda's `is_organic`: the user chose the track, no recommender did
+NO_ORGANIC_FLAG = (
+    "--organic-only needs a file with an organic flag (the Yambda formats); "
+    "this dataset has none: drop --organic-only"
+)
 # Python-literal dicts (steam): a quoted string may use either quote and backslash escapes.
 _QUOTED = r"""(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")"""
 STEAM_CHUNK_BYTES = 64 << 20

@@ -1,0 +1,152 @@
+"""Reading a large interactions file on polars' streaming engine, into compact columns.
+
+The in-memory readers (`readers.py`) hold every column of the file at once (ids as Int64 or
+strings, ratings as Float64, plus copies while casting). Here the file is scanned in batches of
+`LOSSBENCH_STREAM_ROWS` rows (default 1M): the organic and rating filters run inside the scan,
+the ratings are never kept, and what remains is one Int32 key per user and item (1..n in
+the order of the original ids, as `preprocess.id_keys` numbers them) and the Int64 time:
+16 bytes a row. The steps after (ordering, de-duplication, k-core, re-indexing, split) are the
+in-memory path's own functions on those columns, so both paths prepare identical files.
+
+Formats: the delimited ones (MovieLens csv / tsv, Amazon 2014 and 2023 csv) and Yambda's
+parquet; `preprocess` uses this path for them and the in-memory readers for the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from lossbench.data.readers import NO_ORGANIC_FLAG, ORGANIC, YAMBDA_COLUMNS, read_interactions
+from lossbench.data.registry import Protocol
+from lossbench.errors import LossbenchError
+
+ROWS_ENV = "LOSSBENCH_STREAM_ROWS"
+DEFAULT_ROWS = 1 << 20
+
+
+@dataclass(frozen=True)
+class Delimited:
+    """A headed or headless four-column text file: user, item, rating, timestamp."""
+
+    separator: str
+    has_header: bool
+    id_type: type[pl.DataType]
+
+
+STREAMED: dict[str, Delimited | None] = {
+    "movielens-csv": Delimited(",", True, pl.Int64),
+    "movielens-tsv": Delimited("\t", False, pl.Int64),
+    "amazon-csv": Delimited(",", False, pl.String),
+    "amazon23-csv": Delimited(",", True, pl.String),
+    "yambda-parquet": None,  # parquet: columns by name
+}
+
+
+@dataclass(frozen=True)
+class CompactInteractions:
+    """A file's kept rows in file order: keys 1..n of `user_originals` / `item_originals`."""
+
+    frame: pl.DataFrame  # user, item (Int32 keys), timestamp (Int64)
+    user_originals: pl.Series  # (n_users,) String: original id of key k at k - 1
+    item_originals: pl.Series  # (n_items,) String
+    raw_rows: int  # rows of the file before any filter
+
+
+def stream_rows() -> int:
+    """Rows per streamed batch: `LOSSBENCH_STREAM_ROWS`, default 1M (~100 MB of batch)."""
+    value = os.environ.get(ROWS_ENV, "")
+    if not value:
+        return DEFAULT_ROWS
+    if not value.isdigit() or int(value) < 1:
+        raise LossbenchError(f"{ROWS_ENV}={value!r} is not a positive row count; unset it")
+    return int(value)
+
+
+def scan(path: Path, format: str) -> pl.LazyFrame:
+    """The file as a lazy frame with columns user, item, timestamp, rating (and organic)."""
+    spec = STREAMED[format]
+    if spec is None:
+        columns = pl.scan_parquet(path).select(list(YAMBDA_COLUMNS)).rename(YAMBDA_COLUMNS)
+        return columns.with_columns(
+            pl.col("user", "item", "timestamp").cast(pl.Int64),
+            pl.col(ORGANIC).cast(pl.Boolean),
+            rating=pl.lit(None, pl.Float64),
+        )
+    return pl.scan_csv(
+        path,
+        has_header=spec.has_header,
+        separator=spec.separator,
+        new_columns=["user", "item", "rating", "timestamp"],
+        schema_overrides=[spec.id_type, spec.id_type, pl.Float64, pl.Int64],
+        quote_char='"',
+    )
+
+
+def read_compact(path: Path, format: str, protocol: Protocol) -> CompactInteractions:
+    """Scan `path` twice (distinct ids, then the kept rows as keys); a malformed file is
+    reported by the in-memory reader, which names the first bad line."""
+    if protocol.organic_only and STREAMED[format] is not None:
+        raise LossbenchError(NO_ORGANIC_FLAG)
+    pl.Config.set_streaming_chunk_size(stream_rows())
+    try:
+        return _read_compact(path, format, protocol)
+    except (pl.exceptions.PolarsError, OSError):
+        read_interactions(path, format)  # raises the one-line message naming the bad line
+        raise LossbenchError(f"{path} cannot be read as {format}; re-download it") from None
+
+
+def _read_compact(path: Path, format: str, protocol: Protocol) -> CompactInteractions:
+    lazy = scan(path, format)
+    raw_rows, user_ids, item_ids = pl.collect_all(
+        [
+            lazy.select(pl.len()),
+            lazy.select(pl.col("user").unique()),
+            lazy.select(pl.col("item").unique()),
+        ],
+        engine="streaming",
+    )
+    if user_ids["user"].null_count() or item_ids["item"].null_count():
+        raise pl.exceptions.ComputeError("empty id")
+    user_table, user_originals = key_table(user_ids["user"])
+    item_table, item_originals = key_table(item_ids["item"])
+    kept = lazy
+    if protocol.organic_only:
+        kept = kept.filter(pl.col(ORGANIC))
+    if protocol.min_rating is not None:
+        rating = pl.col("rating")
+        kept = kept.filter(rating.is_null() | (rating >= protocol.min_rating))
+    frame = (
+        kept.select("user", "item", "timestamp")
+        .join(user_table.lazy(), on="user", how="left", maintain_order="left")
+        .join(item_table.lazy(), on="item", how="left", maintain_order="left", suffix="_item")
+        .select(user="key", item="key_item", timestamp="timestamp")
+        .collect(engine="streaming")
+    )
+    if frame["timestamp"].null_count():
+        raise pl.exceptions.ComputeError("empty timestamp")
+    return CompactInteractions(frame, user_originals, item_originals, int(raw_rows.item()))
+
+
+def key_table(distinct: pl.Series) -> tuple[pl.DataFrame, pl.Series]:
+    """(original id -> Int32 key, original id of key k at k - 1): keys follow the numeric
+    order of the ids when every id is an integer (as the in-memory reader casts them), else
+    their string order, exactly as `preprocess.id_keys` numbers them."""
+    from lossbench.data.preprocess import id_keys
+
+    values = distinct
+    if values.dtype == pl.String:
+        as_int = values.cast(pl.Int64, strict=False)
+        if as_int.null_count() == 0:
+            values = as_int  # the in-memory reader's `_numeric_if_possible`
+    keys, originals = id_keys(values)
+    table = pl.DataFrame({distinct.name: distinct, "key": keys.cast(pl.Int32)})
+    return table, originals
+
+
+def is_streamed(format: str) -> bool:
+    """Whether `format` is read here (else only by the in-memory reader)."""
+    return format in STREAMED
