@@ -386,17 +386,17 @@ def test_score_blocks_follow_available_memory_and_change_no_rank(
     assert evaluate_module.score_block_rows(1_000_000, 256, 64 * 8_000_000) == 8
     assert evaluate_module.score_block_rows(1_000_000, 256, 1) == 1  # never below one user
     assert evaluate_module.score_block_rows(100, 256, 8 << 30) == 256  # never above the batch
+    real = evaluate_module.score_block_rows
+    blocks: list[int] = []
+
+    def tiny_memory(n_items: int, batch_size: int, available: int | None) -> int:
+        blocks.append(real(n_items, batch_size, 8 * 8 * (n_items + 1) * 2))
+        return blocks[-1]
+
     for mode in ("full", "sampled"):
         wide = evaluate_fixture("test", mode, True, "miss")
-        blocks: list[int] = []
-        real = evaluate_module.score_block_rows
-
-        def tiny_memory(n_items: int, batch_size: int, available: int | None) -> int:
-            blocks.append(real(n_items, batch_size, 8 * 8 * (n_items + 1) * 2))
-            return blocks[-1]
-
         monkeypatch.setattr(evaluate_module, "score_block_rows", tiny_memory)
         narrow = evaluate_fixture("test", mode, True, "miss")
         monkeypatch.undo()
-        assert blocks == [2]  # two users a block instead of 7
         assert narrow[0] == wide[0] and narrow[1] == wide[1]
+    assert blocks == [2, 2]  # two users a block instead of 7
