@@ -134,3 +134,22 @@ def test_the_real_movielens_file_prepares_identically(tmp_path: Path) -> None:
         assert_same_tables(memory, streamed)
     assert (memory.users.height, memory.items.height) == (610, 9724)
     assert memory.interactions.height == 100_836
+
+
+def test_the_scale_bench_generator_is_seeded_exact_and_ml20m_shaped(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import scale
+
+    assert scale.shape(20_000_263) == (138_493, 26_744)  # ML-20M itself
+    assert scale.shape(100_000_000) == (692_456, 59_801)
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    info = scale.generate(first, 50_000, seed=1)
+    scale.generate(second, 50_000, seed=1)
+    assert first.read_bytes() == second.read_bytes()  # seeded
+    frame = pl.read_csv(first)
+    assert frame.columns == ["userId", "movieId", "rating", "timestamp"]
+    assert (frame.height, info["users"], info["items"]) == (50_000, 346, 1_337)
+    assert frame.select(pl.struct("userId", "movieId").n_unique()).item() == 50_000
+    assert frame["userId"].is_sorted() and frame["movieId"].max() <= info["items"]
