@@ -46,7 +46,12 @@ from lossbench.data.readers import (
 )
 from lossbench.data.registry import DatasetEntry, Protocol, Registry, get_dataset
 from lossbench.data.splits import LOO, SplitSpec, check_timed, split_interactions
-from lossbench.data.streaming import CompactInteractions, is_streamed, read_compact
+from lossbench.data.streaming import (
+    CompactInteractions,
+    clean_columns,
+    is_streamed,
+    read_compact,
+)
 from lossbench.errors import LossbenchError
 
 MIN_SEQUENCE = 3  # train (>= 1 item), valid, test
@@ -173,11 +178,15 @@ def clean(raw: pl.DataFrame, protocol: Protocol) -> tuple[pl.DataFrame, dict[str
         frame = k_core(frame, max(protocol.user_core, MIN_SEQUENCE), protocol.item_core)
     report["interactions"] = frame.height
     if frame.height == 0:
-        raise LossbenchError(
-            "nothing is left after filtering (no user keeps 3 interactions); "
-            "lower --min-rating, --user-core or --item-core"
-        )
+        raise nothing_left()
     return frame, report
+
+
+def nothing_left() -> LossbenchError:
+    return LossbenchError(
+        "nothing is left after filtering (no user keeps 3 interactions); "
+        "lower --min-rating, --user-core or --item-core"
+    )
 
 
 def build_tables(
@@ -202,13 +211,12 @@ def build_tables_streamed(
 ) -> PreparedTables:
     """`build_tables` for a file read by `streaming.read_compact` (its organic and rating
     filters already applied in the scan): the same steps, the same tables."""
-    unfiltered = protocol.model_copy(update={"organic_only": False, "min_rating": None})
-    frame, counts = clean(compact.frame, unfiltered)
-    kept = counts["raw_interactions"]  # what the scan's filters kept
+    kept = compact.frame.height  # what the scan's filters kept
+    frame, counts = clean_columns(compact, protocol)
     report = {"raw_interactions": compact.raw_rows}
     if protocol.organic_only:
         report["after_organic_filter"] = kept
-    report.update({key: value for key, value in counts.items() if key != "raw_interactions"})
+    report.update(counts)
     return tables_from_clean(
         frame, report, compact.user_originals, compact.item_originals, attributes, split_by
     )

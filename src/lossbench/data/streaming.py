@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from lossbench.data.readers import NO_ORGANIC_FLAG, ORGANIC, YAMBDA_COLUMNS, read_interactions
@@ -46,9 +47,10 @@ STREAMED: dict[str, Delimited | None] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class CompactInteractions:
-    """A file's kept rows in file order: keys 1..n of `user_originals` / `item_originals`."""
+    """A file's kept rows in file order: keys 1..n of `user_originals` / `item_originals`.
+    `clean_columns` takes the frame over (and empties it), so its memory is freed early."""
 
     frame: pl.DataFrame  # user, item (Int32 keys), timestamp (Int64)
     user_originals: pl.Series  # (n_users,) String: original id of key k at k - 1
@@ -119,16 +121,27 @@ def _read_compact(path: Path, format: str, protocol: Protocol) -> CompactInterac
     if protocol.min_rating is not None:
         rating = pl.col("rating")
         kept = kept.filter(rating.is_null() | (rating >= protocol.min_rating))
-    frame = (
-        kept.select("user", "item", "timestamp")
-        .join(user_table.lazy(), on="user", how="left", maintain_order="left")
-        .join(item_table.lazy(), on="item", how="left", maintain_order="left", suffix="_item")
-        .select(user="key", item="key_item", timestamp="timestamp")
-        .collect(engine="streaming")
-    )
+    frame = kept.select(
+        user=_keys(pl.col("user"), user_table),
+        item=_keys(pl.col("item"), item_table),
+        timestamp="timestamp",
+    ).collect(engine="streaming")
     if frame["timestamp"].null_count():
         raise pl.exceptions.ComputeError("empty timestamp")
     return CompactInteractions(frame, user_originals, item_originals, int(raw_rows.item()))
+
+
+def _keys(ids: pl.Expr, table: pl.DataFrame) -> pl.Expr:
+    """Each id's Int32 key, row by row (the file order is kept): integer ids that fit an array
+    index through a lookup array, others through a hash map of the distinct ids."""
+    distinct = table["id"]
+    if distinct.dtype.is_integer() and 0 <= int(distinct.min()) and int(distinct.max()) < 1 << 26:  # type: ignore[arg-type]
+        lookup = np.zeros(int(distinct.max()) + 1, dtype=np.int32)  # type: ignore[arg-type]
+        lookup[distinct.to_numpy()] = table["key"].to_numpy()
+        return ids.cast(pl.Int32).map_batches(
+            lambda batch: pl.Series(lookup[batch.to_numpy()]), return_dtype=pl.Int32
+        )
+    return ids.replace_strict(distinct, table["key"])
 
 
 def key_table(distinct: pl.Series) -> tuple[pl.DataFrame, pl.Series]:
@@ -143,10 +156,89 @@ def key_table(distinct: pl.Series) -> tuple[pl.DataFrame, pl.Series]:
         if as_int.null_count() == 0:
             values = as_int  # the in-memory reader's `_numeric_if_possible`
     keys, originals = id_keys(values)
-    table = pl.DataFrame({distinct.name: distinct, "key": keys.cast(pl.Int32)})
+    table = pl.DataFrame({"id": distinct, "key": keys.cast(pl.Int32)})
     return table, originals
 
 
 def is_streamed(format: str) -> bool:
     """Whether `format` is read here (else only by the in-memory reader)."""
     return format in STREAMED
+
+
+def clean_columns(
+    compact: CompactInteractions, protocol: Protocol
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """`preprocess.clean` on compact columns, step by step in numpy so that at most one
+    column is copied at a time (the frame is emptied as it is read): the same rows in the same
+    order, the same report. The scan already applied the organic and rating filters."""
+    from lossbench.data.preprocess import MIN_SEQUENCE, nothing_left
+
+    columns = {name: compact.frame[name].to_numpy() for name in ("user", "item", "timestamp")}
+    compact.frame = compact.frame.clear()  # (N, 3) -> the numpy columns only
+    report = {"after_rating_filter": len(columns["user"])}
+    _chronological(columns)
+    if protocol.dedup and len(columns["user"]):
+        _keep(columns, _first_of_each_pair(columns["user"], columns["item"]))
+    report["after_dedup"] = len(columns["user"])
+    _k_core(columns, protocol.user_core, protocol.item_core)
+    report["after_k_core"] = len(columns["user"])
+    lengths = np.bincount(columns["user"])
+    report["users_too_short"] = int(((lengths > 0) & (lengths < MIN_SEQUENCE)).sum())
+    if report["users_too_short"]:
+        _k_core(columns, max(protocol.user_core, MIN_SEQUENCE), protocol.item_core)
+    report["interactions"] = len(columns["user"])
+    if not report["interactions"]:
+        raise nothing_left()
+    return pl.DataFrame(columns), report
+
+
+def _chronological(columns: dict[str, np.ndarray]) -> None:
+    """Stable sort by (user, timestamp): the file order breaks ties (see `preprocess`)."""
+    user, time = columns["user"], columns["timestamp"]
+    low, high = (int(time.min()), int(time.max())) if len(time) else (0, 0)
+    if high - low < 1 << 31:  # one int64 key: user keys are < 2**31
+        key = (user.astype(np.int64) << 31) | (time - low)  # (N,)
+        order = _stable_order(key)
+        del key
+    else:
+        order = np.lexsort((time, user)).astype(np.int64)  # lexsort is stable
+    for name in columns:
+        columns[name] = columns[name][order]
+
+
+def _stable_order(key: np.ndarray) -> np.ndarray:
+    """Row order sorting `key`, ties in row order (polars' parallel sort, kept stable)."""
+    rows = pl.DataFrame({"key": key}).with_row_index("row")
+    return rows.sort("key", maintain_order=True)["row"].to_numpy()
+
+
+def _first_of_each_pair(user: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """(N,) bool: the row is the first (in the current order) of its (user, item) pair."""
+    pair = user.astype(np.int64) * (int(item.max()) + 1) + item  # (N,)
+    order = _stable_order(pair)
+    ordered = pair[order]
+    del pair
+    first = np.empty(len(ordered), dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    keep = np.zeros(len(ordered), dtype=bool)
+    keep[order[first]] = True
+    return keep
+
+
+def _k_core(columns: dict[str, np.ndarray], user_core: int, item_core: int) -> None:
+    """Iterative k-core on the columns, as `preprocess.k_core` does it."""
+    cores = [(name, core) for name, core in (("user", user_core), ("item", item_core)) if core > 1]
+    while cores and len(columns["user"]):
+        keep = np.ones(len(columns["user"]), dtype=bool)
+        for name, core in cores:
+            ids = columns[name]
+            keep &= (np.bincount(ids) >= core)[ids]
+        if keep.all():
+            return
+        _keep(columns, keep)
+
+
+def _keep(columns: dict[str, np.ndarray], keep: np.ndarray) -> None:
+    for name in columns:
+        columns[name] = columns[name][keep]
