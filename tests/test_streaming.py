@@ -15,7 +15,7 @@ from lossbench.data.preprocess import PreparedTables, build_tables, build_tables
 from lossbench.data.readers import read_interactions
 from lossbench.data.registry import Protocol
 from lossbench.data.splits import LOO, SplitSpec
-from lossbench.data.streaming import ROWS_ENV, read_compact
+from lossbench.data.streaming import BLOCK_ENV, read_compact
 from lossbench.errors import LossbenchError
 
 MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mirror"
@@ -104,11 +104,11 @@ def test_tiny_batches_give_the_same_result(tmp_path: Path, monkeypatch: pytest.M
     write(generated(5_000, seed=3), path, "movielens-csv")
     protocol = Protocol(user_core=5, dedup=True)
     whole = build_tables_streamed(read_compact(path, "movielens-csv", protocol), protocol)
-    monkeypatch.setenv(ROWS_ENV, "7")
+    monkeypatch.setenv(BLOCK_ENV, "100")  # a few lines a block
     batched = build_tables_streamed(read_compact(path, "movielens-csv", protocol), protocol)
     assert_same_tables(whole, batched)
-    monkeypatch.setenv(ROWS_ENV, "lots")
-    with pytest.raises(LossbenchError, match="LOSSBENCH_STREAM_ROWS='lots' is not a positive"):
+    monkeypatch.setenv(BLOCK_ENV, "lots")
+    with pytest.raises(LossbenchError, match="LOSSBENCH_STREAM_BYTES='lots' is not a positive"):
         read_compact(path, "movielens-csv", protocol)
 
 

@@ -1,12 +1,14 @@
-"""Reading a large interactions file on polars' streaming engine, into compact columns.
+"""Reading a large interactions file in bounded blocks, into compact columns.
 
 The in-memory readers (`readers.py`) hold every column of the file at once (ids as Int64 or
-strings, ratings as Float64, plus copies while casting). Here the file is scanned in batches of
-`LOSSBENCH_STREAM_ROWS` rows (default 1M): the organic and rating filters run inside the scan,
-the ratings are never kept, and what remains is one Int32 key per user and item (1..n in
-the order of the original ids, as `preprocess.id_keys` numbers them) and the Int64 time:
-16 bytes a row. The steps after (ordering, de-duplication, k-core, re-indexing, split) are the
-in-memory path's own functions on those columns, so both paths prepare identical files.
+strings, ratings as Float64, plus copies while casting). Here a text file with integer ids
+(MovieLens) is read `LOSSBENCH_STREAM_BYTES` at a time (default 16 MiB) and the other formats
+(string ids, Yambda's parquet) on polars' streaming engine in batches of about that size: the
+organic and rating filters run per block, ratings are never kept, and what remains is one
+Int32 key per user and item (1..n in the order of the original ids, as `preprocess.id_keys`
+numbers them) and the Int64 time: 16 bytes a kept row. `clean_columns` then orders,
+de-duplicates and k-cores those columns in numpy, one column copied at a time, with the same
+rules as `preprocess.clean`, so both paths prepare identical files.
 
 Formats: the delimited ones (MovieLens csv / tsv, Amazon 2014 and 2023 csv) and Yambda's
 parquet; `preprocess` uses this path for them and the in-memory readers for the rest.
@@ -14,7 +16,9 @@ parquet; `preprocess` uses this path for them and the in-memory readers for the 
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +29,9 @@ from lossbench.data.readers import NO_ORGANIC_FLAG, ORGANIC, YAMBDA_COLUMNS, rea
 from lossbench.data.registry import Protocol
 from lossbench.errors import LossbenchError
 
-ROWS_ENV = "LOSSBENCH_STREAM_ROWS"
-DEFAULT_ROWS = 1 << 20
+BLOCK_ENV = "LOSSBENCH_STREAM_BYTES"
+DEFAULT_BLOCK = 16 << 20
+ROW_BYTES = 32  # about a text row of MovieLens: turns the block into a row count for polars
 
 
 @dataclass(frozen=True)
@@ -58,13 +63,13 @@ class CompactInteractions:
     raw_rows: int  # rows of the file before any filter
 
 
-def stream_rows() -> int:
-    """Rows per streamed batch: `LOSSBENCH_STREAM_ROWS`, default 1M (~100 MB of batch)."""
-    value = os.environ.get(ROWS_ENV, "")
+def block_bytes() -> int:
+    """Bytes read and parsed at a time: `LOSSBENCH_STREAM_BYTES`, default 16 MiB."""
+    value = os.environ.get(BLOCK_ENV, "")
     if not value:
-        return DEFAULT_ROWS
+        return DEFAULT_BLOCK
     if not value.isdigit() or int(value) < 1:
-        raise LossbenchError(f"{ROWS_ENV}={value!r} is not a positive row count; unset it")
+        raise LossbenchError(f"{BLOCK_ENV}={value!r} is not a positive byte count; unset it")
     return int(value)
 
 
@@ -89,12 +94,16 @@ def scan(path: Path, format: str) -> pl.LazyFrame:
 
 
 def read_compact(path: Path, format: str, protocol: Protocol) -> CompactInteractions:
-    """Scan `path` twice (distinct ids, then the kept rows as keys); a malformed file is
-    reported by the in-memory reader, which names the first bad line."""
+    """The kept rows of `path` as keys and times (see the module docstring); a malformed file
+    is reported by the in-memory reader, which names the first bad line."""
     if protocol.organic_only and STREAMED[format] is not None:
         raise LossbenchError(NO_ORGANIC_FLAG)
-    pl.Config.set_streaming_chunk_size(stream_rows())
+    block = block_bytes()
+    pl.Config.set_streaming_chunk_size(max(1, block // ROW_BYTES))
+    spec = STREAMED[format]
     try:
+        if spec is not None and spec.id_type == pl.Int64:
+            return _read_integer_blocks(path, spec, protocol, block)
         return _read_compact(path, format, protocol)
     except (pl.exceptions.PolarsError, OSError):
         read_interactions(path, format)  # raises the one-line message naming the bad line
@@ -102,6 +111,7 @@ def read_compact(path: Path, format: str, protocol: Protocol) -> CompactInteract
 
 
 def _read_compact(path: Path, format: str, protocol: Protocol) -> CompactInteractions:
+    """Two scans on the streaming engine: the distinct ids, then the kept rows as keys."""
     lazy = scan(path, format)
     raw_rows, user_ids, item_ids = pl.collect_all(
         [
@@ -129,6 +139,71 @@ def _read_compact(path: Path, format: str, protocol: Protocol) -> CompactInterac
     if frame["timestamp"].null_count():
         raise pl.exceptions.ComputeError("empty timestamp")
     return CompactInteractions(frame, user_originals, item_originals, int(raw_rows.item()))
+
+
+def _read_integer_blocks(
+    path: Path, spec: Delimited, protocol: Protocol, block: int
+) -> CompactInteractions:
+    """One pass over a text file with integer ids, `block` bytes at a time (no mapping of the
+    whole file): keep the rows the rating filter keeps as Int32 ids and Int64 times, and the
+    distinct ids of every row; key the ids at the end (16 bytes a kept row in all)."""
+    parts: dict[str, list[np.ndarray]] = {"user": [], "item": [], "timestamp": []}
+    distinct: dict[str, list[np.ndarray]] = {"user": [], "item": []}
+    raw_rows = 0
+    for frame in _text_blocks(path, spec, block):
+        if frame.null_count().sum_horizontal().item():
+            raise pl.exceptions.ComputeError("empty value")
+        raw_rows += frame.height
+        for name in distinct:
+            distinct[name].append(frame[name].unique().to_numpy())
+        if protocol.min_rating is not None:
+            frame = frame.filter(pl.col("rating") >= protocol.min_rating)
+        for name in ("user", "item"):
+            ids = frame[name]
+            if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= 1 << 31):  # type: ignore[arg-type]
+                raise pl.exceptions.ComputeError("ids beyond Int32")
+            parts[name].append(ids.cast(pl.Int32).to_numpy())
+        parts["timestamp"].append(frame["timestamp"].to_numpy())
+    columns, originals = {}, {}
+    for name in ("user", "item"):
+        ids = pl.Series(name, np.unique(np.concatenate(distinct[name] or [np.empty(0, np.int64)])))
+        table, originals[name] = key_table(ids)
+        lookup = np.zeros(int(ids.max()) + 1 if len(ids) else 1, dtype=np.int32)  # type: ignore[arg-type]
+        lookup[table["id"].to_numpy()] = table["key"].to_numpy()
+        columns[name] = _concatenate(parts[name], np.int32)
+        np.take(lookup, columns[name], out=columns[name])  # (N,) int32 ids -> keys, in place
+    columns["timestamp"] = _concatenate(parts["timestamp"], np.int64)
+    frame = pl.DataFrame(columns)
+    return CompactInteractions(frame, originals["user"], originals["item"], raw_rows)
+
+
+def _concatenate(parts: list[np.ndarray], dtype: type[np.generic]) -> np.ndarray:
+    """The blocks as one array, each block freed once copied."""
+    whole = np.empty(sum(len(part) for part in parts), dtype=dtype)
+    start = 0
+    while parts:
+        part = parts.pop(0)
+        whole[start : start + len(part)] = part
+        start += len(part)
+    return whole
+
+
+def _text_blocks(path: Path, spec: Delimited, block: int) -> Iterator[pl.DataFrame]:
+    """The file as typed frames (user, item Int64; rating Float64; timestamp Int64) of about
+    `block` bytes each, cut at line ends."""
+    with path.open("rb") as stream:
+        if spec.has_header:
+            stream.readline()
+        while chunk := stream.read(block):
+            chunk += stream.readline()  # finish the block's last line
+            yield pl.read_csv(
+                io.BytesIO(chunk),
+                has_header=False,
+                separator=spec.separator,
+                new_columns=["user", "item", "rating", "timestamp"],
+                schema_overrides=[pl.Int64, pl.Int64, pl.Float64, pl.Int64],
+                quote_char='"',
+            )
 
 
 def _keys(ids: pl.Expr, table: pl.DataFrame) -> pl.Expr:
