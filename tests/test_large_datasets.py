@@ -254,3 +254,20 @@ def test_every_published_dataset_of_the_study_has_its_counts_and_lastfm_matches_
         check_published_variant(
             "lastfm", {"n_users": 1090, "n_items": 3646, "n_interactions": 52550}
         )
+
+
+def test_preprocess_prints_the_split_hash_of_the_fingerprint(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from lossbench.cli import app
+
+    data_dir = tmp_path / "data"
+    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "preprocess", "synthetic"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((data_dir / "synthetic" / "prepared" / "meta.json").read_text())
+    fingerprint = meta["dataset_fingerprint"]
+    assert (fingerprint["users"], fingerprint["items"]) == (2000, 500)
+    assert fingerprint["split_sha256"][:8] in result.output
+    assert meta["tie_rule"] == "file order, then item id"

@@ -202,7 +202,7 @@ def verify(
 
 def summary_table(results: list[PrepareResult]) -> Table:
     table = Table(title="prepared datasets", box=box.SIMPLE_HEAD, pad_edge=False)
-    columns = ("dataset", "users", "items", "interactions", "mean", "median", "density")
+    columns = ("dataset", "users", "items", "interactions", "mean", "median", "density", "split")
     for column in columns:
         table.add_column(column, justify="left" if column == "dataset" else "right", no_wrap=True)
     for result in results:
@@ -215,6 +215,8 @@ def summary_table(results: list[PrepareResult]) -> Table:
             f"{meta['mean_length']:.1f}",
             f"{meta['median_length']:.0f}",
             f"{meta['density']:.3%}",
+            # the fingerprint's split hash: two preparations alike have the same one
+            str((meta.get("dataset_fingerprint") or {}).get("split_sha256", "-"))[:8],
         )
     notes = [
         f"{r.name}: {r.meta['report']['users_too_short']:,} users with < 3 interactions dropped"
