@@ -101,6 +101,12 @@ def peak_gib() -> float:
     return peak / (1 << 30) if sys.platform == "darwin" else peak / (1 << 20)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process: steadier than wall time on a busy machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def prepare_phase(csv: Path, data_dir: Path, in_memory: bool) -> dict[str, Any]:
     """Read, clean, split and write the prepared folder `data_dir/scale/prepared`."""
     from lossbench.data.prepared import FORMAT_VERSION, prepared_dir
@@ -133,6 +139,7 @@ def prepare_phase(csv: Path, data_dir: Path, in_memory: bool) -> dict[str, Any]:
     return {
         "path": "in-memory" if in_memory else "streamed",
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": cpu_seconds(),
         "peak_gib": peak_gib(),
         "users": stats["n_users"],
         "items": stats["n_items"],
@@ -285,7 +292,8 @@ def report(results: dict[str, Any], as_json: bool) -> None:
     )
     for row in results["prepare"]:
         print(
-            f"prepare ({row['path']}): {row['seconds']:.1f} s, peak {row['peak_gib']:.2f} GiB; "
+            f"prepare ({row['path']}): {row['seconds']:.1f} s ({row['cpu_seconds']:.1f} s of CPU), "
+            f"peak {row['peak_gib']:.2f} GiB; "
             f"kept {row['users']:,} users, {row['items']:,} items, "
             f"{row['interactions']:,} interactions"
         )
