@@ -136,6 +136,8 @@ def preprocess(
     data_dir: DataDir = None,
 ) -> None:
     """Check the downloads' sha256, then filter, re-index and split them for training."""
+    from lossbench.data.fingerprint import META_KEY as FINGERPRINT_KEY
+    from lossbench.data.fingerprint import describe
     from lossbench.data.preprocess import preprocess_dataset
     from lossbench.data.registry import get_dataset
     from lossbench.data.splits import split_spec
@@ -166,6 +168,9 @@ def preprocess(
                 highlight=False,
             )
     console.print(summary_table(results))
+    for result in results:  # two preparations alike have the same fingerprint
+        fingerprint = describe(result.meta.get(FINGERPRINT_KEY))
+        console.print(f"{result.name} fingerprint: {fingerprint}", highlight=False, soft_wrap=True)
     console.print(repeats_table(results))
     if split_by.kind == "temporal":
         console.print(temporal_table(results))
@@ -202,7 +207,7 @@ def verify(
 
 def summary_table(results: list[PrepareResult]) -> Table:
     table = Table(title="prepared datasets", box=box.SIMPLE_HEAD, pad_edge=False)
-    columns = ("dataset", "users", "items", "interactions", "mean", "median", "density", "split")
+    columns = ("dataset", "users", "items", "interactions", "mean", "median", "density")
     for column in columns:
         table.add_column(column, justify="left" if column == "dataset" else "right", no_wrap=True)
     for result in results:
@@ -215,8 +220,6 @@ def summary_table(results: list[PrepareResult]) -> Table:
             f"{meta['mean_length']:.1f}",
             f"{meta['median_length']:.0f}",
             f"{meta['density']:.3%}",
-            # the fingerprint's split hash: two preparations alike have the same one
-            str((meta.get("dataset_fingerprint") or {}).get("split_sha256", "-"))[:8],
         )
     notes = [
         f"{r.name}: {r.meta['report']['users_too_short']:,} users with < 3 interactions dropped"
