@@ -271,3 +271,26 @@ def test_preprocess_prints_the_split_hash_of_the_fingerprint(tmp_path: Path) -> 
     assert (fingerprint["users"], fingerprint["items"]) == (2000, 500)
     assert fingerprint["split_sha256"][:8] in result.output
     assert meta["tie_rule"] == "file order, then item id"
+
+
+def test_reports_name_the_data_and_flag_runs_on_different_preparations() -> None:
+    from lossbench.compare.report import data_lines
+    from lossbench.data.fingerprint import describe
+
+    one = describe({"users": 1090, "items": 3646, "interactions": 52551, "split_sha256": "ab" * 32})
+    other = describe(
+        {"users": 22363, "items": 12101, "interactions": 198502, "split_sha256": "c" * 64}
+    )
+    assert one == "1,090 users, 3,646 items, 52,551 interactions, split abababab"
+    runs = pl.DataFrame(
+        {
+            "dataset": ["lastfm", "lastfm", "beauty", "beauty", "yelp"],
+            "dataset_fingerprint": [one, one, one, other, None],  # yelp: recorded before
+        }
+    )
+    assert data_lines(runs) == [
+        f"Data: lastfm: {one}",
+        f"Data: beauty: runs trained on 2 different preparations ({one}; {other}): "
+        "their numbers are not comparable",
+    ]
+    assert "unknown" in describe(None)
