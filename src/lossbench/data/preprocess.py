@@ -1,10 +1,13 @@
 """Raw interactions -> the prepared format (see `prepared.py`), with polars.
 
-Steps, in order: rating threshold, chronological order (stable: file order breaks ties),
-deduplication (first (user, item) kept), iterative k-core until stable, users with fewer than
-3 interactions dropped (leave-one-out needs train, valid and test), contiguous ids 1..n
-(numeric order when every original id is numeric), then the split (`splits.py`: leave-one-out
-or temporal). Both splits start from the same cleaned interactions.
+Steps, in order: organic filter (Yambda, on request), rating threshold, chronological order
+(stable: file order breaks ties, see `fingerprint.TIE_RULE`), deduplication (first (user, item)
+kept), iterative k-core until stable, users with fewer than 3 interactions dropped
+(leave-one-out needs train, valid and test), contiguous ids 1..n (numeric order when every
+original id is numeric), then the split (`splits.py`: leave-one-out or temporal). Both splits
+start from the same cleaned interactions. The delimited and Yambda formats take the same steps
+on compact columns read in bounded blocks (`streaming.py`); every prepared dataset records its
+fingerprint (`fingerprint.py`).
 """
 
 from __future__ import annotations
