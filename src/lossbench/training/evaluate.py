@@ -75,19 +75,29 @@ class Evaluator:
         self.miss_seen = candidates is not None and exclude_seen and seen_targets == "miss"
 
     @torch.no_grad()
-    def evaluate(self, module: nn.Module, topk: int = 0) -> EvaluationResult:
+    def evaluate(
+        self, module: nn.Module, topk: int = 0, shard: tuple[int, int] = (0, 1)
+    ) -> EvaluationResult:
+        """Rank every user's target; `shard` = (rank, world_size) evaluates only every
+        world_size-th batch from the rank-th and leaves the other users' entries 0, so the
+        ranks' results sum to the whole."""
         model = cast(SequenceModel, module)
         was_training = module.training
         module.eval()
-        ranks = torch.empty(len(self.targets), dtype=torch.int64)
+        ranks = torch.zeros(len(self.targets), dtype=torch.int64)
         best: Tensor | None = None
         if topk > 0:
-            best = torch.empty(len(self.targets), topk, dtype=torch.int64)
+            best = torch.zeros(len(self.targets), topk, dtype=torch.int64)
         table = scoring_table(model)
-        block = score_block_rows(
-            table.shape[0] - 1, self.batch_size, available_memory_bytes(self.device)
-        )
-        for start in range(0, len(self.targets), block):
+        rank, world_size = shard
+        # Ranks deal out the same blocks, so under sharding every rank keeps the batch size
+        # (each one's free memory differs); alone, a block follows the free memory.
+        block = self.batch_size
+        if world_size == 1:
+            free = available_memory_bytes(self.device)
+            block = score_block_rows(table.shape[0] - 1, self.batch_size, free)
+        starts = range(0, len(self.targets), block)
+        for start in starts[rank::world_size]:
             stop = min(start + block, len(self.targets))
             width = max(int(self.lengths[stop - 1]), 1)
             users = self.order[start:stop]
