@@ -32,7 +32,8 @@ _BUBBLE_AREA = 1500.0  # points^2 of the largest peak memory
 
 def quality_vs_time(summary: pl.DataFrame, path: Path, metric: str = "ndcg@10") -> Path:
     """One bubble per (model, loss): x = mean total training seconds, y = mean test metric,
-    area = mean peak memory; one panel per dataset."""
+    area = mean peak memory; one panel per dataset. Losses whose runs all collapsed have no
+    mean and no bubble."""
     datasets = summary["dataset"].unique(maintain_order=True).to_list()
     figure, panels = _panels(len(datasets))
     colors = _colors(summary["loss"].to_list())
@@ -41,6 +42,8 @@ def quality_vs_time(summary: pl.DataFrame, path: Path, metric: str = "ndcg@10") 
         part = summary.filter(pl.col("dataset") == dataset)
         several_models = part["model"].n_unique() > 1
         for row in part.iter_rows(named=True):
+            if row.get("reference") or row[f"{metric}_mean"] is None:
+                continue  # the pop floor (no cost), or a loss whose every run collapsed
             memory = row.get("peak_memory_mb")
             area = (
                 _BUBBLE_AREA * memory / largest
