@@ -90,6 +90,7 @@ def check_memory_budget(
     """Print each (dataset, model, loss)'s estimated peak, then refuse (one line, naming the
     setting that dominates) the first over `budget` bytes; a loss's seeds share an estimate."""
     from lossbench.training.fit_check import over_budget, peak_estimate
+    from lossbench.training.memory import format_size
 
     firsts: dict[str, PlanEntry] = {}
     for entry in entries:
@@ -98,8 +99,8 @@ def check_memory_budget(
     for name, entry in firsts.items():
         estimate = peak_estimate(entry, _dataset_of(entry, prepare))
         console.print(
-            f"plan: {escape(name)}: peak about {estimate.total_bytes / 2**30:,.2f} GB of a "
-            f"{budget / 2**30:,.2f} GB budget (the step's largest part: {estimate.largest})",
+            f"plan: {escape(name)}: peak about {format_size(estimate.total_bytes)} of a "
+            f"{format_size(budget)} budget (the step's largest part: {estimate.largest})",
             highlight=False,
         )
         if estimate.total_bytes > budget:

@@ -21,7 +21,7 @@ from lossbench.errors import LossbenchError
 from lossbench.losses.full_softmax import softmax_chunk_for
 from lossbench.models.base import SequenceModel, scoring_table
 from lossbench.training.entry import PlanEntry
-from lossbench.training.memory import available_memory_bytes, resident_bytes
+from lossbench.training.memory import available_memory_bytes, format_size, resident_bytes
 
 FLOAT_BYTES = 4
 # Tensors of (positions x hidden) a model keeps for backward: embeddings, attention and
@@ -115,22 +115,18 @@ def peak_estimate(entry: PlanEntry, dataset: PreparedDataset) -> StepMemory:
 def over_budget(entry: PlanEntry, estimate: StepMemory, budget_bytes: int) -> LossbenchError:
     """The refusal of a run whose `peak_estimate` exceeds `--memory-budget`."""
     step = estimate.total_bytes - estimate.resident_bytes
-    held = f"{_size(estimate.resident_bytes)} the process holds before training, "
-    parts = (held if estimate.resident_bytes else "") + f"{_size(step)} a training step"
+    held = f"{format_size(estimate.resident_bytes)} the process holds before training, "
+    parts = (held if estimate.resident_bytes else "") + f"{format_size(step)} a training step"
     remedy = (
         "raise the budget: the process alone holds more"
         if estimate.resident_bytes >= budget_bytes
         else f"lower {estimate.setting}"
     )
     return LossbenchError(
-        f"{entry.label}: its peak would be about {_size(estimate.total_bytes)} ({parts}, "
-        f"mostly {estimate.largest}), over the --memory-budget of {_size(budget_bytes)}; "
+        f"{entry.label}: its peak would be about {format_size(estimate.total_bytes)} ({parts}, "
+        f"mostly {estimate.largest}), over the --memory-budget of {format_size(budget_bytes)}; "
         f"{remedy}"
     )
-
-
-def _size(size: int) -> str:
-    return f"{size / 2**30:,.2f} GB"
 
 
 def _model_size(entry: PlanEntry, n_items: int) -> tuple[int, int]:

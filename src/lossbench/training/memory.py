@@ -144,6 +144,13 @@ _UNITS = {"": 1, "B": 1} | {
 }
 
 
+def format_size(size: int) -> str:
+    """'1.25 GB' from a gibibyte up, else '300 MB' (binary units, as parsed)."""
+    if size >= 2**30:
+        return f"{size / 2**30:,.2f} GB"
+    return f"{size / 2**20:,.0f} MB"
+
+
 def parse_memory_size(text: str) -> int:
     """'8GB' / '512 MiB' / '1.5g' -> bytes (G, GB and GiB alike are 2^30; a bare number: bytes)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*", text)
