@@ -10,7 +10,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from test_compare_report import N_USERS, OPTIONS, write_fake_run
 from typer.testing import CliRunner
 
 from lossbench.cli import app
@@ -31,6 +30,7 @@ from lossbench.training.cost import LossClock, cost_metrics
 from lossbench.training.evaluate import Evaluator
 from lossbench.training.memory import parse_memory_size
 from lossbench.training.popularity import PopularityScorer, is_collapsed, popularity_metrics
+from test_compare_report import N_USERS, OPTIONS, write_fake_run
 
 CPU = torch.device("cpu")
 
