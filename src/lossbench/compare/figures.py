@@ -178,8 +178,8 @@ def _pareto(costs: pl.Series, values: pl.Series) -> list[bool]:
 
 def frontier(summary: pl.DataFrame, path: Path, metric: str = "ndcg@10") -> Path:
     """Test `metric` (mean ± std over seeds) against seconds per epoch and against peak
-    memory, one row of two panels per (dataset, model): the Pareto-optimal losses joined by
-    a line, ▲ / ▼ markers for a significant difference from the baseline (a square), and the
+    memory, one row of two panels per (dataset, model): the Pareto-optimal losses outlined
+    and joined by a line, ▲ / ▼ markers for a significant difference from the baseline (a square), and the
     popularity floor as a dashed line."""
     points = frontier_points(summary, metric)
     groups = points.select("dataset", "model").unique(maintain_order=True).rows()
@@ -194,8 +194,8 @@ def frontier(summary: pl.DataFrame, path: Path, metric: str = "ndcg@10") -> Path
             axes.set_xlabel(f"{label} (mean over seeds)")
             axes.set_ylabel(f"test {metric.upper()} (mean ± std over seeds)")
     figure.suptitle(
-        "quality against cost (line: Pareto-optimal losses; ▲ / ▼: significantly better / "
-        "worse than the baseline ■)"
+        "quality against cost (outlined and joined: Pareto-optimal losses; ▲ / ▼: "
+        "significantly better / worse than the baseline ■)"
     )
     return _save(figure, path)
 
@@ -207,13 +207,15 @@ def _frontier_panel(
         if row[cost] is None:
             continue
         marker = "s" if row["loss"] == row["baseline"] else _SIGNIFICANCE_MARKERS[row["mark"]]
+        optimal = row[f"pareto_{cost}"]
         axes.errorbar(
             [row[cost]],
             [row["mean"]],
             yerr=None if row["std"] is None else [row["std"]],
             fmt=marker,
             color=colors[row["loss"]],
-            markersize=8,
+            markersize=9 if optimal else 7,
+            markeredgecolor="black" if optimal else colors[row["loss"]],  # on the frontier
             capsize=2,
             label=row["loss"],
         )
