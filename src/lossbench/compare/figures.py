@@ -179,8 +179,8 @@ def _pareto(costs: pl.Series, values: pl.Series) -> list[bool]:
 def frontier(summary: pl.DataFrame, path: Path, metric: str = "ndcg@10") -> Path:
     """Test `metric` (mean ± std over seeds) against seconds per epoch and against peak
     memory, one row of two panels per (dataset, model): the Pareto-optimal losses outlined
-    and joined by a line, ▲ / ▼ markers for a significant difference from the baseline (a square), and the
-    popularity floor as a dashed line."""
+    and joined by a line, ▲ / ▼ for a significant difference from the baseline (a square),
+    and the popularity floor as a dashed line."""
     points = frontier_points(summary, metric)
     groups = points.select("dataset", "model").unique(maintain_order=True).rows()
     figure, panels = _panels(max(1, 2 * len(groups)), columns=2)
