@@ -73,7 +73,7 @@ def table_cells(
         ]
         for name in options.metrics:
             change = "—" if is_baseline else _percent(row[f"{name}_change"])
-            if is_floor:
+            if is_floor and change != "—":
                 change = f"({change})"  # the floor's distance from the baseline, untested
             if name == options.significance_metric and row["mark"]:
                 change = f"{change} {row['mark']}"
