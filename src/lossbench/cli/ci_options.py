@@ -71,7 +71,7 @@ AllowCollapsed = Annotated[
 MemoryBudget = Annotated[
     str | None,
     typer.Option(
-        help="Refuse, before training, any run whose estimated step memory exceeds this "
+        help="Refuse, before training, any run whose estimated peak memory exceeds this "
         "(e.g. 8GB; binary units), naming the setting to lower; prints each loss's estimate.",
         rich_help_panel=CI,
     ),
