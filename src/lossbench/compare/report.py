@@ -17,8 +17,10 @@ from rich.markup import escape
 
 from lossbench.atomic import atomic_path
 from lossbench.compare.figures import (
+    FRONTIER,
     QUALITY_VS_TIME,
     VALIDATION_CURVES,
+    frontier,
     quality_vs_time,
     validation_curves,
 )
@@ -162,6 +164,7 @@ def write_report_files(
     metric = options.significance_metric
     written.append(quality_vs_time(comparison.summary, out_dir / QUALITY_VS_TIME, metric))
     written.append(validation_curves(comparison.shown, out_dir / VALIDATION_CURVES))
+    written.append(frontier(comparison.summary, out_dir / FRONTIER, metric))
     n_runs = comparison.runs.height
     console.print(f"{n_runs} runs; wrote {', '.join(path.name for path in written)} in {out_dir}")
     if markdown_file is not None:
