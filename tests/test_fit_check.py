@@ -110,6 +110,6 @@ def test_the_memory_refusal_names_the_setting_that_dominates(
     assert "--batch-size" not in message and "--negatives" not in message
     dataset = make_synthetic_prepared(n_users=300, n_items=400, mean_length=30.0, seed=0)
     entry = plan_entry(build_config(overrides={"eval_batch_size": 10**6}), tmp_path)
-    assert estimate_step_memory(entry, dataset).remedy == (
-        "lower eval_batch_size (1,000,000) in a --config file"
+    assert estimate_step_memory(entry, dataset).setting == (
+        "eval_batch_size (1,000,000) in a --config file"
     )

@@ -67,21 +67,20 @@ def settle_runs(
     out_dir: Path,
     console: Console,
     retrain_changed: bool = False,
-    check: Callable[[PlanEntry], object] | None = None,
+    check: Callable[[list[PlanEntry]], None] | None = None,
 ) -> list[PlanEntry]:
     """The entries still to train, after the rules every command that trains follows.
 
     Runs trained with other settings are refused (`refuse_changed`) unless `retrain_changed`;
-    `check` (the memory fit) then sees every entry to train, before anything is moved; changed
+    `check` (memory fit, budget) then sees the entries to train, before anything is moved; changed
     and stale folders are moved aside, and reused finished runs are counted on `console`."""
     statuses = [run_status(entry) for entry in entries]
     changed = [status for status in statuses if status.state == "changed"]
     if changed and not retrain_changed:
         refuse_changed(changed, out_dir)
     todo = [status.entry for status in statuses if status.state != "finished"]
-    for entry in todo:
-        if check is not None:
-            check(entry)
+    if check is not None:
+        check(todo)
     for status in statuses:
         if status.state in ("changed", "stale"):
             moved = move_aside(status.entry.run_dir)

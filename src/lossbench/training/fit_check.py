@@ -11,7 +11,7 @@ catch settings off by orders of magnitude, not to predict the peak to the megaby
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import torch
@@ -22,7 +22,7 @@ from lossbench.losses.full_softmax import softmax_chunk_for
 from lossbench.models.base import SequenceModel, scoring_table
 from lossbench.training.data_fit import check_data_fit
 from lossbench.training.entry import PlanEntry
-from lossbench.training.memory import available_memory_bytes
+from lossbench.training.memory import available_memory_bytes, format_size, resident_bytes
 
 FLOAT_BYTES = 4
 # Tensors of (positions x hidden) a model keeps for backward: embeddings, attention and
@@ -36,7 +36,10 @@ class StepMemory:
 
     total_bytes: int
     largest: str  # "12,800 positions x 100,000 negatives x 64 dims"
-    remedy: str = ""  # the settings that grow the largest term: "lower --negatives (100,000)..."
+    # What lowers the largest term, with the values now: "--negatives (400), --batch-size
+    # (256), --max-len (50) or --hidden-size (64)"
+    setting: str = "--batch-size"
+    resident_bytes: int = 0  # counted in total_bytes: what the process holds before the run
 
 
 def check_fits(entry: PlanEntry, dataset: PreparedDataset) -> StepMemory:
@@ -64,7 +67,7 @@ def check_fits(entry: PlanEntry, dataset: PreparedDataset) -> StepMemory:
         raise LossbenchError(
             f"{entry.config.model} + {entry.config.loss_name} on {dataset.name}: a training step "
             f"needs about {_gb(estimate.total_bytes)}, more than the {_gb(available)} available "
-            f"on {entry.device.type}; most of it is {estimate.largest}: {estimate.remedy}"
+            f"on {entry.device.type}; most of it is {estimate.largest}: lower {estimate.setting}"
         )
     return estimate
 
@@ -113,11 +116,35 @@ def estimate_step_memory(entry: PlanEntry, dataset: PreparedDataset) -> StepMemo
     }
     total = weights + max(activations + loss, evaluation)
     largest = max(terms, key=lambda name: terms[name][0])
-    return StepMemory(total, largest, f"lower {_either(terms[largest][1])}")
+    return StepMemory(total, largest, _either(terms[largest][1]))
 
 
 def _either(flags: list[str]) -> str:
     return flags[0] if len(flags) == 1 else f"{', '.join(flags[:-1])} or {flags[-1]}"
+
+
+def peak_estimate(entry: PlanEntry, dataset: PreparedDataset) -> StepMemory:
+    """The run's estimated peak: a step's tensors, on CPU over what the process holds."""
+    step = estimate_step_memory(entry, dataset)
+    resident = resident_bytes(entry.device)
+    return replace(step, total_bytes=step.total_bytes + resident, resident_bytes=resident)
+
+
+def over_budget(entry: PlanEntry, estimate: StepMemory, budget_bytes: int) -> LossbenchError:
+    """The refusal of a run whose `peak_estimate` exceeds `--memory-budget`."""
+    step = estimate.total_bytes - estimate.resident_bytes
+    held = f"{format_size(estimate.resident_bytes)} the process holds before training, "
+    parts = (held if estimate.resident_bytes else "") + f"{format_size(step)} a training step"
+    remedy = (
+        "raise the budget: the process alone holds more"
+        if estimate.resident_bytes >= budget_bytes
+        else f"lower {estimate.setting}"
+    )
+    return LossbenchError(
+        f"{entry.label}: its peak would be about {format_size(estimate.total_bytes)} ({parts}, "
+        f"mostly {estimate.largest}), over the --memory-budget of {format_size(budget_bytes)}; "
+        f"{remedy}"
+    )
 
 
 def _model_size(entry: PlanEntry, n_items: int) -> tuple[int, int]:
