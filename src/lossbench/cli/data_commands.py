@@ -5,14 +5,17 @@ The data modules (polars, numpy) are imported inside the commands, so `--help` s
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
 from rich.table import Table
 
+from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console
+from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.outputs import print_json
 
 if TYPE_CHECKING:
     from lossbench.data.preprocess import PrepareResult
@@ -169,28 +172,57 @@ def verify(
     names: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Dataset names (default: every downloaded or prepared one).", show_default=False
+            help="Dataset names (default: every downloaded or prepared one), or folders of "
+            "runs (`lossbench verify runs/compare`).",
+            show_default=False,
         ),
     ] = None,
+    json_output: ci.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Check the size and sha256 of every downloaded and prepared file; exit 1 on damage."""
+    """Check the size and sha256 of every downloaded and prepared file, or of every file of
+    the runs in a folder; exit 1 on damage."""
+    from lossbench.compare.verify_runs import verify_runs
     from lossbench.data.registry import get_dataset, load_registry
     from lossbench.data.verify import verify_dataset
 
     data_dir_path = GlobalOptions.data_dir
-    if names:
-        entries = [get_dataset(name, data_dir=data_dir_path) for name in names]
+    display = console_err if json_output else console
+    folders = [Path(name) for name in names or [] if _is_runs_folder(name)]
+    datasets = [name for name in names or [] if Path(name) not in folders]
+    if datasets:
+        entries = [get_dataset(name, data_dir=data_dir_path) for name in datasets]
     else:
-        entries = list(load_registry(data_dir=data_dir_path).values())
+        entries = [] if folders else list(load_registry(data_dir=data_dir_path).values())
     reports = [verify_dataset(data_dir_path, entry, named=bool(names)) for entry in entries]
     shown = [report for report in reports if report.checked or report.problems]
-    for report in shown:
-        console.print(report.line(), highlight=False, soft_wrap=True)
-    if not shown:
-        console.print(f"nothing downloaded or prepared in {data_dir_path}", highlight=False)
-    if any(report.problems for report in reports):
+    runs = [check for folder in folders for check in verify_runs(folder)]
+    for line in [report.line() for report in shown] + [check.line() for check in runs]:
+        display.print(line, highlight=False, soft_wrap=True, markup=False)
+    if not shown and not folders:
+        display.print(f"nothing downloaded or prepared in {data_dir_path}", highlight=False)
+    failed = any(report.problems for report in reports) or any(check.problems for check in runs)
+    if json_output:
+        print_json(
+            {
+                "passed": not failed,
+                "datasets": [vars(report) for report in shown],
+                "runs": [{**vars(check), "run_dir": str(check.run_dir)} for check in runs],
+            }
+        )
+    if failed:
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def _is_runs_folder(name: str) -> bool:
+    """A folder of runs rather than a dataset: a folder holding run folders whose name is not
+    a registered dataset (`./NAME` picks the folder)."""
+    from lossbench.compare.verify_runs import is_runs_folder
+    from lossbench.data.registry import load_registry
+
+    if name in load_registry(data_dir=GlobalOptions.data_dir):
+        return False
+    return is_runs_folder(Path(name))
 
 
 def summary_table(results: list[PrepareResult]) -> Table:
