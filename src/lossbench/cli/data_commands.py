@@ -58,9 +58,11 @@ def _status(entry: DatasetEntry, meta: dict[str, Any] | None) -> str:
 
 
 @app.command()
-def datasets(data_dir: DataDir = None) -> None:
+def datasets(json_output: ci.JsonOutput = False, data_dir: DataDir = None) -> None:
     """List the registered datasets, whether each is downloaded or prepared, and (prepared)
     the share of validation / test targets already in the user's history."""
+    from rich.text import Text
+
     from lossbench.data.prepared import prepared_dir, read_meta
     from lossbench.data.registry import load_registry
     from lossbench.data.repeats import META_KEY, share_text
@@ -68,19 +70,31 @@ def datasets(data_dir: DataDir = None) -> None:
     table = Table(title=f"datasets in {GlobalOptions.data_dir}")
     for column in ("name", "source", "size", "status", "seen targets"):
         table.add_column(column, overflow="fold")
-    older = []
+    older, rows = [], []
     for entry in load_registry(data_dir=GlobalOptions.data_dir).values():
         meta = read_meta(prepared_dir(GlobalOptions.data_dir, entry.name))
         shares = share_text(meta.get(META_KEY)) if meta is not None else ""
         if meta is not None and not shares:
             older.append(entry.name)
-        table.add_row(entry.name, entry.source, _size(entry), _status(entry, meta), shares)
+        status = _status(entry, meta)
+        table.add_row(entry.name, entry.source, _size(entry), status, shares)
+        rows.append(
+            {
+                "name": entry.name,
+                "source": entry.source,
+                "size": _size(entry),
+                "status": Text.from_markup(status).plain,
+                "seen_targets": meta.get(META_KEY) if meta is not None else None,
+            }
+        )
     if older:
         table.caption = (
             f"seen targets unknown for {', '.join(older)}: prepared by an earlier version "
             "(`lossbench preprocess NAME --force` adds them)"
         )
-    console.print(table)
+    (console_err if json_output else console).print(table)
+    if json_output:
+        print_json({"data_dir": str(GlobalOptions.data_dir), "datasets": rows})
 
 
 @app.command()

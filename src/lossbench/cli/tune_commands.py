@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console
+from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.outputs import print_json
 from lossbench.errors import LossbenchError
 
 TUNE = "Tuning"
@@ -91,6 +94,7 @@ def tune(
     ] = None,
     preset: opt.Preset = None,
     training: opt.TrainingFlags = opt.NO_FLAGS,
+    json_output: ci.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Tune every loss on validation with the same budget, then write a grid that retrains each
@@ -108,6 +112,7 @@ def tune(
             "storage",
             "out",
             "config_file",
+            "json_output",
         ),
     )
     try:
@@ -117,7 +122,7 @@ def tune(
     from lossbench.compare.grid import make_grid, merge_settings
     from lossbench.data.prepared import ensure_prepared
     from lossbench.data.registry import get_dataset
-    from lossbench.tuning.output import compare_command
+    from lossbench.tuning.output import SUMMARY_FILE, compare_command
     from lossbench.tuning.runner import tune_losses
     from lossbench.tuning.space import parse_space, read_tune_file
     from lossbench.tuning.study import TuneRequest, default_storage
@@ -144,14 +149,19 @@ def tune(
         prune=prune,
         out_dir=out,
     )
-    tune_losses(
+    display = console_err if json_output else console
+    _, written = tune_losses(
         request,
         storage or default_storage(out),
         lambda name, split: ensure_prepared(GlobalOptions.data_dir, name, split),
-        console,
+        display,
     )
-    console.print(f"tuned settings in {out / 'tuned.toml'}; retrain and test them on fresh seeds:")
-    console.print(f"  {compare_command(out)}", highlight=False, soft_wrap=True)
+    display.print(f"tuned settings in {out / 'tuned.toml'}; retrain and test them on fresh seeds:")
+    display.print(f"  {compare_command(out)}", highlight=False, soft_wrap=True)
+    if json_output:  # tuning.json as written, with the files and the command that follows
+        document = json.loads((out / SUMMARY_FILE).read_text())
+        files = {"files": [str(path) for path in written], "compare_command": compare_command(out)}
+        print_json(document | files)
 
 
 __all__ = ["tune"]
