@@ -14,6 +14,7 @@ import sys
 from rich.markup import escape
 
 from lossbench.cli.app import EXIT_INTERRUPTED, INTERRUPTED, app, console_err
+from lossbench.cli.pipes import guard_standard_streams
 from lossbench.errors import LossbenchError
 
 # Importing the command modules registers their commands on `app`.
@@ -27,6 +28,7 @@ EXIT_ERROR = 2
 
 
 def main() -> None:
+    guard_standard_streams()  # `lossbench compare | head -1` finishes the comparison silently
     try:
         app(prog_name="lossbench")  # standalone: always ends in SystemExit
     except LossbenchError as error:
