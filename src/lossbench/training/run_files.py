@@ -153,6 +153,8 @@ def is_finished(run_dir: Path) -> bool:
 def read_metrics(run_dir: Path) -> dict[str, Any]:
     """metrics.json of a finished run; a damaged one is a LossbenchError naming it."""
     problem, metrics = _parse_metrics(run_dir)
+    if problem is None and not all(key in metrics for key in METRICS_KEYS):
+        problem = f"{run_dir / METRICS_FILE} is damaged (it lacks the metrics a run records)"
     if problem is not None:
         raise LossbenchError(f"{problem}; {DAMAGED_FIX}")
     return metrics
@@ -173,8 +175,8 @@ def _parse_metrics(run_dir: Path) -> tuple[str | None, dict[str, Any]]:
         return f"{path} cannot be read ({(error.strerror or str(error)).lower()})", {}
     except ValueError:
         return f"{path} is damaged (not valid JSON: cut short or overwritten)", {}
-    if not isinstance(metrics, dict) or not all(key in metrics for key in METRICS_KEYS):
-        return f"{path} is damaged (it lacks the metrics a finished run records)", {}
+    if not isinstance(metrics, dict):
+        return f"{path} is damaged (not a JSON object)", {}
     return None, metrics
 
 
