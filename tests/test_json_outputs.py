@@ -125,3 +125,23 @@ def test_verify_json_names_each_dataset_and_its_problems(tmp_path: Path) -> None
     document = json.loads(damaged.stdout)
     assert document["passed"] is False
     assert document["datasets"][0]["problems"][0].startswith("synthetic/prepared/meta.json")
+
+
+def test_preprocess_json_holds_the_prepared_counts(tmp_path: Path) -> None:
+    result, document = invoke("--data-dir", str(tmp_path), "preprocess", "synthetic", "--json")
+    (prepared,) = document["datasets"]
+    meta = json.loads((tmp_path / "synthetic/prepared/meta.json").read_text())
+    assert prepared == {"name": "synthetic", "skipped": False, "meta": meta}
+    assert f"{meta['n_users']:,}" in result.stderr and f"{meta['n_items']:,}" in result.stderr
+    again = invoke("--data-dir", str(tmp_path), "preprocess", "synthetic", "--json")[1]
+    assert again["datasets"][0]["skipped"] is True
+
+
+def test_check_loss_json() -> None:
+    result, document = invoke("check-loss", "improved", "--json")
+    assert document["loss"] == "improved" and document["passed"] is True
+    assert document["from"] == "lossbench" and len(document["checks"]) > 3
+    assert all(check["passed"] for check in document["checks"])
+    for check in document["checks"]:
+        assert check["check"].split()[0] in result.stderr  # cells wrap in the table
+    assert "improved meets the loss contract" in result.stderr

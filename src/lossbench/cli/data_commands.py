@@ -144,6 +144,7 @@ def preprocess(
     split: opt.Split = None,
     valid_quantile: opt.ValidQuantile = None,
     test_quantile: opt.TestQuantile = None,
+    json_output: ci.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Check the downloads' sha256, then filter, re-index and split them for training."""
@@ -168,17 +169,22 @@ def preprocess(
         )
         for name in names
     ]
+    display = console_err if json_output else console
     for result in results:
         if result.skipped:
-            console.print(
+            display.print(
                 f"{result.name}: already prepared from the same files and protocol, nothing to do "
                 "(--force prepares again)",
                 highlight=False,
             )
-    console.print(summary_table(results))
-    console.print(repeats_table(results))
+    display.print(summary_table(results))
+    display.print(repeats_table(results))
     if split_by.kind == "temporal":
-        console.print(temporal_table(results))
+        display.print(temporal_table(results))
+    if json_output:  # each prepared folder's meta.json: counts, statistics, split, files
+        print_json(
+            {"datasets": [{"name": r.name, "skipped": r.skipped, "meta": r.meta} for r in results]}
+        )
 
 
 @app.command()

@@ -151,13 +151,14 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
-    """metrics.json of a finished run; a damaged one is a LossbenchError naming it."""
+    """metrics.json of a finished run, as the run reported it (without the file records); a
+    damaged one is a LossbenchError naming it."""
     problem, metrics = _parse_metrics(run_dir)
     if problem is None and not all(key in metrics for key in METRICS_KEYS):
         problem = f"{run_dir / METRICS_FILE} is damaged (it lacks the metrics a run records)"
     if problem is not None:
         raise LossbenchError(f"{problem}; {DAMAGED_FIX}")
-    return metrics
+    return {key: value for key, value in metrics.items() if key != FILES_KEY}
 
 
 DAMAGED_FIX = (
