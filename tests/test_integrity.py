@@ -248,3 +248,11 @@ def test_verify_and_training_agree_on_a_broken_meta_json(
     assert cli(data_dir, "verify").exit_code == 1  # every dataset present, as well
     preprocess_dataset(data_dir, "synthetic", force=True)
     assert cli(data_dir, "verify", "synthetic").exit_code == 0
+
+
+def test_verify_a_folder_without_runs_is_one_line(data_dir: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli(data_dir, "verify", str(empty))
+    assert isinstance(result.exception, LossbenchError)
+    assert f"{empty} holds no run folders" in str(result.exception)

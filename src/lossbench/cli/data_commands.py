@@ -16,6 +16,7 @@ from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
 from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
 from lossbench.cli.outputs import print_json
+from lossbench.errors import LossbenchError
 
 if TYPE_CHECKING:
     from lossbench.data.preprocess import PrepareResult
@@ -216,7 +217,14 @@ def verify(
         entries = [] if folders else list(load_registry(data_dir=data_dir_path).values())
     reports = [verify_dataset(data_dir_path, entry, named=bool(names)) for entry in entries]
     shown = [report for report in reports if report.checked or report.problems]
-    runs = [check for folder in folders for check in verify_runs(folder)]
+    runs = []
+    for folder in folders:
+        if not (checks := verify_runs(folder)):
+            raise LossbenchError(
+                f"{folder} holds no run folders (none has a config.json); give the --out "
+                "folder of a comparison or of a run"
+            )
+        runs += checks
     for line in [report.line() for report in shown] + [check.line() for check in runs]:
         display.print(line, highlight=False, soft_wrap=True, markup=False)
     if not shown and not folders:
@@ -235,14 +243,11 @@ def verify(
 
 
 def _is_runs_folder(name: str) -> bool:
-    """A folder of runs rather than a dataset: a folder holding run folders whose name is not
-    a registered dataset (`./NAME` picks the folder)."""
-    from lossbench.compare.verify_runs import is_runs_folder
+    """A folder (of runs) rather than a dataset: an existing folder whose name is not a
+    registered dataset's (`./NAME` picks the folder)."""
     from lossbench.data.registry import load_registry
 
-    if name in load_registry(data_dir=GlobalOptions.data_dir):
-        return False
-    return is_runs_folder(Path(name))
+    return name not in load_registry(data_dir=GlobalOptions.data_dir) and Path(name).is_dir()
 
 
 def summary_table(results: list[PrepareResult]) -> Table:

@@ -36,11 +36,6 @@ class RunCheck:
         return f"{self.run_dir}: ok, size and sha256 match ({self.files} recorded files)"
 
 
-def is_runs_folder(path: Path) -> bool:
-    """`path` is a folder holding at least one run folder (itself, or anywhere below)."""
-    return path.is_dir() and any(True for _ in _run_dirs(path))
-
-
 def verify_runs(root: Path) -> list[RunCheck]:
     """A check per run folder under `root` (or `root` itself), sorted; folders a resumed
     comparison set aside (`<run>.replaced-<time>`) are skipped."""
@@ -65,4 +60,4 @@ def _check(run_dir: Path) -> RunCheck:
     return RunCheck(run_dir, "finished", files=len(records))
 
 
-__all__ = ["RunCheck", "is_runs_folder", "verify_runs"]
+__all__ = ["RunCheck", "verify_runs"]
