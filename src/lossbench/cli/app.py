@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 from lossbench import __version__
 from lossbench.errors import LossbenchError
 from lossbench.paths import USER_REGISTRY_ENV, USER_REGISTRY_FILE, UserRegistry, default_data_dir
+from lossbench.training.progress import progress_seconds
 
 console = Console()
 console_err = Console(stderr=True)
@@ -123,5 +124,6 @@ def global_options(
         ),
     ] = False,
 ) -> None:
+    progress_seconds()  # a bad $LOSSBENCH_PROGRESS_SECONDS stops here, before any work
     GlobalOptions.data_dir = data_dir if data_dir is not None else default_data_dir()
     UserRegistry.path, UserRegistry.data_dir = registry, GlobalOptions.data_dir

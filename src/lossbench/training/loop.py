@@ -235,7 +235,7 @@ def set_up(entry: PlanEntry, dataset: PreparedDataset, console: Console, hooks: 
         generators={"batches": batcher.generator, "negatives": generator},
         threads=threads,
         record=run_record(entry, dataset, sequences, loss),
-        files=RunFiles(entry.run_dir),
+        files=RunFiles(entry.run_dir, dataset.original_ids),
         console=console,
         hooks=hooks,
     )
