@@ -145,3 +145,13 @@ def test_check_loss_json() -> None:
     for check in document["checks"]:
         assert check["check"].split()[0] in result.stderr  # cells wrap in the table
     assert "improved meets the loss contract" in result.stderr
+
+
+def test_download_json_says_what_was_done(tmp_path: Path) -> None:
+    result, document = invoke("--data-dir", str(tmp_path), "download", "synthetic", "--json")
+    (done,) = document["datasets"]
+    assert done == {
+        "name": "synthetic",
+        "message": "synthetic: generated locally, nothing to download",
+    }
+    assert result.stderr.strip() == done["message"]

@@ -114,6 +114,7 @@ def download(
         bool,
         typer.Option("--trust-new-hash", help="Record the hash of a file that has none pinned."),
     ] = False,
+    json_output: ci.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Download datasets, verifying size and sha256 (resumes; fetches damaged files again)."""
@@ -122,11 +123,15 @@ def download(
 
     for name in names:
         get_dataset(name, data_dir=GlobalOptions.data_dir)  # a misspelled name fails at once
+    done = []
     for name in names:
         message = download_dataset(
             GlobalOptions.data_dir, name, mirror=mirror, force=force, trust_new_hash=trust_new_hash
         )
-        console.print(message, highlight=False)
+        (console_err if json_output else console).print(message, highlight=False)
+        done.append({"name": name, "message": message})
+    if json_output:
+        print_json({"datasets": done})
 
 
 @app.command()
