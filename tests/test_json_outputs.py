@@ -155,3 +155,16 @@ def test_download_json_says_what_was_done(tmp_path: Path) -> None:
         "message": "synthetic: generated locally, nothing to download",
     }
     assert result.stderr.strip() == done["message"]
+
+
+def test_every_command_takes_json() -> None:
+    """A command added later prints a document too (or this names it)."""
+    import typer.main
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    without = [
+        name
+        for name, command in commands.items()
+        if "--json" not in {option for param in command.params for option in param.opts}
+    ]
+    assert without == []
