@@ -40,6 +40,7 @@ from lossbench.data.sequences import SequenceTensors
 from lossbench.errors import LossbenchError
 from lossbench.plugins import changed_sources
 from lossbench.training.config import TrainConfig
+from lossbench.training.distributed import SINGLE_PROCESS, ProcessGroup
 from lossbench.training.entry import PlanEntry
 from lossbench.training.evaluate import EvaluationResult
 from lossbench.training.setup import LossSettings
@@ -146,7 +147,11 @@ def original_topk_ids(
 
 
 def run_record(
-    entry: PlanEntry, dataset: PreparedDataset, sequences: SequenceTensors, loss: LossSettings
+    entry: PlanEntry,
+    dataset: PreparedDataset,
+    sequences: SequenceTensors,
+    loss: LossSettings,
+    group: ProcessGroup = SINGLE_PROCESS,
 ) -> dict[str, Any]:
     """config.json: the configuration, the resolved model settings and the loss as it trains
     (its softmax chunk measured on this machine), the code's sources, the data."""
@@ -169,6 +174,8 @@ def run_record(
             "lossbench": __version__,
             "threads": torch.get_num_threads(),
             "precision": entry.config.precision,
+            # Data-parallel processes; "devices": one per rank (str(entry.device) on each).
+            "distributed": {**group.describe(), "devices": [str(entry.device)] * group.world_size},
         },
     }
 
