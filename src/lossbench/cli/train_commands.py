@@ -17,8 +17,8 @@ from rich.table import Table
 
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
-from lossbench.cli.outputs import check_output_folder, print_json
+from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
+from lossbench.cli.outputs import check_run_folder, print_json
 from lossbench.errors import LossbenchError
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def train(
     from torch.distributed import DistError
 
     from lossbench.compare.arms import config_label, run_name
-    from lossbench.data.prepared import ensure_prepared
+    from lossbench.data.prepared import ensure_prepared, prepare_on_first_use
     from lossbench.data.repeats import repeat_notice, repeated_targets
     from lossbench.data.subsample import sample_users as sample
     from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
@@ -100,10 +100,11 @@ def train(
     # Impossible settings, model / loss pairings and runs that cannot fit fail before anything
     # starts.
     entry = plan_entry(config, run_dir)
-    check_output_folder(run_dir, "--out")
+    check_run_folder(run_dir, "--out")
     group = join_process_group(config.device)  # one process, or a rank under torchrun
     check_same_settings(config.model_dump(mode="json"), group)
     if group.is_main:  # rank 0 prepares the data; the others then read what it wrote
+        prepare_on_first_use(GlobalOptions.data_dir, config.dataset, config.split_spec, announce)
         prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
     barrier(group)
     if not group.is_main:
