@@ -133,6 +133,8 @@ def compare(
     smoke: ci.Smoke = False,
     sample_users: ci.SampleUsers = None,
     expect: ci.Expect = None,
+    allow_collapsed: ci.AllowCollapsed = False,
+    memory_budget: ci.MemoryBudget = None,
     json_output: ci.JsonOutput = False,
     junit: ci.Junit = None,
     track: ci.Track = None,
@@ -182,8 +184,10 @@ def compare(
     from lossbench.compare.grid import merge_settings, under_flags
     from lossbench.data.prepared import ensure_prepared, prepare_on_first_use
     from lossbench.training.config import build_config
+    from lossbench.training.memory import parse_memory_size
     from lossbench.training.presets import SMOKE_LAYER
 
+    budget = parse_memory_size(memory_budget) if memory_budget is not None else None
     grid_values, settings = read_grid_file(config_file) if config_file else ({}, {})
     texts = [*(read_grid_expectations(config_file) if config_file else []), *(expect or [])]
     expectations = parse_expectations(texts)
@@ -228,6 +232,8 @@ def compare(
         retrain_changed=retrain_changed,
         markdown_file=markdown_file,
         executor_factory=executor_factory,
+        allow_collapsed=allow_collapsed,
+        memory_budget=budget,
     )
     if code:
         raise typer.Exit(code)

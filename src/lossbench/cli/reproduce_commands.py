@@ -206,6 +206,7 @@ def _reproduce(
     from lossbench.data.prepared import PreparedDataset, ensure_prepared, prepare_on_first_use
     from lossbench.data.splits import SplitSpec
     from lossbench.reproduce.plan import build_reproduction, run_reproduction
+    from lossbench.reproduce.published import check_published_variant
     from lossbench.reproduce.report import render_reproduction
     from lossbench.reproduce.tables import get_table
     from lossbench.training.observers import FiniteLoss
@@ -215,7 +216,9 @@ def _reproduce(
 
     def prepare(name: str, split: SplitSpec) -> PreparedDataset:
         prepare_on_first_use(GlobalOptions.data_dir, name, split, announce)
-        return ensure_prepared(GlobalOptions.data_dir, name, split)
+        dataset = ensure_prepared(GlobalOptions.data_dir, name, split)
+        check_published_variant(name, dataset.meta)  # another "Beauty" is not the study's
+        return dataset
 
     executor_factory, flags = make_executor(executor_settings, dict(flags), out)  # Ray: threads
     failed = FailedRuns()
