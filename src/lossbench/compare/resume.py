@@ -3,11 +3,12 @@ other settings, and what happens to those.
 
 A run folder is `finished` (metrics.json) or `partial` (a checkpoint) with the settings the
 plan asks for, `changed` when either holds other settings, `stale` when only the source file
-of a plugin loss or model differs from the one it was trained with, or `missing`. A
-comparison with changed runs is refused, naming every setting that differs (old -> new);
-with `--retrain-changed` they are retrained. Stale runs are retrained (the code was edited on
-purpose). Either way the old folder is first moved aside to `<run>.replaced-<time>/`, so no
-result is ever deleted.
+of a plugin loss or model differs from the one it was trained with, `damaged` when a finished
+run's files no longer match what it recorded (metrics.json cut short, test ranks overwritten),
+or `missing`. A comparison with changed runs is refused, naming every setting that differs
+(old -> new); with `--retrain-changed` they are retrained. Stale runs are retrained (the code
+was edited on purpose), and so are damaged ones (their numbers cannot be trusted). Either way
+the old folder is first moved aside to `<run>.replaced-<time>/`, so no result is ever deleted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rich.console import Console
+from rich.markup import escape
 
 from lossbench.errors import LossbenchError
 from lossbench.training.entry import PlanEntry
@@ -28,13 +30,14 @@ from lossbench.training.run_files import (
     REPLACED,
     is_finished,
     read_record,
+    run_problems,
     setting_changes,
     setting_text,
     source_changes,
 )
 from lossbench.training.run_lock import lock_holder, run_lock
 
-RunState = Literal["finished", "partial", "changed", "stale", "missing"]
+RunState = Literal["finished", "partial", "changed", "stale", "damaged", "missing"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class RunStatus:
     entry: PlanEntry
     state: RunState
     changes: list[tuple[str, Any, Any]] = field(default_factory=list)  # (setting, old, new)
+    problems: list[str] = field(default_factory=list)  # why a finished run is damaged
 
 
 def run_status(entry: PlanEntry) -> RunStatus:
@@ -49,6 +53,8 @@ def run_status(entry: PlanEntry) -> RunStatus:
     finished = is_finished(entry.run_dir)
     if not finished and not (entry.run_dir / CHECKPOINT_FILE).is_file():
         return RunStatus(entry, "missing")  # nothing there that took time to compute
+    if finished and (problems := run_problems(entry.run_dir, hashes=True)):
+        return RunStatus(entry, "damaged", problems=problems)
     record = read_record(entry.run_dir) or {}
     saved = record.get("config")
     if not isinstance(saved, dict):
@@ -82,11 +88,10 @@ def settle_runs(
     if check is not None:
         check(todo)
     for status in statuses:
-        if status.state in ("changed", "stale"):
+        if status.state in ("changed", "stale", "damaged"):
             moved = move_aside(status.entry.run_dir)
-            why = "other settings" if status.state == "changed" else "another version of its code"
             console.print(
-                f"[yellow]{status.entry.run_dir} was trained with {why}: retraining it "
+                f"[yellow]{escape(_why_retrained(status))}: retraining it "
                 f"(the old run is kept as {moved.name})[/]"
             )
     reused = len(statuses) - len(todo)
@@ -95,6 +100,13 @@ def settle_runs(
     elif reused:
         console.print(f"reusing {reused} finished run(s) of {len(statuses)}")
     return todo
+
+
+def _why_retrained(status: RunStatus) -> str:
+    if status.state == "damaged":
+        return f"{status.entry.run_dir} is damaged ({'; '.join(status.problems)})"
+    why = "other settings" if status.state == "changed" else "another version of its code"
+    return f"{status.entry.run_dir} was trained with {why}"
 
 
 def refuse_changed(changed: list[RunStatus], out_dir: Path) -> None:
