@@ -268,20 +268,7 @@ def _marks(case: Case) -> list[pytest.MarkDecorator]:
 
 
 # The cases another branch fixes that still fail on this one.
-FAILING_HERE = {
-    "train over a finished run, other loss",
-    "train over a finished run, other --lr",
-    "train --lr inf",
-    "train --lr 1e30",
-    "train with an own loss giving NaN",
-    "train --save-topk 100000",
-    "train, own loss raises",
-    "train, own loss of the wrong shape",
-    "train, own loss detached",
-    "train, own loss returns a float",
-    "train --loss os:system",
-    "train --hidden-size 100000000",
-}
+FAILING_HERE: set[str] = set()
 
 
 @pytest.mark.parametrize(
