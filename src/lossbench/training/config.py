@@ -25,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "auto"]  # auto: resolved by the plan (`run_precision`)
 DeviceName = Literal["auto", "cpu", "cuda"]
 Batching = Literal["bucket", "random"]
 

@@ -57,6 +57,7 @@ from lossbench.training.run_lock import lock_holder, run_lock
 from lossbench.training.setup import (
     make_adam,
     make_evaluator,
+    precision_notice,
     seed_everything,
 )
 from lossbench.training.softmax_chunk import tuned_loss
@@ -197,6 +198,8 @@ def set_up(entry: PlanEntry, dataset: PreparedDataset, console: Console, hooks: 
     model = entry.build_model(dataset.n_items).to(device)
     if entry.model.pretrainable and config.init is None:
         console.print(f"[yellow]{config.model} without --init starts from random weights[/]")
+    if notice := precision_notice(config.precision, device):
+        console.print(f"[yellow]{notice}[/]", highlight=False)
     console.print(
         f"up to {config.max_epochs} epochs, stopping after {config.patience} without a better "
         f"validation {config.validation_metric}",
