@@ -314,6 +314,8 @@ def test_bf16_runs_on_a_cpu_without_bf16_arithmetic_and_says_so(
     from lossbench.training import setup
 
     monkeypatch.setattr(setup, "cpu_has_bf16_matmul", lambda: False)
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        monkeypatch.setenv(name, "32")  # what the run sets; restored afterwards
     cpu = torch.device("cpu")
     assert setup.run_precision("auto", cpu) == "fp32"
     assert setup.run_precision("bf16", cpu) == "bf16"
@@ -379,3 +381,21 @@ def test_shuffled_training_is_recorded_and_labelled(tiny: PreparedDataset, tmp_p
         "improved",
         True,
     )
+
+
+def test_bf16_on_cpu_bounds_onednn_kernel_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """oneDNN caches a kernel per bf16 matmul shape (1,024 by default); the packed encoder's
+    shapes change every batch, so unbounded caches doubled a bf16 epoch's memory."""
+    import os
+
+    from lossbench.training import setup
+
+    names = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    setup.bound_onednn_caches("fp32", torch.device("cpu"))
+    assert not any(name in os.environ for name in names)  # fp32 runs as before
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "7")  # the user's own setting wins
+    setup.bound_onednn_caches("bf16", torch.device("cpu"))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "32"
+    assert os.environ["LRU_CACHE_CAPACITY"] == "7"
