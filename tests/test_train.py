@@ -111,7 +111,7 @@ def test_metrics_recomputed_from_topk_match(tiny: PreparedDataset, tmp_path: Pat
     config = build_config(overrides=quick(loss="improved", max_epochs=2, save_topk=20))
     result = train_run(config, tiny, tmp_path)
     topk = pl.read_parquet(tmp_path / "topk.parquet")
-    assert topk.columns == ["user", "target", "topk"]
+    assert topk.columns[:3] == ["user", "target", "topk"]  # then the same in original ids
     lists = np.stack(topk["topk"].to_numpy())  # (U, 20)
     hits = lists == topk["target"].to_numpy()[:, None]
     rank = np.where(hits.any(1), hits.argmax(1) + 1, 10**9)
@@ -252,11 +252,20 @@ def test_cpu_peak_memory_is_reset_per_run() -> None:
     assert peak_memory_mb(cpu) < with_big - 200
 
 
-def test_negatives_unseen_needs_the_uniform_sampler() -> None:
+def test_negatives_unseen_needs_the_uniform_sampler(tmp_path: Path) -> None:
     assert build_config(overrides={"loss": "bce"}).negatives_unseen  # the study preset's
     assert not build_config(overrides={"loss": "bce", "negatives_unseen": False}).negatives_unseen
-    with pytest.raises(LossbenchError, match="--negatives-anywhere"):
-        build_config(overrides={"loss": "bce", "sampler": "popularity"})
+    with pytest.raises(LossbenchError, match="drop --negatives-unseen"):
+        build_config(overrides={"sampler": "popularity", "negatives_unseen": True})
+    grid_file = tmp_path / "unseen.toml"
+    grid_file.write_text('sampler = "mixed"\nnegatives_unseen = true\n')
+    with pytest.raises(LossbenchError, match="drop --negatives-unseen"):
+        build_config(toml_file=grid_file)
+    # The preset's unseen negatives are the uniform sampler's: an explicit sampler wins, and
+    # the config (so the run's record) says negatives come from anywhere.
+    for sampler in ("popularity", "in-batch", "mixed"):
+        config = build_config(overrides={"loss": "bce", "sampler": sampler})
+        assert (config.sampler, config.negatives_unseen) == (sampler, False)
     config = build_config(overrides={"sampler": "popularity", "negatives_unseen": False})
     assert config.sampler == "popularity"
 

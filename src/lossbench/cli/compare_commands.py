@@ -14,7 +14,7 @@ import typer
 from lossbench.cli import ci_options as ci
 from lossbench.cli import executor_options as ex
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
 from lossbench.cli.outputs import check_output_file, check_output_folder
 from lossbench.errors import LossbenchError
 
@@ -142,6 +142,7 @@ def compare(
     ray_address: ex.RayAddress = None,
     cpus_per_run: ex.CpusPerRun = None,
     gpus_per_run: ex.GpusPerRun = None,
+    workers_per_run: ex.WorkersPerRun = None,
     max_retries: ex.MaxRetries = None,
 ) -> None:
     """Train one model with several losses (everything else identical) and compare them.
@@ -179,7 +180,7 @@ def compare(
         read_grid_expectations,
     )
     from lossbench.compare.grid import merge_settings, under_flags
-    from lossbench.data.prepared import ensure_prepared
+    from lossbench.data.prepared import ensure_prepared, prepare_on_first_use
     from lossbench.training.config import build_config
     from lossbench.training.presets import SMOKE_LAYER
 
@@ -209,6 +210,7 @@ def compare(
 
     def prepare(name: str, split: SplitSpec) -> PreparedDataset:
         if (name, split) not in loaded:
+            prepare_on_first_use(GlobalOptions.data_dir, name, split, announce)
             loaded[name, split] = ensure_prepared(GlobalOptions.data_dir, name, split)
         return loaded[name, split]
 

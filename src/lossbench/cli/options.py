@@ -205,7 +205,8 @@ Precision = Annotated[
     str | None,
     typer.Option(
         help="fp32 (the default), bf16 (autocast; faster only with AVX-512 BF16, AMX or a "
-        "GPU), or auto (bf16 where the device has bf16 arithmetic, else fp32).",
+        "GPU), auto (bf16 where the device has bf16 arithmetic, else fp32) or fp64 "
+        "(exactness checks).",
         rich_help_panel=RUN,
     ),
 ]

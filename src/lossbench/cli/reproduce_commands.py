@@ -14,7 +14,7 @@ from rich.markup import escape
 from lossbench.cli import ci_options as ci
 from lossbench.cli import executor_options as ex
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
 from lossbench.cli.compare_commands import (
     Alpha,
     Metrics,
@@ -104,6 +104,7 @@ def reproduce(
     ray_address: ex.RayAddress = None,
     cpus_per_run: ex.CpusPerRun = None,
     gpus_per_run: ex.GpusPerRun = None,
+    workers_per_run: ex.WorkersPerRun = None,
     max_retries: ex.MaxRetries = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -189,7 +190,7 @@ def _reproduce(
     and the number of runs that failed (they are left out of the report)."""
     from lossbench.compare.executors import RunHandling, make_executor
     from lossbench.compare.failures import FailedRuns
-    from lossbench.data.prepared import PreparedDataset, ensure_prepared
+    from lossbench.data.prepared import PreparedDataset, ensure_prepared, prepare_on_first_use
     from lossbench.data.splits import SplitSpec
     from lossbench.reproduce.plan import build_reproduction, run_reproduction
     from lossbench.reproduce.report import render_reproduction
@@ -200,6 +201,7 @@ def _reproduce(
     check_output_file(markdown_file, "--markdown")
 
     def prepare(name: str, split: SplitSpec) -> PreparedDataset:
+        prepare_on_first_use(GlobalOptions.data_dir, name, split, announce)
         return ensure_prepared(GlobalOptions.data_dir, name, split)
 
     executor_factory, flags = make_executor(executor_settings, dict(flags), out)  # Ray: threads

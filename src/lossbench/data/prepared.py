@@ -26,6 +26,7 @@ n_items (BERT4Rec's mask token), which are never scored.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,23 @@ from lossbench.data.splits import LOO, SplitSpec
 from lossbench.errors import LossbenchError
 
 FORMAT_VERSION = 3  # 3: `files` records each file's size and sha256
+
+
+@dataclass(frozen=True)
+class OriginalIds:
+    """The ids of the source file, as strings: `users[u - 1]` is user u's, `items[i - 1]` item
+    i's (from `users.parquet` / `items.parquet`)."""
+
+    users: pl.Series  # (U,) String
+    items: pl.Series  # (n_items,) String
+
+    @classmethod
+    def from_maps(cls, users: pl.DataFrame, items: pl.DataFrame) -> OriginalIds:
+        """From the id map tables `user`/`item` -> `original_id` (ids 1..n, any order)."""
+        return cls(
+            users.sort("user")["original_id"].cast(pl.String),
+            items.sort("item")["original_id"].cast(pl.String),
+        )
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,7 @@ class PreparedDataset:
     attribute_offsets: np.ndarray | None = None  # (n_items + 2,) int64
     attribute_ids: np.ndarray | None = None  # (A,) int64
     n_attributes: int = 0
+    original_ids: OriginalIds | None = None  # None: built in memory without id maps
 
     @property
     def n_users(self) -> int:
@@ -124,6 +143,7 @@ def prepared_from_frames(
     split: pl.DataFrame,
     meta: dict[str, Any],
     item_attributes: pl.DataFrame | None = None,
+    original_ids: OriginalIds | None = None,
 ) -> PreparedDataset:
     """Flat numpy arrays from the `split` (and `item_attributes`) tables of the format."""
     lengths = split["train_items"].list.len().to_numpy().astype(np.int64)
@@ -158,6 +178,7 @@ def prepared_from_frames(
         attribute_offsets=attribute_offsets,
         attribute_ids=attribute_ids,
         n_attributes=int(meta.get("n_attributes", 0)),
+        original_ids=original_ids,
     )
 
 
@@ -182,37 +203,67 @@ def load_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> Prepared
         table = pl.read_parquet(folder / "split.parquet").sort("user")
         attributes_file = folder / "item_attributes.parquet"
         attributes = pl.read_parquet(attributes_file) if attributes_file.exists() else None
+        original_ids = OriginalIds.from_maps(
+            pl.read_parquet(folder / "users.parquet"), pl.read_parquet(folder / "items.parquet")
+        )
     except (OSError, pl.exceptions.PolarsError) as error:
         raise LossbenchError(
             f"prepared files of {name} are unreadable ({error}); run `{command} --force`"
         ) from None
-    return prepared_from_frames(name, table, meta, attributes)
+    return prepared_from_frames(name, table, meta, attributes, original_ids)
 
 
 def ensure_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> PreparedDataset:
-    """Load `name` split by `split`, preparing on the fly what needs no download: `synthetic`
-    (again when its folder is stale or damaged), and a user's own file (prepared again when
-    its registry entry names another version)."""
-    from lossbench.data.download import is_downloaded
+    """Load `name` split by `split`, preparing on the fly: `synthetic` (again when its folder
+    is stale or damaged), a user's own file (again when its registry entry names another
+    version), and a downloaded dataset not prepared yet (`prepare_on_first_use`)."""
     from lossbench.data.preprocess import preprocess_dataset
     from lossbench.data.registry import get_dataset
     from lossbench.data.splits import check_timed
 
     entry = get_dataset(name, data_dir=data_dir)
     check_timed(name, entry.format, split)
-    command = preprocess_command(name, split)
     if entry.local_file is not None:
         _prepare_local(data_dir, name, split)
     elif entry.generator is not None:
         preprocess_dataset(data_dir, name, split=split)  # a no-op when prepared alike
-    elif not is_prepared(data_dir, name, split):
-        if not is_downloaded(data_dir, entry):
-            raise LossbenchError(
-                f"dataset {name} is not downloaded or prepared: run `lossbench download {name}` "
-                f"then `{command}`"
-            )
-        raise LossbenchError(f"dataset {name} is not prepared ({split.label}): run `{command}`")
+    else:
+        prepare_on_first_use(data_dir, name, split)
     return load_prepared(data_dir, name, split)
+
+
+def prepare_on_first_use(
+    data_dir: Path,
+    name: str,
+    split: SplitSpec = LOO,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Prepare a downloaded registered dataset not yet prepared with `split`, with its
+    registered protocol (`announce` gets one line saying so first); a registered dataset that
+    is not downloaded is one line naming the command that fetches it. Generated datasets and
+    a user's own files are left to `ensure_prepared`."""
+    from lossbench.data.download import is_downloaded
+    from lossbench.data.preprocess import preprocess_dataset
+    from lossbench.data.registry import get_dataset
+    from lossbench.data.splits import check_timed
+
+    entry = get_dataset(name, data_dir=data_dir)
+    if entry.local_file is not None or entry.generator is not None:
+        return
+    check_timed(name, entry.format, split)
+    if is_prepared(data_dir, name, split):
+        return
+    if not is_downloaded(data_dir, entry):
+        raise LossbenchError(
+            f"dataset {name} is not downloaded: run `lossbench download {name}` "
+            "(it is prepared on first use)"
+        )
+    if announce is not None:
+        announce(
+            f"preparing {name} ({split.label} split) with its registered protocol, once "
+            f"(as `{preprocess_command(name, split)}` does)"
+        )
+    preprocess_dataset(data_dir, name, split=split)
 
 
 def _prepare_local(data_dir: Path, name: str, split: SplitSpec) -> None:

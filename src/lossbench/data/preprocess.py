@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from pydantic import ValidationError
 
 from lossbench.atomic import remove_stale_folders, temporary_folder
 from lossbench.data import repeats, synthetic
@@ -244,7 +245,7 @@ def preprocess_dataset(
     """Prepare `name` under its `prepared*` folder of `split`; a no-op when prepared alike."""
     entry = get_dataset(name, registry, data_dir)
     check_timed(name, entry.format, split)
-    protocol = Protocol.model_validate({**entry.protocol.model_dump(), **(overrides or {})})
+    protocol = protocol_with(entry.protocol, overrides or {})
     if entry.generator is not None:
         sources: dict[str, Any] = {"generator": entry.generator.model_dump()}
     elif entry.local_file is not None:
@@ -292,6 +293,20 @@ def preprocess_dataset(
         "fingerprint": fingerprint,
     }
     return PrepareResult(name, write_prepared(target, tables, meta), False, target)
+
+
+def protocol_with(protocol: Protocol, overrides: dict[str, Any]) -> Protocol:
+    """`protocol` with the `preprocess` flags' values; a value out of range is one line
+    naming the flag."""
+    try:
+        return Protocol.model_validate({**protocol.model_dump(), **overrides})
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "protocol"
+        raise LossbenchError(
+            f"--{field.replace('_', '-')} {first.get('input')!r}: "
+            + first["msg"].replace("Input should be", "must be")
+        ) from None
 
 
 def refuse_unsplittable(entry: DatasetEntry, report: dict[str, int]) -> None:

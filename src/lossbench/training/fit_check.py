@@ -20,6 +20,7 @@ from lossbench.data.prepared import PreparedDataset
 from lossbench.errors import LossbenchError
 from lossbench.losses.full_softmax import softmax_chunk_for
 from lossbench.models.base import SequenceModel, scoring_table
+from lossbench.training.data_fit import check_data_fit
 from lossbench.training.entry import PlanEntry
 from lossbench.training.memory import available_memory_bytes
 
@@ -39,6 +40,7 @@ class StepMemory:
 
 def check_fits(entry: PlanEntry, dataset: PreparedDataset) -> StepMemory:
     """The estimate, or a one-line LossbenchError when the run cannot fit."""
+    check_data_fit(entry.config, dataset)
     negatives, n_items = entry.loss.negatives, dataset.n_items
     if negatives > n_items:
         asked = (
