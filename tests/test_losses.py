@@ -211,9 +211,7 @@ def test_fused_softmax_over_position_chunks_matches_plain(chunk: int) -> None:
 
 
 def test_fused_softmax_gradcheck(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        full_softmax, "fused_block", lambda n_items, *_: 2
-    )  # chunks of 2 positions
+    monkeypatch.setattr(full_softmax, "fused_block", lambda n_items, *_: 2)  # chunks of 2 positions
     generator = torch.Generator().manual_seed(5)
     table = torch.randn(8, 3, generator=generator, dtype=torch.float64, requires_grad=True)
     hidden = torch.randn(5, 3, generator=generator, dtype=torch.float64, requires_grad=True)
