@@ -20,7 +20,7 @@ Three parts, all at the torch threads of the process (`OMP_NUM_THREADS`, `--thre
    fp32 then bf16, the top operations by self time.
 
 `--acceptance` runs `lossbench train --dataset D --model sasrec --loss improved --max-epochs 2
---threads 1 --precision P` for fp32 then bf16, `--rounds` times, and prints each precision's
+--threads 1 --precision P` for fp32 then bf16, one after the other, and prints each precision's
 median train_seconds of epochs 1-2, the bf16 / fp32 ratio and each one's peak memory.
 """
 
