@@ -157,6 +157,12 @@ def test_cli_train_on_synthetic(tmp_path: Path) -> None:
     assert "sasrec + improved on synthetic" in result.output
     assert "NDCG" in result.output
     assert (tmp_path / "run" / "metrics.json").is_file()
+    # The run names the data it trained on: the prepared dataset's fingerprint.
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["dataset"]["fingerprint"]
+    meta = json.loads((tmp_path / "data" / "synthetic" / "prepared" / "meta.json").read_text())
+    assert saved == meta["dataset_fingerprint"]
+    assert (saved["users"], saved["items"]) == (2000, 500)
+    assert saved["interactions"] == meta["n_interactions"] and len(saved["split_sha256"]) == 64
 
 
 def test_cli_train_threads_sets_and_records_the_thread_count(tmp_path: Path) -> None:

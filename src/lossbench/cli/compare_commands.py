@@ -15,7 +15,7 @@ from lossbench.cli import ci_options as ci
 from lossbench.cli import executor_options as ex
 from lossbench.cli import options as opt
 from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
-from lossbench.cli.outputs import check_output_file, check_output_folder
+from lossbench.cli.outputs import check_output_file, check_output_folder, print_json
 from lossbench.errors import LossbenchError
 
 if TYPE_CHECKING:
@@ -133,6 +133,8 @@ def compare(
     smoke: ci.Smoke = False,
     sample_users: ci.SampleUsers = None,
     expect: ci.Expect = None,
+    allow_collapsed: ci.AllowCollapsed = False,
+    memory_budget: ci.MemoryBudget = None,
     json_output: ci.JsonOutput = False,
     junit: ci.Junit = None,
     track: ci.Track = None,
@@ -182,8 +184,10 @@ def compare(
     from lossbench.compare.grid import merge_settings, under_flags
     from lossbench.data.prepared import ensure_prepared, prepare_on_first_use
     from lossbench.training.config import build_config
+    from lossbench.training.memory import parse_memory_size
     from lossbench.training.presets import SMOKE_LAYER
 
+    budget = parse_memory_size(memory_budget) if memory_budget is not None else None
     grid_values, settings = read_grid_file(config_file) if config_file else ({}, {})
     texts = [*(read_grid_expectations(config_file) if config_file else []), *(expect or [])]
     expectations = parse_expectations(texts)
@@ -228,6 +232,8 @@ def compare(
         retrain_changed=retrain_changed,
         markdown_file=markdown_file,
         executor_factory=executor_factory,
+        allow_collapsed=allow_collapsed,
+        memory_budget=budget,
     )
     if code:
         raise typer.Exit(code)
@@ -278,24 +284,31 @@ def report(
     ] = False,
     allow_mixed: AllowMixed = False,
     markdown_file: opt.Markdown = None,
+    json_output: ci.JsonOutput = False,
 ) -> None:
     """Re-render tables, summary.md, results files and figures from saved runs (no training)."""
-    from lossbench.compare.report import render_report
+    from lossbench.compare.outputs import report_document
+    from lossbench.compare.report import load_comparison, present_report
 
     summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
     if directory.is_dir() and not print_only:
         hint = "`--print-only` prints the tables and writes nothing"
         check_output_folder(directory, "report", hint)
     check_output_file(markdown_file, "--markdown")
-    render_report(
+    comparison = load_comparison(directory, summary_options, baseline, allow_mixed)
+    present_report(
+        comparison,
         directory,
         summary_options,
-        console,
-        baseline,
-        allow_mixed,
+        console_err if json_output else console,
         print_only=print_only,
         markdown_file=markdown_file,
     )
+    if json_output:
+        run_dirs = [Path(run_dir) for run_dir in comparison.runs["run_dir"]]
+        metrics_shown, significance = summary_options.metrics, significance_metric
+        summary, warning = comparison.summary, comparison.warning
+        print_json(report_document(run_dirs, summary, metrics_shown, significance, warning))
 
 
 @app.command()
@@ -308,19 +321,34 @@ def versus(
     significance_metric: SignificanceMetric = "ndcg@10",
     permutations: Permutations = None,
     allow_mixed: AllowMixed = False,
+    json_output: ci.JsonOutput = False,
 ) -> None:
     """Compare two sets of finished runs (two models, presets or versions), paired by seed."""
     from rich.markup import escape
 
+    from lossbench.compare.outputs import row_document
     from lossbench.compare.tables import print_unsqueezed, rich_tables
     from lossbench.compare.versus import versus_summary
 
     summary_options = _summary_options(metrics, significance_metric, permutations, 0.05)
-    summary, _, _, warning = versus_summary(treatment, baseline, summary_options, allow_mixed)
+    summary, treated, base, warning = versus_summary(
+        treatment, baseline, summary_options, allow_mixed
+    )
+    display = console_err if json_output else console
     if warning is not None:
-        console.print(f"[yellow]{escape(warning)}[/]", highlight=False)
+        display.print(f"[yellow]{escape(warning)}[/]", highlight=False)
     for table in rich_tables(summary, summary_options, subject="runs"):
-        print_unsqueezed(console, table)
+        print_unsqueezed(display, table)
+    if json_output:
+        rows = summary.iter_rows(named=True)
+        document = {
+            "treatment": {"label": treated, "folder": str(treatment)},
+            "baseline": {"label": base, "folder": str(baseline)},
+            "significance_metric": significance_metric,
+            "warning": warning,
+            "comparison": [row_document(row, summary_options.metrics) for row in rows],
+        }
+        print_json(document)
 
 
 def _summary_options(

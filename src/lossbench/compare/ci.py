@@ -1,6 +1,7 @@
 """A comparison as a pipeline step: a run that fails is recorded (the others still train),
 expectations are judged on the summary, and the outcome is published as PASS / FAIL lines,
-`--json`, `--junit` and the CI step summary, with an exit code (0: all held, 1: not).
+`verdict.json` beside `summary.md` (the `--json` document), `--junit` and the CI step summary,
+with an exit code (0: all held, 1: not).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from lossbench.compare.outputs import (
     write_junit,
 )
 from lossbench.compare.plan import load_saved_plan
-from lossbench.compare.report import SUMMARY_FILE
+from lossbench.compare.report import SUMMARY_FILE, write_text
 from lossbench.compare.results import results_frame
 from lossbench.compare.runner import PrepareFn, compare_losses
 from lossbench.compare.summary import SummaryOptions, summarize
@@ -43,6 +44,8 @@ from lossbench.training.run_files import is_finished
 
 if TYPE_CHECKING:
     from lossbench.training.observers import RunObserver
+
+VERDICT_FILE = "verdict.json"  # the --json document, written beside summary.md
 
 __all__ = ["FAILURE_FILE", "FailedRuns", "Outcome", "Publishing", "compare_and_judge"]
 
@@ -81,10 +84,15 @@ def compare_and_judge(
     retrain_changed: bool = False,
     markdown_file: Path | None = None,
     executor_factory: ExecutorFactory = local_executor,
+    *,
+    allow_collapsed: bool = False,
+    memory_budget: int | None = None,
 ) -> int:
     """Run the comparison, judge it, publish the outcome; return the exit code.
 
-    `executor_factory` (compare/executors.py) trains the runs: here, or as Ray tasks."""
+    `executor_factory` (compare/executors.py) trains the runs: here, or as Ray tasks.
+    `allow_collapsed`: judge expectations on a loss's runs that did not collapse instead of
+    failing them; `memory_budget` (bytes): refuse runs estimated to need more."""
     from lossbench.tracking import open_tracker
     from lossbench.training.observers import FiniteLoss
 
@@ -105,6 +113,7 @@ def compare_and_judge(
             retrain_changed,
             executor,
             markdown_file=markdown_file,
+            memory_budget=memory_budget,
         )
     except BaseException as error:
         # Every run failed ("no finished runs") is an outcome; anything else ends here.
@@ -113,7 +122,7 @@ def compare_and_judge(
                 tracker.close(failed=True)
             raise
         written = []
-    outcome = judge(out_dir, expectations, options, failed.failures)
+    outcome = judge(out_dir, expectations, options, failed.failures, allow_collapsed)
     if tracker is not None:
         tracker.log_comparison(written)
         tracker.close(failed=not outcome.passed)
@@ -125,6 +134,7 @@ def judge(
     expectations: Sequence[Expectation],
     options: SummaryOptions,
     failures: Sequence[RunFailure],
+    allow_collapsed: bool = False,
 ) -> Outcome:
     """Summarize the comparison's finished runs (with every metric an expectation reads) and
     judge the expectations on each of its (dataset, model) pairs."""
@@ -146,7 +156,12 @@ def judge(
         wider = dataclasses.replace(options, metrics=metrics)
         summary = summarize(results_frame(run_dirs), plan.baselines, wider, plan.loss_order)
     verdicts = evaluate_expectations(
-        expectations, summary, plan.baselines, options.significance_metric, options.alpha
+        expectations,
+        summary,
+        plan.baselines,
+        options.significance_metric,
+        options.alpha,
+        allow_collapsed,
     )
     return Outcome(run_dirs, summary, metrics, verdicts, list(failures))
 
@@ -171,16 +186,18 @@ def publish(
             highlight=False,
             soft_wrap=True,
         )
+    document = comparison_document(
+        outcome.run_dirs,
+        outcome.summary,
+        outcome.metrics,
+        options.significance_metric,
+        outcome.verdicts,
+        outcome.failures,
+    )
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    write_text(out_dir / VERDICT_FILE, text)  # the verdict stays beside summary.md
     if publishing.json_output:
-        document = comparison_document(
-            outcome.run_dirs,
-            outcome.summary,
-            outcome.metrics,
-            options.significance_metric,
-            outcome.verdicts,
-            outcome.failures,
-        )
-        sys.stdout.write(json.dumps(document, indent=2, allow_nan=False) + "\n")
+        sys.stdout.write(text)
         sys.stdout.flush()
     if publishing.junit is not None:
         write_junit(publishing.junit, outcome.verdicts, outcome.failures, seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +11,18 @@ import polars as pl
 
 from lossbench.atomic import write_with
 from lossbench.compare.arms import record_label
+from lossbench.data.fingerprint import describe
+from lossbench.errors import LossbenchError
 from lossbench.training.run_files import (
     CONFIG_FILE,
+    DAMAGED_FIX,
     HISTORY_FILE,
     METRICS_FILE,
     RANKS_FILE,
     REPLACED,
     read_metrics,
+    read_record,
+    run_problems,
 )
 
 RESULTS_PARQUET = "results.parquet"
@@ -28,8 +34,12 @@ TIMING_COLUMNS = [
     "train_seconds",
     "train_seconds_per_epoch",
     "eval_seconds_per_epoch",
+    "loss_seconds_per_epoch",
+    "loss_share",
+    "tokens_per_second",
     "peak_memory_mb",
 ]
+POPULARITY_PREFIX = "pop_"  # pop_valid_ndcg@10: the popularity floor on the run's own users
 
 
 def find_finished_runs(root: Path) -> list[Path]:
@@ -44,8 +54,12 @@ def find_finished_runs(root: Path) -> list[Path]:
 
 def run_row(run_dir: Path) -> dict[str, Any]:
     """One run as a flat row: keys, resolved loss settings, metrics, timings, config."""
+    if problems := run_problems(run_dir, hashes=False):  # a stat per file: cheap
+        raise LossbenchError(f"{problems[0]}; {DAMAGED_FIX}")
     metrics = read_metrics(run_dir)
-    record = json.loads((run_dir / CONFIG_FILE).read_text())
+    record = read_record(run_dir)
+    if record is None:
+        raise LossbenchError(f"{run_dir / CONFIG_FILE} is missing or damaged; {DAMAGED_FIX}")
     config = record.get("config", {})
     loss_settings = {k: v for k, v in record.get("loss_settings", {}).items() if k != "loss"}
     environment = record.get("environment", {})
@@ -64,13 +78,33 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         **{f"valid_{name}": float(value) for name, value in metrics["valid"].items()},
         **{f"test_{name}": float(value) for name, value in metrics["test"].items()},
         **{name: metrics.get(name) for name in TIMING_COLUMNS},
+        "collapsed": bool(metrics.get("collapsed", False)),  # runs before the rule: not
+        **_popularity_columns(metrics),
         "validation_metric": metrics.get("validation_metric"),
         "seen_targets": _seen_rule(metrics, config),
         "device": environment.get("device"),
         "precision": environment.get("precision"),
+        "dataset_fingerprint": _fingerprint(record),
         "model_settings": json.dumps(record.get("model_settings", {}), sort_keys=True),
         "config": json.dumps(config, sort_keys=True),
         "run_dir": str(run_dir),
+    }
+
+
+def _fingerprint(record: dict[str, Any]) -> str | None:
+    """The prepared data a run trained on, in words; None for runs recorded without it."""
+    dataset = record.get("dataset")
+    fingerprint = dataset.get("fingerprint") if isinstance(dataset, dict) else None
+    return describe(fingerprint) if fingerprint else None
+
+
+def _popularity_columns(metrics: dict[str, Any]) -> dict[str, float]:
+    """pop_valid_* / pop_test_*: the popularity ranking's metrics, where the run recorded them."""
+    floor = metrics.get("popularity") or {}
+    return {
+        f"{POPULARITY_PREFIX}{split}_{name}": float(value)
+        for split in ("valid", "test")
+        for name, value in floor.get(split, {}).items()
     }
 
 
@@ -99,9 +133,25 @@ def write_results(frame: pl.DataFrame, out_dir: Path) -> list[Path]:
 
 def read_ranks(run_dir: Path) -> pl.DataFrame:
     """`user`, `target`, `rank` of every test user of one run."""
-    return pl.read_parquet(run_dir / RANKS_FILE)
+    return _read(run_dir / RANKS_FILE, pl.read_parquet, ("user", "target", "rank"))
 
 
 def read_history(run_dir: Path) -> pl.DataFrame:
     """One row per epoch: loss, validation metrics, seconds, peak memory."""
-    return pl.read_csv(run_dir / HISTORY_FILE)
+    return _read(run_dir / HISTORY_FILE, pl.read_csv, ("epoch",))
+
+
+def _read(
+    path: Path, reader: Callable[[Path], pl.DataFrame], columns: tuple[str, ...]
+) -> pl.DataFrame:
+    """`reader(path)`; a missing, cut or overwritten file is a LossbenchError naming it."""
+    try:
+        frame = reader(path)
+    except FileNotFoundError:
+        raise LossbenchError(f"{path} is missing; {DAMAGED_FIX}") from None
+    except (OSError, pl.exceptions.PolarsError) as error:
+        kind = type(error).__name__
+        raise LossbenchError(f"{path} is damaged ({kind}); {DAMAGED_FIX}") from None
+    if missing := [name for name in columns if name not in frame.columns]:
+        raise LossbenchError(f"{path} is damaged (no {', '.join(missing)} column); {DAMAGED_FIX}")
+    return frame

@@ -26,6 +26,7 @@ from lossbench.models.base import (
     SequenceModel,
     scoring_table,
 )
+from lossbench.training.cost import LossClock
 from lossbench.training.entry import PlanEntry
 from lossbench.training.setup import LossSettings
 
@@ -42,6 +43,7 @@ class TrainingStep:
     generator: torch.Generator  # of the negatives, on the model's device
     # The model as called in training: `torch.compile`d, or the model itself.
     step_model: Callable[..., Tensor] | None = None
+    clock: LossClock | None = None  # times the loss's own forward and backward
 
     def __call__(self, parts: list[TrainBatch]) -> Tensor:
         states = self.states(parts)
@@ -56,7 +58,10 @@ class TrainingStep:
             log_q = self.sampler.log_q
         table = scoring_table(cast(SequenceModel, self.model))
         inputs = LossInputs(at_positions, targets, table, negatives, log_q)
-        return self.loss.spec.fn(inputs, self.loss.params)
+        if self.clock is None:
+            return self.loss.spec.fn(inputs, self.loss.params)
+        with self.clock.forward(at_positions):
+            return self.loss.spec.fn(inputs, self.loss.params)
 
     def states(self, parts: list[TrainBatch]) -> list[Tensor]:
         """(N_p, D) hidden states at each part's training positions."""
