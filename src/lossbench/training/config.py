@@ -51,7 +51,9 @@ class TrainConfig(BaseModel):
     positions: Positions | None = None
     negatives: int | None = Field(default=None, ge=0)
     sampler: NegativeSamplerName = "uniform"
-    logq: bool = False  # logQ correction of the sampled softmax (sampled-ce)
+    # logQ correction of the sampled softmax (sampled-ce): True (or "standard") Yi et al.'s,
+    # "corrected" Khrylchenko et al.'s (positive out of the normaliser, weighted).
+    logq: bool | Literal["corrected"] = False
     # Draw negatives only outside the user's training history (uniform sampler only).
     negatives_unseen: bool = False
     gbce_t: float = Field(default=0.75, ge=0.0, le=1.0)
@@ -92,6 +94,14 @@ class TrainConfig(BaseModel):
     # Epochs between resumable checkpoints; None: every epoch on GPU, every few minutes on
     # CPU; 0: never.
     checkpoint_every: int | None = Field(default=None, ge=0)
+
+    @field_validator("logq", mode="before")
+    @classmethod
+    def _logq_words(cls, value: object) -> object:
+        """The words of `--logq`: "standard" is True (the correction before "corrected"
+        existed, so earlier runs' `logq = true` still match), "none" is False."""
+        words: dict[object, object] = {"standard": True, "none": False}
+        return words.get(value, value) if isinstance(value, str) else value
 
     @field_validator("model")
     @classmethod
