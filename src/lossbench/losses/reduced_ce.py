@@ -53,8 +53,12 @@ def rece(inputs: LossInputs, params: LossParams) -> Tensor:
     n_buckets = max(1, min(n_buckets, n_positions, n_items))
     with torch.no_grad():
         directions = torch.randn(
-            params.rece_rounds, n_buckets, hidden.shape[1], generator=generator,
-            device=hidden.device, dtype=hidden.dtype,
+            params.rece_rounds,
+            n_buckets,
+            hidden.shape[1],
+            generator=generator,
+            device=hidden.device,
+            dtype=hidden.dtype,
         )
         layout = _Layout.build(hidden.detach(), table.detach()[1:], directions, extra)
     positive = (hidden * table[targets]).sum(-1)  # (N,)
@@ -146,7 +150,9 @@ def _round_log_norm(
     rows = layout.x_sorted[r]  # (n_b, c_x), N = padding
     items = layout.window(r)  # (n_b, W), 0 = none
     with torch.no_grad():
-        log_count = _log_duplicates(layout, rows, items, hidden.dtype)  # (n_b, c_x, W), inf: no candidate
+        log_count = _log_duplicates(
+            layout, rows, items, hidden.dtype
+        )  # (n_b, c_x, W), inf: no candidate
         safe_rows = rows.clamp(max=n_positions - 1)
         own = targets[safe_rows].unsqueeze(2) == items.unsqueeze(1)  # the positive's own id
         log_count.masked_fill_(own | (items == 0).unsqueeze(1), float("inf"))

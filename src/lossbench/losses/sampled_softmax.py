@@ -61,9 +61,9 @@ def corrected_logq_ce(inputs: LossInputs) -> Tensor:
     total = frequencies[1:].sum()
     # log Q_nk = log f_k - log(sum f - f_{y_n}): (N, K), float64 (a popular positive takes
     # most of the mass; fp32 would round total - f_y badly).
-    log_q = frequencies[inputs.negatives].log() - (total - frequencies[inputs.targets]).log()[
-        :, None
-    ]
+    log_q = (
+        frequencies[inputs.negatives].log() - (total - frequencies[inputs.targets]).log()[:, None]
+    )
     positive64 = positive.to(torch.float64)  # (N,)
     corrected = negative.to(torch.float64) - log_q  # (N, K)
     per_position = torch.logsumexp(corrected, dim=1) - positive64  # positive not in the sum

@@ -72,15 +72,16 @@ def sce(inputs: LossInputs, params: LossParams) -> Tensor:
     return (per_position * held).sum() / held.sum().clamp(min=1)
 
 
-def _directions(
-    hidden: Tensor, n_buckets: int, mix_x: bool, generator: torch.Generator
-) -> Tensor:
+def _directions(hidden: Tensor, n_buckets: int, mix_x: bool, generator: torch.Generator) -> Tensor:
     """(n_b, D) bucket directions with entries of variance D^-1/2 (the authors' scale)."""
     dim = hidden.shape[1]
     scale = dim**-0.25
     if mix_x:
         omega = torch.randn(
-            hidden.shape[0], n_buckets, generator=generator, device=hidden.device,
+            hidden.shape[0],
+            n_buckets,
+            generator=generator,
+            device=hidden.device,
             dtype=hidden.dtype,
         )
         return (omega * scale).T @ hidden.detach()

@@ -53,7 +53,7 @@ class TrainingStep:
 
     def supplied(self, parts: list[TrainBatch], targets: Tensor) -> dict[str, Any]:
         """Exactly the inputs the loss declares it needs (`LossSettings.needs`)."""
-        needs, given = self.loss.needs, {}
+        needs, given = self.loss.needs, dict[str, Any]()
         if self.sampler is not None and "negatives" in needs:
             users = None
             if self.sampler.needs_users:
