@@ -32,6 +32,7 @@ from lossbench import __version__
 from lossbench.atomic import write_json, write_with
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.sequences import SequenceTensors
+from lossbench.losses.softmax_backend import softmax_backend
 from lossbench.plugins import changed_sources
 from lossbench.training.config import TrainConfig
 from lossbench.training.entry import PlanEntry
@@ -133,6 +134,7 @@ def run_record(
             "lossbench": __version__,
             "threads": torch.get_num_threads(),
             "precision": entry.config.precision,
+            "loss_backend": softmax_backend(loss.spec, entry.device),  # None: not a full softmax
         },
     }
 
