@@ -61,10 +61,12 @@ def rece(inputs: LossInputs, params: LossParams) -> Tensor:
             dtype=hidden.dtype,
         )
         layout = _Layout.build(hidden.detach(), table.detach()[1:], directions, extra)
+        rounds = [_duplicates(layout, r, targets) for r in range(params.rece_rounds)]
     positive = (hidden * table[targets]).sum(-1)  # (N,)
+    # Each round's logits are recomputed in backward: memory of one round's, not all.
     log_norms = [
-        checkpoint(_round_log_norm, hidden, table, targets, layout, r, use_reentrant=False)
-        for r in range(params.rece_rounds)
+        checkpoint(_round_log_norm, hidden, table, *round_, use_reentrant=False)
+        for round_ in rounds
     ]  # each (N,): the round's candidates, duplicates counted
     everything = torch.stack([positive, *log_norms], dim=0)  # (1 + rounds, N)
     return (torch.logsumexp(everything, dim=0) - positive).mean()
@@ -142,23 +144,18 @@ def _sorted_chunks_from(
 
 
 def _round_log_norm(
-    hidden: Tensor, table: Tensor, targets: Tensor, layout: _Layout, r: int
+    hidden: Tensor, table: Tensor, rows: Tensor, items: Tensor, counts: Tensor
 ) -> Tensor:
-    """(N,) logsumexp over round r's candidates of each position, each lowered by log of the
-    number of times the pair is a candidate over all rounds; -inf for positions without one."""
+    """(N,) logsumexp over one round's candidates of each position, each lowered by log of
+    the number of rounds that pair them (`counts`, 0: not a candidate); -inf for positions
+    without one. rows (n_b, c_x) position rows (N: padding), items (n_b, W) ids (0: none)."""
     n_positions = hidden.shape[0]
-    rows = layout.x_sorted[r]  # (n_b, c_x), N = padding
-    items = layout.window(r)  # (n_b, W), 0 = none
     with torch.no_grad():
-        log_count = _log_duplicates(
-            layout, rows, items, hidden.dtype
-        )  # (n_b, c_x, W), inf: no candidate
-        safe_rows = rows.clamp(max=n_positions - 1)
-        own = targets[safe_rows].unsqueeze(2) == items.unsqueeze(1)  # the positive's own id
-        log_count.masked_fill_(own | (items == 0).unsqueeze(1), float("inf"))
+        log_count = counts.to(hidden.dtype).log_()  # (n_b, c_x, W)
+        log_count.masked_fill_(counts == 0, float("inf"))  # no candidate: logit -inf
         # A slot with no candidate at all: its logsumexp is -inf, whose gradient is NaN.
-        empty = torch.isinf(log_count).all(dim=2)  # (n_b, c_x)
-    h = hidden[safe_rows]  # (n_b, c_x, D)
+        empty = (counts == 0).all(dim=2)  # (n_b, c_x)
+    h = hidden[rows.clamp(max=n_positions - 1)]  # (n_b, c_x, D)
     logits = h @ table[items].transpose(1, 2) - log_count  # (n_b, c_x, W)
     logits = logits.masked_fill(empty.unsqueeze(2), 0.0)
     per_slot = torch.logsumexp(logits, dim=2).masked_fill(empty, float("-inf")).reshape(-1)
@@ -167,13 +164,20 @@ def _round_log_norm(
     return result[:n_positions]
 
 
-def _log_duplicates(layout: _Layout, rows: Tensor, items: Tensor, dtype: torch.dtype) -> Tensor:
-    """(n_b, c_x, W) log of how many rounds pair each position with each candidate item
-    (their chunks at most e apart), in the logits' dtype."""
+def _duplicates(layout: _Layout, r: int, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Round r's position rows (n_b, c_x), candidate ids (n_b, W) and, per pair, in how many
+    rounds the two meet (chunks at most e apart), int8 (n_b, c_x, W); 0 where the candidate
+    is padding or the position's own positive. Computed once, kept for backward (1 byte a
+    logit, where recomputing it would cost `rounds` comparisons a logit)."""
+    rows = layout.x_sorted[r]  # (n_b, c_x), N = padding
+    items = layout.window(r)  # (n_b, W), 0 = none
+    small = torch.int8 if len(layout.x_chunk) < 128 else torch.int16  # counts <= rounds
     count = torch.zeros(
-        rows.shape[0], rows.shape[1], items.shape[1], dtype=torch.int16, device=rows.device
+        rows.shape[0], rows.shape[1], items.shape[1], dtype=small, device=rows.device
     )
     for x_chunk, y_chunk in zip(layout.x_chunk, layout.y_chunk, strict=True):
         apart = x_chunk[rows].unsqueeze(2) - y_chunk[items].unsqueeze(1)  # (n_b, c_x, W)
         count += apart.abs_() <= layout.extra
-    return count.clamp_(min=1).to(dtype).log_()
+    own = targets[rows.clamp(max=targets.shape[0] - 1)].unsqueeze(2) == items.unsqueeze(1)
+    count.masked_fill_(own | (items == 0).unsqueeze(1), 0)
+    return rows, items, count
