@@ -55,7 +55,17 @@ NOT_RECORDED = "(not recorded)"
 # Settings added after run folders were written, whose default is the behaviour those runs
 # had: a record without one compares as that default (a setting not listed here and missing
 # from a record is NOT_RECORDED, which differs from every value).
-BACKFILLED = ("split", "valid_quantile", "test_quantile", "shuffle_train", "logq")
+BACKFILLED = (
+    "split",
+    "valid_quantile",
+    "test_quantile",
+    "shuffle_train",
+    "logq",
+    "scaled_ce_alpha",
+    "sce_bucket_size_y",
+    "rece_rounds",
+    "rece_extra_chunks",
+)
 REPLACED = ".replaced-"  # run folders set aside by a resumed comparison: `seed0.replaced-<time>`
 
 

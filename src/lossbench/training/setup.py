@@ -82,6 +82,10 @@ def resolve_loss(config: TrainConfig) -> LossSettings:
         gbce_t=config.gbce_t,
         softmax_chunk=config.softmax_chunk,
         logq_correction="corrected" if config.logq == "corrected" else "standard",
+        scaled_ce_alpha=config.scaled_ce_alpha,
+        sce_bucket_size_y=config.sce_bucket_size_y,
+        rece_rounds=config.rece_rounds,
+        rece_extra_chunks=config.rece_extra_chunks,
     )
     return LossSettings(name, spec, positions, negatives, params, config.sampler, config.logq)
 
