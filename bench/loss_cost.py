@@ -53,8 +53,10 @@ def registered_losses() -> list[str]:
     return names
 
 
-def one_step_cost(loss: str, n_items: int, steps: int, device: torch.device) -> dict[str, Any]:
-    """Median seconds of `steps` training steps (after one warm-up) and the peak memory."""
+def one_step_cost(
+    loss: str, n_items: int, steps: int, device: torch.device, warmup: int = 1
+) -> dict[str, Any]:
+    """Median seconds of `steps` training steps (after `warmup` more) and the peak memory."""
     spec = LOSSES[loss]
     generator = torch.Generator(device=device).manual_seed(0)
     model, _ = build_model("sasrec", n_items, {"hidden_size": HIDDEN, "max_len": LENGTH})
@@ -71,7 +73,7 @@ def one_step_cost(loss: str, n_items: int, steps: int, device: torch.device) -> 
         sampler = build_sampler("uniform", spec.negatives, counts, counts, device)
     reset_peak_memory(device)
     seconds = []
-    for _ in range(steps + 1):
+    for _ in range(steps + warmup):
         started = time.perf_counter()
         hidden = model(inputs).reshape(BATCH * LENGTH, -1)[positions]  # (N, D)
         negatives = sampler.sample(flat_targets, None, generator) if sampler else None
@@ -91,7 +93,7 @@ def one_step_cost(loss: str, n_items: int, steps: int, device: torch.device) -> 
     return {
         "loss": loss,
         "items": n_items,
-        "step_seconds": statistics.median(seconds[1:]),
+        "step_seconds": statistics.median(seconds[warmup:]),
         "peak_mb": peak_memory_mb(device),
     }
 
@@ -107,10 +109,10 @@ def _positions(spec: LossSpec, generator: torch.Generator) -> torch.Tensor:
     return every
 
 
-def in_own_process(loss: str, n_items: int, steps: int, device: str) -> dict[str, Any]:
+def in_own_process(loss: str, n_items: int, steps: int, device: str, warmup: int) -> dict[str, Any]:
     """`one_step_cost` in a fresh interpreter; a crash or an out-of-memory kill is recorded."""
     command = [sys.executable, __file__, "--one", loss, str(n_items)]
-    command += ["--steps", str(steps), "--device", device]
+    command += ["--steps", str(steps), "--warmup", str(warmup), "--device", device]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode == 0:
         result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -134,7 +136,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n\n")[0])
     parser.add_argument("--items", type=int, action="append", help="catalogue size (repeatable)")
     parser.add_argument("--losses", help="comma-separated (default: every registered loss)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="write the rows to this file")
     parser.add_argument("--one", nargs=2, metavar=("LOSS", "ITEMS"), help=argparse.SUPPRESS)
@@ -145,20 +148,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.one:
         loss, items = args.one[0], int(args.one[1])
-        result = one_step_cost(loss, items, args.steps, torch.device(args.device))
+        result = one_step_cost(loss, items, args.steps, torch.device(args.device), args.warmup)
         print(json.dumps(result))
         return 0
     losses = args.losses.split(",") if args.losses else registered_losses()
     unknown = [name for name in losses if name not in LOSSES]
     sizes = args.items or list(SIZES)
-    if unknown or min(sizes) < 2 or args.steps < 1:
-        what = f"unknown loss {unknown[0]!r}" if unknown else "--items >= 2 and --steps >= 1"
+    if unknown or min(sizes) < 2 or args.steps < 1 or args.warmup < 0:
+        what = f"unknown loss {unknown[0]!r}" if unknown else "--items >= 2, --steps >= 1"
         print(f"loss_cost.py: {what}; valid losses: {', '.join(LOSSES)}", file=sys.stderr)
         return 2
     rows = []
     for n_items in sizes:
         for loss in losses:
-            rows.append(in_own_process(loss, n_items, args.steps, args.device))
+            rows.append(in_own_process(loss, n_items, args.steps, args.device, args.warmup))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
             if args.json:
                 write_json(args.json, rows)
