@@ -12,8 +12,9 @@ from the uniform sampler, the trainer's generator), the loss, backward and an Ad
 Each (loss, catalogue) runs in its own process (`--one`), so its peak memory (the process's
 peak RSS on CPU, the allocator's peak on CUDA) is its own: the model, its gradients and Adam's
 state included (at 1M items the item table alone is 256 MB, x4 with gradient and moments).
-`--json FILE` writes a list of {"loss", "items", "step_seconds", "peak_mb"}; a loss that
-fails (out of memory, or a catalogue smaller than its negatives) gets "error" instead.
+`--json FILE` writes a list of {"loss", "items", "step_seconds", "peak_mb", "cpu_seconds"}
+(the last the process's CPU time per step); a loss that fails (out of memory, or a catalogue
+smaller than its negatives) gets "error" instead.
 Timings on a shared machine vary with the other processes: compare losses from one run.
 """
 
@@ -72,9 +73,9 @@ def one_step_cost(
     if spec.samples_negatives:
         sampler = build_sampler("uniform", spec.negatives, counts, counts, device)
     reset_peak_memory(device)
-    seconds = []
+    seconds, cpu_seconds = [], []
     for _ in range(steps + warmup):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         hidden = model(inputs).reshape(BATCH * LENGTH, -1)[positions]  # (N, D)
         negatives = sampler.sample(flat_targets, None, generator) if sampler else None
         given = LossInputs(
@@ -90,11 +91,15 @@ def one_step_cost(
         optimizer.step()
         float(value)  # the step is done (a device sync on CUDA)
         seconds.append(time.perf_counter() - started)
+        cpu_seconds.append(time.process_time() - cpu_started)
     return {
         "loss": loss,
         "items": n_items,
         "step_seconds": statistics.median(seconds[warmup:]),
         "peak_mb": peak_memory_mb(device),
+        # The process's CPU time: with one thread, the step's time without the machine's
+        # other processes (on a shared CPU the wall time is mostly waiting).
+        "cpu_seconds": statistics.median(cpu_seconds[warmup:]),
     }
 
 
@@ -122,13 +127,15 @@ def in_own_process(loss: str, n_items: int, steps: int, device: str, warmup: int
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| loss | items | step seconds | peak MB |", "| --- | ---: | ---: | ---: |"]
+    lines = ["| loss | items | step seconds | CPU seconds | peak MB |"]
+    lines.append("| --- | ---: | ---: | ---: | ---: |")
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['loss']} | {row['items']:,} | {row['error']} | |")
+            lines.append(f"| {row['loss']} | {row['items']:,} | {row['error']} | | |")
         else:
-            seconds, peak = row["step_seconds"], row["peak_mb"]
-            lines.append(f"| {row['loss']} | {row['items']:,} | {seconds:.3f} | {peak:,.0f} |")
+            seconds, cpu, peak = row["step_seconds"], row["cpu_seconds"], row["peak_mb"]
+            cells = f"{seconds:.3f} | {cpu:.3f} | {peak:,.0f}"
+            lines.append(f"| {row['loss']} | {row['items']:,} | {cells} |")
     return "\n".join(lines)
 
 

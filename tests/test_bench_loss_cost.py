@@ -35,7 +35,8 @@ def test_each_loss_runs_in_its_own_process_and_the_json_is_a_list(tmp_path: Path
     )
     assert code == 0
     (row,) = json.loads(out.read_text())
-    assert set(row) == {"loss", "items", "step_seconds", "peak_mb"} and row["items"] == 300
+    assert set(row) == {"loss", "items", "step_seconds", "peak_mb", "cpu_seconds"}
+    assert row["items"] == 300 and 0 < row["cpu_seconds"]
 
 
 def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
