@@ -12,7 +12,9 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
+import polars
 import pytest
+import torch
 import typer
 
 import lossbench
@@ -24,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "ci"
 MIRROR = ROOT.parent / "shared" / "data" / "mirror"
 KEY_FILE = "lossbench-data.sha256"
+TORCH = "pip install torch"
+# The workflows' default LOSSBENCH_SPEC: the wheel `pip wheel` names for this version.
+WHEEL = f"./wheels/lossbench-{lossbench.__version__}-py3-none-any.whl"
 
 
 def load(name: str) -> dict[Any, Any]:
@@ -47,8 +52,29 @@ def lossbench_lines(lines: list[str]) -> list[str]:
 
 
 def runnable_lines(lines: list[str]) -> list[str]:
-    """Every shell line but the installs (the test runs the lossbench it is testing)."""
-    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("pip ")]
+    """Every shell line but torch's install (the test has torch, and no network)."""
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith(TORCH)]
+
+
+def install_lines(lines: list[str]) -> list[str]:
+    return [line.strip() for line in lines if line.strip().startswith("pip install")]
+
+
+def test_the_workflows_install_lossbench_from_a_source_that_exists() -> None:
+    """No package index serves lossbench: both files install `$LOSSBENCH_SPEC`, by default
+    the wheel of this version committed under wheels/, as docs/ci.md says."""
+    github = load("github-actions.yml")["jobs"]["smoke"]
+    gitlab = load("gitlab-ci.yml")["lossbench-smoke"]
+    assert github["env"]["LOSSBENCH_SPEC"] == f"${{{{ vars.LOSSBENCH_SPEC || '{WHEEL}' }}}}"
+    assert gitlab["variables"]["LOSSBENCH_SPEC"] == WHEEL
+    for lines in (github_commands(), gitlab_commands()):
+        assert install_lines(lines) == [
+            f"{TORCH} --index-url https://download.pytorch.org/whl/cpu",
+            'pip install "$LOSSBENCH_SPEC"',
+        ]
+    guide = (ROOT / "docs" / "ci.md").read_text()
+    assert "LOSSBENCH_SPEC" in guide and f"`{WHEEL}`" in guide
+    assert "pip wheel --no-deps -w wheels ." in guide
 
 
 def test_github_workflow_caches_on_checksums_and_publishes_junit() -> None:
@@ -117,35 +143,68 @@ def test_every_flag_the_workflows_use_exists() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not MIRROR.is_dir(), reason=f"real data mirror {MIRROR} is absent")
 def test_the_workflow_commands_run(tmp_path: Path) -> None:
-    """Both files' commands (but the installs), in order, in a fresh checkout holding the
-    example loss (downloads come from the local mirror through LOSSBENCH_MIRROR)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    shim = bin_dir / "lossbench"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m lossbench "$@"\n')
-    shim.chmod(0o755)
+    """Both files' commands (but torch's install, which needs the network) in order, in a
+    fresh checkout holding the example loss and the wheel docs/ci.md has the reader build:
+    `pip install "$LOSSBENCH_SPEC"` installs it into a fresh environment (torch and the other
+    dependencies come from this one, offline), whose `lossbench` runs the rest (downloads
+    come from the local mirror through LOSSBENCH_MIRROR)."""
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     shutil.copy(EXAMPLES / "my_loss.py", checkout / "my_loss.py")
-    source = str(Path(lossbench.__file__).resolve().parents[1])
+    build_wheel(checkout / "wheels")
+    environment = fresh_environment(tmp_path / "venv")
     env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")]),
+        **{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GITHUB_STEP_SUMMARY")},
+        "PATH": f"{environment / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "LOSSBENCH_SPEC": load("gitlab-ci.yml")["lossbench-smoke"]["variables"]["LOSSBENCH_SPEC"],
+        "PIP_NO_INDEX": "1",  # everything lossbench needs is here: nothing may be fetched
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         "LOSSBENCH_DATA_DIR": str(checkout / ".lossbench-data"),
         "LOSSBENCH_MIRROR": str(MIRROR),
         "OMP_NUM_THREADS": "1",
     }
-    env.pop("GITHUB_STEP_SUMMARY", None)
     # GitLab's key file is committed by the user, with the command docs/ci.md gives.
-    lines = [f"lossbench checksums lastfm > {KEY_FILE}"]
-    lines += runnable_lines(github_commands() + gitlab_commands())
+    lines = runnable_lines(github_commands() + gitlab_commands())
+    lines.insert(1, f"lossbench checksums lastfm > {KEY_FILE}")  # after the install
     for line in dict.fromkeys(lines):  # the files share most commands: run each once
         done = subprocess.run(
             ["bash", "-c", line], cwd=checkout, env=env, capture_output=True, text=True
         )
         assert done.returncode == 0, f"{line}\n{done.stderr[-3000:]}"
+    where = "command -v lossbench && python -c 'import lossbench; print(lossbench.__file__)'"
+    installed = subprocess.run(
+        ["bash", "-c", where], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert all(Path(path).is_relative_to(environment) for path in installed), installed
     for report in ("lossbench-synthetic.xml", "lossbench-lastfm.xml"):
         root = ElementTree.parse(checkout / "reports" / report).getroot()
         assert root.tag == "testsuites" and root.get("failures") == "0"
     assert (checkout / "lossbench-lastfm.json").read_text().lstrip().startswith("{")
+
+
+def build_wheel(folder: Path) -> Path:
+    """The wheel of this source tree, as docs/ci.md builds it (offline: no build isolation)."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(folder), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = folder.glob("*.whl")
+    assert f"./wheels/{wheel.name}" == WHEEL
+    return wheel
+
+
+def fresh_environment(folder: Path) -> Path:
+    """A virtual environment without lossbench that sees this one's other packages (torch,
+    polars, ...) and has a `pip`: what a CI job has after installing torch."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    (site,) = folder.glob("lib/python*/site-packages")
+    dependencies = {
+        Path(str(module.__file__)).parents[1] for module in (torch, polars, typer, yaml)
+    }
+    (site / "dependencies.pth").write_text("".join(f"{path}\n" for path in dependencies))
+    pip = folder / "bin" / "pip"
+    pip.write_text(f'#!/bin/sh\nexec "{folder / "bin" / "python"}" -m pip "$@"\n')
+    pip.chmod(0o755)
+    return folder

@@ -9,6 +9,8 @@ Exit codes: 0 done, 1 a check failed (`verify`), 2 a usage or domain error, 130 
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 from rich.markup import escape
@@ -27,6 +29,13 @@ EXIT_ERROR = 2
 
 
 def main() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A rank of a data-parallel run: torch's C++ collectives would print a stack of frames
+        # above lossbench's one-line message when a rendezvous or a peer fails.
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
+        # torchrun stops the other ranks with SIGTERM when one dies: end like Ctrl-C (one
+        # line, exit 130), so the rerun resumes from the last checkpoint.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         app(prog_name="lossbench")  # standalone: always ends in SystemExit
     except LossbenchError as error:

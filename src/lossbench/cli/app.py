@@ -7,6 +7,7 @@ modules: `lossbench --help` and usage errors answer without loading torch, polar
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +18,7 @@ from typer.core import TyperGroup
 from lossbench import __version__
 from lossbench.errors import LossbenchError
 from lossbench.paths import USER_REGISTRY_ENV, USER_REGISTRY_FILE, UserRegistry, default_data_dir
+from lossbench.training.progress import progress_seconds
 
 console = Console()
 console_err = Console(stderr=True)
@@ -113,8 +115,21 @@ DataDir = Annotated[
 ]
 
 
+def refuse_ranks_outside_train(command: str | None) -> None:
+    """Under torchrun (several ranks in the environment) only `train` runs: it trains one run
+    data-parallel; the other commands would repeat their whole work in every rank."""
+    if command in (None, "train") or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    raise LossbenchError(
+        f"`lossbench {command}` does not run under torchrun: torchrun trains one run over "
+        "several processes with `lossbench train`; to train each run of a comparison over "
+        "several processes use `compare --executor ray --workers-per-run N`"
+    )
+
+
 @app.callback()
 def global_options(
+    context: typer.Context,
     data_dir: Annotated[
         Path | None,
         typer.Option(
@@ -141,5 +156,7 @@ def global_options(
         ),
     ] = False,
 ) -> None:
+    refuse_ranks_outside_train(context.invoked_subcommand)
+    progress_seconds()  # a bad $LOSSBENCH_PROGRESS_SECONDS stops here, before any work
     GlobalOptions.data_dir = data_dir if data_dir is not None else default_data_dir()
     UserRegistry.path, UserRegistry.data_dir = registry, GlobalOptions.data_dir

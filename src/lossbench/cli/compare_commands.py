@@ -142,6 +142,7 @@ def compare(
     ray_address: ex.RayAddress = None,
     cpus_per_run: ex.CpusPerRun = None,
     gpus_per_run: ex.GpusPerRun = None,
+    workers_per_run: ex.WorkersPerRun = None,
     max_retries: ex.MaxRetries = None,
 ) -> None:
     """Train one model with several losses (everything else identical) and compare them.

@@ -46,6 +46,15 @@ GpusPerRun = Annotated[
         rich_help_panel=EXECUTOR,
     ),
 ]
+WorkersPerRun = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Processes each run trains on, data-parallel through Ray Train, each reserving "
+        "--cpus-per-run CPUs and --gpus-per-run GPUs (default 1).",
+        rich_help_panel=EXECUTOR,
+    ),
+]
 MaxRetries = Annotated[
     int | None,
     typer.Option(
@@ -57,7 +66,14 @@ MaxRetries = Annotated[
 ]
 
 # The command's flags that are executor settings, not TrainConfig fields.
-NOT_CONFIG = ("executor", "ray_address", "cpus_per_run", "gpus_per_run", "max_retries")
+NOT_CONFIG = (
+    "executor",
+    "ray_address",
+    "cpus_per_run",
+    "gpus_per_run",
+    "workers_per_run",
+    "max_retries",
+)
 
 
 def settings_from(flags: dict[str, Any], config_file: Path | None) -> ExecutorSettings:
@@ -67,7 +83,7 @@ def settings_from(flags: dict[str, Any], config_file: Path | None) -> ExecutorSe
     values = read_executor_table(config_file) if config_file else {}
     given = {
         "kind": flags["executor"],
-        **{name: flags[name] for name in NOT_CONFIG if name != "executor"},
+        **{name: flags.get(name) for name in NOT_CONFIG if name != "executor"},
     }
     values.update({key: value for key, value in given.items() if value is not None})
     return executor_settings(values, str(config_file) if config_file else "options")

@@ -207,7 +207,9 @@ Device = Annotated[str | None, typer.Option(help="auto, cpu or cuda.", rich_help
 Precision = Annotated[
     str | None,
     typer.Option(
-        help="fp32 or bf16 (autocast; on CPU only with AVX-512 BF16 or AMX).", rich_help_panel=RUN
+        help="fp32, bf16 (autocast; on CPU only with AVX-512 BF16 or AMX) or fp64 (exactness "
+        "checks).",
+        rich_help_panel=RUN,
     ),
 ]
 Compile = Annotated[

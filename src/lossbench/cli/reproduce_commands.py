@@ -104,6 +104,7 @@ def reproduce(
     ray_address: ex.RayAddress = None,
     cpus_per_run: ex.CpusPerRun = None,
     gpus_per_run: ex.GpusPerRun = None,
+    workers_per_run: ex.WorkersPerRun = None,
     max_retries: ex.MaxRetries = None,
     data_dir: DataDir = None,
 ) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from lossbench.cli import ci_options as ci
@@ -64,6 +65,8 @@ def train(
     overrides = opt.training_overrides(  # before imports: `locals()` holds only the flags
         locals(), skip=("out", "config_file", *ci.NOT_CONFIG)
     )
+    from torch.distributed import DistError
+
     from lossbench.compare.arms import config_label, run_name
     from lossbench.data.prepared import ensure_prepared
     from lossbench.data.repeats import repeat_notice, repeated_targets
@@ -71,6 +74,13 @@ def train(
     from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
     from lossbench.plugins import folder_name
     from lossbench.training.config import build_config
+    from lossbench.training.distributed import (
+        barrier,
+        check_same_settings,
+        join_process_group,
+        leave_process_group,
+        peer_failure,
+    )
     from lossbench.training.entry import plan_entry
     from lossbench.training.fit_check import check_fits
     from lossbench.training.loop import train_alone
@@ -90,11 +100,20 @@ def train(
     # starts.
     entry = plan_entry(config, run_dir)
     check_output_folder(run_dir, "--out")
-    prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
+    group = join_process_group(config.device)  # one process, or a rank under torchrun
+    check_same_settings(config.model_dump(mode="json"), group)
+    if group.is_main:  # rank 0 prepares the data; the others then read what it wrote
+        prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
+    barrier(group)
+    if not group.is_main:
+        prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
     if config.sample_users is not None:
         prepared = sample(prepared, config.sample_users)
     check_fits(entry, prepared)
     display = console_err if json_output else console
+    if not group.is_main:
+        display = Console(quiet=True)
+        json_output, track = False, None
     tracker = None
     if track is not None:
         from lossbench.tracking import open_tracker
@@ -112,10 +131,15 @@ def train(
     if notice:
         display.print(notice, highlight=False)
     try:
-        result = train_alone(entry, prepared, display, observers=[tracker] if tracker else [])
+        result = train_alone(
+            entry, prepared, display, observers=[tracker] if tracker else [], group=group
+        )
+    except DistError as error:  # a peer rank died or stopped answering
+        raise LossbenchError(peer_failure(error, group)) from None
     finally:
         if tracker is not None:
             tracker.close()
+        leave_process_group()
     display.print(result_table(result))
     display.print(f"run files in {result.run_dir}")
     if json_output:

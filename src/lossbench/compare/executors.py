@@ -68,6 +68,7 @@ class ExecutorSettings(BaseModel):
     ray_address: str | None = None  # None: start a local Ray instance sized to the local machine
     cpus_per_run: int | None = Field(default=None, ge=1)  # None: --threads if given, else 1
     gpus_per_run: float | None = Field(default=None, ge=0.0)  # fractions share a GPU
+    workers_per_run: int | None = Field(default=None, ge=1)  # data-parallel processes per run
     max_retries: int | None = Field(default=None, ge=0)  # re-runs of a run whose worker died
 
     @field_validator("kind")
@@ -113,6 +114,7 @@ def _local(
         "--ray-address": settings.ray_address,
         "--cpus-per-run": settings.cpus_per_run,
         "--gpus-per-run": settings.gpus_per_run,
+        "--workers-per-run": settings.workers_per_run,
         "--max-retries": settings.max_retries,
     }
     ray_only = [flag for flag, value in given.items() if value is not None]

@@ -1,5 +1,6 @@
 """The comparison's figures as PNGs: quality vs training time (the study's Figure 1) and
-validation curves against wall-clock time.
+validation curves against wall-clock time (of the metric each run's early stopping used,
+its best epoch marked).
 
 Figures are built with `matplotlib.figure.Figure` (Agg canvas), never pyplot: no global
 backend or open-figure state, so it works headless and inside tests.
@@ -7,11 +8,14 @@ backend or open-figure state, so it works headless and inside tests.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
 from lossbench.atomic import write_with
@@ -71,55 +75,116 @@ def quality_vs_time(summary: pl.DataFrame, path: Path, metric: str = "ndcg@10") 
     return _save(figure, path)
 
 
-def validation_curves(runs: pl.DataFrame, path: Path, metric: str = "ndcg@10") -> Path:
-    """Validation metric against elapsed wall-clock seconds, one panel per (dataset, model):
-    each seed a thin line, the mean over seeds (per epoch, while every seed still trains) a
-    thick one, one colour per loss."""
-    groups = runs.select("dataset", "model").unique(maintain_order=True).rows()
-    figure, panels = _panels(len(groups))
-    colors = _colors(runs["loss"].to_list())
-    column = f"valid_{metric}"
-    for axes, (dataset, model) in zip(panels, groups, strict=False):
+@dataclass(frozen=True)
+class RunCurve:
+    """One run's validation curve: its early-stopping metric against elapsed seconds."""
+
+    loss: str
+    metric: str  # the run's validation metric, which decided its early stopping
+    epochs: list[int]  # (E,) the epochs recorded in history.csv
+    seconds: list[float]  # (E,) elapsed wall-clock seconds at each epoch's end
+    values: list[float]  # (E,) validation `metric` after each epoch
+    best_epoch: int | None  # the epoch whose weights were kept (None: not recorded)
+
+    @property
+    def best(self) -> tuple[float, float] | None:
+        """(seconds, value) of the best epoch, where the figure marks it."""
+        if self.best_epoch is None or self.best_epoch not in self.epochs:
+            return None
+        at = self.epochs.index(self.best_epoch)
+        return self.seconds[at], self.values[at]
+
+
+@dataclass(frozen=True)
+class CurvePanel:
+    dataset: str
+    model: str
+    curves: list[RunCurve]
+
+    @property
+    def metrics(self) -> list[str]:
+        return sorted({curve.metric for curve in self.curves})
+
+
+def validation_curve_panels(runs: pl.DataFrame, metric: str = "ndcg@10") -> list[CurvePanel]:
+    """What `validation_curves` draws: per (dataset, model), each run's curve of the metric
+    its early stopping used (from its config; `metric`, the configuration's default, for a
+    run that records none)."""
+    panels = []
+    for dataset, model in runs.select("dataset", "model").unique(maintain_order=True).rows():
         part = runs.filter((pl.col("dataset") == dataset) & (pl.col("model") == model))
-        for (loss,), of_loss in part.group_by("loss", maintain_order=True):
-            histories = [
-                read_history(Path(run_dir)).with_columns(pl.lit(i).alias("run"))
-                for i, run_dir in enumerate(of_loss["run_dir"].to_list())
-            ]
-            histories = [h for h in histories if column in h.columns]
-            if not histories:
-                continue
-            for history in histories:
+        curves = [_run_curve(row, metric) for row in part.iter_rows(named=True)]
+        panels.append(CurvePanel(dataset, model, [curve for curve in curves if curve.epochs]))
+    return panels
+
+
+def _run_curve(row: dict[str, Any], default_metric: str) -> RunCurve:
+    config = json.loads(row["config"]) if row.get("config") else {}
+    metric = config.get("validation_metric") or row.get("validation_metric") or default_metric
+    history = read_history(Path(row["run_dir"]))
+    column = f"valid_{metric}"
+    if column not in history.columns:  # recorded before the metric was: nothing to draw
+        return RunCurve(row["loss"], metric, [], [], [], None)
+    best = row.get("best_epoch")
+    return RunCurve(
+        loss=row["loss"],
+        metric=metric,
+        epochs=history["epoch"].to_list(),
+        seconds=history["elapsed_seconds"].to_list(),
+        values=history[column].to_list(),
+        best_epoch=None if best is None else int(best),
+    )
+
+
+def validation_curves(runs: pl.DataFrame, path: Path, metric: str = "ndcg@10") -> Path:
+    """Each run's early-stopping metric on validation against elapsed wall-clock seconds, one
+    panel per (dataset, model): each seed a thin line with its best epoch marked, the mean over
+    seeds (per epoch, while every seed still trains) a thick one, one colour per loss."""
+    return _save(validation_curves_figure(validation_curve_panels(runs, metric)), path)
+
+
+def validation_curves_figure(panels: list[CurvePanel]) -> Figure:
+    figure, axes_list = _panels(len(panels))
+    colors = _colors(curve.loss for panel in panels for curve in panel.curves)
+    for axes, panel in zip(axes_list, panels, strict=False):
+        mixed = len(panel.metrics) > 1  # runs stopped on different metrics: name each
+        groups: dict[tuple[str, str], list[RunCurve]] = {}
+        for curve in panel.curves:
+            groups.setdefault((curve.loss, curve.metric), []).append(curve)
+        for (loss, metric), curves in groups.items():
+            for curve in curves:
                 axes.plot(
-                    history["elapsed_seconds"],
-                    history[column],
-                    color=colors[loss],
-                    linewidth=0.7,
-                    alpha=0.35,
+                    curve.seconds, curve.values, color=colors[loss], linewidth=0.7, alpha=0.35
                 )
-            # Only epochs every seed reached: once a seed stops early, a mean over the rest
-            # would jump (and its mean time step backwards).
-            mean = (
-                pl.concat(histories, how="diagonal")
-                .group_by("epoch")
-                .agg(pl.col("elapsed_seconds").mean(), pl.col(column).mean(), pl.len())
-                .filter(pl.col("len") == len(histories))
-                .sort("epoch")
-            )
-            axes.plot(
-                mean["elapsed_seconds"],
-                mean[column],
-                color=colors[loss],
-                linewidth=2.0,
-                label=f"{loss} ({len(histories)} seed{'s' if len(histories) > 1 else ''})",
-            )
-        axes.set_title(f"{dataset}: {model}")
+                if (best := curve.best) is not None:
+                    axes.plot(*best, marker="*", markersize=9, color=colors[loss], gid="best")
+            seeds = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}"
+            label = f"{loss}, {metric.upper()} ({seeds})" if mixed else f"{loss} ({seeds})"
+            axes.plot(*_mean_curve(curves), color=colors[loss], linewidth=2.0, label=label)
+        axes.set_title(f"{panel.dataset}: {panel.model}")
         axes.set_xlabel("wall-clock seconds since the start of training")
-        axes.set_ylabel(f"validation {metric.upper()}")
+        axes.set_ylabel(
+            "validation: each run's early-stopping metric"
+            if mixed or not panel.metrics
+            else f"validation {panel.metrics[0].upper()} (the early-stopping metric)"
+        )
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
-    figure.suptitle("validation curves (thin: seeds; thick: mean while all seeds train)")
-    return _save(figure, path)
+        if panel.curves:
+            axes.legend(fontsize=8)
+    figure.suptitle(
+        "validation curves (thin: seeds, * their best epoch; thick: mean while all seeds train)"
+    )
+    return figure
+
+
+def _mean_curve(curves: list[RunCurve]) -> tuple[list[float], list[float]]:
+    """(seconds, values) averaged per epoch over the epochs every run reached: once a seed
+    stops early, a mean over the rest would jump (and its mean time step backwards)."""
+    epochs = sorted(set.intersection(*(set(curve.epochs) for curve in curves)))
+    rows = [[curve.epochs.index(epoch) for epoch in epochs] for curve in curves]  # (runs, E)
+    seconds = [np.asarray(c.seconds)[r] for c, r in zip(curves, rows, strict=True)]
+    values = [np.asarray(c.values)[r] for c, r in zip(curves, rows, strict=True)]
+    return np.mean(seconds, axis=0).tolist(), np.mean(values, axis=0).tolist()
 
 
 def _panels(count: int) -> tuple[Figure, list[Axes]]:

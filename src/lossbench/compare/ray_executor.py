@@ -54,6 +54,7 @@ class RunResources:
     cpus: int  # also the run's torch threads
     gpus: float
     max_retries: int  # re-runs after its worker process died; a run that raised is not re-run
+    workers: int = 1  # data-parallel processes per run (Ray Train), each with `cpus` and `gpus`
 
 
 @dataclass(frozen=True)
@@ -105,28 +106,34 @@ class RayExecutor:
             ray_cluster.send_file_plugins(ray)
             keys = dict.fromkeys((e.config.dataset, e.config.split_spec) for e in entries)
             datasets = {key: ray.put(prepare(*key)) for key in keys}
+            several = self.resources.workers > 1  # a run's task only starts its workers
             task = ray.remote(
-                num_cpus=self.resources.cpus,
-                num_gpus=self.resources.gpus,
+                num_cpus=0 if several else self.resources.cpus,
+                num_gpus=0 if several else self.resources.gpus,
                 max_retries=self.resources.max_retries,
                 retry_exceptions=False,
                 # A fresh worker process per run: nothing of one run (its memory caches, an
                 # import a cancel interrupted) reaches the next; a run takes minutes, a worker's
                 # start seconds.
                 max_calls=1,
-            )(train_on_worker)
+            )(train_with_workers if several else train_on_worker)
             cwd = str(Path.cwd())
             submitted = {
                 task.remote(
                     replace(entry, run_dir=entry.run_dir.absolute()),
-                    datasets[entry.config.dataset, entry.config.split_spec],
+                    # Ray Train's workers fetch the dataset themselves: its reference, wrapped
+                    # so that Ray does not resolve it for the task.
+                    [datasets[entry.config.dataset, entry.config.split_spec]]
+                    if several
+                    else datasets[entry.config.dataset, entry.config.split_spec],
                     cwd,
-                    self.resources.gpus,
+                    self.resources,
                     self.train,
                 ): entry
                 for entry in entries
             }
             slots = ray_cluster.run_slots(nodes, self.resources.cpus, self.resources.gpus)
+            slots = max(1, slots // self.resources.workers)
             progress = RunsProgress(console, len(entries), slots)
             outcomes = _collect(ray, submitted, progress, self._ended)
         failures = [outcome.failure for _, outcome in outcomes if outcome.failure]
@@ -197,13 +204,18 @@ def show_run(watchers: Sequence[RunObserver], run_dir: Path) -> None:
 
 
 def train_on_worker(
-    entry: PlanEntry, dataset: PreparedDataset, cwd: str, gpus: float, train: TrainFn | None
+    entry: PlanEntry,
+    dataset: PreparedDataset,
+    cwd: str,
+    resources: RunResources,
+    train: TrainFn | None,
 ) -> RunOutcome:
     """One run, in a Ray worker: the runner's `train_unless_finished`, as the local executor."""
     import traceback
 
     from lossbench.training.setup import run_device
 
+    gpus = resources.gpus
     started = time.perf_counter()
     if os.path.isdir(cwd):
         os.chdir(cwd)  # relative paths in the settings (--init) mean what they do on the driver
@@ -226,6 +238,11 @@ def train_on_worker(
         return RunOutcome(trained=False, failure=failure)
     if not trained:
         return RunOutcome(trained=False, failure=failed.failures[0] if failed.failures else None)
+    return finished_outcome(entry, started)
+
+
+def finished_outcome(entry: PlanEntry, started: float) -> RunOutcome:
+    """A trained run's outcome, read from its folder."""
     metrics = read_metrics(entry.run_dir)
     metric = entry.config.validation_metric
     return RunOutcome(
@@ -235,6 +252,35 @@ def train_on_worker(
         epochs=int(metrics.get("epochs", 0)),
         seconds=time.perf_counter() - started,
     )
+
+
+def train_with_workers(
+    entry: PlanEntry,
+    dataset_ref: list[Any],
+    cwd: str,
+    resources: RunResources,
+    train: TrainFn | None,
+) -> RunOutcome:
+    """One run in `resources.workers` Ray Train workers (`ray_train.py`); this task holds the
+    run folder's lock, reuses a run finished meanwhile, and records a failure."""
+    import traceback
+
+    from lossbench.compare.ray_train import fit_data_parallel
+    from lossbench.compare.resume import run_status
+
+    started = time.perf_counter()
+    with run_lock(entry.run_dir, wait=True):
+        if run_status(entry).state == "finished":
+            return RunOutcome(trained=False)
+        try:
+            fit_data_parallel(
+                entry, dataset_ref, cwd, resources.cpus, resources.gpus, resources.workers, train
+            )
+        except Exception as error:
+            message = ray_cluster.one_line(error)
+            failure = record_failure(entry, message, "".join(traceback.format_exception(error)))
+            return RunOutcome(trained=False, failure=failure)
+    return finished_outcome(entry, started)
 
 
 def ray_executor(
@@ -250,6 +296,11 @@ def ray_executor(
             "run's torch threads are the CPUs it reserves; give one of them"
         )
     gpus = settings.gpus_per_run or 0.0
+    workers = settings.workers_per_run or 1
+    if workers > 1:
+        from lossbench.compare.ray_train import check_ray_train
+
+        check_ray_train()
     if gpus > 1 and not gpus.is_integer():
         raise LossbenchError(
             f"--gpus-per-run {gpus:g}: above 1 give whole GPUs (fractions below 1 share one)"
@@ -262,5 +313,5 @@ def ray_executor(
             "under --executor ray a run sees only the GPUs it reserves: "
             "add --gpus-per-run (1, or 0.5 for two runs per GPU)"
         )
-    resources = RunResources(settings.ray_address, cpus, gpus, settings.max_retries or 0)
+    resources = RunResources(settings.ray_address, cpus, gpus, settings.max_retries or 0, workers)
     return partial(RayExecutor.handling, resources, out_dir), {**training, "threads": cpus}

@@ -139,7 +139,7 @@ def write_report_files(
     written.append(out_dir / SUMMARY_FILE)
     metric = options.significance_metric
     written.append(quality_vs_time(comparison.summary, out_dir / QUALITY_VS_TIME, metric))
-    written.append(validation_curves(comparison.shown, out_dir / VALIDATION_CURVES, metric))
+    written.append(validation_curves(comparison.shown, out_dir / VALIDATION_CURVES))
     n_runs = comparison.runs.height
     console.print(f"{n_runs} runs; wrote {', '.join(path.name for path in written)} in {out_dir}")
     if markdown_file is not None:

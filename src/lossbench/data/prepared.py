@@ -41,6 +41,23 @@ FORMAT_VERSION = 3  # 3: `files` records each file's size and sha256
 
 
 @dataclass(frozen=True)
+class OriginalIds:
+    """The ids of the source file, as strings: `users[u - 1]` is user u's, `items[i - 1]` item
+    i's (from `users.parquet` / `items.parquet`)."""
+
+    users: pl.Series  # (U,) String
+    items: pl.Series  # (n_items,) String
+
+    @classmethod
+    def from_maps(cls, users: pl.DataFrame, items: pl.DataFrame) -> OriginalIds:
+        """From the id map tables `user`/`item` -> `original_id` (ids 1..n, any order)."""
+        return cls(
+            users.sort("user")["original_id"].cast(pl.String),
+            items.sort("item")["original_id"].cast(pl.String),
+        )
+
+
+@dataclass(frozen=True)
 class PreparedDataset:
     """A split held as flat numpy arrays (CSR style, row u-1 is user u)."""
 
@@ -59,6 +76,7 @@ class PreparedDataset:
     attribute_offsets: np.ndarray | None = None  # (n_items + 2,) int64
     attribute_ids: np.ndarray | None = None  # (A,) int64
     n_attributes: int = 0
+    original_ids: OriginalIds | None = None  # None: built in memory without id maps
 
     @property
     def n_users(self) -> int:
@@ -124,6 +142,7 @@ def prepared_from_frames(
     split: pl.DataFrame,
     meta: dict[str, Any],
     item_attributes: pl.DataFrame | None = None,
+    original_ids: OriginalIds | None = None,
 ) -> PreparedDataset:
     """Flat numpy arrays from the `split` (and `item_attributes`) tables of the format."""
     lengths = split["train_items"].list.len().to_numpy().astype(np.int64)
@@ -158,6 +177,7 @@ def prepared_from_frames(
         attribute_offsets=attribute_offsets,
         attribute_ids=attribute_ids,
         n_attributes=int(meta.get("n_attributes", 0)),
+        original_ids=original_ids,
     )
 
 
@@ -182,11 +202,14 @@ def load_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> Prepared
         table = pl.read_parquet(folder / "split.parquet").sort("user")
         attributes_file = folder / "item_attributes.parquet"
         attributes = pl.read_parquet(attributes_file) if attributes_file.exists() else None
+        original_ids = OriginalIds.from_maps(
+            pl.read_parquet(folder / "users.parquet"), pl.read_parquet(folder / "items.parquet")
+        )
     except (OSError, pl.exceptions.PolarsError) as error:
         raise LossbenchError(
             f"prepared files of {name} are unreadable ({error}); run `{command} --force`"
         ) from None
-    return prepared_from_frames(name, table, meta, attributes)
+    return prepared_from_frames(name, table, meta, attributes, original_ids)
 
 
 def ensure_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> PreparedDataset:

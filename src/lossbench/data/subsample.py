@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from lossbench.data.prepared import PreparedDataset
+from lossbench.data.prepared import OriginalIds, PreparedDataset
 
 SAMPLE_SEED = 20240101  # fixed: the same N always keeps the same users
 
@@ -59,7 +59,17 @@ def sample_users(
         meta=meta,
         attribute_offsets=attribute_offsets,
         attribute_ids=attribute_ids,
+        original_ids=_kept_ids(dataset.original_ids, kept, used),
     )
+
+
+def _kept_ids(
+    original: OriginalIds | None, kept: np.ndarray, used: np.ndarray
+) -> OriginalIds | None:
+    """The original ids of the kept users (rows `kept`) and items (old ids `used`)."""
+    if original is None:
+        return None
+    return OriginalIds(original.users.gather(kept), original.items.gather(used - 1))
 
 
 def _kept_rows(

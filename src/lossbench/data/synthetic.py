@@ -185,10 +185,13 @@ def make_synthetic_prepared(
 ) -> PreparedDataset:
     """The synthetic dataset as a `PreparedDataset`, in memory (no files): for tests."""
     knobs = dict(locals())  # exactly the keyword arguments above
-    from lossbench.data.prepared import prepared_from_frames
+    from lossbench.data.prepared import OriginalIds, prepared_from_frames
     from lossbench.data.preprocess import build_tables, summary_stats
 
     raw, attributes = generate_interactions(**knobs)
     tables = build_tables(raw, Protocol(dedup=False), attributes)
     meta = {"name": "synthetic", **summary_stats(tables), "sources": {"generator": knobs}}
-    return prepared_from_frames("synthetic", tables.split, meta, tables.item_attributes)
+    original_ids = OriginalIds.from_maps(tables.users, tables.items)
+    return prepared_from_frames(
+        "synthetic", tables.split, meta, tables.item_attributes, original_ids
+    )

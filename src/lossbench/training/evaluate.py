@@ -70,16 +70,23 @@ class Evaluator:
             self.missed = targets_in_history(self.targets, self.seen_rows, self.seen_items)
 
     @torch.no_grad()
-    def evaluate(self, module: nn.Module, topk: int = 0) -> EvaluationResult:
+    def evaluate(
+        self, module: nn.Module, topk: int = 0, shard: tuple[int, int] = (0, 1)
+    ) -> EvaluationResult:
+        """Rank every user's target; `shard` = (rank, world_size) evaluates only every
+        world_size-th batch from the rank-th and leaves the other users' entries 0, so the
+        ranks' results sum to the whole."""
         model = cast(SequenceModel, module)
         was_training = module.training
         module.eval()
-        ranks = torch.empty(len(self.targets), dtype=torch.int64)
+        ranks = torch.zeros(len(self.targets), dtype=torch.int64)
         best: Tensor | None = None
         if topk > 0:
-            best = torch.empty(len(self.targets), topk, dtype=torch.int64)
+            best = torch.zeros(len(self.targets), topk, dtype=torch.int64)
         table = scoring_table(model)
-        for start in range(0, len(self.targets), self.batch_size):
+        rank, world_size = shard
+        starts = range(0, len(self.targets), self.batch_size)
+        for start in starts[rank::world_size]:
             stop = min(start + self.batch_size, len(self.targets))
             width = max(int(self.lengths[stop - 1]), 1)
             inputs = self.inputs[start:stop, -width:].to(self.device)

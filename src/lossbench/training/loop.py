@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from torch import nn
+from torch import Tensor, nn
 
-from lossbench.data.batches import TrainBatcher
+from lossbench.data.batches import TrainBatch, TrainBatcher
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.sequences import EvaluationSet, build_sequence_tensors
 from lossbench.data.subsample import sample_users
@@ -41,8 +41,16 @@ from lossbench.training.checkpoint import (
     save_checkpoint,
 )
 from lossbench.training.config import TrainConfig
+from lossbench.training.distributed import (
+    SINGLE_PROCESS,
+    ProcessGroup,
+    positions_in,
+    rank_share,
+    sum_gradients,
+    sum_over_ranks,
+)
 from lossbench.training.entry import PlanEntry, plan_entry
-from lossbench.training.evaluate import Evaluator
+from lossbench.training.evaluate import EvaluationResult, Evaluator
 from lossbench.training.fit_check import check_fits
 from lossbench.training.memory import peak_memory_mb, reset_peak_memory
 from lossbench.training.observers import RunObserver
@@ -84,6 +92,8 @@ class RunHooks:
     observers: Sequence[RunObserver] = ()
     epoch_callback: EpochCallback | None = None  # gets each history row; raises to stop
     evaluate_test: bool = True  # False: validation only (a tuning trial), no checkpoint
+    # This process's place in a data-parallel run; only rank 0 writes files and is observed.
+    group: ProcessGroup = SINGLE_PROCESS
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,15 @@ class _Run:
     @property
     def config(self) -> TrainConfig:
         return self.entry.config
+
+    @property
+    def group(self) -> ProcessGroup:
+        return self.hooks.group
+
+    @property
+    def writes(self) -> bool:
+        """Does this process write the run folder (one process, or rank 0 of several)?"""
+        return self.hooks.group.is_main
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.config.precision == "bf16":
@@ -139,13 +158,18 @@ def train_entry(
     *,
     hooks: RunHooks | None = None,
     observers: Sequence[RunObserver] = (),
+    group: ProcessGroup = SINGLE_PROCESS,
 ) -> RunResult:
     """Train one (model, loss, seed), early-stopped on validation, then test once.
 
-    `observers` is short for `hooks=RunHooks(observers)`. With `evaluate_test=False` the test
+    `observers` and `group` are short for `hooks=RunHooks(observers, group=group)`. With
+    `evaluate_test=False` the test
     split is never evaluated: the run returns validation metrics only, and its folder keeps
     `config.json` and `history.csv`, nothing a comparison would read as a finished run."""
-    hooks = hooks or RunHooks(observers)
+    hooks = hooks or RunHooks(observers, group=group)
+    if not hooks.group.is_main:  # other ranks train silently and write nothing
+        hooks = RunHooks((), hooks.epoch_callback, hooks.evaluate_test, hooks.group)
+        console = None
     if entry.config.sample_users is not None:
         dataset = sample_users(dataset, entry.config.sample_users)
     run = set_up(entry, dataset, console or Console(quiet=True), hooks)
@@ -167,7 +191,7 @@ def train_entry(
                 break
             since = time.perf_counter() - last_checkpoint
             due = checkpoint_due(state.epoch, config.checkpoint_every, entry.device, since)
-            if due and hooks.evaluate_test:
+            if due and hooks.evaluate_test and run.writes:
                 write_checkpoint(run, state)
                 last_checkpoint = time.perf_counter()
     return finish(run, state)
@@ -178,15 +202,19 @@ def train_alone(
     dataset: PreparedDataset,
     console: Console | None = None,
     observers: Sequence[RunObserver] = (),
+    group: ProcessGroup = SINGLE_PROCESS,
 ) -> RunResult:
-    """`train_entry` holding the run folder's lock: refused while another process trains it."""
+    """`train_entry` holding the run folder's lock: refused while another process trains it.
+    In a data-parallel run rank 0 holds the lock for all ranks."""
+    if not group.is_main:
+        return train_entry(entry, dataset, console, hooks=RunHooks(observers, group=group))
     with run_lock(entry.run_dir, wait=False) as held:
         if not held:
             raise LossbenchError(
                 f"{entry.run_dir} is being trained by process {lock_holder(entry.run_dir) or '?'}"
                 "; wait for it, or give another --out"
             )
-        return train_entry(entry, dataset, console, observers=observers)
+        return train_entry(entry, dataset, console, hooks=RunHooks(observers, group=group))
 
 
 def set_up(entry: PlanEntry, dataset: PreparedDataset, console: Console, hooks: RunHooks) -> _Run:
@@ -196,7 +224,7 @@ def set_up(entry: PlanEntry, dataset: PreparedDataset, console: Console, hooks: 
     check_fits(entry, dataset)  # before anything is built or written
     threads = ThreadGovernor(config.threads)  # from --threads, else the free cores
     seed_everything(config.seed)
-    model = entry.build_model(dataset.n_items).to(device)
+    model = entry.build_model(dataset.n_items).to(device, dtype=parameter_dtype(config))
     if entry.model.pretrainable and config.init is None:
         console.print(f"[yellow]{config.model} without --init starts from random weights[/]")
     console.print(
@@ -216,7 +244,10 @@ def set_up(entry: PlanEntry, dataset: PreparedDataset, console: Console, hooks: 
         shuffle_train=config.shuffle_train,
     )
     sampler = negative_sampler(entry, dataset.n_items, sequences, batcher)
-    generator = torch.Generator(device=device).manual_seed(config.seed + 7919)
+    # Each rank its own stream of negatives, derived from the run seed (rank 0's is the
+    # single-process stream).
+    negatives_seed = config.seed + 7919 + 1_000_003 * hooks.group.rank
+    generator = torch.Generator(device=device).manual_seed(negatives_seed)
     step_model = torch.compile(model) if config.compile else model
     loss = tuned_loss(entry.loss, device)  # a full softmax on CPU: the chunk measured fastest
     loss = dataclasses.replace(loss, spec=with_softmax_backend(loss.spec, device))
@@ -237,8 +268,8 @@ def set_up(entry: PlanEntry, dataset: PreparedDataset, console: Console, hooks: 
         ks=sorted({*config.ks, *_metric_k(config.validation_metric)}),
         generators={"batches": batcher.generator, "negatives": generator},
         threads=threads,
-        record=run_record(entry, dataset, sequences, loss),
-        files=RunFiles(entry.run_dir),
+        record=run_record(entry, dataset, sequences, loss, hooks.group),
+        files=RunFiles(entry.run_dir, dataset.original_ids),
         console=console,
         hooks=hooks,
     )
@@ -260,7 +291,8 @@ def start_or_resume(run: _Run) -> TrainingState:
             f"[yellow]{path} has other settings ({describe_changes(changes)}): "
             "training from the first epoch[/]"
         )
-        path.unlink()
+        if run.writes:
+            path.unlink(missing_ok=True)
     state = TrainingState(best_state=copy.deepcopy(run.model.state_dict()))
     _start(run, state)
     return state
@@ -268,6 +300,8 @@ def start_or_resume(run: _Run) -> TrainingState:
 
 def _start(run: _Run, state: TrainingState) -> None:
     """Write the run folder's first files; observers see the start and any resumed epochs."""
+    if not run.writes:
+        return
     run.files.start(run.record, state.history)
     for observer in run.hooks.observers:
         observer.on_start(run.entry.run_dir, run.record)
@@ -282,23 +316,43 @@ def train_epoch(run: _Run, bar: TrainingProgress) -> dict[str, float]:
     run.model.train()
     loss_sum = torch.zeros((), device=device)
     for parts in run.batcher.epoch():
-        with run.autocast():
-            step_loss = run.step([part.to(device) for part in parts])
         run.optimizer.zero_grad(set_to_none=True)
-        step_loss.backward()
+        if run.group.distributed:
+            loss_sum += distributed_backward(run, parts)
+        else:
+            with run.autocast():
+                step_loss = run.step([part.to(device) for part in parts])
+            step_loss.backward()
+            loss_sum += step_loss.detach()
         run.optimizer.step()
-        loss_sum += step_loss.detach()
         run.threads.tick()
         bar.advance_batch()
+    loss_sum = sum_over_ranks(loss_sum, run.group, device)
     epoch_loss = float(loss_sum) / len(run.batcher)  # the one sync of the epoch
     return {"loss": epoch_loss, "train_seconds": time.perf_counter() - started}
+
+
+def distributed_backward(run: _Run, parts: list[TrainBatch]) -> Tensor:
+    """This rank's share of one step: its rows' loss, weighted by its share of the global
+    batch's positions, backward, gradients summed over ranks. Returns its weighted loss."""
+    device = run.entry.device
+    mine = rank_share(parts, run.group)
+    weighted = torch.zeros((), device=device)
+    if mine:
+        with run.autocast():
+            step_loss = run.step([part.to(device) for part in mine])
+        weighted = step_loss * (positions_in(mine) / positions_in(parts))
+        weighted.backward()
+    sum_gradients(run.model, run.group)
+    return weighted.detach()
 
 
 def validate(run: _Run) -> dict[str, float]:
     """Validation metrics (`valid_*`) of the current weights, and their seconds."""
     started = time.perf_counter()
     with run.autocast():
-        ranks = run.valid.evaluate(run.model).ranks
+        ranks = run.valid.evaluate(run.model, shard=_shard(run)).ranks
+    ranks = sum_over_ranks(ranks, run.group, run.entry.device)
     metrics = metrics_from_ranks(ranks, run.ks)
     return {
         "eval_seconds": time.perf_counter() - started,
@@ -327,7 +381,8 @@ def end_epoch(
             **{k: v for k, v in row.items() if k.startswith("valid_")},
         }
     )
-    run.files.append_history(state.history[-1])
+    if run.writes:
+        run.files.append_history(state.history[-1])
     for observer in run.hooks.observers:
         observer.on_epoch(state.history[-1])
     bar.end_epoch(state.epoch, row["loss"], value, state.best_value)
@@ -361,7 +416,8 @@ def finish(run: _Run, state: TrainingState) -> RunResult:
     test_result = None
     if run.test is not None:
         with run.autocast():
-            test_result = run.test.evaluate(run.model, topk=config.save_topk)
+            test_result = run.test.evaluate(run.model, topk=config.save_topk, shard=_shard(run))
+        test_result = gather_result(test_result, run)
     valid_best = {
         k.removeprefix("valid_"): v
         for k, v in history[state.best_epoch - 1].items()
@@ -387,7 +443,7 @@ def finish(run: _Run, state: TrainingState) -> RunResult:
         "split": config.split_spec.label,
         "seed": config.seed,
     }
-    if test_result is None:
+    if test_result is None or not run.writes:
         return RunResult(run.entry.run_dir, run.record, metrics, history)
     test_set = run.test_set
     run.files.finish(
@@ -396,6 +452,24 @@ def finish(run: _Run, state: TrainingState) -> RunResult:
     for observer in run.hooks.observers:
         observer.on_finish(metrics)
     return RunResult(run.entry.run_dir, run.record, metrics, history)
+
+
+def _shard(run: _Run) -> tuple[int, int]:
+    return (run.group.rank, run.group.world_size)
+
+
+def gather_result(result: EvaluationResult, run: _Run) -> EvaluationResult:
+    """Every rank's share of a sharded evaluation, summed into the whole result."""
+    if not run.group.distributed:
+        return result
+    device = run.entry.device
+    topk = None if result.topk is None else sum_over_ranks(result.topk, run.group, device)
+    return EvaluationResult(sum_over_ranks(result.ranks, run.group, device), topk)
+
+
+def parameter_dtype(config: TrainConfig) -> torch.dtype:
+    """fp64 trains in float64 throughout (exactness checks); fp32 and bf16 keep fp32 weights."""
+    return torch.float64 if config.precision == "fp64" else torch.float32
 
 
 def check_split(config: TrainConfig, dataset: PreparedDataset) -> None:

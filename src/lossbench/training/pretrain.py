@@ -33,6 +33,7 @@ from lossbench.models.s3rec import (
     S3RecConfig,
     S3RecPretrainer,
 )
+from lossbench.training.progress import BatchLines
 from lossbench.training.setup import make_adam, pick_device, seed_everything
 
 
@@ -242,10 +243,12 @@ def pretrain_s3rec(
     # Off a terminal (a log file), one line per epoch instead of a bar's last frame.
     lines = not console.is_terminal and not console.quiet
     bar = Progress(*columns, TimeRemainingColumn(), console=console, disable=lines)
+    batch_lines = BatchLines(console, epochs, n_batches, enabled=lines)  # a long epoch's lines
     with bar as progress:
         task = progress.add_task("pre-training s3rec", total=(epochs - done) * n_batches)
         for epoch in range(done + 1, epochs + 1):
             started = time.perf_counter()
+            batch_lines.start_epoch(epoch)
             model.train()
             sums = torch.zeros(len(OBJECTIVES), device=target)
             order = torch.randperm(n_samples, generator=generator, device=target)
@@ -256,6 +259,7 @@ def pretrain_s3rec(
                 optimizer.step()
                 sums += torch.stack([losses[name].detach() for name in OBJECTIVES])
                 progress.advance(task)
+                batch_lines.batch_done()
             means = (sums / n_batches).tolist()  # one sync per epoch
             seconds = time.perf_counter() - started
             losses_by_name = dict(zip(OBJECTIVES, means, strict=True))

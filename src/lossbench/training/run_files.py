@@ -6,7 +6,9 @@
 - `test_ranks.parquet`: `user`, `target`, `rank` for every test user (per-user significance;
   under a temporal split only the users with a test target); a target that counts as not
   found (`--seen-targets miss`) has rank 2**62 (`NOT_FOUND_RANK`)
-- `topk.parquet`: `user`, `target`, `topk` (best first), with `--save-topk K`
+- `topk.parquet`, with `--save-topk K`: `user`, `target`, `topk` (K item ids, best first),
+  and the same in the source file's ids (`original_user`, `original_target`, `original_topk`)
+  when the dataset has id maps (every prepared one does)
 - `checkpoint.pt`: while the run trains, everything needed to continue it after an
   interruption (see `checkpoint.py`); removed when the run finishes.
 - `metrics.json`: validation and test metrics, timings, the seen-items rule (`seen_targets`:
@@ -30,11 +32,12 @@ from torch import Tensor
 
 from lossbench import __version__
 from lossbench.atomic import write_json, write_with
-from lossbench.data.prepared import PreparedDataset
+from lossbench.data.prepared import OriginalIds, PreparedDataset
 from lossbench.data.sequences import SequenceTensors
 from lossbench.losses.softmax_backend import softmax_backend
 from lossbench.plugins import changed_sources
 from lossbench.training.config import TrainConfig
+from lossbench.training.distributed import SINGLE_PROCESS, ProcessGroup
 from lossbench.training.entry import PlanEntry
 from lossbench.training.evaluate import EvaluationResult
 from lossbench.training.setup import LossSettings
@@ -70,8 +73,10 @@ REPLACED = ".replaced-"  # run folders set aside by a resumed comparison: `seed0
 
 
 class RunFiles:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, original_ids: OriginalIds | None = None) -> None:
+        """`original_ids`: the dataset's id maps, for the original ids in `topk.parquet`."""
         self.run_dir = run_dir
+        self.original_ids = original_ids
         self.history: list[dict[str, Any]] = []
 
     def start(self, record: dict[str, Any], history: list[dict[str, Any]] | None = None) -> None:
@@ -115,13 +120,40 @@ class RunFiles:
             topk = ranks.select("user", "target").with_columns(
                 pl.Series("topk", result.topk.numpy(), dtype=pl.List(pl.Int32))
             )
+            if self.original_ids is not None:
+                topk = topk.with_columns(
+                    original_topk_ids(self.original_ids, user_rows, targets, result.topk)
+                )
             write_with(self.run_dir / TOPK_FILE, topk.write_parquet)
         write_json(self.run_dir / METRICS_FILE, metrics)
         (self.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # finished: nothing to resume
 
 
+def original_topk_ids(
+    original: OriginalIds, user_rows: Tensor, targets: Tensor, topk: Tensor
+) -> list[pl.Series]:
+    """`original_user`, `original_target`, `original_topk`: the source file's ids of the
+    test users (rows `user_rows`, (U,)), their targets (U,) and top-K items (U, K)."""
+    best = topk.numpy()
+    flat = original.items.gather(best.ravel() - 1)  # (U * K,) item i is row i - 1
+    lists = (
+        flat.reshape(best.shape).arr.to_list()
+        if best.size
+        else pl.Series([[]] * len(best), dtype=pl.List(pl.String))
+    )
+    return [
+        original.users.gather(user_rows.numpy()).alias("original_user"),
+        original.items.gather(targets.numpy() - 1).alias("original_target"),
+        lists.alias("original_topk"),
+    ]
+
+
 def run_record(
-    entry: PlanEntry, dataset: PreparedDataset, sequences: SequenceTensors, loss: LossSettings
+    entry: PlanEntry,
+    dataset: PreparedDataset,
+    sequences: SequenceTensors,
+    loss: LossSettings,
+    group: ProcessGroup = SINGLE_PROCESS,
 ) -> dict[str, Any]:
     """config.json: the configuration, the resolved model settings and the loss as it trains
     (its softmax chunk measured on this machine), the code's sources, the data."""
@@ -145,6 +177,8 @@ def run_record(
             "threads": torch.get_num_threads(),
             "precision": entry.config.precision,
             "loss_backend": softmax_backend(loss.spec, entry.device),  # None: not a full softmax
+            # Data-parallel processes; "devices": one per rank (str(entry.device) on each).
+            "distributed": {**group.describe(), "devices": [str(entry.device)] * group.world_size},
         },
     }
 
