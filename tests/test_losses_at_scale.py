@@ -365,3 +365,12 @@ def test_the_knobs_are_settings_with_the_authors_defaults() -> None:
     assert (params.rece_rounds, params.rece_extra_chunks, params.scaled_ce_alpha) == (2, 0, 3.0)
     with pytest.raises(LossbenchError, match="scaled_ce_alpha"):
         build_config(overrides={"loss": "scaled-ce", "scaled_ce_alpha": 0})
+
+
+def test_losses_command_lists_the_new_losses_with_their_papers() -> None:
+    result = CliRunner().invoke(app, ["losses"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    lines = {line.split()[1]: line for line in result.output.splitlines() if "│" in line[:2]}
+    assert "projected" in lines["sce"] and "Mezentsev" in lines["sce"]
+    assert "projected" in lines["rece"] and "Gusak" in lines["rece"]
+    assert "500" in lines["scaled-ce"] and "alpha" in lines["scaled-ce"]

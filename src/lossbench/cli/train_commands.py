@@ -190,7 +190,9 @@ def losses() -> None:
             table.add_row(name, "", "", f"[red]{found}[/]", "entry point")
             continue
         spec = found.value
-        negatives = "full softmax" if spec.negatives == 0 else str(spec.negatives)
+        negatives = str(spec.negatives) if spec.samples_negatives else "full softmax"
+        if "generator" in spec.declared:  # sce, rece: the catalogue, searched by projections
+            negatives = "projected"
         if spec.negatives_from_flags:
             negatives = "--negatives"
         table.add_row(name, spec.positions, negatives, spec.description, found.source.describe())
