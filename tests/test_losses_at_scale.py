@@ -223,6 +223,10 @@ def test_corrected_logq_matches_the_papers_formula() -> None:
     weight = (1.0 - torch.softmax(both, 1)[:, 0]).detach()
     plain = (loss * weight).mean()
     assert_same(value_and_grads(mine, hidden, table), value_and_grads(plain, hidden, table))
+    with pytest.raises(LossbenchError, match="needs the sampler's item frequencies"):
+        sampled_ce(
+            LossInputs(hidden, targets, table, negatives), LossParams(logq_correction="corrected")
+        )
 
 
 def test_corrected_logq_with_uniform_negatives_is_the_standard_one_up_to_the_weight() -> None:

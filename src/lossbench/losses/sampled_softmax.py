@@ -35,7 +35,7 @@ from lossbench.losses.negatives import mean_over_positions, sampled_scores
 
 def sampled_ce(inputs: LossInputs, params: LossParams) -> Tensor:
     """-mean_n log softmax([s(y), s(n_1), ..., s(n_K)])[0]: the positive is class 0."""
-    if params.logq_correction == "corrected" and inputs.item_frequencies is not None:
+    if params.logq_correction == "corrected":
         return corrected_logq_ce(inputs)
     positive, negative = sampled_scores(inputs, "sampled-ce")
     if inputs.log_q is not None:
@@ -56,7 +56,11 @@ def corrected_logq_ce(inputs: LossInputs) -> Tensor:
     """mean_n w_n (logsumexp_k (s(n_k) - log Q_nk) - s(y_n)), w_n = 1 - p_n detached."""
     positive, negative = sampled_scores(inputs, "sampled-ce")
     frequencies = inputs.item_frequencies
-    assert frequencies is not None and inputs.negatives is not None
+    if frequencies is None or inputs.negatives is None:
+        raise LossbenchError(
+            "the corrected logQ needs the sampler's item frequencies (LossInputs."
+            "item_frequencies); the trainer supplies them with --logq corrected"
+        )
     frequencies = frequencies.to(torch.float64)
     total = frequencies[1:].sum()
     # log Q_nk = log f_k - log(sum f - f_{y_n}): (N, K), float64 (a popular positive takes
