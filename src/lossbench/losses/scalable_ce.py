@@ -51,13 +51,16 @@ def sce(inputs: LossInputs, params: LossParams) -> Tensor:
     size_y = min(params.sce_bucket_size_y, n_items)
     if n_buckets < 1 or size_y < 1:
         raise LossbenchError("sce needs at least one bucket and one item per bucket")
-    positive = (hidden * table[targets]).sum(-1)  # (N,)
     with torch.no_grad():
         directions = _directions(hidden, n_buckets, params.sce_mix_x, generator)  # (n_b, D)
         top_x = torch.topk(directions @ hidden.detach().T, size_x, dim=1).indices  # (n_b, bx)
         top_y = catalogue_topk(directions, table.detach()[1:], size_y) + 1  # (n_b, by) ids
+    # One gather of the targets' and the buckets' rows: its backward writes one dense
+    # table-sized gradient, not one per gather (256 MB each at 1M items x 64 dims).
+    rows = table[torch.cat([targets, top_y.reshape(-1)])]  # (N + n_b by, D)
+    positive = (hidden * rows[:n_positions]).sum(-1)  # (N,)
     x_bucket = hidden[top_x]  # (n_b, bx, D)
-    y_bucket = table[top_y]  # (n_b, by, D)
+    y_bucket = rows[n_positions:].view(n_buckets, size_y, dim)  # (n_b, by, D)
     wrong = x_bucket @ y_bucket.transpose(1, 2)  # (n_b, bx, by)
     is_positive = targets[top_x].unsqueeze(2) == top_y.unsqueeze(1)  # (n_b, bx, by)
     wrong = wrong.masked_fill(is_positive, float("-inf"))
