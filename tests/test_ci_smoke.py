@@ -74,7 +74,9 @@ def test_smoke_separates_the_losses_and_every_expectation_passes(smoke: Smoke) -
     means = {row["loss"]: row["metrics"]["ndcg@10"]["mean"] for row in document["comparison"]}
     assert means["improved"] > means["bce"] > means["ce"]
     marks = {row["loss"]: row["significant"] for row in document["comparison"]}
-    assert marks == {"bce": None, "ce": "worse", "improved": "better"}
+    assert marks == {"bce": None, "ce": "worse", "improved": "better", "pop": None}
+    floor = means.pop("pop")  # the popularity floor's row, below every loss
+    assert all(mean > floor for mean in means.values())
 
 
 def test_json_holds_every_run_and_the_numbers_the_table_shows(smoke: Smoke) -> None:
@@ -88,8 +90,13 @@ def test_json_holds_every_run_and_the_numbers_the_table_shows(smoke: Smoke) -> N
         assert run["dataset"] == "synthetic" and run["model"] == "sasrec"
         assert {"hr@10", "ndcg@10", "mrr"} <= set(run["test"]) and "ndcg@20" in run["valid"]
         assert run["epochs"] == 5 and run["train_seconds"] > 0 and run["peak_memory_mb"] > 0
+        assert run["train_seconds_per_epoch"] > 0 and 0 < run["loss_share"] < 1
+        assert run["collapsed"] is False
     table = (smoke.out / "summary.md").read_text()
+    assert "| pop (floor) | — |" in table
     for row in document["comparison"]:
+        if row["reference"]:
+            continue  # the pop row: no std, no test
         hr, ndcg = row["metrics"]["hr@10"], row["metrics"]["ndcg@10"]
         cells = f"| {hr['mean']:.4f} ± {hr['std']:.4f} | {ndcg['mean']:.4f} ± {ndcg['std']:.4f} |"
         assert cells in table

@@ -132,7 +132,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(
 
 
 BODY = b"".join(f"{u} {u} {u + 1} {u + 2}\n".encode() for u in range(1, 120_000))  # ~3 MB
-HEAD = 1_500_000  # sent at once; the client writes its first 1 MiB chunk, then waits
+HEAD = 1_500_000  # sent at once; the client writes all of it, then waits
 
 
 class SlowServer:
@@ -196,21 +196,21 @@ def test_sigint_during_a_download_exits_130_and_the_rerun_resumes(
         [*command, "toy"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     part = tmp_path / "d" / "toy" / "raw" / "t.txt.part"
-    for _ in range(600):  # up to 60 s for the first chunk to land
-        if part.is_file() and part.stat().st_size >= 1 << 20:
+    for _ in range(600):  # up to 60 s for the first bytes to land
+        if part.is_file() and part.stat().st_size >= HEAD:
             break
         threading.Event().wait(0.1)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 130, out + err
     assert INTERRUPTED in err and "Traceback" not in out + err
-    assert part.stat().st_size == 1 << 20  # kept for the rerun
+    assert part.stat().st_size == HEAD  # every byte received is kept for the rerun
     slow_server.release.set()
     again = subprocess.run(
         [*command, "toy"], env=env, capture_output=True, text=True, check=False, timeout=60
     )
     assert again.returncode == 0, again.stdout + again.stderr
-    assert slow_server.ranges[-1] == f"bytes={1 << 20}-"
+    assert slow_server.ranges[-1] == f"bytes={HEAD}-"
     assert (tmp_path / "d" / "toy" / "raw" / "t.txt").read_bytes() == BODY
 
 

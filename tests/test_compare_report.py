@@ -144,6 +144,7 @@ def test_report_writes_tables_and_files(saved_runs: Path) -> None:
         "summary.md",
         "quality_vs_time.png",
         "validation_curves.png",
+        "frontier.png",
     }
     assert pl.read_parquet(saved_runs / "results.parquet").height == 9
     assert pl.read_csv(saved_runs / "results.csv").height == 9

@@ -27,11 +27,15 @@ SEQUENCES = b"".join(f"{u} {u} {u + 1} {u + 2} {u + 3}\n".encode() for u in rang
 
 
 class FileServer:
-    """Serves `files` (path -> bytes) with Range support; can cut the next response short."""
+    """Serves `files` (path -> bytes) with Range support; can cut the next response short,
+    stall after some bytes, or hang before answering (both until `release` is set)."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.cut_next_after: int | None = None
+        self.stall_after: int | None = None
+        self.hang = False
+        self.release = threading.Event()
         self.ranges: list[str | None] = []
         server = self
 
@@ -42,6 +46,9 @@ class FileServer:
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 body = server.files.get(self.path)
                 server.ranges.append(self.headers.get("Range"))
+                if server.hang:
+                    server.release.wait(timeout=30)
+                    return
                 if body is None:
                     self.send_error(404)
                     return
@@ -61,6 +68,11 @@ class FileServer:
                 if server.cut_next_after is not None:
                     payload, server.cut_next_after = payload[: server.cut_next_after], None
                     self.close_connection = True
+                if server.stall_after is not None:
+                    self.wfile.write(payload[: server.stall_after])
+                    self.wfile.flush()
+                    server.release.wait(timeout=30)
+                    return
                 self.wfile.write(payload)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -73,6 +85,7 @@ def server() -> Iterator[FileServer]:
     thread = threading.Thread(target=files.httpd.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     yield files
+    files.release.set()
     files.httpd.shutdown()
     files.httpd.server_close()
 
@@ -135,6 +148,49 @@ def test_resume_after_a_cut_connection(server, data_dir, tmp_path, monkeypatch):
     assert server.ranges == [None, "bytes=1000-"]
     assert (data_dir / "toy" / "raw" / "seq.txt").read_bytes() == SEQUENCES
     assert not part.exists()
+
+
+def test_a_stalled_download_keeps_and_reports_the_bytes_received(
+    server, data_dir, tmp_path, monkeypatch
+):
+    """500 KB arrive, then nothing: the message gives the bytes received and the URL, and the
+    rerun resumes from them."""
+    body = SEQUENCES * 40  # ~1.7 MB: more than one 1 MiB chunk
+    url = f"{server.url}/seq.txt"
+    server.files["/seq.txt"] = body
+    write_registry(tmp_path / "r.toml", file_entry("toy", url, body), monkeypatch)
+    monkeypatch.setattr("lossbench.data.download.TIMEOUT_SECONDS", 0.5)
+    server.stall_after = 500_000
+    with pytest.raises(DownloadInterrupted) as stalled:
+        download_dataset(data_dir, "toy", show_progress=False)
+    message = str(stalled.value)
+    assert f"download of {url} stopped after 500,000 of {len(body):,} bytes" in message
+    assert "no data for 0.5 s" in message and "run the same command again" in message
+    assert (data_dir / "toy" / "raw" / "seq.txt.part").stat().st_size == 500_000
+    server.stall_after = None
+    download_dataset(data_dir, "toy", show_progress=False)
+    assert server.ranges[-1] == "bytes=500000-"
+    assert (data_dir / "toy" / "raw" / "seq.txt").read_bytes() == body
+
+
+def test_a_hanging_mirror_is_named_and_never_told_to_use_a_mirror(
+    server, data_dir, tmp_path, monkeypatch
+):
+    server.files["/base/toy/seq.txt"] = SEQUENCES
+    write_registry(
+        tmp_path / "r.toml",
+        file_entry("toy", "https://example.invalid/data/seq.txt", SEQUENCES),
+        monkeypatch,
+    )
+    monkeypatch.setattr("lossbench.data.download.TIMEOUT_SECONDS", 0.5)
+    server.hang = True
+    mirror = f"{server.url}/base"
+    with pytest.raises(DownloadInterrupted) as hung:
+        download_dataset(data_dir, "toy", mirror=mirror, show_progress=False)
+    message = str(hung.value)
+    assert message.startswith(f"cannot reach {mirror}/toy/seq.txt (timed out)")
+    assert f"check that mirror {mirror} is up, or drop --mirror" in message
+    assert "use --mirror" not in message
 
 
 def test_checksum_mismatch_names_both_hashes_and_leaves_nothing(

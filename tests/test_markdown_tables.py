@@ -32,12 +32,14 @@ P_VALUE = r"(\d\.\de-\d\d|\d\.\d{3})"
 CHANGE = rf"\({PERCENT}(, p = {P_VALUE})?\)"
 CELL_FORMS = {  # column header -> the form of its cells
     "model": r"[\w-]+",
-    "loss": r"[\w-]+( [\w-]+)*( \((original|base)\))?",
-    "seeds": r"\d+|not run yet",
+    "loss": r"[\w-]+( [\w-]+)*( \((original|base|floor)\))?",
+    "seeds": r"\d+( \(\+\d+ collapsed\))?|not run yet|—",
     "metric": rf"{NUMBER}( ± {NUMBER})?|—",
     "study": rf"{NUMBER}|not published",
     "vs study": rf"{PERCENT}|—",
-    "change": rf"({PERCENT}( [▲▼])?)|—",
+    "change": rf"({PERCENT}( [▲▼])?)|—|\({PERCENT}\)",  # (in parentheses): the pop floor's
+    "loss %": r"\d+%|—",
+    "tokens / s": r"[\d,]+k?|—",
     "p": rf"{P_VALUE}|—",
     "direction": rf"—|(original )?not run yet|(yes|opposite) [▲▼]( {CHANGE})?|no( {CHANGE})?"
     rf"|not published; here ([▲▼]|n\.s\.) {CHANGE}",
@@ -138,7 +140,7 @@ def test_compare_writes_its_table_as_markdown(tmp_path: Path) -> None:
     assert table.read_text() == (tmp_path / "out" / SUMMARY_FILE).read_text()
     (comparison,) = tables_in(table.read_text())
     check_form(comparison)
-    assert [row[0] for row in comparison[2]] == ["bce (base)", "improved"]
+    assert [row[0] for row in comparison[2]] == ["bce (base)", "improved", "pop (floor)"]
     assert not list(table.parent.glob(".*.tmp"))  # no temporary file left beside it
 
 

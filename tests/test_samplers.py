@@ -150,8 +150,10 @@ def test_sampler_settings_the_loss_cannot_use_are_refused() -> None:
     for overrides, message in cases:
         with pytest.raises(LossbenchError, match=message):
             resolve_loss(build_config(overrides={**overrides, **anywhere}))
-    with pytest.raises(LossbenchError, match="with --sampler in-batch add --negatives-anywhere"):
-        build_config(overrides={"loss": "sampled-ce", "sampler": "in-batch"})
+    with pytest.raises(LossbenchError, match="drop --negatives-unseen to use --sampler in-batch"):
+        build_config(
+            overrides={"loss": "sampled-ce", "sampler": "in-batch", "negatives_unseen": True}
+        )
     settings = resolve_loss(
         build_config(overrides={"loss": "bce", "sampler": "in-batch", **anywhere})
     )

@@ -374,3 +374,29 @@ def test_footnote_names_the_rule_of_older_and_mixed_runs(tmp_path: Path) -> None
     assert legend(options, only_older).endswith(
         "which is still ranked (--seen-targets rank: rewards repeating the history)."
     )
+
+
+def test_score_blocks_follow_available_memory_and_change_no_rank(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lossbench.training import evaluate as evaluate_module
+
+    # 1M items: a block's scores take 8 MB a user (two fp32 copies), 1/8 of memory for them.
+    assert evaluate_module.score_block_rows(1_000_000, 256, None) == 256
+    assert evaluate_module.score_block_rows(1_000_000, 256, 64 * 8_000_000) == 8
+    assert evaluate_module.score_block_rows(1_000_000, 256, 1) == 1  # never below one user
+    assert evaluate_module.score_block_rows(100, 256, 8 << 30) == 256  # never above the batch
+    real = evaluate_module.score_block_rows
+    blocks: list[int] = []
+
+    def tiny_memory(n_items: int, batch_size: int, available: int | None) -> int:
+        blocks.append(real(n_items, batch_size, 8 * 8 * (n_items + 1) * 2))
+        return blocks[-1]
+
+    for mode in ("full", "sampled"):
+        wide = evaluate_fixture("test", mode, True, "miss")
+        monkeypatch.setattr(evaluate_module, "score_block_rows", tiny_memory)
+        narrow = evaluate_fixture("test", mode, True, "miss")
+        monkeypatch.undo()
+        assert narrow[0] == wide[0] and narrow[1] == wide[1]
+    assert blocks == [2, 2]  # two users a block instead of 7

@@ -171,6 +171,7 @@ def test_both_splits_coexist_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyP
     sources = {"sha256": {"r": "0"}, "read": {"raw/r": "0"}}
     monkeypatch.setattr(preprocess, "verified_sources", lambda data_dir, entry: sources)
     monkeypatch.setattr(preprocess, "read_interactions", lambda path, format: fixture_frame())
+    monkeypatch.setattr(preprocess, "is_streamed", lambda format: False)  # read the frame above
     monkeypatch.setattr(preprocess, "interactions_path", lambda data_dir, entry: tmp_path)
     registry = {"fixture": entry}
     loo = preprocess_dataset(tmp_path, "fixture", registry=registry)

@@ -90,6 +90,7 @@ def test_tensorboard_event_files_read_back(tmp_path: Path) -> None:
     assert set(comparison.Tags()["images"]) == {
         "figures/quality_vs_time",
         "figures/validation_curves",
+        "figures/frontier",
     }
 
 

@@ -157,6 +157,12 @@ def test_cli_train_on_synthetic(tmp_path: Path) -> None:
     assert "sasrec + improved on synthetic" in result.output
     assert "NDCG" in result.output
     assert (tmp_path / "run" / "metrics.json").is_file()
+    # The run names the data it trained on: the prepared dataset's fingerprint.
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["dataset"]["fingerprint"]
+    meta = json.loads((tmp_path / "data" / "synthetic" / "prepared" / "meta.json").read_text())
+    assert saved == meta["dataset_fingerprint"]
+    assert (saved["users"], saved["items"]) == (2000, 500)
+    assert saved["interactions"] == meta["n_interactions"] and len(saved["split_sha256"]) == 64
 
 
 def test_cli_train_threads_sets_and_records_the_thread_count(tmp_path: Path) -> None:
@@ -252,11 +258,20 @@ def test_cpu_peak_memory_is_reset_per_run() -> None:
     assert peak_memory_mb(cpu) < with_big - 200
 
 
-def test_negatives_unseen_needs_the_uniform_sampler() -> None:
+def test_negatives_unseen_needs_the_uniform_sampler(tmp_path: Path) -> None:
     assert build_config(overrides={"loss": "bce"}).negatives_unseen  # the study preset's
     assert not build_config(overrides={"loss": "bce", "negatives_unseen": False}).negatives_unseen
-    with pytest.raises(LossbenchError, match="--negatives-anywhere"):
-        build_config(overrides={"loss": "bce", "sampler": "popularity"})
+    with pytest.raises(LossbenchError, match="drop --negatives-unseen"):
+        build_config(overrides={"sampler": "popularity", "negatives_unseen": True})
+    grid_file = tmp_path / "unseen.toml"
+    grid_file.write_text('sampler = "mixed"\nnegatives_unseen = true\n')
+    with pytest.raises(LossbenchError, match="drop --negatives-unseen"):
+        build_config(toml_file=grid_file)
+    # The preset's unseen negatives are the uniform sampler's: an explicit sampler wins, and
+    # the config (so the run's record) says negatives come from anywhere.
+    for sampler in ("popularity", "in-batch", "mixed"):
+        config = build_config(overrides={"loss": "bce", "sampler": sampler})
+        assert (config.sampler, config.negatives_unseen) == (sampler, False)
     config = build_config(overrides={"sampler": "popularity", "negatives_unseen": False})
     assert config.sampler == "popularity"
 

@@ -61,6 +61,12 @@ def logq_words(args: list[str]) -> list[str]:
     return out
 
 
+def announce(line: str) -> None:
+    """A line about work done on the way (preparing a dataset), on standard error: standard
+    output may be a `--json` document."""
+    console_err.print(line, highlight=False, soft_wrap=True)
+
+
 def describe_os_error(error: OSError) -> str:
     """'PATH: problem' (and the second path of a rename), in the words of the system."""
     problem = (error.strerror or str(error)).lower()

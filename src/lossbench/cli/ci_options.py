@@ -59,4 +59,30 @@ Track = Annotated[
 ]
 
 # The flags above that are not TrainConfig fields (`sample_users` is one).
-NOT_CONFIG = ("smoke", "expect", "json_output", "junit", "track")
+AllowCollapsed = Annotated[
+    bool,
+    typer.Option(
+        "--allow-collapsed",
+        help="Judge --expect on a loss's runs that did not collapse (no better than the "
+        "popularity floor on validation, or a non-finite loss) instead of failing it.",
+        rich_help_panel=CI,
+    ),
+]
+MemoryBudget = Annotated[
+    str | None,
+    typer.Option(
+        help="Refuse, before training, any run whose estimated peak memory exceeds this "
+        "(e.g. 8GB; binary units), naming the setting to lower; prints each loss's estimate.",
+        rich_help_panel=CI,
+    ),
+]
+
+NOT_CONFIG = (
+    "smoke",
+    "expect",
+    "json_output",
+    "junit",
+    "track",
+    "allow_collapsed",
+    "memory_budget",
+)

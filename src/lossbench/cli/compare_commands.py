@@ -14,7 +14,7 @@ import typer
 from lossbench.cli import ci_options as ci
 from lossbench.cli import executor_options as ex
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
 from lossbench.cli.outputs import check_output_file, check_output_folder
 from lossbench.errors import LossbenchError
 
@@ -133,6 +133,8 @@ def compare(
     smoke: ci.Smoke = False,
     sample_users: ci.SampleUsers = None,
     expect: ci.Expect = None,
+    allow_collapsed: ci.AllowCollapsed = False,
+    memory_budget: ci.MemoryBudget = None,
     json_output: ci.JsonOutput = False,
     junit: ci.Junit = None,
     track: ci.Track = None,
@@ -180,10 +182,12 @@ def compare(
         read_grid_expectations,
     )
     from lossbench.compare.grid import merge_settings, under_flags
-    from lossbench.data.prepared import ensure_prepared
+    from lossbench.data.prepared import ensure_prepared, prepare_on_first_use
     from lossbench.training.config import build_config
+    from lossbench.training.memory import parse_memory_size
     from lossbench.training.presets import SMOKE_LAYER
 
+    budget = parse_memory_size(memory_budget) if memory_budget is not None else None
     grid_values, settings = read_grid_file(config_file) if config_file else ({}, {})
     texts = [*(read_grid_expectations(config_file) if config_file else []), *(expect or [])]
     expectations = parse_expectations(texts)
@@ -210,6 +214,7 @@ def compare(
 
     def prepare(name: str, split: SplitSpec) -> PreparedDataset:
         if (name, split) not in loaded:
+            prepare_on_first_use(GlobalOptions.data_dir, name, split, announce)
             loaded[name, split] = ensure_prepared(GlobalOptions.data_dir, name, split)
         return loaded[name, split]
 
@@ -227,6 +232,8 @@ def compare(
         retrain_changed=retrain_changed,
         markdown_file=markdown_file,
         executor_factory=executor_factory,
+        allow_collapsed=allow_collapsed,
+        memory_budget=budget,
     )
     if code:
         raise typer.Exit(code)

@@ -124,12 +124,20 @@ def preprocess(
         bool | None, typer.Option("--dedup/--no-dedup", help="Keep the first (user, item) only.")
     ] = None,
     max_length: Annotated[int | None, typer.Option(help="Training history length.")] = None,
+    organic_only: Annotated[
+        bool | None,
+        typer.Option(
+            "--organic-only/--all-events", help="Yambda: keep only organic events (is_organic)."
+        ),
+    ] = None,
     split: opt.Split = None,
     valid_quantile: opt.ValidQuantile = None,
     test_quantile: opt.TestQuantile = None,
     data_dir: DataDir = None,
 ) -> None:
     """Check the downloads' sha256, then filter, re-index and split them for training."""
+    from lossbench.data.fingerprint import META_KEY as FINGERPRINT_KEY
+    from lossbench.data.fingerprint import describe
     from lossbench.data.preprocess import preprocess_dataset
     from lossbench.data.registry import get_dataset
     from lossbench.data.splits import split_spec
@@ -141,6 +149,7 @@ def preprocess(
         "item_core": item_core,
         "dedup": dedup,
         "max_length": max_length,
+        "organic_only": organic_only,
     }
     overrides = {key: value for key, value in knobs.items() if value is not None}
     for name in names:
@@ -159,6 +168,9 @@ def preprocess(
                 highlight=False,
             )
     console.print(summary_table(results))
+    for result in results:  # two preparations alike have the same fingerprint
+        fingerprint = describe(result.meta.get(FINGERPRINT_KEY))
+        console.print(f"{result.name} fingerprint: {fingerprint}", highlight=False, soft_wrap=True)
     console.print(repeats_table(results))
     if split_by.kind == "temporal":
         console.print(temporal_table(results))

@@ -30,6 +30,17 @@ def check_output_folder(path: Path, flag: str, hint: str = "choose another folde
     os.unlink(probe)
 
 
+def check_run_folder(path: Path, flag: str) -> None:
+    """`path` names a folder of its own for one run's files, and can become one: not the
+    current folder or a parent, whose other files a run's record would not account for."""
+    if path.name in ("", ".", ".."):  # typer reads '' as '.'
+        raise LossbenchError(
+            f"{flag} {str(path)!r} is the current folder or a parent; a run needs a folder of "
+            f"its own: give for example {flag} runs/my-run"
+        )
+    check_output_folder(path, flag)
+
+
 def check_output_file(path: Path | None, flag: str) -> None:
     """`path` (when given) can be written: not a folder, and its folder is writable."""
     if path is None:

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console
-from lossbench.cli.outputs import check_output_folder
+from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console
+from lossbench.cli.outputs import check_run_folder
 from lossbench.errors import LossbenchError
 
 PRETRAINABLE = ("s3rec",)
@@ -47,7 +47,7 @@ def pretrain(
 ) -> None:
     """Pre-train a model's encoder; fine-tune it with `lossbench train --init OUT/pretrained.pt`
     (model settings must match those of the fine-tuning run)."""
-    from lossbench.data.prepared import ensure_prepared
+    from lossbench.data.prepared import ensure_prepared, prepare_on_first_use
     from lossbench.models import model_config
     from lossbench.models.s3rec import S3RecConfig
     from lossbench.training.pretrain import pretrain_s3rec
@@ -70,7 +70,8 @@ def pretrain(
     config = model_config(model, settings)
     assert isinstance(config, S3RecConfig)
     out_dir = out or Path("runs") / dataset / f"{model}-pretrain-seed{seed}"
-    check_output_folder(out_dir, "--out")
+    check_run_folder(out_dir, "--out")
+    prepare_on_first_use(GlobalOptions.data_dir, dataset, announce=announce)
     prepared = ensure_prepared(GlobalOptions.data_dir, dataset)
     use_threads(threads)
     console.print(f"pre-training [bold]{model}[/] on [bold]{dataset}[/] -> {out_dir}")

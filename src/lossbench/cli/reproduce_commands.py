@@ -14,7 +14,7 @@ from rich.markup import escape
 from lossbench.cli import ci_options as ci
 from lossbench.cli import executor_options as ex
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
 from lossbench.cli.compare_commands import (
     Alpha,
     Metrics,
@@ -190,9 +190,10 @@ def _reproduce(
     and the number of runs that failed (they are left out of the report)."""
     from lossbench.compare.executors import RunHandling, make_executor
     from lossbench.compare.failures import FailedRuns
-    from lossbench.data.prepared import PreparedDataset, ensure_prepared
+    from lossbench.data.prepared import PreparedDataset, ensure_prepared, prepare_on_first_use
     from lossbench.data.splits import SplitSpec
     from lossbench.reproduce.plan import build_reproduction, run_reproduction
+    from lossbench.reproduce.published import check_published_variant
     from lossbench.reproduce.report import render_reproduction
     from lossbench.reproduce.tables import get_table
     from lossbench.training.observers import FiniteLoss
@@ -201,7 +202,10 @@ def _reproduce(
     check_output_file(markdown_file, "--markdown")
 
     def prepare(name: str, split: SplitSpec) -> PreparedDataset:
-        return ensure_prepared(GlobalOptions.data_dir, name, split)
+        prepare_on_first_use(GlobalOptions.data_dir, name, split, announce)
+        dataset = ensure_prepared(GlobalOptions.data_dir, name, split)
+        check_published_variant(name, dataset.meta)  # another "Beauty" is not the study's
+        return dataset
 
     executor_factory, flags = make_executor(executor_settings, dict(flags), out)  # Ray: threads
     failed = FailedRuns()

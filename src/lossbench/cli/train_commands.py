@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,8 +16,8 @@ from rich.table import Table
 
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
-from lossbench.cli.outputs import check_output_folder
+from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
+from lossbench.cli.outputs import check_run_folder
 from lossbench.errors import LossbenchError
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def train(
     from torch.distributed import DistError
 
     from lossbench.compare.arms import config_label, run_name
-    from lossbench.data.prepared import ensure_prepared
+    from lossbench.data.prepared import ensure_prepared, prepare_on_first_use
     from lossbench.data.repeats import repeat_notice, repeated_targets
     from lossbench.data.subsample import sample_users as sample
     from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
@@ -99,10 +99,11 @@ def train(
     # Impossible settings, model / loss pairings and runs that cannot fit fail before anything
     # starts.
     entry = plan_entry(config, run_dir)
-    check_output_folder(run_dir, "--out")
+    check_run_folder(run_dir, "--out")
     group = join_process_group(config.device)  # one process, or a rank under torchrun
     check_same_settings(config.model_dump(mode="json"), group)
     if group.is_main:  # rank 0 prepares the data; the others then read what it wrote
+        prepare_on_first_use(GlobalOptions.data_dir, config.dataset, config.split_spec, announce)
         prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
     barrier(group)
     if not group.is_main:
@@ -157,9 +158,11 @@ def result_table(result: RunResult) -> Table:
     table = Table(
         title=f"{metrics['model']} + {metrics['loss']} on {metrics['dataset']}, seed "
         f"{metrics['seed']} (best epoch {metrics['best_epoch']} of {metrics['epochs']})",
-        caption=f"{metrics['train_seconds_per_epoch']:.2f} s/epoch training, "
-        f"{metrics['eval_seconds_per_epoch']:.2f} s validation, "
-        f"peak memory {metrics['peak_memory_mb']:,.0f} MB",
+        caption=f"{metrics['train_seconds_per_epoch']:.2f} s/epoch training"
+        + _loss_share(metrics)
+        + f", {metrics['eval_seconds_per_epoch']:.2f} s validation, "
+        f"peak memory {metrics['peak_memory_mb']:,.0f} MB"
+        + (", collapsed: no better than popularity" if metrics.get("collapsed") else ""),
     )
     table.add_column("split")
     table.add_column("metric")
@@ -173,6 +176,14 @@ def result_table(result: RunResult) -> Table:
             cells = [f"{values.get(f'{family}@{k}', float('nan')):.4f}" for k in ks]
             table.add_row(split if family == "hr" else "", family.upper(), *cells, mrr)
     return table
+
+
+def _loss_share(metrics: dict[str, Any]) -> str:
+    """' (12% in the loss, 110,000 tokens/s)', or nothing for a run recorded without it."""
+    share, tokens = metrics.get("loss_share"), metrics.get("tokens_per_second")
+    if share is None or tokens is None:
+        return ""
+    return f" ({share:.0%} in the loss, {tokens:,.0f} tokens/s)"
 
 
 @app.command()

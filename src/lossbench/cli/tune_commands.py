@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console
+from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console
 from lossbench.errors import LossbenchError
 
 TUNE = "Tuning"
@@ -115,8 +116,9 @@ def tune(
     except ImportError:
         raise LossbenchError("lossbench tune needs Optuna: pip install 'lossbench[tune]'") from None
     from lossbench.compare.grid import make_grid, merge_settings
-    from lossbench.data.prepared import ensure_prepared
+    from lossbench.data.prepared import PreparedDataset, ensure_prepared, prepare_on_first_use
     from lossbench.data.registry import get_dataset
+    from lossbench.data.splits import SplitSpec
     from lossbench.tuning.output import compare_command
     from lossbench.tuning.runner import tune_losses
     from lossbench.tuning.space import parse_space, read_tune_file
@@ -124,7 +126,7 @@ def tune(
 
     if trials is not None and trials < 1:
         raise LossbenchError(f"--trials must be at least 1, not {trials}")
-    if timeout is not None and timeout <= 0:
+    if timeout is not None and not 0 < timeout < math.inf:  # nan fails both comparisons
         raise LossbenchError(f"--timeout must be a positive number of seconds, not {timeout:g}")
     get_dataset(dataset)  # an unknown name fails now, with a suggestion
     names = None if losses is None else [p.strip() for p in losses.split(",") if p.strip()]
@@ -144,10 +146,15 @@ def tune(
         prune=prune,
         out_dir=out,
     )
+
+    def prepare(name: str, split: SplitSpec) -> PreparedDataset:
+        prepare_on_first_use(GlobalOptions.data_dir, name, split, announce)
+        return ensure_prepared(GlobalOptions.data_dir, name, split)
+
     tune_losses(
         request,
         storage or default_storage(out),
-        lambda name, split: ensure_prepared(GlobalOptions.data_dir, name, split),
+        prepare,
         console,
     )
     console.print(f"tuned settings in {out / 'tuned.toml'}; retrain and test them on fresh seeds:")

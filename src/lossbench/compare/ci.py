@@ -81,10 +81,15 @@ def compare_and_judge(
     retrain_changed: bool = False,
     markdown_file: Path | None = None,
     executor_factory: ExecutorFactory = local_executor,
+    *,
+    allow_collapsed: bool = False,
+    memory_budget: int | None = None,
 ) -> int:
     """Run the comparison, judge it, publish the outcome; return the exit code.
 
-    `executor_factory` (compare/executors.py) trains the runs: here, or as Ray tasks."""
+    `executor_factory` (compare/executors.py) trains the runs: here, or as Ray tasks.
+    `allow_collapsed`: judge expectations on a loss's runs that did not collapse instead of
+    failing them; `memory_budget` (bytes): refuse runs estimated to need more."""
     from lossbench.tracking import open_tracker
     from lossbench.training.observers import FiniteLoss
 
@@ -105,6 +110,7 @@ def compare_and_judge(
             retrain_changed,
             executor,
             markdown_file=markdown_file,
+            memory_budget=memory_budget,
         )
     except BaseException as error:
         # Every run failed ("no finished runs") is an outcome; anything else ends here.
@@ -113,7 +119,7 @@ def compare_and_judge(
                 tracker.close(failed=True)
             raise
         written = []
-    outcome = judge(out_dir, expectations, options, failed.failures)
+    outcome = judge(out_dir, expectations, options, failed.failures, allow_collapsed)
     if tracker is not None:
         tracker.log_comparison(written)
         tracker.close(failed=not outcome.passed)
@@ -125,6 +131,7 @@ def judge(
     expectations: Sequence[Expectation],
     options: SummaryOptions,
     failures: Sequence[RunFailure],
+    allow_collapsed: bool = False,
 ) -> Outcome:
     """Summarize the comparison's finished runs (with every metric an expectation reads) and
     judge the expectations on each of its (dataset, model) pairs."""
@@ -146,7 +153,12 @@ def judge(
         wider = dataclasses.replace(options, metrics=metrics)
         summary = summarize(results_frame(run_dirs), plan.baselines, wider, plan.loss_order)
     verdicts = evaluate_expectations(
-        expectations, summary, plan.baselines, options.significance_metric, options.alpha
+        expectations,
+        summary,
+        plan.baselines,
+        options.significance_metric,
+        options.alpha,
+        allow_collapsed,
     )
     return Outcome(run_dirs, summary, metrics, verdicts, list(failures))
 

@@ -188,9 +188,11 @@ def evaluate_expectations(
     groups: Iterable[tuple[str, str]],
     significance_metric: str,
     alpha: float,
+    allow_collapsed: bool = False,
 ) -> list[Verdict]:
     """Judge each expectation on each (dataset, model) from `summary` (see summary.py), whose
-    rows must hold the `needed_metrics` columns; a loss without a row fails what names it."""
+    rows must hold the `needed_metrics` columns; a loss without a row fails what names it, and
+    so does a loss with collapsed runs unless `allow_collapsed` (then its other runs count)."""
     by_group: dict[tuple[str, str], dict[str, dict[str, object]]] = {}
     for row in summary.iter_rows(named=True):
         by_group.setdefault((row["dataset"], row["model"]), {})[row["loss"]] = row
@@ -202,6 +204,7 @@ def evaluate_expectations(
             by_group.get((dataset, model), {}),
             significance_metric,
             alpha,
+            allow_collapsed,
         )
         for dataset, model in groups
         for expectation in expectations
@@ -209,11 +212,24 @@ def evaluate_expectations(
 
 
 def _judge(
-    expectation: Expectation, dataset: str, model: str, rows: Rows, metric: str, alpha: float
+    expectation: Expectation,
+    dataset: str,
+    model: str,
+    rows: Rows,
+    metric: str,
+    alpha: float,
+    allow_collapsed: bool = False,
 ) -> Verdict:
     missing = [t.loss for t in expectation.terms if t.loss not in rows]
     if missing:
         explanation = f"no finished run of {', '.join(dict.fromkeys(missing))}"
+        return Verdict(expectation, dataset, model, False, None, None, None, explanation)
+    collapsed = _collapsed(expectation, rows)
+    if collapsed and not allow_collapsed:
+        explanation = (
+            f"{collapsed} collapsed (no better than pop on validation, or a non-finite loss); "
+            "--allow-collapsed judges the other runs"
+        )
         return Verdict(expectation, dataset, model, False, None, None, None, explanation)
     left, left_text = _value(expectation.left, rows, metric)
     right, right_text = _value(expectation.right, rows, metric)
@@ -225,6 +241,18 @@ def _judge(
         holds, p_holm, test_text = _significance(expectation, rows, alpha, holds)
         explanation = f"{explanation}; {test_text}"
     return Verdict(expectation, dataset, model, holds, left, right, p_holm, explanation)
+
+
+def _collapsed(expectation: Expectation, rows: Rows) -> str:
+    """'2 runs of bce' for the losses of `expectation` with collapsed runs ('' for none)."""
+    counts = {
+        term.loss: count
+        for term in expectation.terms
+        if isinstance(count := rows[term.loss].get("collapsed"), int) and count > 0
+    }
+    return ", ".join(
+        f"{count} run{'s' if count > 1 else ''} of {loss}" for loss, count in counts.items()
+    )
 
 
 def _value(side: Side, rows: Rows, default_metric: str) -> tuple[float, str]:

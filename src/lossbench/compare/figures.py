@@ -1,6 +1,6 @@
-"""The comparison's figures as PNGs: quality vs training time (the study's Figure 1) and
+"""The comparison's figures as PNGs: quality vs training time (the study's Figure 1),
 validation curves against wall-clock time (of the metric each run's early stopping used,
-its best epoch marked).
+its best epoch marked), and the quality-cost frontier.
 
 Figures are built with `matplotlib.figure.Figure` (Agg canvas), never pyplot: no global
 backend or open-figure state, so it works headless and inside tests.
@@ -20,6 +20,7 @@ import polars as pl
 
 from lossbench.atomic import write_with
 from lossbench.compare.results import read_history
+from lossbench.compare.summary import BETTER, WORSE
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn: it costs a second at startup
     from matplotlib.axes import Axes
@@ -27,12 +28,16 @@ if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn: it costs a s
 
 QUALITY_VS_TIME = "quality_vs_time.png"
 VALIDATION_CURVES = "validation_curves.png"
+FRONTIER = "frontier.png"
+COSTS = {"train_seconds_per_epoch": "training seconds per epoch", "peak_memory_mb": "peak MB"}
+_SIGNIFICANCE_MARKERS = {BETTER: "^", WORSE: "v", "": "o"}  # the baseline: "s"
 _BUBBLE_AREA = 1500.0  # points^2 of the largest peak memory
 
 
 def quality_vs_time(summary: pl.DataFrame, path: Path, metric: str = "ndcg@10") -> Path:
     """One bubble per (model, loss): x = mean total training seconds, y = mean test metric,
-    area = mean peak memory; one panel per dataset."""
+    area = mean peak memory; one panel per dataset. Losses whose runs all collapsed have no
+    mean and no bubble."""
     datasets = summary["dataset"].unique(maintain_order=True).to_list()
     figure, panels = _panels(len(datasets))
     colors = _colors(summary["loss"].to_list())
@@ -41,6 +46,8 @@ def quality_vs_time(summary: pl.DataFrame, path: Path, metric: str = "ndcg@10") 
         part = summary.filter(pl.col("dataset") == dataset)
         several_models = part["model"].n_unique() > 1
         for row in part.iter_rows(named=True):
+            if row.get("reference") or row[f"{metric}_mean"] is None:
+                continue  # the pop floor (no cost), or a loss whose every run collapsed
             memory = row.get("peak_memory_mb")
             area = (
                 _BUBBLE_AREA * memory / largest
@@ -187,8 +194,123 @@ def _mean_curve(curves: list[RunCurve]) -> tuple[list[float], list[float]]:
     return np.mean(seconds, axis=0).tolist(), np.mean(values, axis=0).tolist()
 
 
-def _panels(count: int) -> tuple[Figure, list[Axes]]:
-    columns = min(count, 3)
+def frontier_points(summary: pl.DataFrame, metric: str = "ndcg@10") -> pl.DataFrame:
+    """The data behind the frontier figure: one row per (dataset, model, loss) with runs left
+    after collapsed ones, its test `metric` mean and std, each cost, its significance mark,
+    and `pareto_<cost>`: no other loss of the group is at least as good and at most as costly
+    (better in one). The `pop` floor row has no cost and is not a point."""
+    wanted = ["dataset", "model", "loss", "baseline", "mark", f"{metric}_mean", f"{metric}_std"]
+    points = summary
+    if "reference" in points.columns:
+        points = points.filter(~pl.col("reference").fill_null(False))
+    points = points.filter(pl.col(f"{metric}_mean").is_not_null())
+    for cost in COSTS:
+        if cost not in points.columns:
+            points = points.with_columns(pl.lit(None, dtype=pl.Float64).alias(cost))
+    points = points.select(*wanted, *COSTS).rename(
+        {f"{metric}_mean": "mean", f"{metric}_std": "std"}
+    )
+    groups = []
+    for _, group in points.group_by("dataset", "model", maintain_order=True):
+        groups.append(
+            group.with_columns(
+                pl.Series(f"pareto_{cost}", _pareto(group[cost], group["mean"])) for cost in COSTS
+            )
+        )
+    return pl.concat(groups) if groups else points
+
+
+def _pareto(costs: pl.Series, values: pl.Series) -> list[bool]:
+    """Whether each (cost, value) is not dominated: no other point costs no more and scores
+    no less, better in one. A point without a cost is never on the frontier."""
+    pairs = list(zip(costs.to_list(), values.to_list(), strict=True))
+    flags = []
+    for i, (cost, value) in enumerate(pairs):
+        if cost is None:
+            flags.append(False)
+            continue
+        dominated = any(
+            other_cost is not None
+            and other_cost <= cost
+            and other_value >= value
+            and (other_cost < cost or other_value > value)
+            for j, (other_cost, other_value) in enumerate(pairs)
+            if j != i
+        )
+        flags.append(not dominated)
+    return flags
+
+
+def frontier(summary: pl.DataFrame, path: Path, metric: str = "ndcg@10") -> Path:
+    """Test `metric` (mean ± std over seeds) against seconds per epoch and against peak
+    memory, one row of two panels per (dataset, model): the Pareto-optimal losses outlined
+    and joined by a line, ▲ / ▼ for a significant difference from the baseline (a square),
+    and the popularity floor as a dashed line."""
+    points = frontier_points(summary, metric)
+    groups = points.select("dataset", "model").unique(maintain_order=True).rows()
+    figure, panels = _panels(max(1, 2 * len(groups)), columns=2)
+    colors = _colors(points["loss"].to_list())
+    for index, (dataset, model) in enumerate(groups):
+        part = points.filter((pl.col("dataset") == dataset) & (pl.col("model") == model))
+        floor = _floor(summary, dataset, model, metric)
+        for axes, (cost, label) in zip(panels[2 * index :], COSTS.items(), strict=False):
+            _frontier_panel(axes, part, cost, colors, floor)
+            axes.set_title(f"{dataset}: {model}")
+            axes.set_xlabel(f"{label} (mean over seeds)")
+            axes.set_ylabel(f"test {metric.upper()} (mean ± std over seeds)")
+    figure.suptitle(
+        "quality against cost (outlined and joined: Pareto-optimal losses; ▲ / ▼: "
+        "significantly better / worse than the baseline ■)"
+    )
+    return _save(figure, path)
+
+
+def _frontier_panel(
+    axes: Axes, part: pl.DataFrame, cost: str, colors: dict[str, str], floor: float | None
+) -> None:
+    for row in part.iter_rows(named=True):
+        if row[cost] is None:
+            continue
+        marker = "s" if row["loss"] == row["baseline"] else _SIGNIFICANCE_MARKERS[row["mark"]]
+        optimal = row[f"pareto_{cost}"]
+        axes.errorbar(
+            [row[cost]],
+            [row["mean"]],
+            yerr=None if row["std"] is None else [row["std"]],
+            fmt=marker,
+            color=colors[row["loss"]],
+            markersize=9 if optimal else 7,
+            markeredgecolor="black" if optimal else colors[row["loss"]],  # on the frontier
+            capsize=2,
+            label=row["loss"],
+        )
+        axes.annotate(
+            row["loss"], (row[cost], row["mean"]), textcoords="offset points", xytext=(6, 5)
+        )
+    line = part.filter(pl.col(f"pareto_{cost}")).sort(cost)
+    if line.height > 1:
+        axes.plot(line[cost], line["mean"], color="black", linewidth=1.0, linestyle="-")
+    if floor is not None:
+        axes.axhline(floor, color="grey", linestyle="--", linewidth=0.8, label="pop (floor)")
+    axes.margins(0.2)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+
+
+def _floor(summary: pl.DataFrame, dataset: str, model: str, metric: str) -> float | None:
+    if "reference" not in summary.columns:
+        return None
+    rows = summary.filter(
+        pl.col("reference").fill_null(False)
+        & (pl.col("dataset") == dataset)
+        & (pl.col("model") == model)
+    )
+    value = rows[f"{metric}_mean"][0] if rows.height else None
+    return float(value) if value is not None else None
+
+
+def _panels(count: int, columns: int = 3) -> tuple[Figure, list[Axes]]:
+    columns = min(count, columns)
     rows = math.ceil(count / columns)
     from matplotlib.figure import Figure
 

@@ -35,11 +35,32 @@ RUN_FIELDS = (
     "train_seconds",
     "train_seconds_per_epoch",
     "eval_seconds_per_epoch",
+    "loss_seconds_per_epoch",
+    "loss_share",
+    "tokens_per_second",
     "peak_memory_mb",
     "validation_metric",
 )
-ROW_FIELDS = ("dataset", "model", "loss", "baseline", "seeds", "mean_difference", "pairs")
-TIMING_FIELDS = ("train_seconds", "train_seconds_per_epoch", "best_epoch", "epochs")
+ROW_FIELDS = (
+    "dataset",
+    "model",
+    "loss",
+    "baseline",
+    "reference",  # true for the popularity floor (`pop`): no runs, no test
+    "seeds",  # runs averaged
+    "collapsed",  # runs left out: no better than pop on validation, or a non-finite loss
+    "mean_difference",
+    "pairs",
+)
+TIMING_FIELDS = (
+    "train_seconds",
+    "train_seconds_per_epoch",
+    "loss_seconds_per_epoch",
+    "loss_share",
+    "tokens_per_second",
+    "best_epoch",
+    "epochs",
+)
 
 
 @dataclass(frozen=True)
@@ -61,10 +82,17 @@ class RunFailure:
 
 
 def run_document(run_dir: Path) -> dict[str, Any]:
-    """One finished run: its keys, every test and validation metric, epochs, time, memory."""
+    """One finished run: its keys, every test and validation metric, epochs, cost, memory,
+    the popularity floor's metrics and whether the run collapsed."""
     metrics = read_metrics(run_dir)
     document = {name: metrics.get(name) for name in RUN_FIELDS}
-    document.update(test=metrics["test"], valid=metrics["valid"], run_dir=str(run_dir))
+    document.update(
+        test=metrics["test"],
+        valid=metrics["valid"],
+        collapsed=bool(metrics.get("collapsed", False)),
+        popularity=metrics.get("popularity"),  # the floor on this run's users: valid, test
+        run_dir=str(run_dir),
+    )
     return document
 
 

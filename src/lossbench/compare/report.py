@@ -17,8 +17,10 @@ from rich.markup import escape
 
 from lossbench.atomic import atomic_path
 from lossbench.compare.figures import (
+    FRONTIER,
     QUALITY_VS_TIME,
     VALIDATION_CURVES,
+    frontier,
     quality_vs_time,
     validation_curves,
 )
@@ -112,6 +114,8 @@ def render_report(
         console.print(f"[yellow]{escape(comparison.warning)}[/]", highlight=False)
     for table in rich_tables(comparison.summary, options):
         print_unsqueezed(console, table)
+    for line in data_lines(comparison.runs):
+        console.print(line, highlight=False, markup=False)
     if print_only:
         if markdown_file is not None:
             write_text(markdown_file, summary_text(comparison, options))
@@ -122,7 +126,27 @@ def render_report(
 def summary_text(comparison: Comparison, options: SummaryOptions) -> str:
     """summary.md: the comparison table as markdown, after the mixing warning if any."""
     note = f"> {comparison.warning}\n\n" if comparison.warning is not None else ""
-    return note + markdown(comparison.summary, options)
+    data = "".join(f"\n{line}\n" for line in data_lines(comparison.runs))
+    return note + markdown(comparison.summary, options) + data
+
+
+def data_lines(runs: pl.DataFrame) -> list[str]:
+    """'Data: lastfm: 1,090 users, ...' per dataset, from the fingerprints the runs recorded;
+    a dataset whose runs trained on different preparations says so."""
+    if "dataset_fingerprint" not in runs.columns:
+        return []
+    recorded = runs.drop_nulls("dataset_fingerprint")
+    lines = []
+    for dataset, group in recorded.group_by("dataset", maintain_order=True):
+        prints = group["dataset_fingerprint"].unique(maintain_order=True).to_list()
+        if len(prints) == 1:
+            lines.append(f"Data: {dataset[0]}: {prints[0]}")
+        else:
+            lines.append(
+                f"Data: {dataset[0]}: runs trained on {len(prints)} different preparations "
+                f"({'; '.join(prints)}): their numbers are not comparable"
+            )
+    return lines
 
 
 def write_report_files(
@@ -140,6 +164,7 @@ def write_report_files(
     metric = options.significance_metric
     written.append(quality_vs_time(comparison.summary, out_dir / QUALITY_VS_TIME, metric))
     written.append(validation_curves(comparison.shown, out_dir / VALIDATION_CURVES))
+    written.append(frontier(comparison.summary, out_dir / FRONTIER, metric))
     n_runs = comparison.runs.height
     console.print(f"{n_runs} runs; wrote {', '.join(path.name for path in written)} in {out_dir}")
     if markdown_file is not None:

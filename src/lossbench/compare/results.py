@@ -10,6 +10,7 @@ import polars as pl
 
 from lossbench.atomic import write_with
 from lossbench.compare.arms import record_label
+from lossbench.data.fingerprint import describe
 from lossbench.training.run_files import (
     CONFIG_FILE,
     HISTORY_FILE,
@@ -28,8 +29,12 @@ TIMING_COLUMNS = [
     "train_seconds",
     "train_seconds_per_epoch",
     "eval_seconds_per_epoch",
+    "loss_seconds_per_epoch",
+    "loss_share",
+    "tokens_per_second",
     "peak_memory_mb",
 ]
+POPULARITY_PREFIX = "pop_"  # pop_valid_ndcg@10: the popularity floor on the run's own users
 
 
 def find_finished_runs(root: Path) -> list[Path]:
@@ -64,13 +69,33 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         **{f"valid_{name}": float(value) for name, value in metrics["valid"].items()},
         **{f"test_{name}": float(value) for name, value in metrics["test"].items()},
         **{name: metrics.get(name) for name in TIMING_COLUMNS},
+        "collapsed": bool(metrics.get("collapsed", False)),  # runs before the rule: not
+        **_popularity_columns(metrics),
         "validation_metric": metrics.get("validation_metric"),
         "seen_targets": _seen_rule(metrics, config),
         "device": environment.get("device"),
         "precision": environment.get("precision"),
+        "dataset_fingerprint": _fingerprint(record),
         "model_settings": json.dumps(record.get("model_settings", {}), sort_keys=True),
         "config": json.dumps(config, sort_keys=True),
         "run_dir": str(run_dir),
+    }
+
+
+def _fingerprint(record: dict[str, Any]) -> str | None:
+    """The prepared data a run trained on, in words; None for runs recorded without it."""
+    dataset = record.get("dataset")
+    fingerprint = dataset.get("fingerprint") if isinstance(dataset, dict) else None
+    return describe(fingerprint) if fingerprint else None
+
+
+def _popularity_columns(metrics: dict[str, Any]) -> dict[str, float]:
+    """pop_valid_* / pop_test_*: the popularity ranking's metrics, where the run recorded them."""
+    floor = metrics.get("popularity") or {}
+    return {
+        f"{POPULARITY_PREFIX}{split}_{name}": float(value)
+        for split in ("valid", "test")
+        for name, value in floor.get(split, {}).items()
     }
 
 

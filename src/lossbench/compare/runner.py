@@ -52,8 +52,10 @@ def execute_plan(
     console: Console | None = None,
     retrain_changed: bool = False,
     executor: Executor | None = None,
+    memory_budget: int | None = None,
 ) -> list[Path]:
-    """Refuse or set aside changed runs, check the rest fit, save the plan, train the rest."""
+    """Refuse or set aside changed runs, check the rest fit (and, given `memory_budget` in
+    bytes, print each loss's estimate and refuse any over it), save the plan, train the rest."""
     from lossbench.training.fit_check import check_fits
 
     console = console or Console(quiet=True)
@@ -65,6 +67,8 @@ def execute_plan(
     prepare = cache(prepare)  # each dataset is loaded once
     for entry in todo:
         check_fits(entry, _dataset_of(entry, prepare))
+    if memory_budget is not None:
+        check_memory_budget(todo, prepare, memory_budget, console)
     for status in statuses:
         if status.state in ("changed", "stale"):
             moved = move_aside(status.entry.run_dir)
@@ -78,6 +82,31 @@ def execute_plan(
         console.print(f"reusing {reused} finished run(s) of {len(statuses)}")
     plan.save()
     return (executor or run_locally)(todo, prepare, console)
+
+
+def check_memory_budget(
+    entries: Sequence[PlanEntry], prepare: PrepareFn, budget: int, console: Console
+) -> None:
+    """Print each (dataset, model, loss)'s estimated peak, then refuse (one line, naming the
+    setting that dominates) the first over `budget` bytes; a loss's seeds share an estimate."""
+    from lossbench.training.fit_check import over_budget, peak_estimate
+    from lossbench.training.memory import format_size
+
+    firsts: dict[str, PlanEntry] = {}
+    for entry in entries:
+        firsts.setdefault(entry.label.rsplit(", seed", 1)[0], entry)
+    over = []
+    for name, entry in firsts.items():
+        estimate = peak_estimate(entry, _dataset_of(entry, prepare))
+        console.print(
+            f"plan: {escape(name)}: peak about {format_size(estimate.total_bytes)} of a "
+            f"{format_size(budget)} budget (the step's largest part: {estimate.largest})",
+            highlight=False,
+        )
+        if estimate.total_bytes > budget:
+            over.append((entry, estimate))
+    if over:
+        raise over_budget(*over[0], budget)
 
 
 def run_locally(
@@ -152,9 +181,10 @@ def compare_losses(
     retrain_changed: bool = False,
     executor: Executor | None = None,
     markdown_file: Path | None = None,
+    memory_budget: int | None = None,
 ) -> list[Path]:
     """Plan the grid, train what is missing, then render tables, files and figures."""
     console = console or Console(quiet=True)
     plan = build_plan(grid, dict(settings), out_dir)
-    execute_plan(plan, prepare, console, retrain_changed, executor)
+    execute_plan(plan, prepare, console, retrain_changed, executor, memory_budget)
     return render_report(out_dir, options, console, markdown_file=markdown_file)

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from lossbench.compare.results import read_ranks
+from lossbench.compare.results import POPULARITY_PREFIX, read_ranks
 from lossbench.compare.stats import DEFAULT_PERMUTATIONS, holm_adjust, sign_flip_test
 from lossbench.evaluation.metrics import per_user_metric
 
 BETTER, WORSE = "▲", "▼"
+POPULARITY = "pop"  # the reference row: the training data's most popular items
 GROUP = ["dataset", "model"]
 
 
@@ -32,10 +33,12 @@ def summarize(
     options: SummaryOptions,
     loss_order: list[str] | None = None,
 ) -> pl.DataFrame:
-    """One row per (dataset, model, loss) of `runs` (one row per run, see results.py).
+    """One row per (dataset, model, loss) of `runs` (one row per run, see results.py), then a
+    `pop` row per (dataset, model): the popularity floor, where the runs recorded it.
 
     `baselines` maps (dataset, model) to its baseline loss; a group without one (or whose
     baseline has no runs) uses its first loss. Rows follow `loss_order`, then first appearance.
+    Collapsed runs are counted (`collapsed`) but left out of every mean and paired test.
     """
     ranks = _RankCache()
     metrics = list(dict.fromkeys([*options.metrics, options.significance_metric]))
@@ -43,21 +46,27 @@ def summarize(
         pl.Series(f"test_{name}", _run_means(runs, name, ranks), dtype=pl.Float64)
         for name in metrics
     )
+    if "collapsed" not in per_run.columns:
+        per_run = per_run.with_columns(pl.lit(False).alias("collapsed"))
     rows: list[dict[str, object]] = []
     for (dataset, model), group in per_run.group_by(GROUP, maintain_order=True):
         losses = _ordered(group["loss"].unique(maintain_order=True).to_list(), loss_order)
         baseline = baselines.get((str(dataset), str(model)), losses[0])
         baseline = baseline if baseline in losses else losses[0]
-        reference = group.filter(pl.col("loss") == baseline)
+        kept = group.filter(~pl.col("collapsed"))
+        reference = kept.filter(pl.col("loss") == baseline)
         for loss in losses:
-            runs_of_loss = group.filter(pl.col("loss") == loss)
+            every_run = group.filter(pl.col("loss") == loss)
+            runs_of_loss = kept.filter(pl.col("loss") == loss)
             row: dict[str, object] = {
                 "dataset": dataset,
                 "model": model,
                 "loss": loss,
                 "baseline": baseline,
                 "seeds": runs_of_loss.height,
-                "split": _split(runs_of_loss),
+                "collapsed": every_run.height - runs_of_loss.height,
+                "reference": False,
+                "split": _split(every_run),
             }
             for name in metrics:
                 values = runs_of_loss[f"test_{name}"]
@@ -65,17 +74,47 @@ def summarize(
                 row[f"{name}_mean"] = mean
                 row[f"{name}_std"] = values.std() if len(values) > 1 else None
                 row[f"{name}_change"] = _relative_change(mean, base_mean)
-            row.update(_timings(runs_of_loss))
-            if "seen_targets" in runs_of_loss.columns:  # the seen-items rule, for the footnote
-                row["seen_targets"] = ", ".join(sorted(set(runs_of_loss["seen_targets"])))
+            row.update(_timings(every_run))  # a collapsed run cost what it cost
+            if "seen_targets" in every_run.columns:  # the seen-items rule, for the footnote
+                row["seen_targets"] = ", ".join(sorted(set(every_run["seen_targets"])))
             row["mean_difference"], row["p_value"], row["pairs"] = (
                 _paired(runs_of_loss, reference, options, ranks)
                 if loss != baseline
                 else (None, None, None)
             )
             rows.append(row)
+        floor = _popularity_row(group, baseline, reference, metrics)
+        if floor is not None:
+            rows.append(floor)
     table = pl.from_dicts(rows, infer_schema_length=None)
     return _with_holm(table, options.alpha)
+
+
+def _popularity_row(
+    group: pl.DataFrame, baseline: str, reference: pl.DataFrame, metrics: list[str]
+) -> dict[str, object] | None:
+    """The `pop` row of one (dataset, model): the popularity ranking's test metrics averaged
+    over the group's runs (the same users, unless runs sampled users by seed); no test."""
+    columns = [f"{POPULARITY_PREFIX}test_{name}" for name in metrics]
+    if not any(column in group.columns for column in columns):
+        return None  # runs recorded before the floor existed
+    row: dict[str, object] = {
+        "dataset": group["dataset"][0],
+        "model": group["model"][0],
+        "loss": POPULARITY,
+        "baseline": baseline,
+        "seeds": None,
+        "collapsed": None,
+        "reference": True,
+        "split": _split(group),
+    }
+    for name, column in zip(metrics, columns, strict=True):
+        mean = group[column].cast(pl.Float64).mean() if column in group.columns else None
+        row[f"{name}_mean"] = mean
+        row[f"{name}_std"] = None
+        row[f"{name}_change"] = _relative_change(mean, reference[f"test_{name}"].mean())
+    row["mean_difference"], row["p_value"], row["pairs"] = None, None, None
+    return row
 
 
 def _with_holm(table: pl.DataFrame, alpha: float) -> pl.DataFrame:
@@ -142,6 +181,9 @@ def _timings(runs: pl.DataFrame) -> dict[str, float | None]:
             "best_epoch",
             "epochs",
             "peak_memory_mb",
+            "loss_seconds_per_epoch",
+            "loss_share",
+            "tokens_per_second",
         )
         if name in runs.columns
     }

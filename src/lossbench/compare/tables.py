@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from lossbench.compare.summary import BETTER, WORSE, SummaryOptions
+from lossbench.compare.summary import BETTER, POPULARITY, WORSE, SummaryOptions
 from lossbench.evaluation.seen import SEEN_RULE_NOTES
 
 Cells = tuple[list[str], list[list[str]]]  # (headers, rows)
@@ -25,7 +25,16 @@ def legend(options: SummaryOptions, summary: pl.DataFrame | None = None) -> str:
         f"dataset, alpha = {options.alpha:g}). Values are mean ± std over seeds; "
         "change is relative to the baseline's mean; p is the Holm-adjusted p-value."
     )
-    return " ".join([text, *_seen_notes(summary)])
+    return " ".join([text, *_floor_note(summary), *_seen_notes(summary), *collapsed_notes(summary)])
+
+
+def _floor_note(summary: pl.DataFrame | None) -> list[str]:
+    if summary is None or "reference" not in summary.columns or not summary["reference"].any():
+        return []
+    return [
+        f"{POPULARITY} (floor): the training data's most popular items, ranked by the same "
+        "rules; a run no better than it on validation is collapsed."
+    ]
 
 
 def _seen_notes(summary: pl.DataFrame | None) -> list[str]:
@@ -51,24 +60,29 @@ def table_cells(
     headers = [*(["model"] if several_models else []), subject, "seeds"]
     headers += [_label(name) for name in options.metrics]
     headers += [f"Δ {_label(name)}" for name in options.metrics]
-    headers += ["p", "s / epoch", "best epoch", "peak MB"]
+    headers += ["p", "s / epoch", "loss %", "tokens / s", "best epoch", "peak MB"]
     rows = []
     for row in summary.iter_rows(named=True):
-        is_baseline = row["loss"] == row["baseline"]
+        is_floor = bool(row.get("reference"))
+        is_baseline = row["loss"] == row["baseline"] and not is_floor
         cells = [*([row["model"]] if several_models else [])]
-        cells += [f"{row['loss']} (base)" if is_baseline else row["loss"], str(row["seeds"])]
+        cells += [_row_name(row, is_baseline, is_floor), _seeds(row, compact)]
         cells += [
             _mean_std(row[f"{name}_mean"], row[f"{name}_std"], "\n±" if compact else " ± ")
             for name in options.metrics
         ]
         for name in options.metrics:
             change = "—" if is_baseline else _percent(row[f"{name}_change"])
+            if is_floor and change != "—":
+                change = f"({change})"  # the floor's distance from the baseline, untested
             if name == options.significance_metric and row["mark"]:
                 change = f"{change} {row['mark']}"
             cells.append(change)
         cells += [
             "—" if is_baseline else _p_value(row["p_holm"]),
             _number(row.get("train_seconds_per_epoch"), "{:.2f}"),
+            _number(row.get("loss_share"), "{:.0%}"),
+            _tokens(row.get("tokens_per_second")),
             _number(row.get("best_epoch"), "{:.1f}"),
             _number(row.get("peak_memory_mb"), "{:.0f}"),
         ]
@@ -121,6 +135,43 @@ def split_note(part: pl.DataFrame) -> str:
     splits = part["split"].unique().to_list() if "split" in part.columns else []
     shown = [split for split in splits if split not in (None, "loo")]
     return f" ({', '.join(sorted(shown))} split)" if shown else ""
+
+
+def _row_name(row: dict[str, object], is_baseline: bool, is_floor: bool) -> str:
+    if is_floor:
+        return f"{row['loss']} (floor)"
+    return f"{row['loss']} (base)" if is_baseline else str(row["loss"])
+
+
+def _seeds(row: dict[str, object], compact: bool) -> str:
+    """Seeds averaged, and the collapsed runs left out: '2 (+1 collapsed)'."""
+    if row.get("reference"):
+        return "—"
+    collapsed = row.get("collapsed") or 0
+    if not collapsed:
+        return str(row["seeds"])
+    return f"{row['seeds']}{chr(10) if compact else ' '}(+{collapsed} collapsed)"
+
+
+def _tokens(value: object) -> str:
+    if not isinstance(value, (int, float)):
+        return "—"
+    return f"{value / 1000:,.0f}k" if value >= 10_000 else f"{value:,.0f}"
+
+
+def collapsed_notes(summary: pl.DataFrame | None) -> list[str]:
+    """One line per loss with collapsed runs: they are shown, never averaged or tested."""
+    if summary is None or "collapsed" not in summary.columns:
+        return []
+    lines = []
+    for row in summary.filter(pl.col("collapsed").fill_null(0) > 0).iter_rows(named=True):
+        total = row["collapsed"] + row["seeds"]
+        lines.append(
+            f"{row['model']} + {row['loss']} on {row['dataset']}: {row['collapsed']} of "
+            f"{total} runs collapsed (best validation metric not above {POPULARITY}'s, or a "
+            "non-finite loss): left out of the mean and the test."
+        )
+    return lines
 
 
 def _md_row(cells: list[str]) -> str:

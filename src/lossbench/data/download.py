@@ -34,9 +34,13 @@ from lossbench.data.raw_files import (
 from lossbench.data.registry import DatasetEntry, Registry, RemoteFile, get_dataset
 from lossbench.errors import LossbenchError
 
+# Seconds a connection may stay silent (connecting, or between bytes) before the download
+# stops; what arrived is kept for the rerun.
+TIMEOUT_SECONDS = 60.0
+
 
 class _Readable(Protocol):
-    def read(self, size: int, /) -> bytes: ...
+    def read1(self, size: int, /) -> bytes: ...
 
 
 class DownloadInterrupted(LossbenchError):
@@ -117,9 +121,9 @@ def _fetch_verified(
     source = _source(entry.name, remote, mirror)
     if isinstance(source, Path):
         with source.open("rb") as stream, part.open("wb") as out:
-            _copy(stream, out, source.stat().st_size, remote.file_name, show_progress)
+            _copy(stream, out, source.stat().st_size, str(source), remote.file_name, show_progress)
     else:
-        _http_fetch(source, part, remote.size, show_progress)
+        _http_fetch(source, part, remote.size, show_progress, mirror)
 
     trusted = trusted_hashes(data_dir, entry.name).get(remote.file_name, {})
     expected_size = remote.size or trusted.get("size")
@@ -171,7 +175,9 @@ def _source(name: str, remote: RemoteFile, mirror: str | None) -> str | Path:
     return path
 
 
-def _http_fetch(url: str, part: Path, size: int | None, show_progress: bool) -> None:
+def _http_fetch(
+    url: str, part: Path, size: int | None, show_progress: bool, mirror: str | None
+) -> None:
     """Stream `url` into `part`, resuming from its current length with an HTTP Range request."""
     offset = part.stat().st_size if part.exists() else 0
     if size is not None and offset >= size:
@@ -181,7 +187,7 @@ def _http_fetch(url: str, part: Path, size: int | None, show_progress: bool) -> 
         offset = 0
     headers = {"User-Agent": "lossbench", **({"Range": f"bytes={offset}-"} if offset else {})}
     try:
-        response = urlopen(Request(url, headers=headers), timeout=60)
+        response = urlopen(Request(url, headers=headers), timeout=TIMEOUT_SECONDS)
     except HTTPError as error:
         if error.code == 416 and offset:
             return  # nothing after `offset`: the verification decides
@@ -190,9 +196,12 @@ def _http_fetch(url: str, part: Path, size: int | None, show_progress: bool) -> 
         ) from None
     except (URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise DownloadInterrupted(
-            f"cannot reach {url} ({reason}); check the network (or use --mirror) and run again"
-        ) from None
+        fix = (
+            f"check that mirror {mirror} is up, or drop --mirror to use the original URL"
+            if mirror
+            else "check the network, or use --mirror"
+        )
+        raise DownloadInterrupted(f"cannot reach {url} ({reason}); {fix}, and run again") from None
     with response:
         if offset and response.status != 206:
             offset = 0  # the server ignored the Range header: start over
@@ -200,18 +209,26 @@ def _http_fetch(url: str, part: Path, size: int | None, show_progress: bool) -> 
         total = offset + int(length) if length else size
         with part.open("ab" if offset else "wb") as out:
             label = part.name.removesuffix(".part")
-            received = offset + _copy(response, out, total, label, show_progress, offset)
+            received = offset + _copy(response, out, total, url, label, show_progress, offset)
     if total is not None and received < total:
         raise DownloadInterrupted(
-            f"download of {url} was cut after {received} of {total} bytes; "
-            "run the same command again to resume"
+            f"download of {url} was cut after {received:,} of {total:,} bytes (kept); "
+            "run the same command again to resume from there"
         )
 
 
 def _copy(
-    stream: _Readable, out: BinaryIO, total: int | None, label: str, show: bool, start: int = 0
+    stream: _Readable,
+    out: BinaryIO,
+    total: int | None,
+    source: str,
+    label: str,
+    show: bool,
+    start: int = 0,
 ) -> int:
-    """Copy `stream` into `out` with a progress bar; returns the number of bytes copied."""
+    """Copy `stream` (read from `source`) into `out` with a progress bar; returns the number of
+    bytes copied. `read1` returns what has arrived: a stall keeps every byte received before
+    it (`read` would wait for a whole chunk and lose the part of it that came)."""
     columns = (bars.TextColumn("{task.description}"), bars.BarColumn(), bars.DownloadColumn(),
                bars.TransferSpeedColumn(), bars.TimeRemainingColumn())  # fmt: skip
     copied = 0
@@ -219,14 +236,21 @@ def _copy(
     with bars.Progress(*columns, console=console, transient=True, disable=not show) as bar:
         task = bar.add_task(label, total=total, completed=start)
         try:
-            while chunk := stream.read(CHUNK):
+            while chunk := stream.read1(CHUNK):
                 out.write(chunk)
                 copied += len(chunk)
                 bar.advance(task, len(chunk))
         except (http.client.HTTPException, TimeoutError, ConnectionError) as error:
+            out.flush()
+            why = (
+                f"no data for {TIMEOUT_SECONDS:g} s"
+                if isinstance(error, TimeoutError)
+                else str(error) or type(error).__name__
+            )
+            of = f" of {total:,}" if total is not None else ""
             raise DownloadInterrupted(
-                f"download of {label} was cut after {start + copied} bytes ({error!r}); "
-                "run the same command again to resume"
+                f"download of {source} stopped after {start + copied:,}{of} bytes ({why}; "
+                "they are kept); run the same command again to resume from there"
             ) from None
     return copied
 

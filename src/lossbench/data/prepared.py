@@ -26,6 +26,7 @@ n_items (BERT4Rec's mask token), which are never scored.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,29 +214,56 @@ def load_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> Prepared
 
 
 def ensure_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> PreparedDataset:
-    """Load `name` split by `split`, preparing on the fly what needs no download: `synthetic`
-    (again when its folder is stale or damaged), and a user's own file (prepared again when
-    its registry entry names another version)."""
-    from lossbench.data.download import is_downloaded
+    """Load `name` split by `split`, preparing on the fly: `synthetic` (again when its folder
+    is stale or damaged), a user's own file (again when its registry entry names another
+    version), and a downloaded dataset not prepared yet (`prepare_on_first_use`)."""
     from lossbench.data.preprocess import preprocess_dataset
     from lossbench.data.registry import get_dataset
     from lossbench.data.splits import check_timed
 
     entry = get_dataset(name, data_dir=data_dir)
     check_timed(name, entry.format, split)
-    command = preprocess_command(name, split)
     if entry.local_file is not None:
         _prepare_local(data_dir, name, split)
     elif entry.generator is not None:
         preprocess_dataset(data_dir, name, split=split)  # a no-op when prepared alike
-    elif not is_prepared(data_dir, name, split):
-        if not is_downloaded(data_dir, entry):
-            raise LossbenchError(
-                f"dataset {name} is not downloaded or prepared: run `lossbench download {name}` "
-                f"then `{command}`"
-            )
-        raise LossbenchError(f"dataset {name} is not prepared ({split.label}): run `{command}`")
+    else:
+        prepare_on_first_use(data_dir, name, split)
     return load_prepared(data_dir, name, split)
+
+
+def prepare_on_first_use(
+    data_dir: Path,
+    name: str,
+    split: SplitSpec = LOO,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Prepare a downloaded registered dataset not yet prepared with `split`, with its
+    registered protocol (`announce` gets one line saying so first); a registered dataset that
+    is not downloaded is one line naming the command that fetches it. Generated datasets and
+    a user's own files are left to `ensure_prepared`."""
+    from lossbench.data.download import is_downloaded
+    from lossbench.data.preprocess import preprocess_dataset
+    from lossbench.data.registry import get_dataset
+    from lossbench.data.splits import check_timed
+
+    entry = get_dataset(name, data_dir=data_dir)
+    if entry.local_file is not None or entry.generator is not None:
+        return
+    check_timed(name, entry.format, split)
+    if is_prepared(data_dir, name, split):
+        return
+    if not is_downloaded(data_dir, entry):
+        raise LossbenchError(
+            f"dataset {name} is not downloaded: run `lossbench download {name}` "
+            "(it is prepared on first use)"
+        )
+    if announce is not None:
+        announce(
+            f"preparing {name} ({split.label} split) with its registered protocol, once "
+            f"(as `{preprocess_command(name, split)}` does)"
+        )
+    preprocess_dataset(data_dir, name, split=split)
 
 
 def _prepare_local(data_dir: Path, name: str, split: SplitSpec) -> None:

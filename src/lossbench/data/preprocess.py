@@ -1,10 +1,13 @@
 """Raw interactions -> the prepared format (see `prepared.py`), with polars.
 
-Steps, in order: rating threshold, chronological order (stable: file order breaks ties),
-deduplication (first (user, item) kept), iterative k-core until stable, users with fewer than
-3 interactions dropped (leave-one-out needs train, valid and test), contiguous ids 1..n
-(numeric order when every original id is numeric), then the split (`splits.py`: leave-one-out
-or temporal). Both splits start from the same cleaned interactions.
+Steps, in order: organic filter (Yambda, on request), rating threshold, chronological order
+(stable: file order breaks ties, see `fingerprint.TIE_RULE`), deduplication (first (user, item)
+kept), iterative k-core until stable, users with fewer than 3 interactions dropped
+(leave-one-out needs train, valid and test), contiguous ids 1..n (numeric order when every
+original id is numeric), then the split (`splits.py`: leave-one-out or temporal). Both splits
+start from the same cleaned interactions. The delimited and Yambda formats take the same steps
+on compact columns read in bounded blocks (`streaming.py`); every prepared dataset records its
+fingerprint (`fingerprint.py`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from pydantic import ValidationError
 
 from lossbench.atomic import remove_stale_folders, temporary_folder
+from lossbench.data import fingerprint as content
 from lossbench.data import repeats, synthetic
 from lossbench.data.integrity import file_record
 from lossbench.data.local_files import local_sources, read_local_interactions
@@ -37,9 +42,20 @@ from lossbench.data.raw_files import (
     is_downloaded,
     verified_sources,
 )
-from lossbench.data.readers import read_interactions, read_item_attributes
+from lossbench.data.readers import (
+    NO_ORGANIC_FLAG,
+    ORGANIC,
+    read_interactions,
+    read_item_attributes,
+)
 from lossbench.data.registry import DatasetEntry, Protocol, Registry, get_dataset
 from lossbench.data.splits import LOO, SplitSpec, check_timed, split_interactions
+from lossbench.data.streaming import (
+    CompactInteractions,
+    clean_columns,
+    is_streamed,
+    read_compact,
+)
 from lossbench.errors import LossbenchError
 
 MIN_SEQUENCE = 3  # train (>= 1 item), valid, test
@@ -115,7 +131,7 @@ def _chronological(frame: pl.DataFrame) -> pl.DataFrame:
     low, high = frame["timestamp"].min(), frame["timestamp"].max()
     if isinstance(low, int) and isinstance(high, int) and high - low < 1 << 31:
         # One int64 key sorts faster than two columns (user keys are < 2**31).
-        key = pl.col("user") * (1 << 31) + (pl.col("timestamp") - low)
+        key = pl.col("user").cast(pl.Int64) * (1 << 31) + (pl.col("timestamp") - low)
         return frame.sort(key, maintain_order=True)
     return frame.sort("user", "timestamp", maintain_order=True)
 
@@ -126,7 +142,7 @@ def _first_of_each_pair(frame: pl.DataFrame) -> pl.DataFrame:
     A stable sort by the pair puts repeats side by side: cheaper than hashing two columns.
     """
     n_items = int(frame.select(pl.col("item").max()).item())
-    pair = frame["user"] * (n_items + 1) + frame["item"]  # (N,) int64
+    pair = frame["user"].cast(pl.Int64) * (n_items + 1) + frame["item"]  # (N,) int64
     by_pair = pl.DataFrame({"pair": pair}).with_row_index("row").sort("pair", maintain_order=True)
     firsts = by_pair.filter(pl.col("pair").ne_missing(pl.col("pair").shift(1)))["row"]
     keep = np.zeros(frame.height, dtype=bool)
@@ -134,9 +150,22 @@ def _first_of_each_pair(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.filter(pl.Series(keep))
 
 
+def organic_events(raw: pl.DataFrame, protocol: Protocol) -> pl.DataFrame:
+    """Only the organic events when the protocol asks for them; a file without the flag
+    cannot honour that."""
+    if not protocol.organic_only:
+        return raw
+    if ORGANIC not in raw.columns:
+        raise LossbenchError(NO_ORGANIC_FLAG)
+    return raw.filter(pl.col(ORGANIC))
+
+
 def clean(raw: pl.DataFrame, protocol: Protocol) -> tuple[pl.DataFrame, dict[str, int]]:
     """Filter and order raw interactions: `user`, `item` keys (see `id_keys`), `timestamp`."""
     report = {"raw_interactions": raw.height}
+    if protocol.organic_only:
+        raw = organic_events(raw, protocol)
+        report["after_organic_filter"] = raw.height
     if protocol.min_rating is not None:
         rating = pl.col("rating")
         raw = raw.filter(rating.is_null() | (rating >= protocol.min_rating))
@@ -153,11 +182,15 @@ def clean(raw: pl.DataFrame, protocol: Protocol) -> tuple[pl.DataFrame, dict[str
         frame = k_core(frame, max(protocol.user_core, MIN_SEQUENCE), protocol.item_core)
     report["interactions"] = frame.height
     if frame.height == 0:
-        raise LossbenchError(
-            "nothing is left after filtering (no user keeps 3 interactions); "
-            "lower --min-rating, --user-core or --item-core"
-        )
+        raise nothing_left()
     return frame, report
+
+
+def nothing_left() -> LossbenchError:
+    return LossbenchError(
+        "nothing is left after filtering (no user keeps 3 interactions); "
+        "lower --min-rating, --user-core or --item-core"
+    )
 
 
 def build_tables(
@@ -171,6 +204,37 @@ def build_tables(
     item_keys, item_originals = id_keys(raw["item"])
     keyed = raw.with_columns(user=user_keys, item=item_keys)
     frame, report = clean(keyed, protocol)
+    return tables_from_clean(frame, report, user_originals, item_originals, attributes, split_by)
+
+
+def build_tables_streamed(
+    compact: CompactInteractions,
+    protocol: Protocol,
+    attributes: pl.DataFrame | None = None,
+    split_by: SplitSpec = LOO,
+) -> PreparedTables:
+    """`build_tables` for a file read by `streaming.read_compact` (its organic and rating
+    filters already applied in the scan): the same steps, the same tables."""
+    kept = compact.frame.height  # what the scan's filters kept
+    frame, counts = clean_columns(compact, protocol)
+    report = {"raw_interactions": compact.raw_rows}
+    if protocol.organic_only:
+        report["after_organic_filter"] = kept
+    report.update(counts)
+    return tables_from_clean(
+        frame, report, compact.user_originals, compact.item_originals, attributes, split_by
+    )
+
+
+def tables_from_clean(
+    frame: pl.DataFrame,
+    report: dict[str, int],
+    user_originals: pl.Series,
+    item_originals: pl.Series,
+    attributes: pl.DataFrame | None,
+    split_by: SplitSpec,
+) -> PreparedTables:
+    """Re-index the cleaned rows (keys of `*_originals`) 1..n, split them, map attributes."""
     # Keys of the kept ids -> contiguous 1..n (ranks keep the key order and the row order).
     user_ids, kept_users = dense_rank(frame["user"])
     item_ids, kept_items = dense_rank(frame["item"])
@@ -232,6 +296,15 @@ def summary_stats(tables: PreparedTables) -> dict[str, Any]:
     }
 
 
+def protocol_identity(protocol: Protocol) -> dict[str, Any]:
+    """The protocol as it defines a preparation; `organic_only` only when set, so the datasets
+    without the flag keep the identity (and prepared folders) they had before it existed."""
+    identity = protocol.model_dump()
+    if not protocol.organic_only:
+        identity.pop("organic_only")
+    return identity
+
+
 def preprocess_dataset(
     data_dir: Path,
     name: str,
@@ -244,7 +317,7 @@ def preprocess_dataset(
     """Prepare `name` under its `prepared*` folder of `split`; a no-op when prepared alike."""
     entry = get_dataset(name, registry, data_dir)
     check_timed(name, entry.format, split)
-    protocol = Protocol.model_validate({**entry.protocol.model_dump(), **(overrides or {})})
+    protocol = protocol_with(entry.protocol, overrides or {})
     if entry.generator is not None:
         sources: dict[str, Any] = {"generator": entry.generator.model_dump()}
     elif entry.local_file is not None:
@@ -257,7 +330,7 @@ def preprocess_dataset(
         "format_version": FORMAT_VERSION,
         "format": entry.format,
         "member": entry.member,
-        "protocol": protocol.model_dump(),
+        "protocol": protocol_identity(protocol),
         "split": split.identity(),
         "sources": sources,
     }
@@ -269,29 +342,61 @@ def preprocess_dataset(
         and existing is not None
         and existing.get("fingerprint") == fingerprint
         and repeats.META_KEY in existing  # else prepared by a version without the report
+        and content.META_KEY in existing  # ... or without the dataset fingerprint
         and not prepared_problems(data_dir, name, existing, hashes=True, split=split)
     ):
         return PrepareResult(name, existing, True, target)
 
+    tables = read_and_build(data_dir, entry, protocol, split)
+    refuse_unsplittable(entry, tables.report)
+    stats = summary_stats(tables)
+    meta = {
+        "name": name,
+        **stats,
+        content.META_KEY: content.fingerprint(
+            stats["n_users"], stats["n_items"], stats["n_interactions"], tables.split
+        ),
+        "tie_rule": content.TIE_RULE,
+        "report": tables.report,
+        **identity,
+        "fingerprint": fingerprint,
+    }
+    return PrepareResult(name, write_prepared(target, tables, meta), False, target)
+
+
+def read_and_build(
+    data_dir: Path, entry: DatasetEntry, protocol: Protocol, split: SplitSpec
+) -> PreparedTables:
+    """The entry's interactions, read and prepared: downloaded files of a streamed format
+    (`streaming.py`) on the streaming engine, everything else in memory."""
     attributes: pl.DataFrame | None = None
     if entry.generator is not None:
         raw, attributes = synthetic.generate_interactions(**entry.generator.model_dump())
     elif entry.local_file is not None:
         raw = read_local_interactions(entry)
     else:
-        raw = read_interactions(interactions_path(data_dir, entry), entry.format)
+        path = interactions_path(data_dir, entry)
         attributes_file = attributes_path(data_dir, entry)
         attributes = read_item_attributes(attributes_file) if attributes_file else None
-    tables = build_tables(raw, protocol, attributes, split)
-    refuse_unsplittable(entry, tables.report)
-    meta = {
-        "name": name,
-        **summary_stats(tables),
-        "report": tables.report,
-        **identity,
-        "fingerprint": fingerprint,
-    }
-    return PrepareResult(name, write_prepared(target, tables, meta), False, target)
+        if is_streamed(entry.format):
+            compact = read_compact(path, entry.format, protocol)
+            return build_tables_streamed(compact, protocol, attributes, split)
+        raw = read_interactions(path, entry.format)
+    return build_tables(raw, protocol, attributes, split)
+
+
+def protocol_with(protocol: Protocol, overrides: dict[str, Any]) -> Protocol:
+    """`protocol` with the `preprocess` flags' values; a value out of range is one line
+    naming the flag."""
+    try:
+        return Protocol.model_validate({**protocol.model_dump(), **overrides})
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "protocol"
+        raise LossbenchError(
+            f"--{field.replace('_', '-')} {first.get('input')!r}: "
+            + first["msg"].replace("Input should be", "must be")
+        ) from None
 
 
 def refuse_unsplittable(entry: DatasetEntry, report: dict[str, int]) -> None:

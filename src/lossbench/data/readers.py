@@ -1,8 +1,9 @@
 """One reader per raw format, each returning the same long table.
 
 Columns: `user` and `item` (Int64 when every id is numeric, else String), `timestamp` (Int64;
-a position where the format has no time), `rating` (Float64, null where the format has none).
-Rows keep the file's order, which later breaks timestamp ties. A malformed row raises
+a position where the format has no time), `rating` (Float64, null where the format has none),
+and `organic` (Boolean) for the formats that flag organic events (Yambda). Rows keep the file's
+order, which later breaks timestamp ties. A malformed row raises
 `LossbenchError` naming the file and its 1-based line number.
 """
 
@@ -19,6 +20,11 @@ import polars as pl
 from lossbench.errors import LossbenchError
 
 COLUMNS = ("user", "item", "timestamp", "rating")
+ORGANIC = "organic"  # Yambda's `is_organic`: the user chose the track, no recommender did
+NO_ORGANIC_FLAG = (
+    "--organic-only needs a file with an organic flag (the Yambda formats); "
+    "this dataset has none: drop --organic-only"
+)
 # Python-literal dicts (steam): a quoted string may use either quote and backslash escapes.
 _QUOTED = r"""(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")"""
 STEAM_CHUNK_BYTES = 64 << 20
@@ -40,8 +46,13 @@ def _numeric_if_possible(frame: pl.DataFrame, column: str) -> pl.DataFrame:
 def _finish(frame: pl.DataFrame) -> pl.DataFrame:
     for column in ("user", "item"):
         frame = _numeric_if_possible(frame, column)
+    flags = [pl.col(ORGANIC).cast(pl.Boolean)] if ORGANIC in frame.columns else []
     return frame.select(
-        "user", "item", pl.col("timestamp").cast(pl.Int64), pl.col("rating").cast(pl.Float64)
+        "user",
+        "item",
+        pl.col("timestamp").cast(pl.Int64),
+        pl.col("rating").cast(pl.Float64),
+        *flags,
     )
 
 
@@ -171,6 +182,36 @@ def read_amazon_csv(path: Path) -> pl.DataFrame:
     return _delimited(path, ",", False, pl.String, "'user,item,rating,timestamp'")
 
 
+def read_amazon23_csv(path: Path) -> pl.DataFrame:
+    """Amazon Reviews 2023 benchmark files: `user_id,parent_asin,rating,timestamp` with a
+    header, string ids, times in milliseconds."""
+    return _delimited(path, ",", True, pl.String, "'user_id,parent_asin,rating,timestamp'")
+
+
+# Yambda's flat layout: one row per event; `timestamp` counts 5-second steps from the log start.
+YAMBDA_COLUMNS = {"uid": "user", "item_id": "item", "timestamp": "timestamp", "is_organic": ORGANIC}
+
+
+def read_yambda_parquet(path: Path) -> pl.DataFrame:
+    """Yambda `flat/<size>/listens.parquet`: `uid`, `item_id`, `timestamp`, `is_organic`
+    (and columns lossbench does not read); only those four columns are loaded."""
+    try:
+        schema = pl.read_parquet_schema(path)
+    except (pl.exceptions.PolarsError, OSError) as error:
+        raise LossbenchError(
+            f"{path} is not a parquet file ({error}); re-download it with --force"
+        ) from None
+    if missing := [column for column in YAMBDA_COLUMNS if column not in schema]:
+        raise LossbenchError(
+            f"{path} lacks the Yambda column(s) {', '.join(missing)} (it has "
+            f"{', '.join(schema)}); re-download it with --force"
+        )
+    frame = pl.read_parquet(path, columns=list(YAMBDA_COLUMNS)).rename(YAMBDA_COLUMNS)
+    if frame.null_count().sum_horizontal().item():
+        raise LossbenchError(f"{path} has empty values; re-download it with --force")
+    return _finish(frame.with_columns(rating=pl.lit(None, pl.Float64)))
+
+
 def _line_chunks(path: Path) -> Iterator[list[str]]:
     """Lists of lines, about STEAM_CHUNK_BYTES each, from a plain or gzip file."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -223,6 +264,8 @@ READERS: dict[str, Callable[[Path], pl.DataFrame]] = {
     "bert4rec": read_bert4rec,
     "steam": read_steam,
     "amazon-csv": read_amazon_csv,
+    "amazon23-csv": read_amazon23_csv,
+    "yambda-parquet": read_yambda_parquet,
 }
 
 

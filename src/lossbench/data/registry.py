@@ -41,6 +41,8 @@ FORMATS = (
     "bert4rec",
     "steam",
     "amazon-csv",
+    "amazon23-csv",
+    "yambda-parquet",
     "synthetic",
     *LOCAL_FORMATS,
 )
@@ -106,6 +108,7 @@ class Protocol(_Strict):
     user_core: int = Field(default=0, ge=0)  # iterative k-core: users with >= user_core items
     item_core: int = Field(default=0, ge=0)  # ... and items with >= item_core users
     dedup: bool = True  # keep only the first (user, item) interaction
+    organic_only: bool = False  # keep only organic events (formats with the flag: Yambda)
     max_length: int = Field(default=50, ge=1)  # training history length (recorded for models)
 
 

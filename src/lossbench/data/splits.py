@@ -33,6 +33,7 @@ SplitName = Literal["loo", "temporal"]
 # csv / tsv / parquet file has a numeric time column (`local_files.py`).
 TIMED_FORMATS = frozenset(
     {"movielens-dat", "movielens-csv", "movielens-tsv", "steam", "amazon-csv"}
+    | {"amazon23-csv", "yambda-parquet"}
     | {"csv", "tsv", "parquet"}
 )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from functools import cache
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -97,3 +97,32 @@ def published_value(
         if (row.model, row.loss, row.negatives, row.metric) == (model, loss, negatives, metric):
             return row.value
     return None
+
+
+# The counts of the files the study published its numbers on (users, items, interactions),
+# as their publishers state them; another variant of a dataset of the same name is refused.
+PUBLISHED_COUNTS: dict[str, tuple[int, int, int]] = {
+    "beauty": (40_226, 54_542, 353_962),  # BERT4Rec's beauty.txt
+    "beauty-s3rec": (22_363, 12_101, 198_502),  # S3Rec's Beauty.txt
+    "lastfm": (1_090, 3_646, 52_551),  # S3Rec's LastFM.txt
+}
+
+
+def check_published_variant(name: str, meta: dict[str, Any]) -> None:
+    """Refuse a prepared dataset whose counts differ from the variant the study used."""
+    expected = PUBLISHED_COUNTS.get(name)
+    if expected is None:
+        return
+    actual = (int(meta["n_users"]), int(meta["n_items"]), int(meta["n_interactions"]))
+    if actual != expected:
+        raise LossbenchError(
+            f"dataset {name} has {_counts(actual)}, but the study's variant has "
+            f"{_counts(expected)}; prepare the published file (`lossbench download {name} "
+            f"--force`, then `lossbench preprocess {name} --force`) or compare on this data "
+            "with `lossbench compare`"
+        )
+
+
+def _counts(counts: tuple[int, int, int]) -> str:
+    users, items, interactions = counts
+    return f"{users:,} users, {items:,} items, {interactions:,} interactions"

@@ -6,6 +6,7 @@ imply (positions, negatives, model defaults) so that a run records exactly what 
 
 from __future__ import annotations
 
+import codecs
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -157,8 +158,8 @@ class TrainConfig(BaseModel):
     def _unseen_needs_uniform(self) -> TrainConfig:
         if self.negatives_unseen and self.sampler != "uniform":
             raise ValueError(
-                "negatives outside the user's history are drawn uniformly; with --sampler "
-                f"{self.sampler} add --negatives-anywhere"
+                "negatives outside the user's history are drawn uniformly: drop "
+                f"--negatives-unseen to use --sampler {self.sampler}"
             )
         return self
 
@@ -208,6 +209,11 @@ def build_config(
         model_settings.update(layer.get("model_settings", {}))
         merged.update({k: v for k, v in layer.items() if k != "model_settings"})
     merged["model_settings"] = model_settings
+    if merged.get("sampler", "uniform") != "uniform" and not any(
+        "negatives_unseen" in layer for layer in (file_layer, cli_layer)
+    ):
+        # The preset's unseen negatives are the uniform sampler's; an explicit sampler wins.
+        merged["negatives_unseen"] = False
     return validate_config(merged, source=str(toml_file) if toml_file else "options")
 
 
@@ -227,10 +233,38 @@ def read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise LossbenchError(f"config file {path} does not exist; check the path")
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(toml_text(path.read_bytes(), path))
     except tomllib.TOMLDecodeError as error:
         raise LossbenchError(f"config file {path} is not valid TOML: {error}") from None
+
+
+# Byte-order marks of the encodings editors write besides UTF-8 (Windows PowerShell's `>`
+# writes UTF-16 LE with a mark). Longest first: UTF-32 LE starts with UTF-16 LE's mark.
+BYTE_ORDER_MARKS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def toml_text(data: bytes, path: Path) -> str:
+    """The text of a TOML file: UTF-8, or any encoding its byte-order mark names (the mark is
+    dropped). UTF-16 without a mark is refused: it cannot be told apart from other bytes."""
+    encoding = next((name for mark, name in BYTE_ORDER_MARKS if data.startswith(mark)), "utf-8")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise LossbenchError(
+            f"config file {path} is not {encoding.removesuffix('-sig').upper()} text (byte "
+            f"{error.start}); save it as UTF-8"
+        ) from None
+    if "\x00" in text:  # ASCII in UTF-16 without a byte-order mark: every other byte is 0
+        raise LossbenchError(
+            f"config file {path} looks like UTF-16 without a byte-order mark; save it as UTF-8"
+        )
+    return text
 
 
 def _preset_for_model(preset_name: str, model_name: str) -> dict[str, Any]:

@@ -17,12 +17,28 @@ from lossbench.evaluation.ranking import (
 )
 from lossbench.evaluation.seen import SeenTargets
 from lossbench.models.base import SequenceModel, scoring_table
+from lossbench.training.memory import available_memory_bytes
 
 
 @dataclass(frozen=True)
 class EvaluationResult:
     ranks: Tensor  # (U,) int64 rank of each user's target, 1 = best; NOT_FOUND_RANK (CPU)
     topk: Tensor | None  # (U, K) int64 best items first, seen items excluded (CPU), if asked
+
+
+# Share of the memory still available that one block of scores may take: the rest is the
+# model, the data and whatever else runs on the machine.
+SCORE_BLOCK_SHARE = 0.125
+
+
+def score_block_rows(n_items: int, batch_size: int, available: int | None) -> int:
+    """Users scored at once: `batch_size`, fewer when their (rows, n_items) fp32 scores (twice:
+    the ranks' and the top-k's) would take more than SCORE_BLOCK_SHARE of `available` bytes.
+    Every user's rank is computed on its own row, so the block changes no result."""
+    if available is None:
+        return batch_size
+    per_row = 2 * 4 * max(n_items, 1)  # bytes
+    return max(1, min(batch_size, int(available * SCORE_BLOCK_SHARE) // per_row))
 
 
 class Evaluator:
@@ -43,31 +59,20 @@ class Evaluator:
         candidates: Tensor | None = None,  # (U, N) sampled negatives, None = full ranking
         seen_targets: SeenTargets = "miss",
     ) -> None:
+        # No reordered copy of the histories or seen items: a batch gathers its rows of the
+        # evaluation set (at ML-20M scale the copies were ~0.5 GB per evaluation set).
+        self.evaluation_set = evaluation_set
         self.order = torch.argsort(evaluation_set.lengths, stable=True)  # (U,)
-        self.inputs = evaluation_set.inputs[self.order]
         self.lengths = evaluation_set.lengths[self.order]
         self.targets = evaluation_set.targets[self.order]
         self.candidates = candidates[self.order] if candidates is not None else None
-        counts = torch.diff(evaluation_set.seen_offsets)[self.order]
-        self.seen_offsets = torch.zeros(len(counts) + 1, dtype=torch.int64)
-        torch.cumsum(counts, 0, out=self.seen_offsets[1:])
-        starts = evaluation_set.seen_offsets[:-1][self.order]
-        # Gather each user's seen items in the new user order: one flat index per item.
-        within = torch.arange(int(counts.sum())) - torch.repeat_interleave(
-            self.seen_offsets[:-1], counts
-        )
-        self.seen_items = evaluation_set.seen_items[
-            torch.repeat_interleave(starts, counts) + within
-        ]
-        self.seen_rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
         self.batch_size = batch_size
         self.exclude_seen = exclude_seen
         self.seen_targets = seen_targets
         self.device = device
-        # (U,) targets that count as not found in sampled ranking (full ranking finds its own)
-        self.missed: Tensor | None = None
-        if candidates is not None and exclude_seen and seen_targets == "miss":
-            self.missed = targets_in_history(self.targets, self.seen_rows, self.seen_items)
+        # Sampled ranking counts a target in the history as not found (full ranking finds its
+        # own): only with seen items excluded under `miss`.
+        self.miss_seen = candidates is not None and exclude_seen and seen_targets == "miss"
 
     @torch.no_grad()
     def evaluate(
@@ -85,19 +90,28 @@ class Evaluator:
             best = torch.zeros(len(self.targets), topk, dtype=torch.int64)
         table = scoring_table(model)
         rank, world_size = shard
-        starts = range(0, len(self.targets), self.batch_size)
+        # Ranks deal out the same blocks, so under sharding every rank keeps the batch size
+        # (each one's free memory differs); alone, a block follows the free memory.
+        block = self.batch_size
+        if world_size == 1:
+            free = available_memory_bytes(self.device)
+            block = score_block_rows(table.shape[0] - 1, self.batch_size, free)
+        starts = range(0, len(self.targets), block)
         for start in starts[rank::world_size]:
-            stop = min(start + self.batch_size, len(self.targets))
+            stop = min(start + block, len(self.targets))
             width = max(int(self.lengths[stop - 1]), 1)
-            inputs = self.inputs[start:stop, -width:].to(self.device)
+            users = self.order[start:stop]
+            inputs = self.evaluation_set.inputs[users, -width:].to(self.device)
             targets = self.targets[start:stop].to(self.device)
             hidden = model.predict_hidden(inputs).float()  # (B, D)
+            seen_rows, seen_items = self._seen(users)
             if self.candidates is not None:
-                missed = None if self.missed is None else self.missed[start:stop].to(self.device)
+                missed = None
+                if self.miss_seen:
+                    missed = targets_in_history(targets, seen_rows, seen_items)
                 candidates = self.candidates[start:stop].to(self.device)
                 batch_ranks = sampled_ranks(hidden, table.float(), targets, candidates, missed)
             else:
-                seen_rows, seen_items = self._seen(start, stop)
                 batch_ranks = full_ranking_ranks(
                     hidden, table.float(), targets, seen_rows, seen_items, self.seen_targets
                 )
@@ -122,10 +136,16 @@ class Evaluator:
             best_in_order[self.order] = best
         return EvaluationResult(in_user_order, best_in_order)
 
-    def _seen(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+    def _seen(self, users: Tensor) -> tuple[Tensor, Tensor]:
+        """(S,) batch rows and (S,) items of the seen pairs of `users` (rows of the set)."""
         if not self.exclude_seen:
             empty = torch.empty(0, dtype=torch.int64, device=self.device)
             return empty, empty
-        lo, hi = int(self.seen_offsets[start]), int(self.seen_offsets[stop])
-        rows = (self.seen_rows[lo:hi] - start).to(self.device)
-        return rows, self.seen_items[lo:hi].to(self.device)
+        offsets = self.evaluation_set.seen_offsets
+        starts = offsets[users]  # (B,)
+        counts = offsets[users + 1] - starts  # (B,)
+        first = torch.cumsum(counts, 0) - counts  # (B,) where each row's pairs start
+        within = torch.arange(int(counts.sum())) - torch.repeat_interleave(first, counts)
+        items = self.evaluation_set.seen_items[torch.repeat_interleave(starts, counts) + within]
+        rows = torch.repeat_interleave(torch.arange(len(users)), counts)
+        return rows.to(self.device), items.to(self.device)

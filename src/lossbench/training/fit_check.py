@@ -11,7 +11,7 @@ catch settings off by orders of magnitude, not to predict the peak to the megaby
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import torch
@@ -20,8 +20,9 @@ from lossbench.data.prepared import PreparedDataset
 from lossbench.errors import LossbenchError
 from lossbench.losses.full_softmax import softmax_chunk_for
 from lossbench.models.base import SequenceModel, scoring_table
+from lossbench.training.data_fit import check_data_fit
 from lossbench.training.entry import PlanEntry
-from lossbench.training.memory import available_memory_bytes
+from lossbench.training.memory import available_memory_bytes, format_size, resident_bytes
 
 FLOAT_BYTES = 4
 # Tensors of (positions x hidden) a model keeps for backward: embeddings, attention and
@@ -35,10 +36,13 @@ class StepMemory:
 
     total_bytes: int
     largest: str  # "12,800 positions x 100,000 negatives x 64 dims"
+    setting: str = "--batch-size"  # what lowers the largest term: "--negatives"
+    resident_bytes: int = 0  # counted in total_bytes: what the process holds before the run
 
 
 def check_fits(entry: PlanEntry, dataset: PreparedDataset) -> StepMemory:
     """The estimate, or a one-line LossbenchError when the run cannot fit."""
+    check_data_fit(entry.config, dataset)
     negatives, n_items = entry.loss.negatives, dataset.n_items
     if negatives > n_items:
         asked = (
@@ -77,21 +81,54 @@ def estimate_step_memory(entry: PlanEntry, dataset: PreparedDataset) -> StepMemo
         # gathered rows and their gradients (N, K, D), ids (int64) and scores (N, K)
         loss = positions * k * (2 * hidden * FLOAT_BYTES + 8 + 3 * FLOAT_BYTES)
         loss_text = f"{positions:,} positions x {k:,} negatives x {hidden:,} dims"
+        loss_setting = "--negatives"
     else:
         logits = min(positions * n_items, softmax_chunk_for(entry.device, config.softmax_chunk))
         loss = logits * FLOAT_BYTES * 3  # logits, softmax, gradient
         loss_text = f"{logits:,} softmax logits at once"
+        loss_setting = "--softmax-chunk"
     candidates = config.eval_negatives + 1 if config.eval_negatives else n_items
     evaluation = config.eval_batch_size * candidates * FLOAT_BYTES * 3  # scores, masks, ranks
 
-    terms = {
-        f"{parameters:,} parameters with gradients and Adam state": weights,
-        f"{rows:,} x {width:,} positions x {hidden:,} dims of activations": activations,
-        loss_text: loss,
-        f"scores of {config.eval_batch_size:,} users x {candidates:,} items": evaluation,
+    terms = {  # what it is: (bytes, the setting that lowers it)
+        f"{parameters:,} parameters with gradients and Adam state": (weights, "--hidden-size"),
+        f"{rows:,} x {width:,} positions x {hidden:,} dims of activations": (
+            activations,
+            "--batch-size or --max-len",
+        ),
+        loss_text: (loss, loss_setting),
+        f"scores of {config.eval_batch_size:,} users x {candidates:,} items": (
+            evaluation,
+            "eval_batch_size",
+        ),
     }
     total = weights + max(activations + loss, evaluation)
-    return StepMemory(total, max(terms, key=lambda name: terms[name]))
+    largest = max(terms, key=lambda name: terms[name][0])
+    return StepMemory(total, largest, terms[largest][1])
+
+
+def peak_estimate(entry: PlanEntry, dataset: PreparedDataset) -> StepMemory:
+    """The run's estimated peak: a step's tensors, on CPU over what the process holds."""
+    step = estimate_step_memory(entry, dataset)
+    resident = resident_bytes(entry.device)
+    return replace(step, total_bytes=step.total_bytes + resident, resident_bytes=resident)
+
+
+def over_budget(entry: PlanEntry, estimate: StepMemory, budget_bytes: int) -> LossbenchError:
+    """The refusal of a run whose `peak_estimate` exceeds `--memory-budget`."""
+    step = estimate.total_bytes - estimate.resident_bytes
+    held = f"{format_size(estimate.resident_bytes)} the process holds before training, "
+    parts = (held if estimate.resident_bytes else "") + f"{format_size(step)} a training step"
+    remedy = (
+        "raise the budget: the process alone holds more"
+        if estimate.resident_bytes >= budget_bytes
+        else f"lower {estimate.setting}"
+    )
+    return LossbenchError(
+        f"{entry.label}: its peak would be about {format_size(estimate.total_bytes)} ({parts}, "
+        f"mostly {estimate.largest}), over the --memory-budget of {format_size(budget_bytes)}; "
+        f"{remedy}"
+    )
 
 
 def _model_size(entry: PlanEntry, n_items: int) -> tuple[int, int]:

@@ -41,6 +41,7 @@ from lossbench.training.checkpoint import (
     save_checkpoint,
 )
 from lossbench.training.config import TrainConfig
+from lossbench.training.cost import LossClock, cost_metrics
 from lossbench.training.distributed import (
     SINGLE_PROCESS,
     ProcessGroup,
@@ -54,6 +55,7 @@ from lossbench.training.evaluate import EvaluationResult, Evaluator
 from lossbench.training.fit_check import check_fits
 from lossbench.training.memory import peak_memory_mb, reset_peak_memory
 from lossbench.training.observers import RunObserver
+from lossbench.training.popularity import is_collapsed, popularity_metrics
 from lossbench.training.progress import TrainingProgress
 from lossbench.training.run_files import (
     CHECKPOINT_FILE,
@@ -108,6 +110,7 @@ class _Run:
     valid: Evaluator
     test: Evaluator | None  # None: the run is not tested
     test_set: EvaluationSet
+    item_counts: torch.Tensor  # (n_items + 1,) training counts: the popularity floor
     ks: list[int]
     generators: dict[str, torch.Generator]  # every generator a checkpoint must restore
     threads: ThreadGovernor  # CPU threads, following the free cores between steps
@@ -255,7 +258,9 @@ def set_up(entry: PlanEntry, dataset: PreparedDataset, console: Console, hooks: 
     return _Run(
         entry=entry,
         model=model,
-        step=TrainingStep(model, entry.model, loss, sampler, generator, step_model),
+        step=TrainingStep(
+            model, entry.model, loss, sampler, generator, step_model, LossClock(device)
+        ),
         optimizer=make_adam(
             model, device, config.lr, (config.beta1, config.beta2), config.weight_decay
         ),
@@ -265,6 +270,7 @@ def set_up(entry: PlanEntry, dataset: PreparedDataset, console: Console, hooks: 
         if hooks.evaluate_test
         else None,
         test_set=sequences.test,
+        item_counts=sequences.item_counts,
         ks=sorted({*config.ks, *_metric_k(config.validation_metric)}),
         generators={"batches": batcher.generator, "negatives": generator},
         threads=threads,
@@ -315,13 +321,18 @@ def train_epoch(run: _Run, bar: TrainingProgress) -> dict[str, float]:
     device = run.entry.device
     run.model.train()
     loss_sum = torch.zeros((), device=device)
+    tokens = 0  # history items fed to the model (padding excluded), counted on the CPU
+    clock = run.step.clock
     for parts in run.batcher.epoch():
+        tokens += sum(int(torch.count_nonzero(part.inputs)) for part in parts)
         run.optimizer.zero_grad(set_to_none=True)
         if run.group.distributed:
             loss_sum += distributed_backward(run, parts)
         else:
             with run.autocast():
                 step_loss = run.step([part.to(device) for part in parts])
+            if clock is not None:
+                clock.backward_starts()
             step_loss.backward()
             loss_sum += step_loss.detach()
         run.optimizer.step()
@@ -329,7 +340,12 @@ def train_epoch(run: _Run, bar: TrainingProgress) -> dict[str, float]:
         bar.advance_batch()
     loss_sum = sum_over_ranks(loss_sum, run.group, device)
     epoch_loss = float(loss_sum) / len(run.batcher)  # the one sync of the epoch
-    return {"loss": epoch_loss, "train_seconds": time.perf_counter() - started}
+    return {
+        "loss": epoch_loss,
+        "train_seconds": time.perf_counter() - started,
+        "loss_seconds": clock.take() if clock is not None else float("nan"),
+        "tokens": float(tokens),
+    }
 
 
 def distributed_backward(run: _Run, parts: list[TrainBatch]) -> Tensor:
@@ -342,6 +358,8 @@ def distributed_backward(run: _Run, parts: list[TrainBatch]) -> Tensor:
         with run.autocast():
             step_loss = run.step([part.to(device) for part in mine])
         weighted = step_loss * (positions_in(mine) / positions_in(parts))
+        if run.step.clock is not None:
+            run.step.clock.backward_starts()
         weighted.backward()
     sum_gradients(run.model, run.group)
     return weighted.detach()
@@ -375,6 +393,8 @@ def end_epoch(
             "loss": row["loss"],
             "train_seconds": row["train_seconds"],
             "eval_seconds": row["eval_seconds"],
+            "loss_seconds": row["loss_seconds"],
+            "tokens": row["tokens"],
             "elapsed_seconds": state.elapsed_seconds,
             "peak_memory_mb": peak_memory_mb(run.entry.device),
             "threads": torch.get_num_threads(),
@@ -424,14 +444,12 @@ def finish(run: _Run, state: TrainingState) -> RunResult:
         if k.startswith("valid_")
     }
     tested = {} if test_result is None else {"test": metrics_from_ranks(test_result.ranks, run.ks)}
-    train_seconds = sum(h["train_seconds"] for h in history)
     metrics = {
         "valid": valid_best,
         **tested,
         "best_epoch": state.best_epoch,
         "epochs": len(history),
-        "train_seconds": train_seconds,
-        "train_seconds_per_epoch": train_seconds / len(history),
+        **cost_metrics(history),  # seconds per epoch, tokens per second, the loss's share
         "eval_seconds_per_epoch": sum(h["eval_seconds"] for h in history) / len(history),
         "peak_memory_mb": peak_memory_mb(run.entry.device),
         "loss_backend": run.record["environment"]["loss_backend"],
@@ -445,6 +463,7 @@ def finish(run: _Run, state: TrainingState) -> RunResult:
     }
     if test_result is None or not run.writes:
         return RunResult(run.entry.run_dir, run.record, metrics, history)
+    metrics |= popularity_floor(run, valid_best, [h["loss"] for h in history])
     test_set = run.test_set
     run.files.finish(
         run.model.state_dict(), test_result, test_set.rows(), test_set.targets, metrics
@@ -452,6 +471,21 @@ def finish(run: _Run, state: TrainingState) -> RunResult:
     for observer in run.hooks.observers:
         observer.on_finish(metrics)
     return RunResult(run.entry.run_dir, run.record, metrics, history)
+
+
+def popularity_floor(
+    run: _Run, valid_best: dict[str, float], losses: list[float]
+) -> dict[str, Any]:
+    """The popularity ranking's metrics on the run's own validation and test users, and
+    whether the run collapsed (no better than it on validation, or a non-finite loss)."""
+    assert run.test is not None
+    evaluators = {"valid": run.valid, "test": run.test}
+    popularity = popularity_metrics(run.item_counts, run.entry.device, evaluators, run.ks)
+    metric = run.config.validation_metric
+    return {
+        "popularity": popularity,
+        "collapsed": is_collapsed(valid_best, popularity["valid"], metric, losses),
+    }
 
 
 def _shard(run: _Run) -> tuple[int, int]:

@@ -16,11 +16,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 import resource
 import sys
 from pathlib import Path
 
 import torch
+
+from lossbench.errors import LossbenchError
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
@@ -65,14 +68,28 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def _vm_high_water_kib() -> int | None:
     """VmHWM of /proc/self/status in KiB, or None where there is no such file."""
+    return _status_kib("VmHWM:")
+
+
+def _status_kib(field: str) -> int | None:
     try:
         status = _STATUS.read_text()
     except OSError:
         return None
     for line in status.splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field):
             return int(line.split()[1])  # "VmHWM:   123456 kB"
     return None
+
+
+def resident_bytes(device: torch.device) -> int:
+    """What the process holds before a run on `device` adds its tensors: its resident memory
+    on CPU (torch itself, the data; part of a CPU run's peak), 0 on CUDA (peak allocated
+    counts tensors only); 0 where it cannot be read."""
+    if device.type == "cuda":
+        return 0
+    resident = _status_kib("VmRSS:")
+    return 0 if resident is None else resident * 1024
 
 
 def available_memory_bytes(device: torch.device) -> int | None:
@@ -117,3 +134,30 @@ def _cgroup_room(root: Path = _CGROUP) -> int | None:
     if limit == "max":
         return None
     return max(int(limit) - current, 0)
+
+
+# Binary, like every size lossbench prints (peak MB, GB in the plan): 8GB = 8 x 2^30 bytes.
+_UNITS = {"": 1, "B": 1} | {
+    unit + suffix: 2 ** (10 * power)
+    for power, unit in enumerate("KMGT", start=1)
+    for suffix in ("", "B", "IB")
+}
+
+
+def format_size(size: int) -> str:
+    """'1.25 GB' from a gibibyte up, else '300 MB' (binary units, as parsed)."""
+    if size >= 2**30:
+        return f"{size / 2**30:,.2f} GB"
+    return f"{size / 2**20:,.0f} MB"
+
+
+def parse_memory_size(text: str) -> int:
+    """'8GB' / '512 MiB' / '1.5g' -> bytes (G, GB and GiB alike are 2^30; a bare number: bytes)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _UNITS or float(match.group(1)) <= 0:
+        raise LossbenchError(
+            f"--memory-budget {text!r} is not a memory size; give a positive number with a "
+            "unit, e.g. 8GB, 512MB or 16GiB"
+        )
+    return int(float(match.group(1)) * _UNITS[unit])

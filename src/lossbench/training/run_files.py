@@ -32,6 +32,7 @@ from torch import Tensor
 
 from lossbench import __version__
 from lossbench.atomic import write_json, write_with
+from lossbench.data.fingerprint import META_KEY as FINGERPRINT_KEY
 from lossbench.data.prepared import OriginalIds, PreparedDataset
 from lossbench.data.sequences import SequenceTensors
 from lossbench.losses.softmax_backend import softmax_backend
@@ -169,6 +170,9 @@ def run_record(
             "split": entry.config.split_spec.identity(),
             "valid_users": len(sequences.valid.targets),
             "test_users": len(sequences.test.targets),
+            # users, items, interactions and split hash of the prepared files (None: prepared
+            # before fingerprints existed)
+            "fingerprint": dataset.meta.get(FINGERPRINT_KEY),
         },
         "environment": {
             "device": str(entry.device),

@@ -26,6 +26,7 @@ from lossbench.models.base import (
     SequenceModel,
     scoring_table,
 )
+from lossbench.training.cost import LossClock
 from lossbench.training.entry import PlanEntry
 from lossbench.training.setup import LossSettings
 
@@ -42,6 +43,7 @@ class TrainingStep:
     generator: torch.Generator  # of the negatives, on the model's device
     # The model as called in training: `torch.compile`d, or the model itself.
     step_model: Callable[..., Tensor] | None = None
+    clock: LossClock | None = None  # times the loss's own forward and backward
 
     def __call__(self, parts: list[TrainBatch]) -> Tensor:
         states = self.states(parts)
@@ -49,7 +51,10 @@ class TrainingStep:
         targets = parts[0].targets if len(parts) == 1 else torch.cat([p.targets for p in parts])
         table = scoring_table(cast(SequenceModel, self.model))
         inputs = LossInputs(at_positions, targets, table, **self.supplied(parts, targets))
-        return self.loss.spec.fn(inputs, self.loss.params)
+        if self.clock is None:
+            return self.loss.spec.fn(inputs, self.loss.params)
+        with self.clock.forward(at_positions):
+            return self.loss.spec.fn(inputs, self.loss.params)
 
     def supplied(self, parts: list[TrainBatch], targets: Tensor) -> dict[str, Any]:
         """Exactly the inputs the loss declares it needs (`LossSettings.needs`)."""

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.splits import SplitSpec
+from lossbench.training.data_fit import check_data_fit
 from lossbench.tuning.output import summary_table, write_outputs
 from lossbench.tuning.study import (
     LossOutcome,
@@ -39,10 +40,13 @@ def tune_losses(
         request.out_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(storage_url)
     request.out_dir.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial gets our own line
+    # Each trial gets our own line. A trial that raises (Ctrl-C included) reaches the caller
+    # as that exception; Optuna's warning would print its traceback first.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     # The split is a fixed setting, never tuned: every trial trains on the same data.
-    split = trial_config(request, request.losses[0], request.space.first()).split_spec
-    dataset = prepare(request.dataset, split)
+    first = trial_config(request, request.losses[0], request.space.first())
+    dataset = prepare(request.dataset, first.split_spec)
+    check_data_fit(first, dataset)
     outcomes = []
     for loss in request.losses:
         console.print(f"tuning [bold]{loss}[/]: study {names[loss]} in {shown_url(storage_url)}")
