@@ -298,3 +298,18 @@ def test_the_movielens_ratings_file_under_other_column_names(tmp_path: Path) -> 
     )  # fmt: skip
     assert compared.exit_code == 0, compared.output
     assert "losses compared on my-ml" in compared.output
+
+
+def test_json_holds_the_registered_file_and_the_prepared_counts(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    csv = write_csv(tmp_path / "shop.csv", shop_rows())
+    result = run(data, "add-dataset", "shop", "--file", str(csv), *SHOP, "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)  # the table and the line went to standard error
+    assert document["name"] == "shop" and document["replaced"] is False
+    assert document["registry"] == str(data / "user-datasets.toml")
+    assert document["file"]["sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
+    assert document["file"]["size"] == csv.stat().st_size
+    assert document["meta"] == json.loads((data / "shop/prepared/meta.json").read_text())
+    assert (document["meta"]["n_users"], document["meta"]["n_items"]) == (40, 12)
+    assert "registered shop in" in result.stderr

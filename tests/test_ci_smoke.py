@@ -109,6 +109,16 @@ def test_json_holds_every_run_and_the_numbers_the_table_shows(smoke: Smoke) -> N
     assert [v["expectation"] for v in verdicts] == EXPECTED and all(v["passed"] for v in verdicts)
 
 
+def test_the_verdict_is_kept_beside_the_summary(smoke: Smoke) -> None:
+    """verdict.json: the --json document (rows, changes, p, significance, expectations)."""
+    verdict = json.loads((smoke.out / "verdict.json").read_text())
+    assert verdict == json.loads(smoke.result.stdout)
+    assert [e["expectation"] for e in verdict["expectations"]] == EXPECTED
+    assert all(e["passed"] for e in verdict["expectations"])
+    improved = next(row for row in verdict["comparison"] if row["loss"] == "improved")
+    assert improved["significant"] == "better" and improved["p"] < 0.05
+
+
 def means_of(document: dict[str, list[dict[str, object]]], loss: str) -> object:
     (row,) = [row for row in document["comparison"] if row["loss"] == loss]
     return row["metrics"]["ndcg@10"]["mean"]  # type: ignore[index]

@@ -227,3 +227,32 @@ def test_leftovers_of_a_killed_preprocess_are_removed(data_dir: Path) -> None:
     assert not dead.exists() and not retired.exists() and not old.exists()
     assert alive.exists()
     assert sorted(p.name for p in parent.iterdir() if p.name.startswith(".")) == [alive.name]
+
+
+@pytest.mark.parametrize("meta", [b'{"n_users": 3', b"", None], ids=["cut", "empty", "missing"])
+def test_verify_and_training_agree_on_a_broken_meta_json(
+    meta: bytes | None, data_dir: Path
+) -> None:
+    """Training reads meta.json first and calls the dataset not prepared without it: verify
+    must not say ok."""
+    preprocess_dataset(data_dir, "synthetic")
+    meta_path = data_dir / "synthetic" / "prepared" / "meta.json"
+    meta_path.unlink() if meta is None else meta_path.write_bytes(meta)
+    with pytest.raises(LossbenchError, match="not prepared"):
+        load_prepared(data_dir, "synthetic")
+    verify = cli(data_dir, "verify", "synthetic")
+    state = "is missing" if meta is None else "is damaged"
+    assert verify.exit_code == 1, verify.output
+    assert f"synthetic: DAMAGED: synthetic/prepared/meta.json {state}" in verify.output
+    assert "run `lossbench preprocess synthetic --force`" in verify.output
+    assert cli(data_dir, "verify").exit_code == 1  # every dataset present, as well
+    preprocess_dataset(data_dir, "synthetic", force=True)
+    assert cli(data_dir, "verify", "synthetic").exit_code == 0
+
+
+def test_verify_a_folder_without_runs_is_one_line(data_dir: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli(data_dir, "verify", str(empty))
+    assert isinstance(result.exception, LossbenchError)
+    assert f"{empty} holds no run folders" in str(result.exception)

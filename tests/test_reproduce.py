@@ -290,3 +290,21 @@ def test_cells_not_run_yet_say_so(saved_table2: Path) -> None:
     assert "lastfm sasrec + bce" not in " ".join(report.far)  # nothing to be far with
     markdown = (saved_table2 / "reproduction.md").read_text()
     assert "| sasrec | bce (original) | not run yet | — | 0.0404 | — |" in markdown
+
+
+def test_reproduce_json_holds_each_cell_beside_the_study(saved_table2: Path) -> None:
+    args = ["reproduce", "table2", "--dataset", "lastfm", "--seeds", "0,1", "--json"]
+    result = CliRunner().invoke(app, [*args, "--out", str(saved_table2), "--permutations", "99"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)  # the tables went to standard error
+    assert document["table"] == "table2" and document["failed_runs"] == 0
+    cells = {(cell["model"], cell["loss"]): cell for cell in document["cells"]}
+    hr = cells[("sasrec", "bce")]["metrics"]["hr@10"]
+    assert hr["mean"] == pytest.approx(0.020) and hr["study"] == 0.0404
+    assert hr["difference_percent"] == pytest.approx(100 * (0.020 - 0.0404) / 0.0404)
+    assert cells[("sasrec", "improved")]["direction"].startswith("yes ▲ (+193.1%, p = ")
+    assert [line.split(":")[0] for line in document["far"]] == [
+        "lastfm sasrec + bce",
+        "lastfm s3rec + improved",
+    ]
+    assert f"{hr['difference_percent']:+.1f}%" in result.stderr and "0.0404" in result.stderr

@@ -229,6 +229,12 @@ def test_pretrain_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
     assert "--init" in result.output and (out / "pretrained.pt").is_file()
+    as_json = CliRunner().invoke(app, [*arguments, "--json"])  # again: the same checkpoint
+    assert as_json.exit_code == 0, as_json.output
+    document = json.loads(as_json.stdout)
+    assert document["checkpoint"] == str(out / "pretrained.pt") and document["model"] == "s3rec"
+    assert document["fine_tune_command"].endswith(f"--init {out / 'pretrained.pt'}")
+    assert "wrote" in as_json.stderr
     wrong = CliRunner().invoke(app, ["pretrain", "--dataset", "synthetic", "--model", "sasrec"])
     assert isinstance(wrong.exception, LossbenchError)
     assert "pre-trainable: s3rec" in str(wrong.exception)

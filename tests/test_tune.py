@@ -35,6 +35,7 @@ from lossbench.tuning.space import parse_space  # noqa: E402
 from lossbench.tuning.study import TuneRequest, default_storage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+OUTPUT_FILES = ("tuning.json", "tuning_progress.png", "tuned.toml")
 TINY_FLAGS = ["--max-epochs", "2", "--hidden-size", "8", "--num-layers", "1", "--num-heads", "1"]
 TINY_FLAGS += ["--max-len", "10", "--batch-size", "64", "--threads", "1"]
 TINY_SETTINGS: dict[str, Any] = {
@@ -169,6 +170,28 @@ def test_the_command_prints_the_compare_command(
     )
     values, settings = read_grid_file(out / "tuned.toml")
     assert settings["max_epochs"] == 2 and set(values["per_loss"]) == {"bce", "improved"}
+
+
+def test_json_prints_the_tuning_summary(
+    tiny: PreparedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setattr(prepared, "ensure_prepared", lambda data_dir, name, split=None: tiny)
+    out = tmp_path / "out"
+    args = ["tune", "--losses", "bce,improved", "--trials", "1", "--out", str(out), "--json"]
+    monkeypatch.setattr(sys, "argv", ["lossbench", *args, *TINY_FLAGS])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0, captured.err
+    document = json.loads(captured.out)  # the table and lines went to standard error
+    assert {k: v for k, v in document.items() if k not in ("files", "compare_command")} == (
+        json.loads((out / "tuning.json").read_text())
+    )
+    assert document["files"] == [str(out / name) for name in OUTPUT_FILES]
+    assert document["compare_command"].startswith(f"lossbench compare --config {out}")
+    assert [loss["loss"] for loss in document["losses"]] == ["bce", "improved"]
+    for loss in document["losses"]:  # the table's best validation values
+        assert f"{loss['metric']} {loss['best_value']:.4f}" in captured.err
 
 
 @pytest.mark.parametrize(

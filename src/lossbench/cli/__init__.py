@@ -16,6 +16,7 @@ import sys
 from rich.markup import escape
 
 from lossbench.cli.app import EXIT_INTERRUPTED, INTERRUPTED, app, console_err
+from lossbench.cli.pipes import guard_standard_streams
 from lossbench.errors import LossbenchError
 
 # Importing the command modules registers their commands on `app`.
@@ -29,6 +30,7 @@ EXIT_ERROR = 2
 
 
 def main() -> None:
+    guard_standard_streams()  # `lossbench compare | head -1` finishes the comparison silently
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # A rank of a data-parallel run: torch's C++ collectives would print a stack of frames
         # above lossbench's one-line message when a rendezvous or a peer fails.

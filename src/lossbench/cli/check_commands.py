@@ -7,7 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from lossbench.cli import ci_options as ci
 from lossbench.cli.app import app, console, console_err
+from lossbench.cli.outputs import print_json
 
 
 @app.command("check-loss")
@@ -27,6 +29,7 @@ def check_loss_command(
     gbce_t: Annotated[
         float, typer.Option("--gbce-t", help="LossParams.gbce_t given to the loss.")
     ] = 0.75,
+    json_output: ci.JsonOutput = False,
 ) -> None:
     """Check a loss against the contract every built-in loss meets (exit 1 if it fails)."""
     from lossbench.losses import find_loss
@@ -41,10 +44,16 @@ def check_loss_command(
     for result in results:
         mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[dim]not run[/]"}
         table.add_row(result.name, mark[result.passed], result.detail)
-    console.print(table)
+    display = console_err if json_output else console
+    display.print(table)
     failed = [result for result in results if result.passed is False]
     for result in failed:
         console_err.print(f"FAIL {result.name}: {result.detail}", highlight=False, soft_wrap=True)
+    if not failed:
+        display.print(f"{name} meets the loss contract", highlight=False)
+    if json_output:
+        checks = [{"check": r.name, "passed": r.passed, "detail": r.detail} for r in results]
+        source = found.source.describe()
+        print_json({"loss": name, "from": source, "passed": not failed, "checks": checks})
     if failed:
         raise SystemExit(1)
-    console.print(f"{name} meets the loss contract", highlight=False)

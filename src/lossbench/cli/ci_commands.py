@@ -6,12 +6,15 @@ from typing import Annotated
 
 import typer
 
+from lossbench.cli import ci_options as ci
 from lossbench.cli.app import GlobalOptions, app
+from lossbench.cli.outputs import print_json
 
 
 @app.command()
 def checksums(
     names: Annotated[list[str], typer.Argument(help="Dataset names (see `lossbench datasets`).")],
+    json_output: ci.JsonOutput = False,
 ) -> None:
     """Print `SHA256  NAME/raw/FILE` per source file, as sha256sum does (generated datasets
     have none): key a CI cache of the data folder on it, or check it with `sha256sum -c`."""
@@ -19,6 +22,12 @@ def checksums(
     from lossbench.data.registry import get_dataset
 
     entries = [get_dataset(name) for name in names]
-    for entry in entries:
-        for file_name, sha256 in source_sha256(GlobalOptions.data_dir, entry).items():
-            typer.echo(f"{sha256}  {entry.name}/raw/{file_name}")
+    files = [
+        {"dataset": entry.name, "file": f"{entry.name}/raw/{file_name}", "sha256": sha256}
+        for entry in entries
+        for file_name, sha256 in source_sha256(GlobalOptions.data_dir, entry).items()
+    ]
+    for file in files:  # with --json, on standard error: the document alone on output
+        typer.echo(f"{file['sha256']}  {file['file']}", err=json_output)
+    if json_output:
+        print_json({"files": files})

@@ -15,7 +15,7 @@ from lossbench.cli import ci_options as ci
 from lossbench.cli import executor_options as ex
 from lossbench.cli import options as opt
 from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
-from lossbench.cli.outputs import check_output_file, check_output_folder
+from lossbench.cli.outputs import check_output_file, check_output_folder, print_json
 from lossbench.errors import LossbenchError
 
 if TYPE_CHECKING:
@@ -284,24 +284,31 @@ def report(
     ] = False,
     allow_mixed: AllowMixed = False,
     markdown_file: opt.Markdown = None,
+    json_output: ci.JsonOutput = False,
 ) -> None:
     """Re-render tables, summary.md, results files and figures from saved runs (no training)."""
-    from lossbench.compare.report import render_report
+    from lossbench.compare.outputs import report_document
+    from lossbench.compare.report import load_comparison, present_report
 
     summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
     if directory.is_dir() and not print_only:
         hint = "`--print-only` prints the tables and writes nothing"
         check_output_folder(directory, "report", hint)
     check_output_file(markdown_file, "--markdown")
-    render_report(
+    comparison = load_comparison(directory, summary_options, baseline, allow_mixed)
+    present_report(
+        comparison,
         directory,
         summary_options,
-        console,
-        baseline,
-        allow_mixed,
+        console_err if json_output else console,
         print_only=print_only,
         markdown_file=markdown_file,
     )
+    if json_output:
+        run_dirs = [Path(run_dir) for run_dir in comparison.runs["run_dir"]]
+        metrics_shown, significance = summary_options.metrics, significance_metric
+        summary, warning = comparison.summary, comparison.warning
+        print_json(report_document(run_dirs, summary, metrics_shown, significance, warning))
 
 
 @app.command()
@@ -314,19 +321,34 @@ def versus(
     significance_metric: SignificanceMetric = "ndcg@10",
     permutations: Permutations = None,
     allow_mixed: AllowMixed = False,
+    json_output: ci.JsonOutput = False,
 ) -> None:
     """Compare two sets of finished runs (two models, presets or versions), paired by seed."""
     from rich.markup import escape
 
+    from lossbench.compare.outputs import row_document
     from lossbench.compare.tables import print_unsqueezed, rich_tables
     from lossbench.compare.versus import versus_summary
 
     summary_options = _summary_options(metrics, significance_metric, permutations, 0.05)
-    summary, _, _, warning = versus_summary(treatment, baseline, summary_options, allow_mixed)
+    summary, treated, base, warning = versus_summary(
+        treatment, baseline, summary_options, allow_mixed
+    )
+    display = console_err if json_output else console
     if warning is not None:
-        console.print(f"[yellow]{escape(warning)}[/]", highlight=False)
+        display.print(f"[yellow]{escape(warning)}[/]", highlight=False)
     for table in rich_tables(summary, summary_options, subject="runs"):
-        print_unsqueezed(console, table)
+        print_unsqueezed(display, table)
+    if json_output:
+        rows = summary.iter_rows(named=True)
+        document = {
+            "treatment": {"label": treated, "folder": str(treatment)},
+            "baseline": {"label": base, "folder": str(baseline)},
+            "significance_metric": significance_metric,
+            "warning": warning,
+            "comparison": [row_document(row, summary_options.metrics) for row in rows],
+        }
+        print_json(document)
 
 
 def _summary_options(

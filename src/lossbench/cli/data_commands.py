@@ -5,14 +5,18 @@ The data modules (polars, numpy) are imported inside the commands, so `--help` s
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
 from rich.table import Table
 
+from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console
+from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.outputs import print_json
+from lossbench.errors import LossbenchError
 
 if TYPE_CHECKING:
     from lossbench.data.preprocess import PrepareResult
@@ -55,9 +59,11 @@ def _status(entry: DatasetEntry, meta: dict[str, Any] | None) -> str:
 
 
 @app.command()
-def datasets(data_dir: DataDir = None) -> None:
+def datasets(json_output: ci.JsonOutput = False, data_dir: DataDir = None) -> None:
     """List the registered datasets, whether each is downloaded or prepared, and (prepared)
     the share of validation / test targets already in the user's history."""
+    from rich.text import Text
+
     from lossbench.data.prepared import prepared_dir, read_meta
     from lossbench.data.registry import load_registry
     from lossbench.data.repeats import META_KEY, share_text
@@ -65,19 +71,31 @@ def datasets(data_dir: DataDir = None) -> None:
     table = Table(title=f"datasets in {GlobalOptions.data_dir}")
     for column in ("name", "source", "size", "status", "seen targets"):
         table.add_column(column, overflow="fold")
-    older = []
+    older, rows = [], []
     for entry in load_registry(data_dir=GlobalOptions.data_dir).values():
         meta = read_meta(prepared_dir(GlobalOptions.data_dir, entry.name))
         shares = share_text(meta.get(META_KEY)) if meta is not None else ""
         if meta is not None and not shares:
             older.append(entry.name)
-        table.add_row(entry.name, entry.source, _size(entry), _status(entry, meta), shares)
+        status = _status(entry, meta)
+        table.add_row(entry.name, entry.source, _size(entry), status, shares)
+        rows.append(
+            {
+                "name": entry.name,
+                "source": entry.source,
+                "size": _size(entry),
+                "status": Text.from_markup(status).plain,
+                "seen_targets": meta.get(META_KEY) if meta is not None else None,
+            }
+        )
     if older:
         table.caption = (
             f"seen targets unknown for {', '.join(older)}: prepared by an earlier version "
             "(`lossbench preprocess NAME --force` adds them)"
         )
-    console.print(table)
+    (console_err if json_output else console).print(table)
+    if json_output:
+        print_json({"data_dir": str(GlobalOptions.data_dir), "datasets": rows})
 
 
 @app.command()
@@ -96,6 +114,7 @@ def download(
         bool,
         typer.Option("--trust-new-hash", help="Record the hash of a file that has none pinned."),
     ] = False,
+    json_output: ci.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Download datasets, verifying size and sha256 (resumes; fetches damaged files again)."""
@@ -104,11 +123,15 @@ def download(
 
     for name in names:
         get_dataset(name, data_dir=GlobalOptions.data_dir)  # a misspelled name fails at once
+    done = []
     for name in names:
         message = download_dataset(
             GlobalOptions.data_dir, name, mirror=mirror, force=force, trust_new_hash=trust_new_hash
         )
-        console.print(message, highlight=False)
+        (console_err if json_output else console).print(message, highlight=False)
+        done.append({"name": name, "message": message})
+    if json_output:
+        print_json({"datasets": done})
 
 
 @app.command()
@@ -133,6 +156,7 @@ def preprocess(
     split: opt.Split = None,
     valid_quantile: opt.ValidQuantile = None,
     test_quantile: opt.TestQuantile = None,
+    json_output: ci.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Check the downloads' sha256, then filter, re-index and split them for training."""
@@ -160,20 +184,25 @@ def preprocess(
         )
         for name in names
     ]
+    display = console_err if json_output else console
     for result in results:
         if result.skipped:
-            console.print(
+            display.print(
                 f"{result.name}: already prepared from the same files and protocol, nothing to do "
                 "(--force prepares again)",
                 highlight=False,
             )
-    console.print(summary_table(results))
+    display.print(summary_table(results))
     for result in results:  # two preparations alike have the same fingerprint
         fingerprint = describe(result.meta.get(FINGERPRINT_KEY))
-        console.print(f"{result.name} fingerprint: {fingerprint}", highlight=False, soft_wrap=True)
-    console.print(repeats_table(results))
+        display.print(f"{result.name} fingerprint: {fingerprint}", highlight=False, soft_wrap=True)
+    display.print(repeats_table(results))
     if split_by.kind == "temporal":
-        console.print(temporal_table(results))
+        display.print(temporal_table(results))
+    if json_output:  # each prepared folder's meta.json: counts, statistics, split, files
+        print_json(
+            {"datasets": [{"name": r.name, "skipped": r.skipped, "meta": r.meta} for r in results]}
+        )
 
 
 @app.command()
@@ -181,28 +210,61 @@ def verify(
     names: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Dataset names (default: every downloaded or prepared one).", show_default=False
+            help="Dataset names (default: every downloaded or prepared one), or folders of "
+            "runs (`lossbench verify runs/compare`).",
+            show_default=False,
         ),
     ] = None,
+    json_output: ci.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Check the size and sha256 of every downloaded and prepared file; exit 1 on damage."""
+    """Check the size and sha256 of every downloaded and prepared file, or of every file of
+    the runs in a folder; exit 1 on damage."""
+    from lossbench.compare.verify_runs import verify_runs
     from lossbench.data.registry import get_dataset, load_registry
     from lossbench.data.verify import verify_dataset
 
     data_dir_path = GlobalOptions.data_dir
-    if names:
-        entries = [get_dataset(name, data_dir=data_dir_path) for name in names]
+    display = console_err if json_output else console
+    folders = [Path(name) for name in names or [] if _is_runs_folder(name)]
+    datasets = [name for name in names or [] if Path(name) not in folders]
+    if datasets:
+        entries = [get_dataset(name, data_dir=data_dir_path) for name in datasets]
     else:
-        entries = list(load_registry(data_dir=data_dir_path).values())
+        entries = [] if folders else list(load_registry(data_dir=data_dir_path).values())
     reports = [verify_dataset(data_dir_path, entry, named=bool(names)) for entry in entries]
     shown = [report for report in reports if report.checked or report.problems]
-    for report in shown:
-        console.print(report.line(), highlight=False, soft_wrap=True)
-    if not shown:
-        console.print(f"nothing downloaded or prepared in {data_dir_path}", highlight=False)
-    if any(report.problems for report in reports):
+    runs = []
+    for folder in folders:
+        if not (checks := verify_runs(folder)):
+            raise LossbenchError(
+                f"{folder} holds no run folders (none has a config.json); give the --out "
+                "folder of a comparison or of a run"
+            )
+        runs += checks
+    for line in [report.line() for report in shown] + [check.line() for check in runs]:
+        display.print(line, highlight=False, soft_wrap=True, markup=False)
+    if not shown and not folders:
+        display.print(f"nothing downloaded or prepared in {data_dir_path}", highlight=False)
+    failed = any(report.problems for report in reports) or any(check.problems for check in runs)
+    if json_output:
+        print_json(
+            {
+                "passed": not failed,
+                "datasets": [vars(report) for report in shown],
+                "runs": [{**vars(check), "run_dir": str(check.run_dir)} for check in runs],
+            }
+        )
+    if failed:
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def _is_runs_folder(name: str) -> bool:
+    """A folder (of runs) rather than a dataset: an existing folder whose name is not a
+    registered dataset's (`./NAME` picks the folder)."""
+    from lossbench.data.registry import load_registry
+
+    return name not in load_registry(data_dir=GlobalOptions.data_dir) and Path(name).is_dir()
 
 
 def summary_table(results: list[PrepareResult]) -> Table:

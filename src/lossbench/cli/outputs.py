@@ -1,11 +1,12 @@
 """Output folders checked before a command starts work: one line naming the path and the
-problem, instead of an operating-system error halfway through."""
+problem, instead of an operating-system error halfway through; and the `--json` document."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from lossbench.errors import LossbenchError
 
@@ -48,3 +49,15 @@ def check_output_file(path: Path | None, flag: str) -> None:
     if path.is_dir():
         raise LossbenchError(f"{flag} {path} is a folder; give a file name such as table.md")
     check_output_folder(path.parent, flag, "choose another file")
+
+
+def print_json(document: Any) -> None:
+    """`--json`: one JSON document on standard output; NaN and infinity become null (strict
+    parsers reject them)."""
+    import json
+    import sys
+
+    from lossbench.compare.outputs import finite
+
+    sys.stdout.write(json.dumps(finite(document), indent=2, allow_nan=False) + "\n")
+    sys.stdout.flush()

@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
+from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console
-from lossbench.cli.outputs import check_run_folder
+from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
+from lossbench.cli.outputs import check_run_folder, print_json
 from lossbench.errors import LossbenchError
 
 PRETRAINABLE = ("s3rec",)
@@ -43,6 +44,7 @@ def pretrain(
     attention_dropout: opt.AttentionDropout = None,
     max_len: opt.MaxLen = None,
     threads: opt.Threads = None,
+    json_output: ci.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Pre-train a model's encoder; fine-tune it with `lossbench train --init OUT/pretrained.pt`
@@ -74,7 +76,8 @@ def pretrain(
     prepare_on_first_use(GlobalOptions.data_dir, dataset, announce=announce)
     prepared = ensure_prepared(GlobalOptions.data_dir, dataset)
     use_threads(threads)
-    console.print(f"pre-training [bold]{model}[/] on [bold]{dataset}[/] -> {out_dir}")
+    display = console_err if json_output else console
+    display.print(f"pre-training [bold]{model}[/] on [bold]{dataset}[/] -> {out_dir}")
     final = pretrain_s3rec(
         prepared,
         config,
@@ -85,10 +88,11 @@ def pretrain(
         device=device,
         batch_size=batch_size,
         lr=lr,
-        console=console,
+        console=display,
         resume=resume,
     )
-    console.print(
-        f"wrote {final}; fine-tune with "
-        f"`lossbench train --dataset {dataset} --model {model} --init {final}`"
-    )
+    fine_tune = f"lossbench train --dataset {dataset} --model {model} --init {final}"
+    display.print(f"wrote {final}; fine-tune with `{fine_tune}`")
+    if json_output:
+        document = {"dataset": dataset, "model": model, "out_dir": str(out_dir)}
+        print_json({**document, "checkpoint": str(final), "fine_tune_command": fine_tune})

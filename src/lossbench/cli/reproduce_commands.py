@@ -24,13 +24,16 @@ from lossbench.cli.compare_commands import (
     _seeds,
     _summary_options,
 )
-from lossbench.cli.outputs import check_output_file, check_output_folder
+from lossbench.cli.outputs import check_output_file, check_output_folder, print_json
 from lossbench.errors import LossbenchError
 from lossbench.reproduce import DEFAULT_TOLERANCE
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from lossbench.compare import SummaryOptions
     from lossbench.compare.executors import ExecutorSettings
+    from lossbench.reproduce.report import ReproductionReport
 
 REPRODUCE = "Reproduction"
 
@@ -92,6 +95,7 @@ def reproduce(
     ] = False,
     markdown_file: opt.Markdown = None,
     retrain_changed: opt.RetrainChanged = False,
+    json_output: ci.JsonOutput = False,
     metrics: Metrics = "hr@10,ndcg@10",
     significance_metric: SignificanceMetric = "ndcg@10",
     permutations: Permutations = None,
@@ -132,7 +136,8 @@ def reproduce(
             f"{', '.join(datasets)}; it did for {', '.join(definition.published_datasets)}"
         )
     summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
-    far, failed = _reproduce(
+    display = console_err if json_output else console
+    report, failed = _reproduce(
         table,
         datasets,
         _seeds(seeds) or [],
@@ -144,7 +149,13 @@ def reproduce(
         markdown_file,
         retrain_changed,
         executor_settings,
+        display,
     )
+    if json_output:
+        from lossbench.reproduce.report import reproduction_document
+
+        print_json(reproduction_document(report, failed))
+    far = report.far
     if failed:
         console_err.print(f"{failed} run(s) failed; run the same command again to retry them")
         raise typer.Exit(1)
@@ -164,6 +175,7 @@ _NOT_TRAINING = (
     "expect_published",
     "markdown_file",
     "retrain_changed",
+    "json_output",
     "metrics",
     "significance_metric",
     "permutations",
@@ -185,9 +197,10 @@ def _reproduce(
     markdown_file: Path | None,
     retrain_changed: bool,
     executor_settings: ExecutorSettings,
-) -> tuple[list[str], int]:
-    """Plan, pre-train and train what is missing, then report; the lines beyond tolerance
-    and the number of runs that failed (they are left out of the report)."""
+    display: Console,
+) -> tuple[ReproductionReport, int]:
+    """Plan, pre-train and train what is missing, then report; the report and the number of
+    runs that failed (they are left out of the report)."""
     from lossbench.compare.executors import RunHandling, make_executor
     from lossbench.compare.failures import FailedRuns
     from lossbench.data.prepared import PreparedDataset, ensure_prepared, prepare_on_first_use
@@ -213,9 +226,9 @@ def _reproduce(
     reproduction = build_reproduction(
         get_table(table), datasets, seeds, flags, out, pretrain_epochs
     )
-    run_reproduction(reproduction, prepare, console, retrain_changed, executor)
-    report = render_reproduction(out, options, console, tolerance, markdown_file)
-    return report.far, len(failed.failures)
+    run_reproduction(reproduction, prepare, display, retrain_changed, executor)
+    report = render_reproduction(out, options, display, tolerance, markdown_file)
+    return report, len(failed.failures)
 
 
 def _print_tables() -> None:

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
 from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
-from lossbench.cli.outputs import check_run_folder
+from lossbench.cli.outputs import check_run_folder, print_json
 from lossbench.errors import LossbenchError
 
 if TYPE_CHECKING:
@@ -187,18 +188,21 @@ def _loss_share(metrics: dict[str, Any]) -> str:
 
 
 @app.command()
-def losses() -> None:
+def losses(json_output: ci.JsonOutput = False) -> None:
     """List the losses (built-in and installed), the setup each was published with and where
     each comes from. Any other `package.module:name` or `./file.py:name` works as well."""
     from lossbench.losses import LOSS_PLUGINS
     from lossbench.plugins import available
 
     table = Table(title="losses", caption="also: --loss package.module:name or ./file.py:name")
-    for column in ("name", "positions", "negatives", "what it computes", "from"):
+    columns = ("name", "positions", "negatives", "what it computes", "from")
+    for column in columns:
         table.add_column(column, justify="right" if column == "negatives" else "left")
+    rows: list[dict[str, str | None]] = []
     for name, found in available(LOSS_PLUGINS):
         if isinstance(found, Exception):
-            table.add_row(name, "", "", f"[red]{found}[/]", "entry point")
+            table.add_row(name, "", "", f"[red]{escape(str(found))}[/]", "entry point")
+            rows.append({"name": name, "from": "entry point", "error": str(found)})
             continue
         spec = found.value
         negatives = str(spec.negatives) if spec.samples_negatives else "full softmax"
@@ -206,12 +210,15 @@ def losses() -> None:
             negatives = "projected"
         if spec.negatives_from_flags:
             negatives = "--negatives"
-        table.add_row(name, spec.positions, negatives, spec.description, found.source.describe())
-    console.print(table)
+        cells = (name, spec.positions, negatives, spec.description, found.source.describe())
+        table.add_row(*cells)
+        keys = ("name", "positions", "negatives", "description", "from")
+        rows.append({**dict(zip(keys, cells, strict=True)), "error": None})
+    _show(table, {"losses": rows}, json_output)
 
 
 @app.command()
-def models() -> None:
+def models(json_output: ci.JsonOutput = False) -> None:
     """List the models (built-in and installed), their default loss, settings and origin."""
     from lossbench.models import MODEL_PLUGINS
     from lossbench.plugins import available
@@ -219,13 +226,31 @@ def models() -> None:
     table = Table(title="models", caption="also: --model package.module:name or ./file.py:name")
     for column in ("name", "default loss", "settings", "description", "from"):
         table.add_column(column)
+    rows: list[dict[str, Any]] = []
     for name, found in available(MODEL_PLUGINS):
         if isinstance(found, Exception):
-            table.add_row(name, "", "", f"[red]{found}[/]", "entry point")
+            table.add_row(name, "", "", f"[red]{escape(str(found))}[/]", "entry point")
+            rows.append({"name": name, "from": "entry point", "error": str(found)})
             continue
         spec = found.value
-        settings = ", ".join(
-            f"{field}={info.default}" for field, info in spec.config_class.model_fields.items()
-        )
+        defaults = {field: info.default for field, info in spec.config_class.model_fields.items()}
+        settings = ", ".join(f"{field}={value}" for field, value in defaults.items())
         table.add_row(name, spec.default_loss, settings, spec.description, found.source.describe())
-    console.print(table)
+        rows.append(
+            {
+                "name": name,
+                "default_loss": spec.default_loss,
+                "settings": defaults,
+                "description": spec.description,
+                "from": found.source.describe(),
+                "error": None,
+            }
+        )
+    _show(table, {"models": rows}, json_output)
+
+
+def _show(table: Table, document: dict[str, Any], json_output: bool) -> None:
+    """The table on standard output, or on standard error with the JSON document on output."""
+    (console_err if json_output else console).print(table)
+    if json_output:
+        print_json(document)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console
+from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
+from lossbench.cli.outputs import print_json
 from lossbench.errors import LossbenchError
 
 TUNE = "Tuning"
@@ -92,6 +95,7 @@ def tune(
     ] = None,
     preset: opt.Preset = None,
     training: opt.TrainingFlags = opt.NO_FLAGS,
+    json_output: ci.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Tune every loss on validation with the same budget, then write a grid that retrains each
@@ -109,6 +113,7 @@ def tune(
             "storage",
             "out",
             "config_file",
+            "json_output",
         ),
     )
     try:
@@ -119,7 +124,7 @@ def tune(
     from lossbench.data.prepared import PreparedDataset, ensure_prepared, prepare_on_first_use
     from lossbench.data.registry import get_dataset
     from lossbench.data.splits import SplitSpec
-    from lossbench.tuning.output import compare_command
+    from lossbench.tuning.output import SUMMARY_FILE, compare_command
     from lossbench.tuning.runner import tune_losses
     from lossbench.tuning.space import parse_space, read_tune_file
     from lossbench.tuning.study import TuneRequest, default_storage
@@ -146,19 +151,24 @@ def tune(
         prune=prune,
         out_dir=out,
     )
+    display = console_err if json_output else console
 
     def prepare(name: str, split: SplitSpec) -> PreparedDataset:
         prepare_on_first_use(GlobalOptions.data_dir, name, split, announce)
         return ensure_prepared(GlobalOptions.data_dir, name, split)
 
-    tune_losses(
+    _, written = tune_losses(
         request,
         storage or default_storage(out),
         prepare,
-        console,
+        display,
     )
-    console.print(f"tuned settings in {out / 'tuned.toml'}; retrain and test them on fresh seeds:")
-    console.print(f"  {compare_command(out)}", highlight=False, soft_wrap=True)
+    display.print(f"tuned settings in {out / 'tuned.toml'}; retrain and test them on fresh seeds:")
+    display.print(f"  {compare_command(out)}", highlight=False, soft_wrap=True)
+    if json_output:  # tuning.json as written, with the files and the command that follows
+        document = json.loads((out / SUMMARY_FILE).read_text())
+        files = {"files": [str(path) for path in written], "compare_command": compare_command(out)}
+        print_json(document | files)
 
 
 __all__ = ["tune"]

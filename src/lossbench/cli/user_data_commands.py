@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from lossbench.cli.app import DataDir, GlobalOptions, app, console
+from lossbench.cli import ci_options as ci
+from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.outputs import print_json
 
 FILE = "File"
 PROTOCOL = "Protocol"
@@ -66,6 +68,7 @@ def add_dataset_command(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an entry of the same name.")
     ] = False,
+    json_output: ci.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Register your own interactions file, check and prepare it; then use --dataset NAME."""
@@ -90,10 +93,17 @@ def add_dataset_command(
         file_format=file_format,
         force=force,
     )
-    console.print(summary_table([added.prepared]))
+    display = console_err if json_output else console
+    display.print(summary_table([added.prepared]))
     verb = "replaced" if added.replaced else "registered"
-    console.print(
-        f"{verb} {name} in {added.registry} ({added.entry.local_file.size:,} bytes, sha256 "  # type: ignore[union-attr]
-        f"{added.entry.local_file.sha256[:12]}); use it with --dataset {name}",  # type: ignore[union-attr]
+    local = added.entry.local_file
+    assert local is not None  # add_dataset registers a local file
+    display.print(
+        f"{verb} {name} in {added.registry} ({local.size:,} bytes, sha256 "
+        f"{local.sha256[:12]}); use it with --dataset {name}",
         highlight=False,
     )
+    if json_output:  # the registered file, and the prepared folder's meta.json
+        recorded = {"path": local.path, "size": local.size, "sha256": local.sha256}
+        document = {"name": name, "registry": str(added.registry), "replaced": added.replaced}
+        print_json({**document, "file": recorded, "meta": added.prepared.meta})

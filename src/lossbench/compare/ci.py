@@ -1,6 +1,7 @@
 """A comparison as a pipeline step: a run that fails is recorded (the others still train),
 expectations are judged on the summary, and the outcome is published as PASS / FAIL lines,
-`--json`, `--junit` and the CI step summary, with an exit code (0: all held, 1: not).
+`verdict.json` beside `summary.md` (the `--json` document), `--junit` and the CI step summary,
+with an exit code (0: all held, 1: not).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from lossbench.compare.outputs import (
     write_junit,
 )
 from lossbench.compare.plan import load_saved_plan
-from lossbench.compare.report import SUMMARY_FILE
+from lossbench.compare.report import SUMMARY_FILE, write_text
 from lossbench.compare.results import results_frame
 from lossbench.compare.runner import PrepareFn, compare_losses
 from lossbench.compare.summary import SummaryOptions, summarize
@@ -43,6 +44,8 @@ from lossbench.training.run_files import is_finished
 
 if TYPE_CHECKING:
     from lossbench.training.observers import RunObserver
+
+VERDICT_FILE = "verdict.json"  # the --json document, written beside summary.md
 
 __all__ = ["FAILURE_FILE", "FailedRuns", "Outcome", "Publishing", "compare_and_judge"]
 
@@ -183,16 +186,18 @@ def publish(
             highlight=False,
             soft_wrap=True,
         )
+    document = comparison_document(
+        outcome.run_dirs,
+        outcome.summary,
+        outcome.metrics,
+        options.significance_metric,
+        outcome.verdicts,
+        outcome.failures,
+    )
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    write_text(out_dir / VERDICT_FILE, text)  # the verdict stays beside summary.md
     if publishing.json_output:
-        document = comparison_document(
-            outcome.run_dirs,
-            outcome.summary,
-            outcome.metrics,
-            options.significance_metric,
-            outcome.verdicts,
-            outcome.failures,
-        )
-        sys.stdout.write(json.dumps(document, indent=2, allow_nan=False) + "\n")
+        sys.stdout.write(text)
         sys.stdout.flush()
     if publishing.junit is not None:
         write_junit(publishing.junit, outcome.verdicts, outcome.failures, seconds)

@@ -162,6 +162,21 @@ def comparison_document(
     return finite(document)
 
 
+def report_document(
+    run_dirs: Sequence[Path],
+    summary: pl.DataFrame,
+    metrics: Sequence[str],
+    significance_metric: str,
+    warning: str | None,
+) -> dict[str, Any]:
+    """The `--json` document of `report`: the comparison's shape without a verdict (`report`
+    judges no expectation), with the warning shown when runs trained differently were split."""
+    document = comparison_document(run_dirs, summary, metrics, significance_metric, [], [])
+    for key in ("passed", "failed_runs", "expectations"):
+        del document[key]
+    return {**document, "warning": warning}
+
+
 def finite(value: Any) -> Any:
     """`value` with every NaN / infinity replaced by None (recursively)."""
     if isinstance(value, float):

@@ -261,8 +261,8 @@ def train_with_workers(
     resources: RunResources,
     train: TrainFn | None,
 ) -> RunOutcome:
-    """One run in `resources.workers` Ray Train workers (`ray_train.py`); this task holds the
-    run folder's lock, reuses a run finished meanwhile, and records a failure."""
+    """One run in `resources.workers` Ray Train workers (`ray_train.py`); the run's own Ray
+    task holds its folder's lock, reuses a run finished meanwhile, and records a failure."""
     import traceback
 
     from lossbench.compare.ray_train import fit_data_parallel

@@ -108,8 +108,23 @@ def render_report(
     """Re-render everything from the finished runs of DIR; return the files written (none
     with `print_only`: the tables go to the console only). `markdown_file`: also write the
     comparison table there as markdown (the text of summary.md)."""
-    console = console or Console(quiet=True)
     comparison = load_comparison(out_dir, options, baseline, allow_mixed)
+    return present_report(
+        comparison, out_dir, options, console, print_only=print_only, markdown_file=markdown_file
+    )
+
+
+def present_report(
+    comparison: Comparison,
+    out_dir: Path,
+    options: SummaryOptions,
+    console: Console | None = None,
+    *,
+    print_only: bool = False,
+    markdown_file: Path | None = None,
+) -> list[Path]:
+    """Print the tables of a loaded comparison, then write its files (see `render_report`)."""
+    console = console or Console(quiet=True)
     if comparison.warning is not None:
         console.print(f"[yellow]{escape(comparison.warning)}[/]", highlight=False)
     for table in rich_tables(comparison.summary, options):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,17 @@ import polars as pl
 from lossbench.atomic import write_with
 from lossbench.compare.arms import record_label
 from lossbench.data.fingerprint import describe
+from lossbench.errors import LossbenchError
 from lossbench.training.run_files import (
     CONFIG_FILE,
+    DAMAGED_FIX,
     HISTORY_FILE,
     METRICS_FILE,
     RANKS_FILE,
     REPLACED,
     read_metrics,
+    read_record,
+    run_problems,
 )
 
 RESULTS_PARQUET = "results.parquet"
@@ -49,8 +54,12 @@ def find_finished_runs(root: Path) -> list[Path]:
 
 def run_row(run_dir: Path) -> dict[str, Any]:
     """One run as a flat row: keys, resolved loss settings, metrics, timings, config."""
+    if problems := run_problems(run_dir, hashes=False):  # a stat per file: cheap
+        raise LossbenchError(f"{problems[0]}; {DAMAGED_FIX}")
     metrics = read_metrics(run_dir)
-    record = json.loads((run_dir / CONFIG_FILE).read_text())
+    record = read_record(run_dir)
+    if record is None:
+        raise LossbenchError(f"{run_dir / CONFIG_FILE} is missing or damaged; {DAMAGED_FIX}")
     config = record.get("config", {})
     loss_settings = {k: v for k, v in record.get("loss_settings", {}).items() if k != "loss"}
     environment = record.get("environment", {})
@@ -124,9 +133,25 @@ def write_results(frame: pl.DataFrame, out_dir: Path) -> list[Path]:
 
 def read_ranks(run_dir: Path) -> pl.DataFrame:
     """`user`, `target`, `rank` of every test user of one run."""
-    return pl.read_parquet(run_dir / RANKS_FILE)
+    return _read(run_dir / RANKS_FILE, pl.read_parquet, ("user", "target", "rank"))
 
 
 def read_history(run_dir: Path) -> pl.DataFrame:
     """One row per epoch: loss, validation metrics, seconds, peak memory."""
-    return pl.read_csv(run_dir / HISTORY_FILE)
+    return _read(run_dir / HISTORY_FILE, pl.read_csv, ("epoch",))
+
+
+def _read(
+    path: Path, reader: Callable[[Path], pl.DataFrame], columns: tuple[str, ...]
+) -> pl.DataFrame:
+    """`reader(path)`; a missing, cut or overwritten file is a LossbenchError naming it."""
+    try:
+        frame = reader(path)
+    except FileNotFoundError:
+        raise LossbenchError(f"{path} is missing; {DAMAGED_FIX}") from None
+    except (OSError, pl.exceptions.PolarsError) as error:
+        kind = type(error).__name__
+        raise LossbenchError(f"{path} is damaged ({kind}); {DAMAGED_FIX}") from None
+    if missing := [name for name in columns if name not in frame.columns]:
+        raise LossbenchError(f"{path} is damaged (no {', '.join(missing)} column); {DAMAGED_FIX}")
+    return frame

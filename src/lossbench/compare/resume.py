@@ -3,11 +3,12 @@ other settings, and what happens to those.
 
 A run folder is `finished` (metrics.json) or `partial` (a checkpoint) with the settings the
 plan asks for, `changed` when either holds other settings, `stale` when only the source file
-of a plugin loss or model differs from the one it was trained with, or `missing`. A
-comparison with changed runs is refused, naming every setting that differs (old -> new);
-with `--retrain-changed` they are retrained. Stale runs are retrained (the code was edited on
-purpose). Either way the old folder is first moved aside to `<run>.replaced-<time>/`, so no
-result is ever deleted.
+of a plugin loss or model differs from the one it was trained with, `damaged` when a finished
+run's files no longer match what it recorded (metrics.json cut short, test ranks overwritten),
+or `missing`. A comparison with changed runs is refused, naming every setting that differs
+(old -> new); with `--retrain-changed` they are retrained. Stale runs are retrained (the code
+was edited on purpose), and so are damaged ones (their numbers cannot be trusted). Either way
+the old folder is first moved aside to `<run>.replaced-<time>/`, so no result is ever deleted.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from lossbench.training.run_files import (
     REPLACED,
     is_finished,
     read_record,
+    run_problems,
     setting_changes,
     setting_text,
     source_changes,
 )
 from lossbench.training.run_lock import lock_holder, run_lock
 
-RunState = Literal["finished", "partial", "changed", "stale", "missing"]
+RunState = Literal["finished", "partial", "changed", "stale", "damaged", "missing"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class RunStatus:
     entry: PlanEntry
     state: RunState
     changes: list[tuple[str, Any, Any]] = field(default_factory=list)  # (setting, old, new)
+    problems: list[str] = field(default_factory=list)  # why a finished run is damaged
 
 
 def run_status(entry: PlanEntry) -> RunStatus:
@@ -46,6 +49,8 @@ def run_status(entry: PlanEntry) -> RunStatus:
     finished = is_finished(entry.run_dir)
     if not finished and not (entry.run_dir / CHECKPOINT_FILE).is_file():
         return RunStatus(entry, "missing")  # nothing there that took time to compute
+    if finished and (problems := run_problems(entry.run_dir, hashes=True)):
+        return RunStatus(entry, "damaged", problems=problems)
     record = read_record(entry.run_dir) or {}
     saved = record.get("config")
     if not isinstance(saved, dict):

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lossbench.compare.grid import Grid
 from lossbench.compare.plan import ComparisonPlan, build_plan
 from lossbench.compare.report import render_report
-from lossbench.compare.resume import move_aside, refuse_changed, run_status
+from lossbench.compare.resume import RunStatus, move_aside, refuse_changed, run_status
 from lossbench.compare.summary import SummaryOptions
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.splits import SplitSpec
@@ -70,11 +70,10 @@ def execute_plan(
     if memory_budget is not None:
         check_memory_budget(todo, prepare, memory_budget, console)
     for status in statuses:
-        if status.state in ("changed", "stale"):
+        if status.state in ("changed", "stale", "damaged"):
             moved = move_aside(status.entry.run_dir)
-            why = "other settings" if status.state == "changed" else "another version of its code"
             console.print(
-                f"[yellow]{status.entry.run_dir} was trained with {why}: retraining it "
+                f"[yellow]{escape(_why_retrained(status))}: retraining it "
                 f"(the old run is kept as {moved.name})[/]"
             )
     reused = len(statuses) - len(todo)
@@ -82,6 +81,13 @@ def execute_plan(
         console.print(f"reusing {reused} finished run(s) of {len(statuses)}")
     plan.save()
     return (executor or run_locally)(todo, prepare, console)
+
+
+def _why_retrained(status: RunStatus) -> str:
+    if status.state == "damaged":
+        return f"{status.entry.run_dir} is damaged ({'; '.join(status.problems)})"
+    why = "other settings" if status.state == "changed" else "another version of its code"
+    return f"{status.entry.run_dir} was trained with {why}"
 
 
 def check_memory_budget(

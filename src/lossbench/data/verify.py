@@ -9,11 +9,18 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from lossbench.data.prepared import FORMAT_VERSION, prepared_problems, preprocess_command, read_meta
+from lossbench.data.prepared import (
+    FORMAT_VERSION,
+    prepared_problems,
+    preprocess_command,
+    read_meta,
+)
 from lossbench.data.raw_files import raw_dir, raw_problems
 from lossbench.data.registry import DatasetEntry
 from lossbench.data.splits import LOO, SplitSpec
 from lossbench.errors import LossbenchError
+
+META_FILE = "meta.json"
 
 
 @dataclass
@@ -58,7 +65,11 @@ def verify_dataset(data_dir: Path, entry: DatasetEntry, *, named: bool) -> Verif
 
 def _check_prepared(data_dir: Path, name: str, folder: Path, report: VerifyReport) -> None:
     meta = read_meta(folder)
-    if meta is None:
+    if meta is None:  # what training reads first: without it the dataset is not prepared
+        state = "is damaged" if (folder / META_FILE).exists() else "is missing"
+        fix = f"run `lossbench preprocess {name} --force`{_split_flags(folder)}"
+        relative = folder.relative_to(data_dir) if folder.is_relative_to(data_dir) else folder
+        report.problems.append(f"{relative / META_FILE} {state}; {fix}")
         return
     try:
         split = SplitSpec.model_validate(meta.get("split", {"kind": "loo"}))
@@ -71,3 +82,12 @@ def _check_prepared(data_dir: Path, name: str, folder: Path, report: VerifyRepor
     problems = prepared_problems(data_dir, name, meta, hashes=True, split=split)
     report.problems += [f"{problem}; {fix}" for problem in problems]
     report.checked.append(f"{len(meta.get('files', {}))} prepared files ({split.label})")
+
+
+def _split_flags(folder: Path) -> str:
+    """'' for the `prepared` folder; for `prepared-temporal-v0.8-t0.9` the flags that made it."""
+    suffix = folder.name.removeprefix("prepared")
+    if not suffix.startswith("-temporal-v"):
+        return ""
+    valid, _, test = suffix.removeprefix("-temporal-v").partition("-t")
+    return f" --split temporal --valid-quantile {valid} --test-quantile {test}"

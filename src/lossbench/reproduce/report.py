@@ -302,5 +302,36 @@ def render_reproduction(
     return report
 
 
+def reproduction_document(report: ReproductionReport, failed_runs: int) -> dict[str, Any]:
+    """`reproduce --json`: every cell beside the study's number, as the table shows it."""
+    cells = [
+        {
+            "dataset": cell.dataset,
+            "model": cell.model,
+            "loss": cell.label,
+            "original": cell.original,
+            "seeds": cell.seeds,
+            "metrics": {
+                name: {
+                    "mean": cell.means[name],
+                    "std": cell.stds[name],
+                    "study": cell.published.get(name),
+                    "difference_percent": cell.difference(name),
+                }
+                for name in cell.means
+            },
+            "direction": cell.direction,
+        }
+        for cell in report.results
+    ]
+    return {
+        "table": report.table,
+        "cells": cells,
+        "far": report.far,
+        "notes": report.notes,
+        "failed_runs": failed_runs,
+    }
+
+
 def _epochs(count: int) -> str:
     return f"{count} epoch{'s' if count != 1 else ''}"

@@ -12,7 +12,9 @@
 - `checkpoint.pt`: while the run trains, everything needed to continue it after an
   interruption (see `checkpoint.py`); removed when the run finishes.
 - `metrics.json`: validation and test metrics, timings, the seen-items rule (`seen_targets`:
-  miss, rank or keep); written last, so its presence means the run finished.
+  miss, rank or keep), and under `files` the size and sha256 of every other file the run
+  wrote (as prepared data records its files); written last, so its presence means the run
+  finished. `run_problems` checks a finished folder against it.
 
 Two runs "have the same settings" when their recorded configurations agree on every setting
 but the execution-only ones (`EXECUTION_ONLY`): `setting_changes` lists the others that differ,
@@ -33,8 +35,10 @@ from torch import Tensor
 from lossbench import __version__
 from lossbench.atomic import write_json, write_with
 from lossbench.data.fingerprint import META_KEY as FINGERPRINT_KEY
+from lossbench.data.integrity import damage, file_record
 from lossbench.data.prepared import OriginalIds, PreparedDataset
 from lossbench.data.sequences import SequenceTensors
+from lossbench.errors import LossbenchError
 from lossbench.losses.softmax_backend import softmax_backend
 from lossbench.plugins import changed_sources
 from lossbench.training.config import TrainConfig
@@ -71,6 +75,9 @@ BACKFILLED = (
     "rece_extra_chunks",
 )
 REPLACED = ".replaced-"  # run folders set aside by a resumed comparison: `seed0.replaced-<time>`
+FILES_KEY = "files"  # metrics.json: {file name: {"size", "sha256"}} of the run's other files
+RECORDED = (CONFIG_FILE, HISTORY_FILE, WEIGHTS_FILE, RANKS_FILE, TOPK_FILE)
+METRICS_KEYS = ("dataset", "model", "loss", "seed", "valid", "test")  # what report reads
 
 
 class RunFiles:
@@ -126,7 +133,9 @@ class RunFiles:
                     original_topk_ids(self.original_ids, user_rows, targets, result.topk)
                 )
             write_with(self.run_dir / TOPK_FILE, topk.write_parquet)
-        write_json(self.run_dir / METRICS_FILE, metrics)
+        written = [name for name in RECORDED if (self.run_dir / name).is_file()]
+        files = {name: file_record(self.run_dir / name) for name in written}
+        write_json(self.run_dir / METRICS_FILE, {**metrics, FILES_KEY: files})
         (self.run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # finished: nothing to resume
 
 
@@ -192,7 +201,54 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
-    return dict(json.loads((run_dir / METRICS_FILE).read_text()))
+    """metrics.json of a finished run, as the run reported it (without the file records); a
+    damaged one is a LossbenchError naming it."""
+    problem, metrics = _parse_metrics(run_dir)
+    if problem is None and not all(key in metrics for key in METRICS_KEYS):
+        problem = f"{run_dir / METRICS_FILE} is damaged (it lacks the metrics a run records)"
+    if problem is not None:
+        raise LossbenchError(f"{problem}; {DAMAGED_FIX}")
+    return {key: value for key, value in metrics.items() if key != FILES_KEY}
+
+
+DAMAGED_FIX = (
+    "rerun the comparison with the same --out (it sets the damaged run aside as "
+    f"<run>{REPLACED}<time> and trains it again), or move the run folder away"
+)
+
+
+def _parse_metrics(run_dir: Path) -> tuple[str | None, dict[str, Any]]:
+    """(None, metrics) or (a phrase naming metrics.json and what is wrong with it, {})."""
+    path = run_dir / METRICS_FILE
+    try:
+        metrics = json.loads(path.read_bytes())
+    except OSError as error:
+        return f"{path} cannot be read ({(error.strerror or str(error)).lower()})", {}
+    except ValueError:
+        return f"{path} is damaged (not valid JSON: cut short or overwritten)", {}
+    if not isinstance(metrics, dict):
+        return f"{path} is damaged (not a JSON object)", {}
+    return None, metrics
+
+
+def run_problems(run_dir: Path, *, hashes: bool) -> list[str]:
+    """What is wrong with a finished run folder: metrics.json unreadable, or a file it records
+    missing or changed since it was written (`hashes=False`: sizes only, a stat per file).
+    Runs finished before files were recorded are checked for a readable metrics.json only."""
+    problem, metrics = _parse_metrics(run_dir)
+    if problem is not None:
+        return [problem]
+    records = metrics.get(FILES_KEY)
+    if not isinstance(records, dict):
+        return []
+    problems = []
+    for name, record in sorted(records.items()):
+        if not isinstance(record, dict):
+            return [f"{run_dir / METRICS_FILE} is damaged (its file records are not readable)"]
+        found = damage(run_dir / name, record.get("size"), record.get("sha256"), hashes=hashes)
+        if found is not None:
+            problems.append(found)
+    return problems
 
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:
