@@ -34,6 +34,7 @@ bench: install
 	$(PYTHON) bench/training.py --million-items
 	$(PYTHON) bench/pretraining.py
 	$(PYTHON) bench/softmax_chunk.py
+	$(PYTHON) bench/bf16_profile.py
 
 clean:
 	rm -rf runs build dist .pytest_cache .ruff_cache .mypy_cache

@@ -12,11 +12,15 @@ On a machine without CUDA it says so in one line and exits 0. Sections, in this 
    the fused and the item-chunked softmax; whether two chunk sizes give the same bits; and
    Cut Cross-Entropy's kernels (needs CUDA and `lossbench[cce]`) against the chunked path in
    float64, loss and both gradients.
-2. `epochs`: SASRec epochs of bce and improved on lastfm and beauty-s3rec, fp32 and bf16,
+2. `softmax`: the full softmax's loss step, fp32 against bf16 (the bf16 path: bf16 logits and
+   gradient products, fp32 sums), on one training batch of beauty-s3rec and lastfm: median
+   milliseconds, GFLOP/s beside the device's matmul rates for the same shapes, peak memory,
+   and bf16's relative difference from fp32 in the loss and both gradients.
+3. `epochs`: SASRec epochs of bce and improved on lastfm and beauty-s3rec, fp32 and bf16,
    eager then `--compile`: seconds (each epoch ends on a device sync), validation seconds,
    peak GPU memory (`torch.cuda.max_memory_allocated`), and torch.compile's graph counts.
-3. `million_items`: sasrec + improved steps on a 1,000,000-item catalogue, fp32 and bf16.
-4. `compare`: one whole `lossbench compare --smoke` in a fresh process (`compare_smoke`).
+4. `million_items`: sasrec + improved steps on a 1,000,000-item catalogue, fp32 and bf16.
+5. `compare`: one whole `lossbench compare --smoke` in a fresh process (`compare_smoke`).
 
 Every entry is isolated: one that fails records its error and the rest still run, and the
 file is rewritten after each, so a run cut short keeps what it measured. Entries that would
@@ -49,6 +53,7 @@ import polars as pl
 import torch
 
 import lossbench
+from bf16_profile import matmul_rates, softmax_step
 from harness import (
     MILLION,
     catalogue_step_config,
@@ -64,7 +69,7 @@ from lossbench.training.softmax_chunk import cpu_model_name
 from parity import cce_parity, chunk_bits, fast_path_parity
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("parity", "epochs", "million_items", "compare")
+SECTIONS = ("parity", "softmax", "epochs", "million_items", "compare")
 COMPILE_RESERVE = 90.0  # seconds a compiled entry needs at least (compilation included)
 EAGER_RESERVE = 20.0
 
@@ -80,6 +85,11 @@ class Plan:
     losses: list[str] = field(default_factory=lambda: ["bce", "improved"])
     model_settings: dict[str, Any] = field(default_factory=dict)
     catalogue_items: int = MILLION
+    # (dataset, training positions in one batch of 256 users, items): the softmax section
+    softmax_shapes: list[tuple[str, int, int]] = field(
+        default_factory=lambda: [("beauty-s3rec", 1500, 12101), ("lastfm", 11000, 3646)]
+    )
+    square: int = 2048  # the square matmul beside the softmax's shapes
     compare_args: list[str] = field(default_factory=list)
 
 
@@ -94,6 +104,8 @@ def dry_run_plan() -> Plan:
         2,
         model_settings={"hidden_size": 16, "num_layers": 1, "max_len": 20},
         catalogue_items=5_000,
+        softmax_shapes=[("synthetic", 200, 500)],
+        square=128,  # an emulated bf16 2048^3 product takes a minute
         # One seed, and no chunk probe in a check of the script.
         compare_args=["--seeds", "0", "--softmax-chunk", "1048576"],
     )
@@ -203,6 +215,22 @@ def parity_section(plan: Plan, report: Report) -> bool:
 
 def same_bits(device: torch.device) -> dict[str, Any]:
     return {"same_bits": chunk_bits(device)}
+
+
+def softmax_section(plan: Plan, report: Report) -> None:
+    device = torch.device(plan.device)
+    for name, positions, n_items in plan.softmax_shapes:
+        what = {"dataset": name}
+        work = functools.partial(softmax_entry, device, positions, n_items, plan.square)
+        report.add("softmax", measured(what, work, report, EAGER_RESERVE))
+
+
+def softmax_entry(
+    device: torch.device, positions: int, n_items: int, square: int
+) -> dict[str, Any]:
+    """The loss step fp32 against bf16, and the matmul rates of its shapes (GFLOP/s)."""
+    rates = matmul_rates(positions, n_items, repeats=3, device=device, square=square)
+    return {**softmax_step(positions, n_items, rounds=9, device=device), "matmul": rates}
 
 
 def epochs_section(
@@ -356,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as work_dir:
         if "parity" in sections:
             passed = parity_section(plan, report)
+        if "softmax" in sections:
+            softmax_section(plan, report)
         if "epochs" in sections:
             epochs_section(plan, report, data_dir, mirror, args.skip_compile)
         if "million_items" in sections:
@@ -371,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
 def summary(document: dict[str, Any], path: Path) -> str:
     """One line per section: how many entries ran, were skipped or failed."""
     lines = [f"wrote {path} in {document['total_seconds']:.0f} s"]
-    for section in ("parity", "epochs", "million_items"):
+    for section in ("parity", "softmax", "epochs", "million_items"):
         entries = document.get(section, [])
         failed = sum("error" in e or e.get("passed") is False for e in entries)
         skipped = sum("skipped" in e for e in entries)

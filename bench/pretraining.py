@@ -1,7 +1,16 @@
-"""Speed of S3Rec pre-training (`lossbench pretrain --model s3rec`), packed against padded.
+"""Speed of S3Rec pre-training (`lossbench pretrain --model s3rec`): one pre-training epoch
+beside one SASRec epoch on the same data, and the packed encoder against the padded one.
 
-    python bench/pretraining.py                   # lastfm, 40 timed batches after 3 warm-up
+    python bench/pretraining.py                   # lastfm: both epochs, then 40 timed batches
+    python bench/pretraining.py --dataset synthetic --no-batches   # only the two epochs
     python bench/pretraining.py --json            # the same numbers as JSON
+
+`epochs`: one whole pre-training epoch (`pretrain_s3rec`, the study's model and batch 100)
+and one SASRec + improved training epoch (`lossbench train`'s loop, the study's settings), one
+after the other, their seconds and the ratio. An epoch of pre-training is every prefix of every
+user's window (S3Rec's samples), each encoded four times (the masked sequence and SP's three),
+so it encodes about 2 x window length times the items of a SASRec epoch: the items encoded by
+each are printed too, and the seconds per thousand items, the per-item cost of each path.
 
 Times training steps (batch building, the four objectives, backward, Adam) on one epoch's
 batch order, alternating batch by batch between the packed encoder (the default on CPU: real
@@ -22,12 +31,13 @@ from typing import Any
 
 import torch
 
+from harness import run_config, timed_run
 from lossbench.data.prepared import ensure_prepared
 from lossbench.errors import LossbenchError
 from lossbench.models.s3rec import PretrainObjectives, S3Rec, S3RecConfig, S3RecPretrainer
 from lossbench.models.transformer import TransformerEncoder
 from lossbench.paths import default_data_dir
-from lossbench.training.pretrain import make_batch, pretrain_samples
+from lossbench.training.pretrain import make_batch, pretrain_s3rec, pretrain_samples
 from lossbench.training.setup import make_adam, seed_everything
 
 
@@ -79,21 +89,74 @@ def bench_pretraining(name: str, data_dir: Path, batches: int, batch_size: int) 
     }
 
 
+def bench_epochs(name: str, data_dir: Path) -> dict[str, Any]:
+    """One pre-training epoch and one SASRec epoch on `name`: seconds, items encoded, ratio."""
+    import tempfile
+
+    dataset = ensure_prepared(data_dir, name)
+    config = S3RecConfig.model_validate({})
+    samples = pretrain_samples(dataset, config.max_len, torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as out:
+        pretrain_s3rec(dataset, config, Path(out), 1, 1, seed=0, device="cpu")
+        history = json.loads((Path(out) / "pretrain-history.json").read_text())
+    pretrain_seconds = history[0]["seconds"]
+    threads = torch.get_num_threads()  # both at the same threads
+    sasrec = timed_run(run_config(name, "improved", 1, threads=threads), dataset)
+    sasrec_seconds = sasrec["first_epoch_seconds"]
+    # Items each epoch encodes: pre-training 4 sequences per prefix sample; SASRec each
+    # user's inputs (its window's items but the last, up to max_len).
+    pretrain_items = 4 * int(samples.length.sum())
+    sasrec_items = int((dataset.train_lengths - 1).clip(0, config.max_len).sum())
+    return {
+        "dataset": name,
+        "pretrain_epoch_seconds": pretrain_seconds,
+        "sasrec_epoch_seconds": sasrec_seconds,
+        "pretrain_vs_sasrec": pretrain_seconds / sasrec_seconds,
+        "pretrain_items_encoded": pretrain_items,
+        "sasrec_items_encoded": sasrec_items,
+        "pretrain_ms_per_1k_items": 1e6 * pretrain_seconds / pretrain_items,
+        "sasrec_ms_per_1k_items": 1e6 * sasrec_seconds / sasrec_items,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--dataset", default="lastfm")
     parser.add_argument("--batches", type=int, default=40, help="timed batches (each mode)")
     parser.add_argument("--batch-size", type=int, default=100, help="as `lossbench pretrain`")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a line")
+    parser.add_argument("--no-batches", action="store_true", help="only the two epochs")
+    parser.add_argument("--no-epochs", action="store_true", help="only packed vs padded")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of lines")
     args = parser.parse_args()
-    row = bench_pretraining(args.dataset, args.data_dir, args.batches, args.batch_size)
+    rows: dict[str, dict[str, Any]] = {}
+    if not args.no_epochs:
+        rows["epochs"] = bench_epochs(args.dataset, args.data_dir)
+    if not args.no_batches:
+        rows["batches"] = bench_pretraining(
+            args.dataset, args.data_dir, args.batches, args.batch_size
+        )
     if args.json:
-        json.dump(row, sys.stdout, indent=2)
+        json.dump(rows, sys.stdout, indent=2)
         print()
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    if "epochs" in rows:
+        e = rows["epochs"]
+        print(
+            f"{e['dataset']}: pre-training epoch {e['pretrain_epoch_seconds']:.1f} s, SASRec "
+            f"epoch {e['sasrec_epoch_seconds']:.1f} s, ratio {e['pretrain_vs_sasrec']:.1f}x; "
+            f"items encoded {e['pretrain_items_encoded']:,} vs {e['sasrec_items_encoded']:,} "
+            f"({e['pretrain_items_encoded'] / e['sasrec_items_encoded']:.0f}x); ms per 1,000 "
+            f"items {e['pretrain_ms_per_1k_items']:.2f} vs {e['sasrec_ms_per_1k_items']:.2f}"
+        )
+    if "batches" in rows:
+        row = rows["batches"]
+        print(
+            "  ".join(
+                f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -81,6 +81,15 @@ def check_document(document: dict, compiled: str) -> None:
             assert entry["peak_memory_mb"] > 0 and 0 <= entry["test_ndcg@10"] <= 1
         elif entry["compile"] and compiled == "skipped":
             assert entry["skipped"] == "--skip-compile"
+    softmax = document["softmax"]
+    assert [e["dataset"] for e in softmax] == ["synthetic"] and "error" not in softmax[0]
+    assert softmax[0]["fp32_ms"] > 0 and softmax[0]["bf16_ms"] > 0
+    assert softmax[0]["bf16_relative_difference"]["loss"] < 1e-2  # bf16 near fp32
+    assert [r["product"] for r in softmax[0]["matmul"]][1:] == [
+        "logits N x D x V",
+        "grad hidden N x V x D",
+        "grad items D x N x V",
+    ]
     steps = document["million_items"]
     assert [e["precision"] for e in steps] == ["fp32", "bf16"]
     assert steps[0]["n_items"] == 5_000 and steps[0]["seconds_per_step"] > 0
@@ -90,7 +99,7 @@ def check_document(document: dict, compiled: str) -> None:
 def test_dry_run_writes_every_section(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     arguments = ["--cpu-dry-run", "--out", str(out), "--data-dir", str(tmp_path / "data")]
-    sections = ["--sections", "parity,epochs,million_items", "--skip-compile"]
+    sections = ["--sections", "parity,softmax,epochs,million_items", "--skip-compile"]
     assert gpu.main([*arguments, *sections]) == 0
     check_document(json.loads(out.read_text()), compiled="skipped")
 

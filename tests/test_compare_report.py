@@ -390,3 +390,14 @@ def test_versus_refuses_a_set_trained_differently(tmp_path: Path) -> None:
         "sasrec + bce [lr=0.001]",
         "sasrec + bce [lr=0.01]",
     ]
+
+
+def test_a_comparison_refuses_to_mix_precisions_unless_asked(tmp_path: Path) -> None:
+    """bf16 and fp32 runs of one comparison are not pooled or paired silently."""
+    ranks = np.random.default_rng(6).integers(1, 40, N_USERS)
+    for seed in (0, 1):
+        write_fake_run(tmp_path, "bce", seed, ranks)
+        write_fake_run(tmp_path, "improved", seed, ranks, precision="bf16" if seed else "fp32")
+    with pytest.raises(LossbenchError, match=r"precision \(bf16 in improved seed 1"):
+        render_report(tmp_path, OPTIONS)
+    assert render_report(tmp_path, OPTIONS, allow_mixed=True)

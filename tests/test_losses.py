@@ -220,9 +220,7 @@ def test_fused_softmax_over_position_chunks_matches_plain(chunk: int) -> None:
 
 
 def test_fused_softmax_gradcheck(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        full_softmax, "fused_block", lambda n_items, device: 2
-    )  # chunks of 2 positions
+    monkeypatch.setattr(full_softmax, "fused_block", lambda n_items, *_: 2)  # chunks of 2 positions
     generator = torch.Generator().manual_seed(5)
     table = torch.randn(8, 3, generator=generator, dtype=torch.float64, requires_grad=True)
     hidden = torch.randn(5, 3, generator=generator, dtype=torch.float64, requires_grad=True)
@@ -390,6 +388,8 @@ def test_fused_chunks_are_whole_blocks() -> None:
     assert fused_block(3_646) == 256  # 287 -> 256
     assert fused_block(30_000) == 64  # at least 64
     assert fused_block(10) == 104_832  # 104,857 -> a multiple of 64
+    bf16 = torch.bfloat16  # 2M logits, the same 4 MB
+    assert fused_block(12_101, dtype=bf16) == 128 and fused_block(3_646, dtype=bf16) == 512
     assert fused_rows(1 << 20, 12_101) == 64
     assert fused_rows(1 << 22, 12_101) == 320  # 346 -> five blocks
     assert fused_rows(1 << 22, 3_646) == 1024  # 1,150 -> four blocks
@@ -446,7 +446,7 @@ def test_softmax_results_are_the_same_bits_whatever_the_chunk(
         take_item_chunks(monkeypatch, block=64)
         chunks = [333 * 64, 1, 333 * 128, 333 * 320, 10**8]
     else:
-        monkeypatch.setattr(full_softmax, "fused_block", lambda n_items, device: 64)
+        monkeypatch.setattr(full_softmax, "fused_block", lambda n_items, *_: 64)
         chunks = [n_items * 64, 1, n_items * 128, n_items * 192, 10**8]
     assert_same_bits_for_chunks(chunks, precision, n_items)
 

@@ -299,3 +299,100 @@ def test_pretrain_resumes_from_a_checkpoint(tmp_path: Path) -> None:
         pretrain_s3rec(
             dataset, config, tmp_path, epochs=3, checkpoint_every=1, seed=0, resume=final
         )
+
+
+def reference_batch(
+    samples_windows: list[list[int]],
+    lengths: list[int],
+    all_items: list[int],
+    n_items: int,
+    users: list[int],
+    ks: list[int],
+    mask_prob: float,
+    generator: torch.Generator,
+    width: int,
+) -> dict[str, list[list[int]]]:
+    """S3Rec's batch built sample by sample in plain Python (as the original code does, one
+    prefix at a time), from the same uniform draws `make_batch` takes, in the same order."""
+    batch = len(users)
+    mask_draws = torch.rand(batch, width, generator=generator).tolist()
+    absent_draws = torch.rand(batch, width, generator=generator).tolist()
+    length_draws, start_draws, other_draws = (
+        torch.rand(batch, generator=generator).tolist() for _ in range(3)
+    )
+    mask_id, rows = n_items + 1, {name: [] for name in REFERENCE_FIELDS}
+    for b, (user, k) in enumerate(zip(users, ks, strict=True)):
+        window = samples_windows[user][width - lengths[user] :]  # the user's real items
+        prefix = window[:k]
+        pad = [0] * (width - k)
+        absent = [i for i in range(1, n_items + 1) if i not in prefix]
+        masked, negatives = list(prefix), list(prefix)
+        for j in range(k):
+            if mask_draws[b][width - k + j] < mask_prob or j == k - 1:
+                masked[j] = mask_id
+                negatives[j] = absent[int(absent_draws[b][width - k + j] * len(absent))]
+        seg_len = 1 + int(length_draws[b] * max(k // 2, 1))  # 1..k // 2
+        start = int(start_draws[b] * max(k - seg_len + 1, 1))  # 0..k - seg_len
+        other = int(other_draws[b] * (len(all_items) - seg_len + 1))
+        inside = [start <= j < start + seg_len for j in range(k)]
+        rows["items"].append(pad + prefix)
+        rows["masked_items"].append(pad + masked)
+        rows["negative_items"].append(pad + negatives)
+        rows["segment_context"].append(
+            pad + [mask_id if inside[j] else prefix[j] for j in range(k)]
+        )
+        rows["positive_segment"].append(
+            pad + [prefix[j] if inside[j] else mask_id for j in range(k)]
+        )
+        rows["negative_segment"].append(
+            pad + [all_items[other + j - start] if inside[j] else mask_id for j in range(k)]
+        )
+    return rows
+
+
+REFERENCE_FIELDS = (
+    "items",
+    "masked_items",
+    "negative_items",
+    "segment_context",
+    "positive_segment",
+    "negative_segment",
+)
+
+
+def test_vectorized_batch_equals_a_per_sample_reference() -> None:
+    """Masks, MIP negatives and segments built on tensors are, draw for draw, those of a plain
+    per-sample construction (every prefix of every user, several batches)."""
+    dataset = tiny_synthetic()
+    width = 6
+    samples = pretrain_samples(dataset, width, torch.device("cpu"))
+    windows, lengths = samples.windows.tolist(), samples.lengths.tolist()
+    all_items = samples.all_items.tolist()
+    order = torch.randperm(len(samples.user), generator=torch.Generator().manual_seed(1))
+    checked = 0
+    for seed, sample_ids in enumerate(order.split(37)):
+        made = make_batch(samples, sample_ids, 0.3, torch.Generator().manual_seed(seed))
+        expected = reference_batch(
+            windows,
+            lengths,
+            all_items,
+            dataset.n_items,
+            samples.user[sample_ids].tolist(),
+            samples.length[sample_ids].tolist(),
+            0.3,
+            torch.Generator().manual_seed(seed),
+            width,
+        )
+        has_segment = (samples.length[sample_ids] >= 2).tolist()
+        for name in REFERENCE_FIELDS:
+            rows = getattr(made, name).tolist()
+            if name.startswith(("segment", "positive", "negative_segment")):
+                # one-item prefixes take no part in SP (has_segment): their rows are free
+                rows = [row for row, keep in zip(rows, has_segment, strict=True) if keep]
+                expected[name] = [
+                    row for row, keep in zip(expected[name], has_segment, strict=True) if keep
+                ]
+            assert rows == expected[name], name
+        assert made.has_segment.tolist() == has_segment
+        checked += len(sample_ids)
+    assert checked == len(samples.user) > 100  # every prefix of every user

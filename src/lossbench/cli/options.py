@@ -207,8 +207,9 @@ Device = Annotated[str | None, typer.Option(help="auto, cpu or cuda.", rich_help
 Precision = Annotated[
     str | None,
     typer.Option(
-        help="fp32, bf16 (autocast; on CPU only with AVX-512 BF16 or AMX) or fp64 (exactness "
-        "checks).",
+        help="fp32 (the default), bf16 (autocast; faster only with AVX-512 BF16, AMX or a "
+        "GPU), auto (bf16 where the device has bf16 arithmetic, else fp32) or fp64 "
+        "(exactness checks).",
         rich_help_panel=RUN,
     ),
 ]

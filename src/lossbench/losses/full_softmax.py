@@ -82,10 +82,12 @@ def full_softmax_ce(inputs: LossInputs, params: LossParams) -> Tensor:
     chunk = softmax_chunk_for(hidden.device, params.softmax_chunk)
     compute_dtype = _compute_dtype(hidden, table)
     if n_items <= max_fused_items(hidden.device):
-        block = fused_block(n_items, hidden.device)
+        block = fused_block(n_items, hidden.device, compute_dtype)
         rows = max(block, chunk // max(n_items, 1) // block * block)  # whole blocks
         if compute_dtype == torch.float64:
             rows = block  # MKL's fp64 matmul rounds a logit by how many columns it computes
+        if compute_dtype.itemsize == 2:
+            rows = block  # one contiguous block per chunk: oneDNN copies strided operands
         # The whole table goes in (row 0 gets a zero gradient): a `table[1:]` slice would cost
         # a table-sized zero fill and copy in its backward, every step.
         total: Tensor = _FusedSoftmaxCE.apply(hidden, table, targets, rows, block, compute_dtype)
@@ -101,10 +103,16 @@ def full_softmax_ce(inputs: LossInputs, params: LossParams) -> Tensor:
     return per_position.sum() / max(n_positions, 1)
 
 
-def fused_block(n_items: int, device: torch.device | None = None) -> int:
+def fused_block(
+    n_items: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> int:
     """Positions per block of the fused path: about `BLOCK_LOGITS` logits, a multiple of
-    `FUSED_ALIGN` (on CPU, lastfm's 3,646 items: 256; beauty-s3rec's 12,101: 64)."""
+    `FUSED_ALIGN` (on CPU, lastfm's 3,646 items: 256; beauty-s3rec's 12,101: 64). 16-bit
+    logits take twice as many per block: the same bytes in cache, and the per-block
+    (V, D) work (the item table's gradient, summed in fp32) spread over twice the positions."""
     logits = BLOCK_LOGITS.get(device.type, DEFAULT_BLOCK_LOGITS) if device else DEFAULT_BLOCK_LOGITS
+    if dtype.itemsize == 2:
+        logits *= 2
     rows = logits // max(n_items, 1)
     return max(FUSED_ALIGN, rows - rows % FUSED_ALIGN)
 
@@ -164,17 +172,19 @@ class _FusedSoftmaxCE(torch.autograd.Function):
             # Every chunk's logits go to this one buffer: a fresh (V, n) tensor per chunk
             # (allocated while the previous chunk's is still alive) made the loss ~15%
             # slower on CPU, its memory cold in cache.
-            buffer = torch.empty(n_items, rows + _ROW_PAD, dtype=compute_dtype, device=h.device)
+            pad = 0 if compute_dtype.itemsize == 2 else _ROW_PAD
+            buffer = torch.empty(n_items * (rows + pad), dtype=compute_dtype, device=h.device)
             for start in range(0, n_positions, rows):
                 stop = min(start + rows, n_positions)
-                logits = buffer[:, : stop - start]  # (V, n), rows padded
+                if pad:
+                    logits = buffer.view(n_items, rows + pad)[:, : stop - start]  # (V, n)
+                else:  # 16-bit: (V, n) contiguous, the last block's too
+                    logits = buffer[: n_items * (stop - start)].view(n_items, stop - start)
                 # The chunk's one wide matmul: each logit its own length-D dot product.
                 torch.mm(items, h_base2[start:stop].T, out=logits)  # base 2
                 for part in _parts(start, stop, block):
                     at = slice(start + part.start, start + part.stop)  # global positions
-                    block_logits = logits[:, part]  # (V, b), never contiguous
-                    if compute_dtype != accumulate:
-                        block_logits = block_logits.to(accumulate)  # contiguous, always
+                    block_logits = logits[:, part]  # (V, b): contiguous only in 16 bits
                     weights, norm = _block_weights(block_logits, log_norms[at], unshifted)
                     if grad_hidden is not None and grad_items is not None:
                         _block_grads(weights, norm, items, h[at], grad_hidden[at], grad_items)
@@ -226,14 +236,25 @@ def _block_weights(logits: Tensor, log_norm: Tensor, unshifted: bool) -> tuple[T
     (b,)."""
     if unshifted:  # |logits| < _EXP_LIMIT - log V: exp needs no shift
         weights = logits.exp2_()  # in place, (V, b)
-        norm = weights.sum(0, keepdim=True)  # (1, b)
+        norm = _column_sums(weights, log_norm.dtype)  # (1, b)
         torch.log(norm[0], out=log_norm)
         return weights, norm
     shift = logits.amax(0, keepdim=True)  # (1, b), base 2
     weights = logits.sub_(shift).exp2_()  # in place: (V, b), max 1
-    norm = weights.sum(0, keepdim=True)  # (1, b), >= 1
+    norm = _column_sums(weights, log_norm.dtype)  # (1, b), >= 1
     torch.add(norm[0].log(), shift[0], alpha=_LN_2, out=log_norm)
     return weights, norm
+
+
+def _column_sums(weights: Tensor, accumulate: torch.dtype) -> Tensor:
+    """(V, b) -> (1, b) column sums in `accumulate`. bf16 weights (exp2 ran in fp32 inside the
+    kernel and rounded once; bf16 has fp32's exponent range, so nothing overflows) are summed
+    by the bf16 kernel, which accumulates in fp32 and rounds the sum once (relative error
+    below 2^-8, under the bf16 logits' own); asking for an fp32 sum would first copy the
+    whole block to fp32, 5x slower."""
+    if weights.dtype == accumulate:
+        return weights.sum(0, keepdim=True)
+    return weights.sum(0, keepdim=True).to(accumulate)
 
 
 def _block_grads(
@@ -247,14 +268,13 @@ def _block_grads(
     """One block's share of the softmax part of both gradients, from its (V, b) weights and
     their (1, b) column sums: grad_hidden (b, D) = (w / norm)^T items, grad_items (V, D) +=
     (w / norm) h."""
-    if weights.dtype == items.dtype:  # fp32 / fp64: scale the small (b, D) operands
-        inverse = norm.reciprocal_().T  # (b, 1)
+    inverse = norm.reciprocal_().T  # (b, 1), fp32 or wider: scale the small (b, D) operands
+    if weights.dtype == grad_items.dtype:  # fp32 / fp64
         torch.mm(weights.T, items, out=grad_hidden).mul_(inverse)
         grad_items.addmm_(weights, h * inverse)
-    else:  # low-precision matmuls on the normalized softmax, fp32 accumulation
-        probs = weights.div_(norm).to(items.dtype)
-        grad_hidden.copy_(probs.T @ items)
-        grad_items += (probs @ h).to(grad_items.dtype)
+    else:  # bf16 products (fp32 accumulation inside), scaled and summed in fp32
+        torch.mul(weights.T @ items, inverse, out=grad_hidden)  # (b, D)
+        grad_items += weights @ (h * inverse).to(weights.dtype)  # (V, D)
 
 
 __all__ = ["chunked_logsumexp", "full_softmax_ce", "fused_block", "fused_rows"]

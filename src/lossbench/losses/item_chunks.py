@@ -83,6 +83,8 @@ class _ChunkedLogSumExp(torch.autograd.Function):
         accumulate = torch.promote_types(compute_dtype, torch.float32)
         with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
             h = hidden.detach().to(compute_dtype)  # (N, D)
+            # The table cast once per step (fp32: the table itself), kept for backward.
+            rows_compute = item_rows.detach().to(compute_dtype)  # (n_items, D)
             # One preallocated (blocks, N) result: small per-chunk results interleaved with the
             # big per-chunk temporaries fragment the heap (1M items: 2.5 GB of RSS).
             per_block = torch.empty(
@@ -90,20 +92,22 @@ class _ChunkedLogSumExp(torch.autograd.Function):
             )
             for start in range(0, n_items, chunk):
                 stop = min(start + chunk, n_items)
-                logits = h @ item_rows[start:stop].to(compute_dtype).T  # (N, C): one matmul
+                logits = h @ rows_compute[start:stop].T  # (N, C): one matmul
                 for columns, items in _blocks(start, stop, block):
                     # max and subtract are exact; exp and the sum see a fresh (N, b) tensor.
                     block_logits = logits[:, columns].to(accumulate)
                     torch.logsumexp(block_logits, 1, out=per_block[items.start // block])
             log_norm = torch.logsumexp(per_block, dim=0)  # (N,)
-        ctx.save_for_backward(hidden, item_rows, log_norm)
+        cast = rows_compute if rows_compute.dtype != item_rows.dtype else None
+        ctx.save_for_backward(hidden, item_rows, log_norm, cast)
         ctx.sizes = (chunk, block)
         ctx.compute_dtype = compute_dtype
         return log_norm
 
     @staticmethod
     def backward(ctx: Any, grad_log_norm: Tensor) -> Grads:
-        hidden, item_rows, log_norm = ctx.saved_tensors
+        hidden, item_rows, log_norm, cast = ctx.saved_tensors
+        rows_compute = item_rows.detach() if cast is None else cast  # (n_items, D)
         (chunk, block), compute_dtype = ctx.sizes, ctx.compute_dtype
         need_hidden, need_rows = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.zeros_like(hidden, dtype=log_norm.dtype) if need_hidden else None
@@ -113,7 +117,7 @@ class _ChunkedLogSumExp(torch.autograd.Function):
             upstream = grad_log_norm.to(log_norm.dtype).unsqueeze(1)  # (N, 1)
             for start in range(0, item_rows.shape[0], chunk):
                 stop = min(start + chunk, item_rows.shape[0])
-                rows = item_rows[start:stop].to(compute_dtype)  # (C, D)
+                rows = rows_compute[start:stop]  # (C, D)
                 logits = h @ rows.T  # (N, C), recomputed
                 for columns, items in _blocks(start, stop, block):
                     # d logsumexp / d logits = softmax; times the upstream gradient of each row.

@@ -26,7 +26,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-Precision = Literal["fp32", "bf16", "fp64"]
+# auto: resolved by the plan to fp32 or bf16 (`run_precision`)
+Precision = Literal["fp32", "bf16", "fp64", "auto"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 Batching = Literal["bucket", "random"]
 

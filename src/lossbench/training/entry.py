@@ -2,9 +2,9 @@
 
 `plan_entry` resolves each name of a configuration in one place: the model (its spec and
 validated settings, from the registry or a plugin), the loss (its published defaults with the
-user's overrides, checked against the model), the device (and whether the precision can run
-on it), whether `--init` fits the model, and the code's sources. Nothing downstream resolves
-a name again.
+user's overrides, checked against the model), the device and the precision (`auto` follows
+the device), whether `--init` fits the model, and the code's sources. Nothing downstream
+resolves a name again.
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from lossbench.errors import LossbenchError
 from lossbench.models import MODELS, ModelSpec, model_config, model_spec
 from lossbench.models.base import Pretrainable
 from lossbench.training.config import TrainConfig
-from lossbench.training.setup import LossSettings, code_sources, resolve_loss, run_device
+from lossbench.training.setup import (
+    LossSettings,
+    code_sources,
+    resolve_loss,
+    run_device,
+    run_precision,
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,9 @@ def plan_entry(config: TrainConfig, run_dir: Path) -> PlanEntry:
     settings = model_config(config.model, config.model_settings)
     loss = resolve_loss(config)
     device = run_device(config.device, config.precision)
+    precision = run_precision(config.precision, device)
+    if precision != config.precision:  # auto: the run records what it trains with
+        config = config.model_copy(update={"precision": precision})
     if config.init is not None and not spec.pretrainable:
         pretrainable = ", ".join(name for name, spec in MODELS.items() if spec.pretrainable)
         raise LossbenchError(

@@ -67,8 +67,10 @@ from lossbench.training.run_files import (
 )
 from lossbench.training.run_lock import lock_holder, run_lock
 from lossbench.training.setup import (
+    bound_onednn_caches,
     make_adam,
     make_evaluator,
+    precision_notice,
     seed_everything,
 )
 from lossbench.training.softmax_chunk import tuned_loss
@@ -230,6 +232,9 @@ def set_up(entry: PlanEntry, dataset: PreparedDataset, console: Console, hooks: 
     model = entry.build_model(dataset.n_items).to(device, dtype=parameter_dtype(config))
     if entry.model.pretrainable and config.init is None:
         console.print(f"[yellow]{config.model} without --init starts from random weights[/]")
+    bound_onednn_caches(config.precision, device)
+    if notice := precision_notice(config.precision, device):
+        console.print(f"[yellow]{notice}[/]", highlight=False)
     console.print(
         f"up to {config.max_epochs} epochs, stopping after {config.patience} without a better "
         f"validation {config.validation_metric}",

@@ -3,8 +3,10 @@ optimizer and evaluators."""
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -131,23 +133,61 @@ def pick_device(name: str) -> torch.device:
 
 
 def run_device(device_name: str, precision: str) -> torch.device:
-    """The device a run trains on, refusing a precision it cannot run at a useful speed."""
-    device = pick_device(device_name)
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16_matmul():
-        raise LossbenchError(
-            "--precision bf16 needs a CPU with bf16 matmul instructions (AVX-512 BF16 or AMX);"
-            " this one emulates them, hundreds of times slower than fp32: use --precision fp32"
-        )
-    return device
+    """The device a run trains on (any precision runs on it: see `precision_notice`)."""
+    return pick_device(device_name)
+
+
+def run_precision(precision: str, device: torch.device) -> str:
+    """fp32 or bf16 as asked; `auto`: bf16 where `device` has bf16 arithmetic, else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if has_bf16_arithmetic(device) else "fp32"
+
+
+def has_bf16_arithmetic(device: torch.device) -> bool:
+    """A CUDA GPU that supports bf16, or a CPU with bf16 dot-product instructions."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and cpu_has_bf16_matmul()
+
+
+def precision_notice(precision: str, device: torch.device) -> str | None:
+    """One line for a bf16 run on a CPU without bf16 arithmetic (it runs, emulated), else None."""
+    if precision != "bf16" or device.type != "cpu" or cpu_has_bf16_matmul():
+        return None
+    return (
+        "this CPU has no bf16 arithmetic (AVX-512 BF16 or AMX): --precision bf16 runs "
+        "emulated, slower than fp32 (--precision auto picks fp32 here)"
+    )
+
+
+# oneDNN, which runs bf16 matmuls on CPU, keeps a compiled kernel per matmul shape in two
+# caches (oneDNN's and torch's ideep), 1,024 entries each by default. The packed encoder's
+# shapes change with every batch, so in bf16 they grew by ~10 MB a step on beauty-s3rec: after
+# one epoch twice fp32's peak memory. 32 entries keep the loss's fixed shapes cached.
+ONEDNN_CACHE_ENTRIES = "32"
+
+
+def bound_onednn_caches(precision: str, device: torch.device) -> None:
+    """Bound oneDNN's kernel caches for a bf16 run on CPU (a user's own setting wins). Read at
+    the process's first oneDNN matmul, so set before any."""
+    if precision == "bf16" and device.type == "cpu":
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_ENTRIES)
+        os.environ.setdefault("LRU_CACHE_CAPACITY", ONEDNN_CACHE_ENTRIES)
 
 
 def cpu_has_bf16_matmul() -> bool:
-    """Does oneDNN have native bf16 matmuls here? Without them torch emulates bf16.
-    A build that cannot say (no oneDNN) counts as no: fp32 is never the slow choice."""
+    """Does this CPU have bf16 dot-product instructions (AVX-512 BF16 or AMX)? Without them
+    torch converts bf16 to fp32 and back around every product. torch declares both; an older
+    torch without the declaration is answered from /proc/cpuinfo's flags."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        try:
+            flags = Path("/proc/cpuinfo").read_text().split()
+        except OSError:  # not Linux: fp32 is never the slow choice
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def make_adam(
