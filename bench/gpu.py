@@ -9,7 +9,9 @@ On a machine without CUDA it says so in one line and exits 0. Sections, in this 
 
 1. `parity`: the fast path against the plain computation (padded, logits materialized) on
    one batch, loss and every gradient, float32 without TF32, for `improved` and `ce`, on
-   the fused and the item-chunked softmax; and whether two chunk sizes give the same bits.
+   the fused and the item-chunked softmax; whether two chunk sizes give the same bits; and
+   Cut Cross-Entropy's kernels (needs CUDA and `lossbench[cce]`) against the chunked path in
+   float64, loss and both gradients.
 2. `softmax`: the full softmax's loss step, fp32 against bf16 (the bf16 path: bf16 logits and
    gradient products, fp32 sums), on one training batch of beauty-s3rec and lastfm: median
    milliseconds, GFLOP/s beside the device's matmul rates for the same shapes, peak memory,
@@ -64,7 +66,7 @@ from lossbench.atomic import write_json
 from lossbench.errors import LossbenchError
 from lossbench.paths import default_data_dir
 from lossbench.training.softmax_chunk import cpu_model_name
-from parity import chunk_bits, fast_path_parity
+from parity import cce_parity, chunk_bits, fast_path_parity
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("parity", "softmax", "epochs", "million_items", "compare")
@@ -203,7 +205,12 @@ def parity_section(plan: Plan, report: Report) -> bool:
             report.add("parity", entry)
     work = functools.partial(same_bits, device)
     report.add("chunk_bits", measured({}, work, report, 0.0), key="one block vs two")
-    return passed
+    # Needs CUDA: Cut Cross-Entropy's kernels against the chunked path in float64.
+    entry = measured(
+        {"backend": "cut-cross-entropy"}, functools.partial(cce_parity, device), report, 0.0
+    )
+    report.add("cce_parity", entry, key="cut-cross-entropy vs chunked")
+    return passed and entry.get("passed", False)
 
 
 def same_bits(device: torch.device) -> dict[str, Any]:

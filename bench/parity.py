@@ -127,3 +127,36 @@ def _relative(mine: torch.Tensor | None, theirs: torch.Tensor | None) -> float:
         return 0.0 if mine is None else float(mine.norm() > 0)
     mine = torch.zeros_like(theirs) if mine is None else mine
     return float((mine - theirs).norm() / theirs.norm().clamp_min(1e-30))
+
+
+def cce_parity(
+    device: torch.device, n_items: int = 100_000, n_positions: int = 2_048
+) -> dict[str, Any]:
+    """Cut Cross-Entropy (the CUDA backend of `improved`, `ce`, `mlm`) against the chunked
+    path in float64 on one random batch: loss and both gradients. Needs CUDA and the
+    `cut-cross-entropy` package (`pip install 'lossbench[cce]'`); elsewhere it says so."""
+    from lossbench.losses.softmax_backend import cce_installed, cce_softmax_ce
+
+    if device.type != "cuda" or not cce_installed():
+        return {"skipped": "needs CUDA and the cut-cross-entropy package", "passed": True}
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(n_items + 1, 64, generator=generator).mul_(0.02)
+    hidden = torch.randn(n_positions, 64, generator=generator).mul_(0.5)
+    targets = torch.randint(1, n_items + 1, (n_positions,), generator=generator)
+    results = []
+    for fn, dtype in ((full_softmax_ce, torch.float64), (cce_softmax_ce, torch.float32)):
+        on = device if fn is cce_softmax_ce else torch.device("cpu")
+        leaves = (
+            hidden.to(on, dtype).requires_grad_(),
+            table.to(on, dtype).requires_grad_(),
+        )
+        value = fn(LossInputs(leaves[0], targets.to(on), leaves[1]), LossParams())
+        grads = torch.autograd.grad(value, leaves)
+        results.append([t.detach().double().cpu() for t in (value, *grads)])
+    reference, cce = results
+    errors = {
+        name: _relative(mine, theirs)
+        for name, mine, theirs in zip(("loss", "hidden", "items"), cce, reference, strict=True)
+    }
+    passed = errors["loss"] <= LOSS_TOLERANCE and max(errors.values()) <= GRADIENT_TOLERANCE
+    return {"relative_errors": errors, "passed": passed}

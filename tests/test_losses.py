@@ -60,6 +60,8 @@ HAND_VALUES = {
     "top1-max": (1 / E * 1 + E * 2 * sig(1)) / (E + 1 / E),
     # softmax over (0, -1, 1), class 0
     "sampled-ce": math.log(1 + E + 1 / E),
+    # the same with the negatives' sum times alpha = 100
+    "scaled-ce": math.log(1 + 100 * (E + 1 / E)),
     # logsumexp over items 1..5 (1, 0, -1, 0, 1) minus the target's 0; never the padding row
     "ce": math.log(2 + 2 * E + 1 / E),
     "improved": math.log(2 + 2 * E + 1 / E),
@@ -68,8 +70,12 @@ HAND_VALUES = {
 }
 
 
+# Losses that draw random projections need a generator: tested in test_losses_at_scale.py.
+PROJECTED = {"sce", "rece"}
+
+
 def test_registry_names_and_defaults() -> None:
-    assert set(LOSSES) == set(HAND_VALUES)
+    assert set(LOSSES) == set(HAND_VALUES) | PROJECTED
     assert LOSSES["cce"] is LOSSES["improved"]
     softmax = {LOSSES[name].fn for name in ("ce", "improved", "mlm")}
     assert softmax == {full_softmax_ce}
@@ -84,6 +90,9 @@ def test_registry_names_and_defaults() -> None:
         "sampled-ce": ("all", 128),
         "gbce": ("all", 256),
         "mlm": ("masked", 0),
+        "scaled-ce": ("all", 500),
+        "sce": ("all", 0),
+        "rece": ("all", 0),
     }
     for name, (positions, negatives) in expected.items():
         assert (LOSSES[name].positions, LOSSES[name].negatives) == (positions, negatives)

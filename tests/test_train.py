@@ -48,8 +48,8 @@ def quick(**overrides: object) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def catalogue() -> PreparedDataset:
-    """More items than any loss's default negatives (gbce: 256)."""
-    return make_synthetic_prepared(n_users=150, n_items=300, mean_length=12.0, seed=1)
+    """More items than any loss's default negatives (scaled-ce: 500)."""
+    return make_synthetic_prepared(n_users=150, n_items=1200, mean_length=12.0, seed=1)
 
 
 @pytest.mark.parametrize("loss", sorted(set(LOSSES) - {"mlm"}))

@@ -31,6 +31,9 @@ class LossbenchGroup(TyperGroup):
     """Runs the chosen command, turning Ctrl-C into one line and exit 130 and any operating
     system error that escapes a command into a `LossbenchError` naming the path."""
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, logq_words(args))
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
@@ -41,6 +44,21 @@ class LossbenchGroup(TyperGroup):
             if error.errno == errno.EPIPE:
                 raise  # `lossbench datasets | head`: the framework exits quietly
             raise LossbenchError(describe_os_error(error)) from None
+
+
+def logq_words(args: list[str]) -> list[str]:
+    """`--logq` takes an optional word: the bare flag means `--logq standard` (as before the
+    corrected variant existed) and `--no-logq` means `--logq none`."""
+    words = ("standard", "corrected", "none")
+    out: list[str] = []
+    for at, arg in enumerate(args):
+        if arg == "--no-logq":
+            out.append("--logq=none")
+        elif arg == "--logq" and (at + 1 == len(args) or args[at + 1] not in words):
+            out.append("--logq=standard")
+        else:
+            out.append(arg)
+    return out
 
 
 def announce(line: str) -> None:

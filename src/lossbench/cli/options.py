@@ -81,11 +81,14 @@ Sampler = Annotated[
     ),
 ]
 Logq = Annotated[
-    bool | None,
+    str | None,
     typer.Option(
-        "--logq/--no-logq",
-        help="Subtract log Q (the sampler's probability of each item) from the sampled "
-        "softmax's logits (sampled-ce).",
+        "--logq",
+        metavar="[standard|corrected]",
+        help="Correct the sampled softmax (sampled-ce) for its sampler: standard (also the bare "
+        "--logq) subtracts log Q, the sampler's probability of each item, from every logit; "
+        "corrected leaves the positive out of the normaliser and weights each position by "
+        "1 - p(positive) (Khrylchenko et al. 2025). --no-logq: none.",
         rich_help_panel=LOSS,
         show_default=False,
     ),

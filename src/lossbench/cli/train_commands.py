@@ -285,7 +285,9 @@ def losses(json_output: ci.JsonOutput = False) -> None:
             rows.append({"name": name, "from": "entry point", "error": str(found)})
             continue
         spec = found.value
-        negatives = "full softmax" if spec.negatives == 0 else str(spec.negatives)
+        negatives = str(spec.negatives) if spec.samples_negatives else "full softmax"
+        if "generator" in spec.declared:  # sce, rece: the catalogue, searched by projections
+            negatives = "projected"
         if spec.negatives_from_flags:
             negatives = "--negatives"
         cells = (name, spec.positions, negatives, spec.description, found.source.describe())

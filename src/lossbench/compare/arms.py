@@ -10,7 +10,7 @@ folder is labelled the same way whichever grid trained it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -33,7 +33,14 @@ class LossArm(BaseModel):
     loss: str
     negatives: int | None = Field(default=None, ge=0)
     sampler: NegativeSamplerName | None = None
-    logq: bool | None = None
+    logq: bool | Literal["corrected"] | None = None  # "standard" is True, "none" False
+
+    @field_validator("logq", mode="before")
+    @classmethod
+    def _logq_words(cls, value: object) -> object:
+        return (
+            {"standard": True, "none": False}.get(value, value) if isinstance(value, str) else value
+        )
 
     @field_validator("loss")
     @classmethod
@@ -60,11 +67,15 @@ class LossArm(BaseModel):
 
 
 def arm_label(
-    loss: str, sampler: str | None, logq: bool, shuffled: bool, negatives: int | None = None
+    loss: str,
+    sampler: str | None,
+    logq: bool | str,
+    shuffled: bool,
+    negatives: int | None = None,
 ) -> str:
-    """'loss [N negatives] [sampler] [logq] [shuffled]': the negatives when they differ from
-    the loss's published count, the sampler when it is not uniform; both only for a loss that
-    samples negatives at all."""
+    """'loss [N negatives] [sampler] [logq [corrected]] [shuffled]': the negatives when they
+    differ from the loss's published count, the sampler when it is not uniform; both only for
+    a loss that samples negatives at all."""
     words = [loss]
     count = _named_negatives(loss, negatives)
     if count is not None:
@@ -72,7 +83,7 @@ def arm_label(
     if sampler not in (None, "uniform") and _samples(loss):
         words.append(str(sampler))
     if logq:
-        words.append("logq")
+        words.append("logq corrected" if logq == "corrected" else "logq")
     if shuffled:
         words.append(SHUFFLED)
     return " ".join(words)
@@ -97,7 +108,7 @@ def _samples(loss: str) -> bool:
         spec = find_loss(loss).value
     except LossbenchError:
         return True
-    return spec.negatives > 0 or spec.negatives_from_flags
+    return spec.samples_negatives or spec.negatives_from_flags
 
 
 def config_label(config: TrainConfig) -> str:
@@ -111,7 +122,7 @@ def record_label(loss: str, config: dict[str, Any]) -> str:
     return arm_label(
         loss,
         config.get("sampler"),
-        bool(config.get("logq", False)),
+        config.get("logq") or False,
         bool(config.get("shuffle_train", False)),
         config.get("negatives"),
     )

@@ -146,7 +146,7 @@ class Grid(BaseModel):
 
     def _labelled(self, model: str, negatives: int | None) -> list[tuple[LossArm, str]]:
         return [
-            (arm, arm_label(arm.loss, arm.sampler, bool(arm.logq), shuffled, count))
+            (arm, arm_label(arm.loss, arm.sampler, arm.logq or False, shuffled, count))
             for arm in self.arms_for(model)
             for shuffled in self.shuffle
             for count in [arm.negatives if arm.negatives is not None else negatives]

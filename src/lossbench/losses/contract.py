@@ -5,13 +5,15 @@ targets, the item table, sampled negatives) and `LossParams`. For a comparison t
 training to be sound it must: return a finite scalar; send finite gradient into the hidden
 states and the item rows it scores, and none into the padding row or rows it never scores;
 not depend on the order of the positions in a batch (the trainer concatenates parts); give
-the same value for the same inputs (randomness belongs to the sampler, outside the loss);
+the same value for the same inputs (randomness belongs to the sampler, outside the loss, or,
+for a loss that declares the need, to the seeded generator the trainer hands it);
 have correct gradients (float64 gradcheck); and never be fed a negative equal to its target,
 which the trainer's samplers guarantee and the check confirms on their draws.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,6 +73,11 @@ class Subject:
         )
 
     def value(self, inputs: LossInputs) -> Tensor:
+        """The loss of `inputs`; a loss that needs a generator gets one freshly seeded, so the
+        same inputs mean the same random projections."""
+        if "generator" in self.spec.declared:
+            generator = torch.Generator(inputs.hidden.device).manual_seed(0)
+            inputs = dataclasses.replace(inputs, generator=generator)
         return self.spec.fn(inputs, self.params)
 
     def number(self, inputs: LossInputs) -> float:

@@ -11,7 +11,9 @@ Each sampler's proposal Q (n_items + 1,) is the probability of drawing each item
 negative slot, up to the exclusion of the row's own target: uniform 1/n; popularity
 count / total; in-batch the item's share of the training targets of an epoch; mixed the
 mixture of in-batch and uniform in the ratio of their slots. A sampler is built once per run,
-on the model's device; drawing is a fixed number of tensor ops with no device sync.
+on the model's device; drawing is a fixed number of tensor ops with no device sync. The
+standard logQ correction takes log Q (float32); the corrected one (Khrylchenko et al.) takes Q
+itself as item frequencies in float64 and removes each row's positive from it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class NegativeSampler:
     cdf: Tensor | None = None  # (n_items,) popularity CDF
     unseen: UnseenSampler | None = None  # uniform outside each user's history
     log_q: Tensor | None = None  # (n_items + 1,) float32 log proposal, for the logQ correction
+    # (n_items + 1,) float64 proposal, for the corrected logQ correction
+    frequencies: Tensor | None = None
 
     @property
     def needs_users(self) -> bool:
@@ -69,7 +73,7 @@ class NegativeSampler:
         return {
             "sampler": self.name,
             "in_batch_negatives": self.in_batch,
-            "logq": self.log_q is not None,
+            "logq": "corrected" if self.frequencies is not None else self.log_q is not None,
         }
 
 
@@ -117,19 +121,22 @@ def build_sampler(
     target_counts: Tensor,
     device: torch.device,
     *,
-    logq: bool = False,
+    logq: bool | str = False,
     unseen: UnseenSampler | None = None,
 ) -> NegativeSampler:
-    """The run's sampler on `device`; `item_counts` / `target_counts` (n_items + 1,) as above."""
+    """The run's sampler on `device`; `item_counts` / `target_counts` (n_items + 1,) as above.
+    `logq`: True for the standard correction's log Q, "corrected" for the frequencies."""
     if name not in SAMPLER_NAMES:
         raise LossbenchError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}")
     n_items = item_counts.shape[0] - 1
     cdf = popularity_cdf(item_counts, device) if name == "popularity" else None
-    log_q = None
-    if logq:
+    log_q, frequencies = None, None
+    if logq == "corrected":
+        frequencies = proposal(name, n_negatives, item_counts, target_counts).to(device)
+    elif logq:
         q = proposal(name, n_negatives, item_counts, target_counts)
         # An item of probability 0 is never drawn and never a target; the floor keeps its
         # (unused) entry finite.
         log_q = torch.log(q.clamp(min=1e-30)).to(device=device, dtype=torch.float32)
     in_batch = in_batch_slots(name, n_negatives)
-    return NegativeSampler(name, n_items, n_negatives, in_batch, cdf, unseen, log_q)
+    return NegativeSampler(name, n_items, n_negatives, in_batch, cdf, unseen, log_q, frequencies)

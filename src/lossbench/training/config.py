@@ -53,12 +53,19 @@ class TrainConfig(BaseModel):
     positions: Positions | None = None
     negatives: int | None = Field(default=None, ge=0)
     sampler: NegativeSamplerName = "uniform"
-    logq: bool = False  # logQ correction of the sampled softmax (sampled-ce)
+    # logQ correction of the sampled softmax (sampled-ce): True (or "standard") Yi et al.'s,
+    # "corrected" Khrylchenko et al.'s (positive out of the normaliser, weighted).
+    logq: bool | Literal["corrected"] = False
     # Draw negatives only outside the user's training history (uniform sampler only).
     negatives_unseen: bool = False
     gbce_t: float = Field(default=0.75, ge=0.0, le=1.0)
     mask_prob: float = Field(default=0.2, gt=0.0, lt=1.0)
     softmax_chunk: int | None = Field(default=None, ge=1)
+    # The large-catalogue losses' knobs (docs/losses.md), at their authors' defaults.
+    scaled_ce_alpha: float = Field(default=100.0, gt=0.0)
+    sce_bucket_size_y: int = Field(default=256, ge=1)
+    rece_rounds: int = Field(default=8, ge=1, le=1000)
+    rece_extra_chunks: int = Field(default=1, ge=0)
 
     # A fixed, seeded sample of this many users (the same for every loss and seed).
     sample_users: int | None = Field(default=None, ge=1)
@@ -94,6 +101,18 @@ class TrainConfig(BaseModel):
     # Epochs between resumable checkpoints; None: every epoch on GPU, every few minutes on
     # CPU; 0: never.
     checkpoint_every: int | None = Field(default=None, ge=0)
+
+    @field_validator("logq", mode="before")
+    @classmethod
+    def _logq_words(cls, value: object) -> object:
+        """The words of `--logq`: "standard" is True (the correction before "corrected"
+        existed, so earlier runs' `logq = true` still match), "none" is False."""
+        words: dict[str, object] = {"standard": True, "corrected": "corrected", "none": False}
+        if isinstance(value, str):
+            if value not in words:
+                raise ValueError(f"got {value!r}; use standard, corrected or none")
+            return words[value]
+        return value
 
     @field_validator("model")
     @classmethod

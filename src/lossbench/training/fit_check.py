@@ -87,7 +87,7 @@ def estimate_step_memory(entry: PlanEntry, dataset: PreparedDataset) -> StepMemo
 
     weights = parameters * FLOAT_BYTES * 5  # weights, gradients, Adam's moments, best copy
     activations = rows * width * hidden * FLOAT_BYTES * ACTIVATION_COPIES
-    if entry.loss.negatives > 0:
+    if "negatives" in entry.loss.needs:
         k = entry.loss.negatives
         # gathered rows and their gradients (N, K, D), ids (int64) and scores (N, K)
         loss = positions * k * (2 * hidden * FLOAT_BYTES + 8 + 3 * FLOAT_BYTES)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from lossbench.data.sequences import EvaluationSet, build_sequence_tensors
 from lossbench.data.subsample import sample_users
 from lossbench.errors import LossbenchError
 from lossbench.evaluation.metrics import metrics_from_ranks
+from lossbench.losses.softmax_backend import with_softmax_backend
 from lossbench.models.base import mask_token_id
 from lossbench.training.checkpoint import (
     TrainingState,
@@ -257,6 +259,7 @@ def set_up(entry: PlanEntry, dataset: PreparedDataset, console: Console, hooks: 
     generator = torch.Generator(device=device).manual_seed(negatives_seed)
     step_model = torch.compile(model) if config.compile else model
     loss = tuned_loss(entry.loss, device)  # a full softmax on CPU: the chunk measured fastest
+    loss = dataclasses.replace(loss, spec=with_softmax_backend(loss.spec, device))
     threads.start()  # before the record, which names the threads the run trains with
     return _Run(
         entry=entry,
@@ -479,6 +482,7 @@ def finish(run: _Run, state: TrainingState) -> RunResult:
         **cost_metrics(history),  # seconds per epoch, tokens per second, the loss's share
         "eval_seconds_per_epoch": sum(h["eval_seconds"] for h in history) / len(history),
         "peak_memory_mb": peak_memory_mb(run.entry.device),
+        "loss_backend": run.record["environment"]["loss_backend"],
         "validation_metric": config.validation_metric,
         "seen_targets": config.seen_rule,  # miss, rank, or keep (--keep-seen)
         "loss": config.loss_name,

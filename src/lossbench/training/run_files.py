@@ -39,6 +39,7 @@ from lossbench.data.integrity import damage, file_record
 from lossbench.data.prepared import OriginalIds, PreparedDataset
 from lossbench.data.sequences import SequenceTensors
 from lossbench.errors import LossbenchError
+from lossbench.losses.softmax_backend import softmax_backend
 from lossbench.plugins import changed_sources
 from lossbench.training.config import TrainConfig
 from lossbench.training.distributed import SINGLE_PROCESS, ProcessGroup
@@ -62,7 +63,17 @@ NOT_RECORDED = "(not recorded)"
 # Settings added after run folders were written, whose default is the behaviour those runs
 # had: a record without one compares as that default (a setting not listed here and missing
 # from a record is NOT_RECORDED, which differs from every value).
-BACKFILLED = ("split", "valid_quantile", "test_quantile", "shuffle_train", "logq")
+BACKFILLED = (
+    "split",
+    "valid_quantile",
+    "test_quantile",
+    "shuffle_train",
+    "logq",
+    "scaled_ce_alpha",
+    "sce_bucket_size_y",
+    "rece_rounds",
+    "rece_extra_chunks",
+)
 REPLACED = ".replaced-"  # run folders set aside by a resumed comparison: `seed0.replaced-<time>`
 FILES_KEY = "files"  # metrics.json: {file name: {"size", "sha256"}} of the run's other files
 RECORDED = (CONFIG_FILE, HISTORY_FILE, WEIGHTS_FILE, RANKS_FILE, TOPK_FILE)
@@ -178,6 +189,7 @@ def run_record(
             "lossbench": __version__,
             "threads": torch.get_num_threads(),
             "precision": entry.config.precision,
+            "loss_backend": softmax_backend(loss.spec, entry.device),  # None: not a full softmax
             # Data-parallel processes; "devices": one per rank (str(entry.device) on each).
             "distributed": {**group.describe(), "devices": [str(entry.device)] * group.world_size},
         },

@@ -17,7 +17,7 @@ from lossbench.data.sequences import EvaluationSet
 from lossbench.errors import LossbenchError
 from lossbench.evaluation.ranking import sample_eval_candidates
 from lossbench.losses import find_loss
-from lossbench.losses.base import LossParams, LossSpec, Positions
+from lossbench.losses.base import LossParams, LossSpec, Need, Positions
 from lossbench.models import build_model, find_model, model_spec
 from lossbench.models.base import Pretrainable
 from lossbench.training.config import TrainConfig
@@ -34,7 +34,18 @@ class LossSettings:
     negatives: int
     params: LossParams
     sampler: str = "uniform"  # of the negatives (none when `negatives` is 0)
-    logq: bool = False
+    logq: bool | str = False  # True: the standard correction; "corrected": Khrylchenko et al.'s
+
+    @property
+    def needs(self) -> frozenset[Need]:
+        """What the trainer supplies to the loss: its declared needs, with the negatives a
+        bare function takes from the flags, and the inputs `--logq` asks for."""
+        needs = set(self.spec.declared)
+        if self.spec.negatives_from_flags:
+            needs = {"negatives"} if self.negatives > 0 else {"catalogue"}
+        if self.logq:
+            needs.add("item_frequencies" if self.logq == "corrected" else "log_q")
+        return frozenset(needs)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -53,10 +64,10 @@ def resolve_loss(config: TrainConfig) -> LossSettings:
     spec = find_loss(name).value
     positions = config.positions or spec.positions
     negatives = spec.negatives if config.negatives is None else config.negatives
-    if spec.negatives > 0 and negatives == 0:
+    if spec.samples_negatives and negatives == 0:
         raise LossbenchError(f"loss {name} needs sampled negatives; use --negatives 1 or more")
-    if spec.negatives == 0 and not spec.negatives_from_flags:
-        negatives = 0  # full-catalogue losses ignore sampled negatives
+    if not spec.samples_negatives and not spec.negatives_from_flags:
+        negatives = 0  # losses that sample no negatives ignore --negatives
     bidirectional = model_spec(config.model).bidirectional
     if (positions == "masked") != bidirectional:
         if bidirectional:
@@ -69,7 +80,15 @@ def resolve_loss(config: TrainConfig) -> LossSettings:
             "use --model bert4rec, or --positions all|last"
         )
     check_sampler(config, spec, negatives)
-    params = LossParams(gbce_t=config.gbce_t, softmax_chunk=config.softmax_chunk)
+    params = LossParams(
+        gbce_t=config.gbce_t,
+        softmax_chunk=config.softmax_chunk,
+        logq_correction="corrected" if config.logq == "corrected" else "standard",
+        scaled_ce_alpha=config.scaled_ce_alpha,
+        sce_bucket_size_y=config.sce_bucket_size_y,
+        rece_rounds=config.rece_rounds,
+        rece_extra_chunks=config.rece_extra_chunks,
+    )
     return LossSettings(name, spec, positions, negatives, params, config.sampler, config.logq)
 
 
@@ -77,16 +96,17 @@ def check_sampler(config: TrainConfig, spec: LossSpec, negatives: int) -> None:
     """Refuse negative-sampling settings the loss cannot use (one line each)."""
     name = config.loss_name
     batch_sampler = config.sampler in ("in-batch", "mixed")
-    if spec.negatives == 0 and (batch_sampler or config.logq):
-        flag = "--logq" if config.logq else f"--sampler {config.sampler}"
+    logq_flag = "--logq corrected" if config.logq == "corrected" else "--logq"
+    if not spec.samples_negatives and (batch_sampler or config.logq):
+        flag = logq_flag if config.logq else f"--sampler {config.sampler}"
         raise LossbenchError(
             f"loss {name} scores the full catalogue and samples no negatives, so {flag} "
             "does not apply; use a sampled loss such as sampled-ce"
         )
     if config.logq and not spec.logq:
         raise LossbenchError(
-            f"--logq corrects a sampled softmax and loss {name} is not one; "
-            "use --loss sampled-ce, or drop --logq"
+            f"{logq_flag} corrects a sampled softmax and loss {name} is not one; "
+            f"use --loss sampled-ce, or drop {logq_flag}"
         )
     if config.sampler == "mixed" and negatives < 2:
         raise LossbenchError(

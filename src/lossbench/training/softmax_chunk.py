@@ -54,8 +54,10 @@ class ProbeResult:
 
 
 def tuned_loss(loss: LossSettings, device: torch.device) -> LossSettings:
-    """`loss` with the machine's chunk when it is a full softmax on CPU without a chunk set."""
-    if loss.spec.negatives != 0 or loss.params.softmax_chunk is not None or device.type != "cpu":
+    """`loss` with the machine's chunk when it scores the catalogue on CPU without a chunk set."""
+    if "catalogue" not in loss.needs or loss.params.softmax_chunk is not None:
+        return loss
+    if device.type != "cpu":
         return loss
     params = dataclasses.replace(loss.params, softmax_chunk=machine_softmax_chunk())
     return dataclasses.replace(loss, params=params)

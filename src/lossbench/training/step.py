@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -49,19 +49,28 @@ class TrainingStep:
         states = self.states(parts)
         at_positions = states[0] if len(states) == 1 else torch.cat(states)  # (N, D)
         targets = parts[0].targets if len(parts) == 1 else torch.cat([p.targets for p in parts])
-        negatives, log_q = None, None
-        if self.sampler is not None:
-            users = None
-            if self.sampler.needs_users:
-                users = torch.cat([part.position_users() for part in parts])  # (N,)
-            negatives = self.sampler.sample(targets, users, self.generator)
-            log_q = self.sampler.log_q
         table = scoring_table(cast(SequenceModel, self.model))
-        inputs = LossInputs(at_positions, targets, table, negatives, log_q)
+        inputs = LossInputs(at_positions, targets, table, **self.supplied(parts, targets))
         if self.clock is None:
             return self.loss.spec.fn(inputs, self.loss.params)
         with self.clock.forward(at_positions):
             return self.loss.spec.fn(inputs, self.loss.params)
+
+    def supplied(self, parts: list[TrainBatch], targets: Tensor) -> dict[str, Any]:
+        """Exactly the inputs the loss declares it needs (`LossSettings.needs`)."""
+        needs, given = self.loss.needs, dict[str, Any]()
+        if self.sampler is not None and "negatives" in needs:
+            users = None
+            if self.sampler.needs_users:
+                users = torch.cat([part.position_users() for part in parts])  # (N,)
+            given["negatives"] = self.sampler.sample(targets, users, self.generator)
+            if "log_q" in needs:
+                given["log_q"] = self.sampler.log_q
+            if "item_frequencies" in needs:
+                given["item_frequencies"] = self.sampler.frequencies
+        if "generator" in needs:
+            given["generator"] = self.generator  # the negatives' generator: checkpointed
+        return given
 
     def states(self, parts: list[TrainBatch]) -> list[Tensor]:
         """(N_p, D) hidden states at each part's training positions."""
@@ -89,7 +98,7 @@ def negative_sampler(
 ) -> NegativeSampler | None:
     """The run's negative sampler on its device (None when the loss samples no negatives)."""
     config, device = entry.config, entry.device
-    if entry.loss.negatives == 0:
+    if "negatives" not in entry.loss.needs:
         return None
     unseen = None
     if config.negatives_unseen:
