@@ -89,7 +89,7 @@ def one_step_cost(
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         optimizer.step()
-        float(value)  # the step is done (a device sync on CUDA)
+        float(value.detach())  # the step is done (a device sync on CUDA)
         seconds.append(time.perf_counter() - started)
         cpu_seconds.append(time.process_time() - cpu_started)
     return {

@@ -105,7 +105,7 @@ def test_ensure_prepared_writes_synthetic_like_the_in_memory_one(tmp_path: Path)
 
 def test_ensure_prepared_of_a_real_dataset_says_what_to_run(tmp_path: Path) -> None:
     with pytest.raises(
-        LossbenchError, match="lossbench download lastfm.*lossbench preprocess lastfm"
+        LossbenchError, match=r"run `lossbench download lastfm` \(it is prepared on first use\)"
     ):
         ensure_prepared(tmp_path, "lastfm")
     with pytest.raises(LossbenchError, match="run `lossbench preprocess lastfm`"):

@@ -294,7 +294,8 @@ def _frontier_panel(
         axes.axhline(floor, color="grey", linestyle="--", linewidth=0.8, label="pop (floor)")
     axes.margins(0.2)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7)
+    if axes.get_legend_handles_labels()[1]:  # a pop floor or a labelled point
+        axes.legend(fontsize=7)
 
 
 def _floor(summary: pl.DataFrame, dataset: str, model: str, metric: str) -> float | None:
