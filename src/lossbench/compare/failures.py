@@ -11,7 +11,7 @@ from lossbench.compare.arms import config_label
 from lossbench.compare.outputs import RunFailure
 from lossbench.compare.runner import TrainFn
 from lossbench.data.prepared import PreparedDataset
-from lossbench.errors import LossbenchError
+from lossbench.errors import LossbenchError, PeerLost
 from lossbench.training.entry import PlanEntry
 from lossbench.training.loop import RunResult
 
@@ -51,6 +51,8 @@ def train_or_fail(
     (entry.run_dir / FAILURE_FILE).unlink(missing_ok=True)
     try:
         return train(entry, dataset, console), None
+    except PeerLost:  # another rank died: the run did not fail, it resumes on a rerun
+        raise
     except Exception as error:  # noqa: BLE001  a failed run is a result here
         message = (
             str(error) if isinstance(error, LossbenchError) else f"{type(error).__name__}: {error}"

@@ -18,10 +18,12 @@ reducer does not see.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +32,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lossbench.data.batches import TrainBatch
-from lossbench.errors import LossbenchError
+from lossbench.errors import LossbenchError, PeerLost
 
 # Seconds a collective waits for the other ranks before it fails: a rank that died stops the
 # others within about this long (torchrun also stops them as soon as it sees the exit).
@@ -122,7 +124,8 @@ def check_same_settings(settings: dict[str, Any], group: ProcessGroup) -> None:
         return
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
     digests: list[str | None] = [None] * group.world_size
-    dist.all_gather_object(digests, digest)
+    with collective(group):
+        dist.all_gather_object(digests, digest)
     if len(set(digests)) > 1:
         differing = [rank for rank, other in enumerate(digests) if other != digests[0]]
         raise LossbenchError(
@@ -140,9 +143,20 @@ def peer_failure(error: Exception, group: ProcessGroup) -> str:
     )
 
 
+@contextlib.contextmanager
+def collective(group: ProcessGroup) -> Iterator[None]:
+    """A collective whose peer died (gloo: connection closed) or hung (timeout) raises
+    `PeerLost` with one line, rather than failing the run."""
+    try:
+        yield
+    except RuntimeError as error:  # DistError and gloo's transport errors alike
+        raise PeerLost(peer_failure(error, group)) from None
+
+
 def barrier(group: ProcessGroup) -> None:
     if group.distributed:
-        dist.barrier()
+        with collective(group):
+            dist.barrier()
 
 
 def positions_in(parts: list[TrainBatch]) -> int:
@@ -184,7 +198,8 @@ def sum_gradients(model: nn.Module, group: ProcessGroup) -> None:
     parameters = [p for p in model.parameters() if p.requires_grad]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
     flat = torch.cat([g.reshape(-1) for g in grads])  # (P,)
-    dist.all_reduce(flat)
+    with collective(group):
+        dist.all_reduce(flat)
     offset = 0
     for parameter in parameters:
         size = parameter.numel()
@@ -197,5 +212,6 @@ def sum_over_ranks(values: Tensor, group: ProcessGroup, device: torch.device) ->
     if not group.distributed:
         return values
     on_device = values.to(device)
-    dist.all_reduce(on_device)
+    with collective(group):
+        dist.all_reduce(on_device)
     return on_device.to(values.device)
