@@ -20,8 +20,6 @@ from lossbench.data.synthetic import make_synthetic_prepared
 from lossbench.training.distributed import ProcessGroup, positions_in, rank_share
 from lossbench.training.evaluate import Evaluator
 
-SCRIPT = Path(sys.executable).parent / "lossbench"
-
 
 def _triplets(parts: list[TrainBatch]) -> list[tuple[int, int, int]]:
     """(user, column from the right, target) of every training position: what it trains."""
@@ -84,14 +82,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _needs_script() -> None:
-    if not SCRIPT.is_file():
-        pytest.skip(f"no `lossbench` console script beside {sys.executable}: pip install . first")
-
-
-def _train(tmp_path: Path, out: str, processes: int, *flags: str) -> subprocess.CompletedProcess:
+def _train(
+    script: Path, tmp_path: Path, out: str, processes: int, *flags: str
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LOSSBENCH_DATA_DIR": str(tmp_path / "data")}
-    launcher: list[str] = [str(SCRIPT)]
+    launcher: list[str] = [str(script)]
     if processes > 1:
         port = str(_free_port())
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node",
@@ -101,14 +96,15 @@ def _train(tmp_path: Path, out: str, processes: int, *flags: str) -> subprocess.
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=400)
 
 
-def test_two_processes_reach_the_one_process_parameters_in_float64(tmp_path: Path) -> None:
+def test_two_processes_reach_the_one_process_parameters_in_float64(
+    script: Path, tmp_path: Path
+) -> None:
     """Dropout off, float64: two gloo ranks train to one process's weights after an epoch."""
-    _needs_script()
     flags = ("--max-epochs", "1", "--dropout", "0", "--attention-dropout", "0",
              "--precision", "fp64", "--sample-users", "400", "--batch-size", "64")  # fmt: skip
-    alone = _train(tmp_path, "one", 1, *flags)
+    alone = _train(script, tmp_path, "one", 1, *flags)
     assert alone.returncode == 0, alone.stderr
-    together = _train(tmp_path, "two", 2, *flags)
+    together = _train(script, tmp_path, "two", 2, *flags)
     assert together.returncode == 0, together.stdout + together.stderr
     one = torch.load(tmp_path / "one" / "model.pt", weights_only=True)
     two = torch.load(tmp_path / "two" / "model.pt", weights_only=True)
@@ -125,8 +121,7 @@ def test_two_processes_reach_the_one_process_parameters_in_float64(tmp_path: Pat
     assert not list((tmp_path / "two").glob("*.replaced-*"))  # one folder, written by rank 0
 
 
-def test_an_unreachable_rendezvous_is_one_line(tmp_path: Path) -> None:
-    _needs_script()
+def test_an_unreachable_rendezvous_is_one_line(script: Path, tmp_path: Path) -> None:
     env = {
         **os.environ,
         "LOSSBENCH_DATA_DIR": str(tmp_path / "data"),
@@ -138,7 +133,7 @@ def test_an_unreachable_rendezvous_is_one_line(tmp_path: Path) -> None:
         "LOSSBENCH_DIST_TIMEOUT": "2",
     }
     done = subprocess.run(
-        [str(SCRIPT), "train", "--dataset", "synthetic", "--out", str(tmp_path / "run")],
+        [str(script), "train", "--dataset", "synthetic", "--out", str(tmp_path / "run")],
         capture_output=True,
         text=True,
         env=env,
@@ -151,11 +146,10 @@ def test_an_unreachable_rendezvous_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_workers_per_run_is_a_ray_option(tmp_path: Path) -> None:
-    _needs_script()
+def test_workers_per_run_is_a_ray_option(script: Path, tmp_path: Path) -> None:
     env = {**os.environ, "LOSSBENCH_DATA_DIR": str(tmp_path / "data")}
     done = subprocess.run(
-        [str(SCRIPT), "compare", "--smoke", "--workers-per-run", "2", "--out", str(tmp_path)],
+        [str(script), "compare", "--smoke", "--workers-per-run", "2", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,
@@ -181,10 +175,9 @@ def _test_metrics(run_dir: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_two_processes_test_within_5_percent_of_one(tmp_path: Path) -> None:
-    _needs_script()
+def test_two_processes_test_within_5_percent_of_one(script: Path, tmp_path: Path) -> None:
     for out, processes in (("one", 1), ("two", 2)):
-        done = _train(tmp_path, out, processes, *TWO_EPOCHS)
+        done = _train(script, tmp_path, out, processes, *TWO_EPOCHS)
         assert done.returncode == 0, done.stdout + done.stderr
     one, two = _test_metrics(tmp_path / "one"), _test_metrics(tmp_path / "two")
     for name in ("hr@10", "ndcg@10"):
@@ -192,11 +185,10 @@ def test_two_processes_test_within_5_percent_of_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_killed_rank_stops_the_other_and_the_rerun_resumes(tmp_path: Path) -> None:
+def test_a_killed_rank_stops_the_other_and_the_rerun_resumes(script: Path, tmp_path: Path) -> None:
     import signal
     import time
 
-    _needs_script()
     flags = ("--max-epochs", "8", "--checkpoint-every", "1", "--sample-users", "600")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LOSSBENCH_DATA_DIR": str(tmp_path / "data")}
     port = str(_free_port())
@@ -243,15 +235,14 @@ def _rank_process(rank: int) -> int:
 
 
 @pytest.mark.slow
-def test_ray_train_workers_give_torchruns_metrics(tmp_path: Path) -> None:
+def test_ray_train_workers_give_torchruns_metrics(script: Path, tmp_path: Path) -> None:
     """compare --executor ray --workers-per-run 2: the metrics of torchrun with 2 processes."""
     pytest.importorskip("ray.train.torch")
-    _needs_script()
-    torchrun = _train(tmp_path, "torchrun", 2, *TWO_EPOCHS)
+    torchrun = _train(script, tmp_path, "torchrun", 2, *TWO_EPOCHS)
     assert torchrun.returncode == 0, torchrun.stdout + torchrun.stderr
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LOSSBENCH_DATA_DIR": str(tmp_path / "data")}
     out = str(tmp_path / "ray")
-    command = [str(SCRIPT), "compare", "--dataset", "synthetic", "--model", "sasrec",
+    command = [str(script), "compare", "--dataset", "synthetic", "--model", "sasrec",
                "--losses", "improved", "--seeds", "0", *TWO_EPOCHS, "--executor", "ray",
                "--workers-per-run", "2", "--cpus-per-run", "1", "--out", out]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=580)
@@ -261,11 +252,10 @@ def test_ray_train_workers_give_torchruns_metrics(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["compare", "tune", "reproduce", "pretrain"])
-def test_only_train_runs_under_torchrun(tmp_path: Path, command: str) -> None:
-    _needs_script()
+def test_only_train_runs_under_torchrun(script: Path, tmp_path: Path, command: str) -> None:
     env = {**os.environ, "LOSSBENCH_DATA_DIR": str(tmp_path / "data"), "WORLD_SIZE": "2"}
     done = subprocess.run(
-        [str(SCRIPT), command, "--help"], capture_output=True, text=True, env=env, timeout=120
+        [str(script), command, "--help"], capture_output=True, text=True, env=env, timeout=120
     )
     output = (done.stdout + done.stderr).strip()
     assert done.returncode == 2, output
@@ -273,12 +263,13 @@ def test_only_train_runs_under_torchrun(tmp_path: Path, command: str) -> None:
     assert len(output.splitlines()) == 1
 
 
-def test_a_diverged_run_stops_every_rank_and_rank_0_reports_it(tmp_path: Path) -> None:
+def test_a_diverged_run_stops_every_rank_and_rank_0_reports_it(
+    script: Path, tmp_path: Path
+) -> None:
     """The ranks read the non-finite flag together at the epoch's end: both stop (none waits
     in an all-reduce), one FAIL line from rank 0, its traceback in failure.txt."""
-    _needs_script()
     flags = ("--max-epochs", "2", "--hidden-size", "8", "--lr", "inf")
-    failed = _train(tmp_path, "run", 2, *flags)
+    failed = _train(script, tmp_path, "run", 2, *flags)
     assert failed.returncode != 0, failed.stdout + failed.stderr
     lines = [line for line in failed.stderr.splitlines() if "FAIL training" in line]
     assert len(lines) == 1 and "the training loss is nan at step 2 of " in lines[0], lines

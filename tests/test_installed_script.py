@@ -9,24 +9,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import SCRIPT  # noqa: F401  (other test modules import it from here)
 
 import lossbench
-
-SCRIPT = Path(sys.executable).parent / ("lossbench.exe" if os.name == "nt" else "lossbench")
-
-
-@pytest.fixture(scope="module")
-def script() -> Path:
-    if not SCRIPT.is_file():
-        reason = f"no `lossbench` console script beside {sys.executable}: `pip install .` first"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return SCRIPT
 
 
 def run(script: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

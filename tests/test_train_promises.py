@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -30,7 +29,6 @@ from lossbench.training.loop import train_run
 from lossbench.training.run_files import CHECKPOINT_FILE, METRICS_FILE
 from lossbench.training.step import TrainingStep
 
-SCRIPT = Path(sys.executable).parent / ("lossbench.exe" if os.name == "nt" else "lossbench")
 SMALL = ["--max-epochs", "1", "--hidden-size", "16", "--threads", "1"]
 
 BROKEN_LOSSES = """
@@ -56,16 +54,6 @@ def a_float(inputs, params):
 def nan(inputs, params):
     return (inputs.hidden @ inputs.item_embeddings.T).mean() * float("nan")
 """
-
-
-@pytest.fixture(scope="module")
-def script() -> Path:
-    if not SCRIPT.is_file():
-        reason = f"no `lossbench` console script beside {sys.executable}: `pip install .` first"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return SCRIPT
 
 
 def lossbench(
