@@ -38,7 +38,7 @@ import torch
 from rich.console import Console
 
 from harness import run_config
-from lossbench.data.prepared import ensure_prepared
+from lossbench.data.store import ensure_prepared
 from lossbench.errors import LossbenchError
 from lossbench.models.s3rec import PretrainObjectives, S3Rec, S3RecConfig, S3RecPretrainer
 from lossbench.models.transformer import TransformerEncoder

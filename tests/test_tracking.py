@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from lossbench import tracking
+from lossbench.training import tracking
 from lossbench.cli import app
 from lossbench.errors import LossbenchError
 
