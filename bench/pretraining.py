@@ -1,5 +1,5 @@
 """Speed of S3Rec pre-training (`lossbench pretrain --model s3rec`): one pre-training epoch
-beside one SASRec epoch on the same data, and the packed encoder against the padded one.
+beside SASRec epochs on the same data (interleaved), and the packed encoder against the padded one.
 
     python bench/pretraining.py                   # lastfm: both epochs, then 40 timed batches
     python bench/pretraining.py --dataset synthetic --no-batches   # only the two epochs
