@@ -75,9 +75,9 @@ def test_original_means_each_models_own_loss_and_is_its_baseline(tmp_path: Path)
 
 def test_settings_layer_under_the_flags(tmp_path: Path) -> None:
     grid = make_grid({"losses": ["improved"], "seeds": [0]}, "test")
-    from lossbench.compare.grid import merge_settings
+    from lossbench.training.config import merge_layers
 
-    settings = merge_settings(
+    settings = merge_layers(
         {"lr": 0.01, "model_settings": {"hidden_size": 32, "max_len": 20}},
         {"lr": 0.002, "model_settings": {"hidden_size": 16}},
     )

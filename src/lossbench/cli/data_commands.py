@@ -14,7 +14,7 @@ from rich.table import Table
 
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.app import DataDir, current_data_dir, app, console, console_err
 from lossbench.cli.outputs import print_json
 from lossbench.errors import LossbenchError
 
@@ -43,7 +43,7 @@ def _status(entry: DatasetEntry, meta: dict[str, Any] | None) -> str:
     from lossbench.data.download import is_downloaded
     from lossbench.data.prepared import FORMAT_VERSION, prepared_problems
 
-    data_dir = GlobalOptions.data_dir
+    data_dir = current_data_dir()
     if meta is not None and meta.get("format_version") != FORMAT_VERSION:
         if entry.generator is not None:
             return "[yellow]stale (older version); generated again on demand[/]"
@@ -68,12 +68,12 @@ def datasets(json_output: ci.JsonOutput = False, data_dir: DataDir = None) -> No
     from lossbench.data.registry import load_registry
     from lossbench.data.repeats import META_KEY, share_text
 
-    table = Table(title=f"datasets in {GlobalOptions.data_dir}")
+    table = Table(title=f"datasets in {current_data_dir()}")
     for column in ("name", "source", "size", "status", "seen targets"):
         table.add_column(column, overflow="fold")
     older, rows = [], []
-    for entry in load_registry(data_dir=GlobalOptions.data_dir).values():
-        meta = read_meta(prepared_dir(GlobalOptions.data_dir, entry.name))
+    for entry in load_registry(data_dir=current_data_dir()).values():
+        meta = read_meta(prepared_dir(current_data_dir(), entry.name))
         shares = share_text(meta.get(META_KEY)) if meta is not None else ""
         if meta is not None and not shares:
             older.append(entry.name)
@@ -95,7 +95,7 @@ def datasets(json_output: ci.JsonOutput = False, data_dir: DataDir = None) -> No
         )
     (console_err if json_output else console).print(table)
     if json_output:
-        print_json({"data_dir": str(GlobalOptions.data_dir), "datasets": rows})
+        print_json({"data_dir": str(current_data_dir()), "datasets": rows})
 
 
 @app.command()
@@ -122,11 +122,11 @@ def download(
     from lossbench.data.registry import get_dataset
 
     for name in names:
-        get_dataset(name, data_dir=GlobalOptions.data_dir)  # a misspelled name fails at once
+        get_dataset(name, data_dir=current_data_dir())  # a misspelled name fails at once
     done = []
     for name in names:
         message = download_dataset(
-            GlobalOptions.data_dir, name, mirror=mirror, force=force, trust_new_hash=trust_new_hash
+            current_data_dir(), name, mirror=mirror, force=force, trust_new_hash=trust_new_hash
         )
         (console_err if json_output else console).print(message, highlight=False)
         done.append({"name": name, "message": message})
@@ -177,10 +177,10 @@ def preprocess(
     }
     overrides = {key: value for key, value in knobs.items() if value is not None}
     for name in names:
-        get_dataset(name, data_dir=GlobalOptions.data_dir)
+        get_dataset(name, data_dir=current_data_dir())
     results = [
         preprocess_dataset(
-            GlobalOptions.data_dir, name, overrides=overrides, force=force, split=split_by
+            current_data_dir(), name, overrides=overrides, force=force, split=split_by
         )
         for name in names
     ]
@@ -224,7 +224,7 @@ def verify(
     from lossbench.data.registry import get_dataset, load_registry
     from lossbench.data.verify import verify_dataset
 
-    data_dir_path = GlobalOptions.data_dir
+    data_dir_path = current_data_dir()
     display = console_err if json_output else console
     folders = [Path(name) for name in names or [] if _is_runs_folder(name)]
     datasets = [name for name in names or [] if Path(name) not in folders]
@@ -264,7 +264,7 @@ def _is_runs_folder(name: str) -> bool:
     registered dataset's (`./NAME` picks the folder)."""
     from lossbench.data.registry import load_registry
 
-    return name not in load_registry(data_dir=GlobalOptions.data_dir) and Path(name).is_dir()
+    return name not in load_registry(data_dir=current_data_dir()) and Path(name).is_dir()
 
 
 def summary_table(results: list[PrepareResult]) -> Table:

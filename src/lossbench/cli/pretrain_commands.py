@@ -9,7 +9,7 @@ import typer
 
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
+from lossbench.cli.app import DataDir, current_data_dir, announce, app, console, console_err
 from lossbench.cli.outputs import check_run_folder, print_json
 from lossbench.errors import LossbenchError
 
@@ -73,8 +73,8 @@ def pretrain(
     assert isinstance(config, S3RecConfig)
     out_dir = out or Path("runs") / dataset / f"{model}-pretrain-seed{seed}"
     check_run_folder(out_dir, "--out")
-    prepare_on_first_use(GlobalOptions.data_dir, dataset, announce=announce)
-    prepared = ensure_prepared(GlobalOptions.data_dir, dataset)
+    prepare_on_first_use(current_data_dir(), dataset, announce=announce)
+    prepared = ensure_prepared(current_data_dir(), dataset)
     use_threads(threads)
     display = console_err if json_output else console
     display.print(f"pre-training [bold]{model}[/] on [bold]{dataset}[/] -> {out_dir}")

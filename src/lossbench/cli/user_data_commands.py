@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lossbench.cli import ci_options as ci
-from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.app import DataDir, current_data_dir, app, console, console_err
 from lossbench.cli.outputs import print_json
 
 FILE = "File"
@@ -85,7 +85,7 @@ def add_dataset_command(
         max_length=max_length,
     )
     added = add_dataset(
-        GlobalOptions.data_dir,
+        current_data_dir(),
         name,
         file,
         columns=columns,

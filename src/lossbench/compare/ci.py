@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import polars as pl
 from rich.console import Console
@@ -26,7 +26,6 @@ from lossbench.compare.expectations import (
     needed_metrics,
 )
 from lossbench.compare.failures import FAILURE_FILE, FailedRuns
-from lossbench.compare.grid import Grid
 from lossbench.compare.outputs import (
     RunFailure,
     append_step_summary,
@@ -34,10 +33,10 @@ from lossbench.compare.outputs import (
     step_summary,
     write_junit,
 )
-from lossbench.compare.plan import load_saved_plan
+from lossbench.compare.plan import ComparisonPlan, SavedPlan, load_saved_plan
 from lossbench.compare.report import SUMMARY_FILE, write_text
 from lossbench.compare.results import results_frame
-from lossbench.compare.runner import PrepareFn, compare_losses
+from lossbench.compare.runner import PrepareFn, run_plan
 from lossbench.compare.summary import SummaryOptions, summarize
 from lossbench.errors import LossbenchError
 from lossbench.training.run_files import is_finished
@@ -73,9 +72,7 @@ class Outcome:
 
 
 def compare_and_judge(
-    grid: Grid,
-    settings: dict[str, Any],
-    out_dir: Path,
+    plan: ComparisonPlan,
     prepare: PrepareFn,
     options: SummaryOptions,
     expectations: Sequence[Expectation],
@@ -87,8 +84,8 @@ def compare_and_judge(
     *,
     allow_collapsed: bool = False,
     memory_budget: int | None = None,
-) -> int:
-    """Run the comparison, judge it, publish the outcome; return the exit code.
+) -> Outcome:
+    """Run the planned comparison, judge it, publish the outcome (`Outcome.passed`: exit 0).
 
     `executor_factory` (compare/executors.py) trains the runs: here, or as Ray tasks.
     `allow_collapsed`: judge expectations on a loss's runs that did not collapse instead of
@@ -96,6 +93,7 @@ def compare_and_judge(
     from lossbench.tracking import open_tracker
     from lossbench.training.observers import FiniteLoss
 
+    out_dir = plan.out_dir
     started = time.perf_counter()
     tracker = open_tracker(publishing.track, out_dir, out_dir.name) if publishing.track else None
     watchers: tuple[RunObserver, ...] = (tracker,) if tracker else ()
@@ -103,10 +101,8 @@ def compare_and_judge(
     handling = RunHandling(checks=(FiniteLoss(),), watchers=watchers, failed=failed)
     executor = executor_factory(handling)
     try:
-        written = compare_losses(
-            grid,
-            settings,
-            out_dir,
+        written = run_plan(
+            plan,
             prepare,
             options,
             display,
@@ -122,11 +118,13 @@ def compare_and_judge(
                 tracker.close(failed=True)
             raise
         written = []
-    outcome = judge(out_dir, expectations, options, failed.failures, allow_collapsed)
+    saved = plan.saved()
+    outcome = judge(out_dir, expectations, options, failed.failures, allow_collapsed, saved)
     if tracker is not None:
         tracker.log_comparison(written)
         tracker.close(failed=not outcome.passed)
-    return publish(outcome, out_dir, options, publishing, display, time.perf_counter() - started)
+    publish(outcome, out_dir, options, publishing, display, time.perf_counter() - started)
+    return outcome
 
 
 def judge(
@@ -135,10 +133,12 @@ def judge(
     options: SummaryOptions,
     failures: Sequence[RunFailure],
     allow_collapsed: bool = False,
+    saved: SavedPlan | None = None,
 ) -> Outcome:
     """Summarize the comparison's finished runs (with every metric an expectation reads) and
-    judge the expectations on each of its (dataset, model) pairs."""
-    plan = load_saved_plan(out_dir)
+    judge the expectations on each of its (dataset, model) pairs. `saved`: the plan in hand
+    (else `comparison.json` is read)."""
+    plan = saved if saved is not None else load_saved_plan(out_dir)
     if plan is None:
         raise LossbenchError(f"{out_dir} holds no comparison; run `lossbench compare` first")
     run_dirs = [run_dir for run_dir in plan.run_dirs if is_finished(run_dir)]

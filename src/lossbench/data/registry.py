@@ -186,7 +186,6 @@ def user_registry_path(data_dir: Path | None) -> Path | None:
         return UserRegistry.path
     if env := os.environ.get(USER_REGISTRY_ENV):
         return Path(env)
-    data_dir = data_dir if data_dir is not None else UserRegistry.data_dir
     return data_dir / USER_REGISTRY_FILE if data_dir is not None else None
 
 
