@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 from rich.console import Console
 
@@ -369,16 +370,18 @@ def test_flags_and_a_grid_file_choose_the_baseline_by_one_rule(
     """No --baseline: each model's own loss if it is compared, else the first, either way."""
     from typer.testing import CliRunner
 
-    import lossbench.compare.ci as ci
+    import lossbench.api.comparing as comparing
     from lossbench.cli import app
+    from lossbench.compare.ci import Outcome
+    from lossbench.compare.plan import ComparisonPlan
 
     plans: list[dict[tuple[str, str], str]] = []
 
-    def capture(grid: Grid, settings: dict[str, Any], out: Path, *args: Any, **kw: Any) -> int:
-        plans.append(build_plan(grid, settings, out).baselines)
-        return 0
+    def capture(plan: ComparisonPlan, *args: Any, **kw: Any) -> Outcome:
+        plans.append(plan.baselines)
+        return Outcome([], pl.DataFrame(), [], [], [])
 
-    monkeypatch.setattr(ci, "compare_and_judge", capture)  # imported when compare runs
+    monkeypatch.setattr(comparing, "compare_and_judge", capture)  # the plan, as resolved
     toml = tmp_path / "grid.toml"
     toml.write_text('[grid]\nmodels = ["gru4rec", "sasrec"]\nlosses = ["bce", "ce"]\n')
     flags = ["compare", "--model", "gru4rec,sasrec", "--losses", "bce,ce", "--out", str(tmp_path)]

@@ -87,13 +87,11 @@ app = typer.Typer(
 )
 
 
-def current_data_dir() -> Path:
+def current_data_dir(context: typer.Context) -> Path:
     """The data directory of the command being run: its `--data-dir`, else the one given
     before the command, else `$LOSSBENCH_DATA_DIR` or the per-user cache folder. It lives in
     the command line's context and travels in each request from there."""
-    import click
-
-    given = click.get_current_context().find_root().obj
+    given = context.find_root().obj
     return given if isinstance(given, Path) else default_data_dir()
 
 
@@ -111,7 +109,7 @@ def _print_version(value: bool) -> None:
 DATA_DIR_HELP = "Where datasets are downloaded and prepared."
 
 # The same option on the commands that read datasets, so it may follow the command's name;
-# its callback sets the context's data directory (`current_data_dir()`) while the command's arguments
+# its callback sets the context's data directory (`current_data_dir`) while the command's arguments
 # are parsed.
 DataDir = Annotated[
     Path | None,

@@ -130,6 +130,7 @@ NOT_TRAINING = (
 @app.command()
 @opt.training_flags
 def compare(
+    context: typer.Context,
     dataset: Dataset = None,
     model: Model = None,
     losses: Losses = None,
@@ -191,7 +192,7 @@ def compare(
         json_output=json_output,
         junit=junit,
         track=track,
-        data_dir=current_data_dir(),
+        data_dir=current_data_dir(context),
     )
     if not api.compare(request, console_err if json_output else console).passed:
         raise typer.Exit(1)

@@ -18,6 +18,7 @@ PRETRAINABLE = ("s3rec",)
 
 @app.command()
 def pretrain(
+    context: typer.Context,
     dataset: Annotated[str, typer.Option(help="Dataset with item attributes, e.g. lastfm.")],
     model: Annotated[str, typer.Option(help="Model to pre-train: s3rec.")] = "s3rec",
     epochs: Annotated[int, typer.Option(min=1, help="Pre-training epochs (study: 150).")] = 150,
@@ -73,8 +74,8 @@ def pretrain(
     assert isinstance(config, S3RecConfig)
     out_dir = out or Path("runs") / dataset / f"{model}-pretrain-seed{seed}"
     check_run_folder(out_dir, "--out")
-    prepare_on_first_use(current_data_dir(), dataset, announce=announce)
-    prepared = ensure_prepared(current_data_dir(), dataset)
+    prepare_on_first_use(current_data_dir(context), dataset, announce=announce)
+    prepared = ensure_prepared(current_data_dir(context), dataset)
     use_threads(threads)
     display = console_err if json_output else console
     display.print(f"pre-training [bold]{model}[/] on [bold]{dataset}[/] -> {out_dir}")

@@ -27,6 +27,7 @@ REPRODUCE = "Reproduction"
 @app.command()
 @opt.training_flags
 def reproduce(
+    context: typer.Context,
     table: Annotated[
         str | None,
         typer.Argument(help="table2, table3 or loss-sweep (see --list).", show_default=False),
@@ -125,7 +126,7 @@ def reproduce(
         retrain_changed=retrain_changed,
         markdown_file=markdown_file,
         executor=executor_given,
-        data_dir=current_data_dir(),
+        data_dir=current_data_dir(context),
     )
     result = api.reproduce(request, console_err if json_output else console, announce)
     if json_output:

@@ -45,6 +45,7 @@ NOT_TRAINING = ("dataset", "model", "loss", "seed", "out", "config_file", "retra
 @app.command()
 @opt.training_flags
 def train(
+    context: typer.Context,
     dataset: Dataset = None,
     model: Model = None,
     loss: Loss = None,
@@ -83,7 +84,7 @@ def train(
         retrain_changed=retrain_changed,
         json_output=json_output,
         track=track,
-        data_dir=current_data_dir(),
+        data_dir=current_data_dir(context),
     )
     display = console_err if json_output else console
     try:

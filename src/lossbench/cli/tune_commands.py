@@ -34,6 +34,7 @@ NOT_TRAINING = (
 @app.command()
 @opt.training_flags
 def tune(
+    context: typer.Context,
     dataset: Annotated[
         str, typer.Option(help="Dataset to tune on (its validation split).", rich_help_panel=TUNE)
     ] = "synthetic",
@@ -127,7 +128,7 @@ def tune(
         out=out,
         config_file=config_file,
         settings=settings,
-        data_dir=current_data_dir(),
+        data_dir=current_data_dir(context),
     )
     display = console_err if json_output else console
     result = api.tune(request, display, announce)

@@ -17,6 +17,7 @@ PROTOCOL = "Protocol"
 
 @app.command("add-dataset")
 def add_dataset_command(
+    context: typer.Context,
     name: Annotated[str, typer.Argument(help="Name to use with --dataset from now on.")],
     file: Annotated[
         Path,
@@ -85,7 +86,7 @@ def add_dataset_command(
         max_length=max_length,
     )
     added = add_dataset(
-        current_data_dir(),
+        current_data_dir(context),
         name,
         file,
         columns=columns,
