@@ -113,7 +113,7 @@ def test_a_request_with_several_problems_names_every_one(tmp_path: Path) -> None
 def test_train_request_plans_one_run_in_its_default_folder(tmp_path: Path) -> None:
     plan = resolve(TrainRequest(loss="bce", seed=3, smoke=True, data_dir=tmp_path))
     assert plan.entry.run_dir == Path("runs/synthetic/sasrec-bce-seed3")
-    assert plan.config.max_epochs == 10  # the smoke preset's cap for synthetic
+    assert plan.config.preset == "smoke"
     with pytest.raises(LossbenchError, match="--smoke is the preset smoke"):
         resolve(TrainRequest(smoke=True, settings={"preset": "study-s3rec"}))
     with pytest.raises(LossbenchError, match="unknown dataset 'lastfn'"):
