@@ -131,7 +131,9 @@ def test_the_documented_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     result = namespace["result"]
     assert isinstance(result, CompareResult)
     assert {row.loss for row in result.rows} >= {"bce", "improved"}
-    assert len(result.run_dirs) == 2 and all((d / "metrics.json").is_file() for d in result.run_dirs)
+    assert len(result.run_dirs) == 2 and all(
+        (d / "metrics.json").is_file() for d in result.run_dirs
+    )
     improved = result.row("improved").metrics["ndcg@10"]
     assert improved.mean is not None and 0.0 < improved.mean <= 1.0
     assert result.passed

@@ -93,7 +93,10 @@ def print_repeat_notices(plan: ComparePlan, prepare: PrepareFn, display: Console
     first = plan.entries[0].config  # the split and seen rule every run of the grid shares
     for name in plan.grid.datasets:
         entry = stored_or_computed(
-            plan.request.data_dir, name, lambda name: prepare(name, first.split_spec), first.split_spec
+            plan.request.data_dir,
+            name,
+            lambda name: prepare(name, first.split_spec),
+            first.split_spec,
         )
         notice = repeat_notice(name, entry, SEEN_RULE_EFFECTS[first.seen_rule])
         if notice:
@@ -115,9 +118,7 @@ def summary_rows(summary: pl.DataFrame, metrics: Sequence[str]) -> list[SummaryR
                 baseline=str(document["baseline"]),
                 seeds=int(document["seeds"] or 0),
                 metrics={
-                    name: MetricSummary(
-                        values["mean"], values["std"], values["change_percent"]
-                    )
+                    name: MetricSummary(values["mean"], values["std"], values["change_percent"])
                     for name, values in document["metrics"].items()
                 },
                 p=document["p"],

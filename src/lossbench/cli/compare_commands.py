@@ -248,15 +248,12 @@ def versus(
     """Compare two sets of finished runs (two models, presets or versions), paired by seed."""
     from rich.markup import escape
 
+    from lossbench.api.plan import summary_options as checked
     from lossbench.compare.outputs import row_document
     from lossbench.compare.tables import print_unsqueezed, rich_tables
     from lossbench.compare.versus import versus_summary
 
-    from lossbench.api.plan import summary_options
-
-    summary_options = summary_options(
-        summary_request(metrics, significance_metric, permutations, 0.05)
-    )
+    summary_options = checked(summary_request(metrics, significance_metric, permutations, 0.05))
     summary, treated, base, warning = versus_summary(
         treatment, baseline, summary_options, allow_mixed
     )

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, current_data_dir, app, console, console_err
+from lossbench.cli.app import DataDir, app, console, console_err, current_data_dir
 from lossbench.cli.outputs import print_json
 from lossbench.errors import LossbenchError
 
@@ -128,7 +128,11 @@ def download(
     done = []
     for name in names:
         message = download_dataset(
-            current_data_dir(context), name, mirror=mirror, force=force, trust_new_hash=trust_new_hash
+            current_data_dir(context),
+            name,
+            mirror=mirror,
+            force=force,
+            trust_new_hash=trust_new_hash,
         )
         (console_err if json_output else console).print(message, highlight=False)
         done.append({"name": name, "message": message})

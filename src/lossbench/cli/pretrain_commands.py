@@ -9,7 +9,7 @@ import typer
 
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, current_data_dir, announce, app, console, console_err
+from lossbench.cli.app import DataDir, announce, app, console, console_err, current_data_dir
 from lossbench.cli.outputs import check_run_folder, print_json
 from lossbench.errors import LossbenchError
 

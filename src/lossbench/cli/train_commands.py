@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -17,7 +16,6 @@ from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
 from lossbench.cli.app import DataDir, announce, app, console, console_err, current_data_dir
 from lossbench.cli.outputs import print_json
-
 
 Dataset = Annotated[str | None, typer.Option(help="Dataset name (see `lossbench datasets`).")]
 Model = Annotated[

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lossbench.cli import ci_options as ci
-from lossbench.cli.app import DataDir, current_data_dir, app, console, console_err
+from lossbench.cli.app import DataDir, app, console, console_err, current_data_dir
 from lossbench.cli.outputs import print_json
 
 FILE = "File"

@@ -105,7 +105,9 @@ def build_plan(
                 loss_base = (
                     base
                     if own is None
-                    else _with_own_settings(merge_layers(settings, own, flags, where), arm.loss, names)
+                    else _with_own_settings(
+                        merge_layers(settings, own, flags, where), arm.loss, names
+                    )
                 )
                 for shuffled in grid.shuffle:
                     updates = {**arm.overrides(), "shuffle_train": shuffled}
@@ -134,9 +136,7 @@ def plan_runs(
 
 
 def _check_per_loss(grid: Grid, names: Names) -> None:
-    compared = list(
-        dict.fromkeys(arm.loss for m in grid.models for arm in grid.arms_for(m, names))
-    )
+    compared = list(dict.fromkeys(arm.loss for m in grid.models for arm in grid.arms_for(m, names)))
     for loss in grid.per_loss:
         if loss not in compared:
             raise LossbenchError(
