@@ -12,10 +12,10 @@ import pytest
 from rich.console import Console
 
 from lossbench.cli.options import training_overrides
-from lossbench.compare.grid import Grid, make_grid, read_grid_file
-from lossbench.compare.plan import build_plan, plan_runs
-from lossbench.compare.resume import run_status
-from lossbench.compare.runner import execute_plan, run_locally
+from lossbench.compare.execute.resume import run_status
+from lossbench.compare.execute.runner import execute_plan, run_locally
+from lossbench.compare.plan.build import build_plan, plan_runs
+from lossbench.compare.plan.grid import Grid, make_grid, read_grid_file
 from lossbench.errors import LossbenchError
 from lossbench.training.config import build_config
 from lossbench.training.entry import PlanEntry
@@ -372,8 +372,8 @@ def test_flags_and_a_grid_file_choose_the_baseline_by_one_rule(
 
     import lossbench.api.comparing as comparing
     from lossbench.cli import app
-    from lossbench.compare.ci import Outcome
-    from lossbench.compare.plan import ComparisonPlan
+    from lossbench.compare.ci.step import Outcome
+    from lossbench.compare.plan.build import ComparisonPlan
 
     plans: list[dict[tuple[str, str], str]] = []
 
@@ -394,7 +394,7 @@ def test_flags_and_a_grid_file_choose_the_baseline_by_one_rule(
 def test_synthetic_gets_the_same_epochs_and_patience_in_train_and_compare(
     tmp_path: Path,
 ) -> None:
-    from lossbench.data.synthetic import make_synthetic_prepared
+    from lossbench.data.store import make_synthetic_prepared
     from lossbench.training.loop import train_run
 
     train_config = build_config(overrides={"dataset": "synthetic"})
@@ -420,7 +420,7 @@ def test_the_executor_is_handed_the_entries_to_train(tmp_path: Path) -> None:
         received.extend(entries)
         return [entry.run_dir for entry in entries]
 
-    from lossbench.data.synthetic import make_synthetic_prepared
+    from lossbench.data.store import make_synthetic_prepared
 
     dataset = make_synthetic_prepared(n_users=40, n_items=30, mean_length=6.0, seed=0)
     done = execute_plan(plan, lambda name, split: dataset, executor=executor)

@@ -13,10 +13,11 @@ from lossbench.api.folders import check_output_file, check_output_folder
 from lossbench.api.plan import ComparePlan, resolve, summary_options
 from lossbench.api.requests import CompareRequest, ReportRequest
 from lossbench.api.results import CompareResult, MetricSummary, ReportResult, SummaryRow
-from lossbench.compare.ci import Publishing, compare_and_judge
-from lossbench.compare.report import load_comparison, present_report
-from lossbench.data.prepared import PreparedDataset, ensure_prepared, prepare_on_first_use
+from lossbench.compare.ci.step import Publishing, compare_and_judge
+from lossbench.compare.report.render import load_comparison, present_report
+from lossbench.data.prepared import PreparedDataset
 from lossbench.data.splits import SplitSpec
+from lossbench.data.store import ensure_prepared, prepare_on_first_use
 
 Announce = Callable[[str], None]  # a line about work done on the way (preparing a dataset)
 PrepareFn = Callable[[str, SplitSpec], PreparedDataset]
@@ -105,7 +106,7 @@ def print_repeat_notices(plan: ComparePlan, prepare: PrepareFn, display: Console
 
 def summary_rows(summary: pl.DataFrame, metrics: Sequence[str]) -> list[SummaryRow]:
     """The summary frame's rows as typed rows (the popularity floor's included)."""
-    from lossbench.compare.outputs import row_document
+    from lossbench.compare.report.outputs import row_document
 
     rows: list[SummaryRow] = []
     for row in summary.iter_rows(named=True):

@@ -23,23 +23,22 @@ from lossbench.api.requests import (
     TrainingSettings,
     TrainRequest,
 )
-from lossbench.compare.arms import run_name
-from lossbench.compare.executors import (
-    ExecutorFactory,
-    ExecutorSettings,
-    executor_settings,
-    make_executor,
-    read_executor_table,
-)
-from lossbench.compare.expectations import (
+from lossbench.compare.ci.expectations import (
     Expectation,
     check_expectations,
     parse_expectations,
     read_grid_expectations,
 )
-from lossbench.compare.grid import Grid, make_grid, read_grid_file
-from lossbench.compare.plan import ComparisonPlan, build_plan
-from lossbench.compare.summary import SummaryOptions
+from lossbench.compare.execute.executors import (
+    executor_settings,
+    make_executor,
+    read_executor_table,
+)
+from lossbench.compare.execute.failures import ExecutorFactory
+from lossbench.compare.execute.types import ExecutorSettings
+from lossbench.compare.plan.build import ComparisonPlan, build_plan
+from lossbench.compare.plan.grid import Grid, make_grid, read_grid_file
+from lossbench.compare.report.summary import SummaryOptions
 from lossbench.errors import LossbenchError
 from lossbench.plugins import folder_name
 from lossbench.training.config import TrainConfig, build_config, merge_layers
@@ -47,6 +46,7 @@ from lossbench.training.entry import PlanEntry, plan_entry
 from lossbench.training.memory import parse_memory_size
 from lossbench.training.names import Names
 from lossbench.training.presets import SMOKE_LAYER
+from lossbench.training.run_labels import run_name
 
 SMOKE_OR_PRESET = "--smoke is the preset smoke: drop --preset, or --smoke"
 
@@ -192,7 +192,7 @@ def summary_options(request: SummaryRequest) -> SummaryOptions:
     """The summary's options, each checked (a metric name, the permutations, alpha)."""
     import numpy as np
 
-    from lossbench.compare.stats import DEFAULT_PERMUTATIONS
+    from lossbench.compare.report.stats import DEFAULT_PERMUTATIONS
     from lossbench.evaluation.metrics import per_user_metric
 
     permutations = DEFAULT_PERMUTATIONS if request.permutations is None else request.permutations

@@ -12,8 +12,9 @@ from lossbench.api.folders import check_output_file, check_output_folder
 from lossbench.api.plan import executor_settings_of, summary_options
 from lossbench.api.requests import ReproduceRequest
 from lossbench.api.results import ReproduceResult
-from lossbench.data.prepared import PreparedDataset, ensure_prepared, prepare_on_first_use
+from lossbench.data.prepared import PreparedDataset
 from lossbench.data.splits import SplitSpec
+from lossbench.data.store import ensure_prepared, prepare_on_first_use
 from lossbench.errors import LossbenchError
 from lossbench.training.config import merge_layers
 from lossbench.training.names import Names
@@ -24,8 +25,8 @@ Announce = Callable[[str], None]
 def reproduce(request: ReproduceRequest, console: Console, announce: Announce) -> ReproduceResult:
     """Plan every cell of the table on every dataset, pre-train and train what is missing
     (resuming like `compare`), then report each cell beside the study's number."""
-    from lossbench.compare.executors import RunHandling, make_executor
-    from lossbench.compare.failures import FailedRuns
+    from lossbench.compare.execute.executors import make_executor
+    from lossbench.compare.execute.failures import FailedRuns, RunHandling
     from lossbench.reproduce.plan import build_reproduction, run_reproduction
     from lossbench.reproduce.published import check_published_variant
     from lossbench.reproduce.report import render_reproduction

@@ -59,7 +59,7 @@ class TrainRequest:
     smoke: bool = False
     retrain_changed: bool = False
     json_output: bool = False  # the run's JSON document on standard output
-    track: str | None = None  # an experiment tracker (lossbench.tracking)
+    track: str | None = None  # an experiment tracker (lossbench.training.tracking)
     data_dir: Path = field(default_factory=default_data_dir)  # datasets, prepared
 
 
@@ -86,7 +86,7 @@ class CompareRequest:
     executor: ExecutorRequest = ExecutorRequest()
     json_output: bool = False  # the verdict's JSON document on standard output
     junit: Path | None = None  # a JUnit XML report of the expectations and failures
-    track: str | None = None  # an experiment tracker (lossbench.tracking)
+    track: str | None = None  # an experiment tracker (lossbench.training.tracking)
     data_dir: Path = field(default_factory=default_data_dir)  # datasets, prepared
 
 

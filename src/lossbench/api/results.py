@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import polars as pl
 
-    from lossbench.compare.expectations import Verdict
-    from lossbench.compare.outputs import RunFailure
+    from lossbench.compare.ci.expectations import Verdict
+    from lossbench.compare.execute.types import RunFailure
     from lossbench.reproduce.report import ReproductionReport
     from lossbench.tuning.study import LossOutcome
 

@@ -11,8 +11,9 @@ from rich.console import Console
 from lossbench.api.plan import TrainPlan, resolve
 from lossbench.api.requests import TrainRequest
 from lossbench.api.results import TrainResult
-from lossbench.compare.resume import run_status, settle_runs
-from lossbench.data.prepared import PreparedDataset, ensure_prepared, prepare_on_first_use
+from lossbench.compare.execute.resume import run_status, settle_runs
+from lossbench.data.prepared import PreparedDataset
+from lossbench.data.store import ensure_prepared, prepare_on_first_use
 from lossbench.errors import LossbenchError
 from lossbench.training.distributed import (
     ProcessGroup,
@@ -96,9 +97,9 @@ def _settle(
 
 
 def _announce_run(plan: TrainPlan, prepared: PreparedDataset, display: Console) -> None:
-    from lossbench.compare.arms import arm_label
     from lossbench.data.repeats import repeat_notice, repeated_targets
     from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
+    from lossbench.training.run_labels import arm_label
 
     config, entry = plan.config, plan.entry
     label = arm_label(
@@ -131,7 +132,7 @@ def _train_or_fail(
     """Train `entry` holding its folder's lock (rank 0 holds it for all ranks). A run that
     fails is handled as `compare` handles it: its traceback in the run's failure.txt, and
     `RunFailed` naming it."""
-    from lossbench.compare.failures import FAILURE_FILE, train_or_fail
+    from lossbench.compare.execute.failures import FAILURE_FILE, train_or_fail
     from lossbench.training.run_lock import lock_holder, run_lock
 
     if not group.is_main:
@@ -151,7 +152,7 @@ def _train_or_fail(
             return
         tracker = None
         if track is not None:
-            from lossbench.tracking import open_tracker
+            from lossbench.training.tracking import open_tracker
 
             tracker = open_tracker(track, entry.run_dir)
         train = partial(_train_rank, observers=[tracker] if tracker else [], group=group)

@@ -11,7 +11,7 @@ from lossbench.api.comparing import dataset_preparer
 from lossbench.api.plan import check_trials
 from lossbench.api.requests import TuneRequest
 from lossbench.api.results import TuneResult
-from lossbench.compare.grid import make_grid
+from lossbench.compare.plan.grid import make_grid
 from lossbench.errors import LossbenchError
 from lossbench.training.config import merge_layers
 from lossbench.training.names import Names

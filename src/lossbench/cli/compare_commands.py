@@ -218,7 +218,7 @@ def report(
 ) -> None:
     """Re-render tables, summary.md, results files and figures from saved runs (no training)."""
     from lossbench import api
-    from lossbench.compare.outputs import report_document
+    from lossbench.compare.report.outputs import report_document
 
     summary = summary_request(metrics, significance_metric, permutations, alpha)
     request = api.ReportRequest(
@@ -249,9 +249,9 @@ def versus(
     from rich.markup import escape
 
     from lossbench.api.plan import summary_options as checked
-    from lossbench.compare.outputs import row_document
-    from lossbench.compare.tables import print_unsqueezed, rich_tables
-    from lossbench.compare.versus import versus_summary
+    from lossbench.compare.report.outputs import row_document
+    from lossbench.compare.report.tables import print_unsqueezed, rich_tables
+    from lossbench.compare.report.versus import versus_summary
 
     summary_options = checked(summary_request(metrics, significance_metric, permutations, 0.05))
     summary, treated, base, warning = versus_summary(

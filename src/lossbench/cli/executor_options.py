@@ -11,7 +11,7 @@ import typer
 
 if TYPE_CHECKING:
     from lossbench.api.requests import ExecutorRequest
-    from lossbench.compare.executors import ExecutorSettings
+    from lossbench.compare.execute.types import ExecutorSettings
 
 EXECUTOR = "Executor"
 

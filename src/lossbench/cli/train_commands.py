@@ -95,7 +95,7 @@ def train(
     display.print(result_table(dict(result.metrics)))
     display.print(f"run files in {result.run_dir}")
     if json_output:
-        from lossbench.compare.outputs import run_document
+        from lossbench.compare.report.outputs import run_document
 
         print_json({"runs": [run_document(result.run_dir)]})
 

@@ -22,6 +22,7 @@ from lossbench.models import MODELS, ModelSpec
 from lossbench.models.base import Pretrainable
 from lossbench.training.config import TrainConfig
 from lossbench.training.names import Names
+from lossbench.training.run_labels import arm_label
 from lossbench.training.setup import (
     LossSettings,
     resolve_loss,
@@ -47,8 +48,6 @@ class PlanEntry:
     @property
     def label(self) -> str:
         """'synthetic sasrec + sampled-ce in-batch, seed 0': the arm names what it varies."""
-        from lossbench.compare.arms import arm_label  # compare builds on training
-
         c = self.config
         arm = arm_label(
             self.loss.name, c.sampler, c.logq, c.shuffle_train, c.negatives, self.loss.spec

@@ -18,26 +18,32 @@ from typing import TYPE_CHECKING
 import polars as pl
 from rich.console import Console
 
-from lossbench.compare.executors import ExecutorFactory, RunHandling, local_executor
-from lossbench.compare.expectations import (
+from lossbench.compare.ci.expectations import (
     Expectation,
     Verdict,
     evaluate_expectations,
     needed_metrics,
 )
-from lossbench.compare.failures import FAILURE_FILE, FailedRuns
-from lossbench.compare.outputs import (
+from lossbench.compare.execute.executors import local_executor
+from lossbench.compare.execute.failures import (
+    FAILURE_FILE,
+    ExecutorFactory,
+    FailedRuns,
+    RunHandling,
+)
+from lossbench.compare.execute.types import PrepareFn
+from lossbench.compare.pipeline import run_plan
+from lossbench.compare.plan.build import ComparisonPlan, SavedPlan, load_saved_plan
+from lossbench.compare.report.outputs import (
     RunFailure,
     append_step_summary,
     comparison_document,
     step_summary,
     write_junit,
 )
-from lossbench.compare.plan import ComparisonPlan, SavedPlan, load_saved_plan
-from lossbench.compare.report import SUMMARY_FILE, write_text
-from lossbench.compare.results import results_frame
-from lossbench.compare.runner import PrepareFn, run_plan
-from lossbench.compare.summary import SummaryOptions, summarize
+from lossbench.compare.report.render import SUMMARY_FILE, write_text
+from lossbench.compare.report.results import results_frame
+from lossbench.compare.report.summary import SummaryOptions, summarize
 from lossbench.errors import LossbenchError
 from lossbench.training.run_files import is_finished
 
@@ -55,7 +61,7 @@ class Publishing:
 
     json_output: bool = False  # the JSON document on standard output
     junit: Path | None = None  # a JUnit XML report
-    track: str | None = None  # an experiment tracker (lossbench.tracking)
+    track: str | None = None  # an experiment tracker (lossbench.training.tracking)
 
 
 @dataclass(frozen=True)
@@ -87,11 +93,11 @@ def compare_and_judge(
 ) -> Outcome:
     """Run the planned comparison, judge it, publish the outcome (`Outcome.passed`: exit 0).
 
-    `executor_factory` (compare/executors.py) trains the runs: here, or as Ray tasks.
+    `executor_factory` (compare/execute/executors.py) trains the runs: here, or as Ray tasks.
     `allow_collapsed`: judge expectations on a loss's runs that did not collapse instead of
     failing them; `memory_budget` (bytes): refuse runs estimated to need more."""
-    from lossbench.tracking import open_tracker
     from lossbench.training.observers import FiniteLoss
+    from lossbench.training.tracking import open_tracker
 
     out_dir = plan.out_dir
     started = time.perf_counter()

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from lossbench.atomic import write_json
-from lossbench.compare.arms import config_label, folder_name
-from lossbench.compare.grid import Grid
+from lossbench.compare.plan.grid import Grid
 from lossbench.data.splits import check_timed
 from lossbench.errors import LossbenchError
 from lossbench.training.config import TrainConfig, build_config, merge_layers, validate_config
 from lossbench.training.entry import PlanEntry, plan_entry
 from lossbench.training.names import Names
 from lossbench.training.run_files import flat_settings
+from lossbench.training.run_labels import config_label, folder_name
 
 COMPARISON_FILE = "comparison.json"
 
