@@ -137,3 +137,53 @@ def test_the_documented_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     improved = result.row("improved").metrics["ndcg@10"]
     assert improved.mean is not None and 0.0 < improved.mean <= 1.0
     assert result.passed
+
+
+def test_a_comparison_checks_each_run_once_and_writes_its_plan_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """comparison.json is written once and not read back; each run's fit and status are
+    checked once."""
+    from rich.console import Console
+
+    import lossbench.compare.ci.step as step
+    import lossbench.compare.execute.resume as resume
+    import lossbench.compare.plan.build as build
+    import lossbench.compare.report.render as render
+    import lossbench.training.fit_check as fit_check
+    from lossbench.api import compare
+
+    counts: Counter[str] = Counter()
+
+    def counted(key: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            counts[key] += 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    def write_json(path: Path, document: Any) -> None:
+        counts[f"write {path.name}"] += 1
+        original_write(path, document)
+
+    original_write = build.write_json
+    monkeypatch.setattr(build, "write_json", write_json)
+    for module in (build, render, step):
+        monkeypatch.setattr(module, "load_saved_plan", counted("read", build.load_saved_plan))
+    import lossbench.training.loop as loop
+
+    fits = counted("fits", fit_check.check_fits)
+    monkeypatch.setattr(fit_check, "check_fits", fits)
+    monkeypatch.setattr(loop, "check_fits", fits)  # what a run's training would call
+    monkeypatch.setattr(resume, "run_status", counted("status", resume.run_status))
+    request = CompareRequest(
+        losses=("bce", "improved"),
+        seeds=(0,),
+        settings={"max_epochs": 1, "threads": 1},
+        smoke=True,
+        out=tmp_path / "out",
+        data_dir=tmp_path / "data",
+    )
+    result = compare(request, Console(quiet=True), lambda line: None)
+    assert len(result.run_dirs) == 2
+    assert counts == {"write comparison.json": 1, "fits": 2, "status": 2}, counts

@@ -254,7 +254,7 @@ def run_reproduction(
             use_threads(waiting[0].config.threads)
             run_step(step, prepare, waiting[0].config.device, console)
     reproduction.save()
-    return execute_plan(plan, prepare, console, retrain_changed, executor)
+    return execute_plan(plan, prepare, console, retrain_changed, executor, statuses=statuses)
 
 
 def row_label(entry: PlanEntry) -> str:
