@@ -24,62 +24,72 @@ from lossbench.reproduce import DEFAULT_TOLERANCE
 REPRODUCE = "Reproduction"
 
 
+Table = Annotated[
+    str | None,
+    typer.Argument(help="table2, table3 or loss-sweep (see --list).", show_default=False),
+]
+ListTables = Annotated[
+    bool,
+    typer.Option(
+        "--list",
+        help="Show the tables, their cells and the datasets with published numbers.",
+        rich_help_panel=REPRODUCE,
+    ),
+]
+Dataset = Annotated[
+    str | None,
+    typer.Option(help="Dataset(s) to reproduce on (several: a,b).", rich_help_panel=REPRODUCE),
+]
+Seeds = Annotated[
+    str, typer.Option(help="Seeds of every cell, e.g. 0,1,2.", rich_help_panel=REPRODUCE)
+]
+Out = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder of the runs and reports (default runs/TABLE); finished runs and "
+        "pre-training in it are reused.",
+        rich_help_panel=REPRODUCE,
+    ),
+]
+PretrainEpochs = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Pre-training epochs of the pre-trained models (S3Rec; default: the "
+        "study's, 150 or 100 by dataset); fewer for a quick check.",
+        rich_help_panel=REPRODUCE,
+    ),
+]
+Tolerance = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        help="Relative distance from a published value beyond which a cell is named.",
+        rich_help_panel=REPRODUCE,
+    ),
+]
+ExpectPublished = Annotated[
+    bool,
+    typer.Option(
+        "--expect-published",
+        help="Exit with status 1 when a cell lies beyond --tolerance of the study (CI).",
+        rich_help_panel=REPRODUCE,
+    ),
+]
+
+
 @app.command()
 @opt.training_flags
 def reproduce(
     context: typer.Context,
-    table: Annotated[
-        str | None,
-        typer.Argument(help="table2, table3 or loss-sweep (see --list).", show_default=False),
-    ] = None,
-    list_tables: Annotated[
-        bool,
-        typer.Option(
-            "--list",
-            help="Show the tables, their cells and the datasets with published numbers.",
-            rich_help_panel=REPRODUCE,
-        ),
-    ] = False,
-    dataset: Annotated[
-        str | None,
-        typer.Option(help="Dataset(s) to reproduce on (several: a,b).", rich_help_panel=REPRODUCE),
-    ] = None,
-    seeds: Annotated[
-        str, typer.Option(help="Seeds of every cell, e.g. 0,1,2.", rich_help_panel=REPRODUCE)
-    ] = "0,1,2",
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder of the runs and reports (default runs/TABLE); finished runs and "
-            "pre-training in it are reused.",
-            rich_help_panel=REPRODUCE,
-        ),
-    ] = None,
-    pretrain_epochs: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Pre-training epochs of the pre-trained models (S3Rec; default: the "
-            "study's, 150 or 100 by dataset); fewer for a quick check.",
-            rich_help_panel=REPRODUCE,
-        ),
-    ] = None,
-    tolerance: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            help="Relative distance from a published value beyond which a cell is named.",
-            rich_help_panel=REPRODUCE,
-        ),
-    ] = DEFAULT_TOLERANCE,
-    expect_published: Annotated[
-        bool,
-        typer.Option(
-            "--expect-published",
-            help="Exit with status 1 when a cell lies beyond --tolerance of the study (CI).",
-            rich_help_panel=REPRODUCE,
-        ),
-    ] = False,
+    table: Table = None,
+    list_tables: ListTables = False,
+    dataset: Dataset = None,
+    seeds: Seeds = "0,1,2",
+    out: Out = None,
+    pretrain_epochs: PretrainEpochs = None,
+    tolerance: Tolerance = DEFAULT_TOLERANCE,
+    expect_published: ExpectPublished = False,
     markdown_file: opt.Markdown = None,
     retrain_changed: opt.RetrainChanged = False,
     json_output: ci.JsonOutput = False,

@@ -31,81 +31,92 @@ NOT_TRAINING = (
 )
 
 
+Dataset = Annotated[
+    str, typer.Option(help="Dataset to tune on (its validation split).", rich_help_panel=TUNE)
+]
+Model = Annotated[str, typer.Option(help="Model (see `lossbench models`).", rich_help_panel=TUNE)]
+Losses = Annotated[
+    str | None,
+    typer.Option(
+        help="Losses to tune, e.g. bce,improved (default bce,ce,improved); "
+        "'original' = the model's own.",
+        rich_help_panel=TUNE,
+    ),
+]
+Trials = Annotated[
+    int | None,
+    typer.Option(
+        help="Trials per loss (pruned ones count; default 20 without --timeout); "
+        "a rerun adds only the missing ones.",
+        rich_help_panel=TUNE,
+    ),
+]
+Timeout = Annotated[
+    float | None,
+    typer.Option(
+        help="Seconds of trials per loss (with or instead of --trials).", rich_help_panel=TUNE
+    ),
+]
+Seed = Annotated[
+    int,
+    typer.Option(
+        help="Training seed of every trial; the k-th trial's sampler gets seed + k.",
+        rich_help_panel=TUNE,
+    ),
+]
+Prune = Annotated[
+    bool,
+    typer.Option(
+        "--prune/--no-prune",
+        help="Stop trials whose validation curve is below the median of earlier trials.",
+        rich_help_panel=TUNE,
+    ),
+]
+Storage = Annotated[
+    str | None,
+    typer.Option(
+        help="Optuna RDB storage URL shared by several tune processes, e.g. "
+        "postgresql://user:password@host/db (default: sqlite in --out).",
+        rich_help_panel=TUNE,
+    ),
+]
+Out = Annotated[
+    Path,
+    typer.Option(
+        help="Folder of the study, trials, summary, figure and tuned.toml.",
+        rich_help_panel=TUNE,
+    ),
+]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="TOML: \\[tune.space] the settings to tune (default lr and dropout); "
+        "\\[settings] fixed for every trial (flags override them).",
+        rich_help_panel=TUNE,
+    ),
+]
+Init = Annotated[
+    Path | None,
+    typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).", rich_help_panel=opt.RUN),
+]
+
+
 @app.command()
 @opt.training_flags
 def tune(
     context: typer.Context,
-    dataset: Annotated[
-        str, typer.Option(help="Dataset to tune on (its validation split).", rich_help_panel=TUNE)
-    ] = "synthetic",
-    model: Annotated[
-        str, typer.Option(help="Model (see `lossbench models`).", rich_help_panel=TUNE)
-    ] = "sasrec",
-    losses: Annotated[
-        str | None,
-        typer.Option(
-            help="Losses to tune, e.g. bce,improved (default bce,ce,improved); "
-            "'original' = the model's own.",
-            rich_help_panel=TUNE,
-        ),
-    ] = None,
-    trials: Annotated[
-        int | None,
-        typer.Option(
-            help="Trials per loss (pruned ones count; default 20 without --timeout); "
-            "a rerun adds only the missing ones.",
-            rich_help_panel=TUNE,
-        ),
-    ] = None,
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            help="Seconds of trials per loss (with or instead of --trials).", rich_help_panel=TUNE
-        ),
-    ] = None,
-    seed: Annotated[
-        int,
-        typer.Option(
-            help="Training seed of every trial; the k-th trial's sampler gets seed + k.",
-            rich_help_panel=TUNE,
-        ),
-    ] = 0,
-    prune: Annotated[
-        bool,
-        typer.Option(
-            "--prune/--no-prune",
-            help="Stop trials whose validation curve is below the median of earlier trials.",
-            rich_help_panel=TUNE,
-        ),
-    ] = True,
-    storage: Annotated[
-        str | None,
-        typer.Option(
-            help="Optuna RDB storage URL shared by several tune processes, e.g. "
-            "postgresql://user:password@host/db (default: sqlite in --out).",
-            rich_help_panel=TUNE,
-        ),
-    ] = None,
-    out: Annotated[
-        Path,
-        typer.Option(
-            help="Folder of the study, trials, summary, figure and tuned.toml.",
-            rich_help_panel=TUNE,
-        ),
-    ] = DEFAULT_OUT,
-    config_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="TOML: \\[tune.space] the settings to tune (default lr and dropout); "
-            "\\[settings] fixed for every trial (flags override them).",
-            rich_help_panel=TUNE,
-        ),
-    ] = None,
-    init: Annotated[
-        Path | None,
-        typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).", rich_help_panel=opt.RUN),
-    ] = None,
+    dataset: Dataset = "synthetic",
+    model: Model = "sasrec",
+    losses: Losses = None,
+    trials: Trials = None,
+    timeout: Timeout = None,
+    seed: Seed = 0,
+    prune: Prune = True,
+    storage: Storage = None,
+    out: Out = DEFAULT_OUT,
+    config_file: ConfigFile = None,
+    init: Init = None,
     preset: opt.Preset = None,
     training: opt.TrainingFlags = opt.NO_FLAGS,
     json_output: ci.JsonOutput = False,
