@@ -13,7 +13,7 @@ import typer
 from lossbench.cli import ci_options as ci
 from lossbench.cli import executor_options as ex
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, app, console, console_err, current_data_dir
+from lossbench.cli.app import DataDir, announce, app, console, console_err, current_data_dir
 from lossbench.cli.outputs import print_json
 from lossbench.cli.parsing import names_list, seeds_list, summary_request
 
@@ -194,7 +194,7 @@ def compare(
         track=track,
         data_dir=current_data_dir(context),
     )
-    if not api.compare(request, console_err if json_output else console).passed:
+    if not api.compare(request, console_err if json_output else console, announce).passed:
         raise typer.Exit(1)
 
 
