@@ -7,7 +7,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from lossbench.evaluation.ranking import sample_eval_candidates
 from lossbench.losses import find_loss
 from lossbench.losses.base import LossParams, LossSpec, Need, Positions
 from lossbench.models import build_model, find_model, model_spec
-from lossbench.models.base import Pretrainable
+from lossbench.models.base import pretrainable_model
 from lossbench.training.config import TrainConfig
 from lossbench.training.evaluate import Evaluator
 
@@ -226,9 +226,10 @@ def make_model(config: TrainConfig, n_items: int) -> tuple[nn.Module, dict[str, 
     """The model of `config` with fresh weights, or `--init`'s for a pretrainable model."""
     model, model_config = build_model(config.model, n_items, config.model_settings)
     if config.init is not None:
-        if not model_spec(config.model).pretrainable:
+        spec = model_spec(config.model)
+        if not spec.pretrainable:
             raise LossbenchError(f"model {config.model} takes no --init checkpoint")
-        cast(Pretrainable, model).load_pretrained(config.init)
+        pretrainable_model(model, spec, config.model).load_pretrained(config.init)
     return model, model_config.model_dump()
 
 

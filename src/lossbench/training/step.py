@@ -8,8 +8,8 @@ trains (`encodes_last_only`). Nothing here inspects the model.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +24,10 @@ from lossbench.models.base import (
     ModelSpec,
     PackedPartsEncoder,
     SequenceModel,
+    last_only_encoder,
+    packed_parts_encoder,
     scoring_table,
+    sequence_model,
 )
 from lossbench.training.cost import LossClock
 from lossbench.training.entry import PlanEntry
@@ -44,12 +47,28 @@ class TrainingStep:
     # The model as called in training: `torch.compile`d, or the model itself.
     step_model: Callable[..., Tensor] | None = None
     clock: LossClock | None = None  # times the loss's own forward and backward
+    # The model's declared abilities as typed views, checked once when the step is made
+    # (None: not declared, or not usable on a compiled model).
+    scorer: SequenceModel = field(init=False)
+    packed: PackedPartsEncoder | None = field(init=False)
+    last_only: LastOnlyEncoder | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        call = self.step_model or self.model
+        compiled = self.step_model is not None and self.step_model is not self.model
+        packed = None
+        if self.spec.packed_parts and not compiled:  # forward_parts is the eager module's
+            packed = packed_parts_encoder(self.model, self.spec)
+        last_only = last_only_encoder(call, self.spec) if self.spec.encodes_last_only else None
+        object.__setattr__(self, "scorer", sequence_model(self.model))
+        object.__setattr__(self, "packed", packed)
+        object.__setattr__(self, "last_only", last_only)
 
     def __call__(self, parts: list[TrainBatch]) -> Tensor:
         states = self.states(parts)
         at_positions = states[0] if len(states) == 1 else torch.cat(states)  # (N, D)
         targets = parts[0].targets if len(parts) == 1 else torch.cat([p.targets for p in parts])
-        table = scoring_table(cast(SequenceModel, self.model))
+        table = scoring_table(self.scorer)
         inputs = LossInputs(at_positions, targets, table, **self.supplied(parts, targets))
         if self.clock is None:
             return self.loss.spec.fn(inputs, self.loss.params)
@@ -74,10 +93,8 @@ class TrainingStep:
 
     def states(self, parts: list[TrainBatch]) -> list[Tensor]:
         """(N_p, D) hidden states at each part's training positions."""
-        compiled = self.step_model is not None and self.step_model is not self.model
-        if self.loss.positions != "last" and self.spec.packed_parts and not compiled:
-            packed = cast(PackedPartsEncoder, self.model)
-            hidden_parts = packed.forward_parts([part.inputs for part in parts])
+        if self.loss.positions != "last" and self.packed is not None:
+            hidden_parts = self.packed.forward_parts([part.inputs for part in parts])
             return [
                 hidden.reshape(-1, hidden.shape[-1]).index_select(0, part.positions)
                 for hidden, part in zip(hidden_parts, parts, strict=True)
@@ -85,11 +102,10 @@ class TrainingStep:
         return [self._part_states(part) for part in parts]
 
     def _part_states(self, part: TrainBatch) -> Tensor:
-        call = self.step_model or self.model
-        if self.loss.positions == "last" and self.spec.encodes_last_only:
+        if self.loss.positions == "last" and self.last_only is not None:
             # Only the last column trains: skip the other queries of the final block.
-            return cast(LastOnlyEncoder, call)(part.inputs, last_only=True)[:, -1]  # (B, D)
-        hidden = call(part.inputs)  # (B, W, D)
+            return self.last_only(part.inputs, last_only=True)[:, -1]  # (B, D)
+        hidden = (self.step_model or self.model)(part.inputs)  # (B, W, D)
         return hidden.reshape(-1, hidden.shape[-1]).index_select(0, part.positions)
 
 
