@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from lossbench.data.batches import TrainBatch, TrainBatcher
 from lossbench.data.sequences import SequenceTensors
+from lossbench.errors import LossbenchError
 from lossbench.losses.base import LossInputs
 from lossbench.losses.negatives import UnseenSampler
 from lossbench.losses.samplers import NegativeSampler, build_sampler
@@ -47,6 +48,9 @@ class TrainingStep:
     # The model as called in training: `torch.compile`d, or the model itself.
     step_model: Callable[..., Tensor] | None = None
     clock: LossClock | None = None  # times the loss's own forward and backward
+    # (n_items + 1,) int64 training occurrences on the model's device, for a loss that needs
+    # "item_counts"; None otherwise.
+    item_counts: Tensor | None = None
     # The model's declared abilities as typed views, checked once when the step is made
     # (None: not declared, or not usable on a compiled model).
     scorer: SequenceModel = field(init=False)
@@ -76,20 +80,32 @@ class TrainingStep:
             return self.loss.spec.fn(inputs, self.loss.params)
 
     def supplied(self, parts: list[TrainBatch], targets: Tensor) -> dict[str, Any]:
-        """Exactly the inputs the loss declares it needs (`LossSettings.needs`)."""
+        """Exactly the inputs the loss declares it needs (`LossSettings.needs`); each one's
+        source was made for the run from the same declaration (`negative_sampler`,
+        `loss_item_counts`), so none is missing here."""
         needs, given = self.loss.needs, dict[str, Any]()
-        if self.sampler is not None and "negatives" in needs:
+        if "negatives" in needs:
+            sampler = self._sampler()
             users = None
-            if self.sampler.needs_users:
+            if sampler.needs_users:
                 users = torch.cat([part.position_users() for part in parts])  # (N,)
-            given["negatives"] = self.sampler.sample(targets, users, self.generator)
-            if "log_q" in needs:
-                given["log_q"] = self.sampler.log_q
-            if "item_frequencies" in needs:
-                given["item_frequencies"] = self.sampler.frequencies
+            given["negatives"] = sampler.sample(targets, users, self.generator)
+        if "log_q" in needs:
+            given["log_q"] = self._sampler().log_q
+        if "item_frequencies" in needs:
+            given["item_frequencies"] = self._sampler().frequencies
+        if "item_counts" in needs:
+            given["item_counts"] = self.item_counts
         if "generator" in needs:
             given["generator"] = self.generator  # the negatives' generator: checkpointed
         return given
+
+    def _sampler(self) -> NegativeSampler:
+        if self.sampler is None:
+            raise LossbenchError(
+                f"loss {self.loss.name} needs sampled negatives but the step has no sampler"
+            )
+        return self.sampler
 
     def states(self, parts: list[TrainBatch]) -> list[Tensor]:
         """(N_p, D) hidden states at each part's training positions."""
@@ -113,8 +129,8 @@ def negative_sampler(
     entry: PlanEntry, n_items: int, sequences: SequenceTensors, batcher: TrainBatcher
 ) -> NegativeSampler | None:
     """The run's negative sampler on its device (None when the loss samples no negatives)."""
-    config, device = entry.config, entry.device
-    if "negatives" not in entry.loss.needs:
+    config, device, needs = entry.config, entry.device, entry.loss.needs
+    if "negatives" not in needs:
         return None
     unseen = None
     if config.negatives_unseen:
@@ -126,6 +142,13 @@ def negative_sampler(
         sequences.item_counts,
         batcher.target_counts(n_items),
         device,
-        logq=config.logq,
+        logq="corrected" if "item_frequencies" in needs else "log_q" in needs,
         unseen=unseen,
     )
+
+
+def loss_item_counts(entry: PlanEntry, sequences: SequenceTensors) -> Tensor | None:
+    """The training item counts on the run's device when the loss needs them, else None."""
+    if "item_counts" not in entry.loss.needs:
+        return None
+    return sequences.item_counts.to(entry.device)
