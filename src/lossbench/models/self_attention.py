@@ -79,13 +79,15 @@ class SelfAttentionModel(nn.Module):
         """(B, L) -> (B, L, D); `last_only` -> (B, 1, D), the last column's state only."""
         is_item = item_ids != 0  # (B, L); the mask token is a real key
         hidden = self.positional_input(self.item_embedding(item_ids))  # (B, L, D)
-        return self.encoder(hidden, is_item, last_only)  # (B, L, D) or (B, 1, D)
+        states: Tensor = self.encoder(hidden, is_item, last_only)  # (B, L, D) or (B, 1, D)
+        return states
 
     def forward_parts(self, inputs: list[Tensor]) -> list[Tensor]:
         """The (B_p, W_p) parts of one training batch -> their (B_p, W_p, D) states. On CPU the
         blocks run once over all parts' real items (0 at padding); elsewhere, part by part."""
         if not self.encoder.packs(inputs[0].device):
-            return [self(ids) for ids in inputs]
+            each: list[Tensor] = [self(ids) for ids in inputs]
+            return each
         return encode_parts(self.item_embedding, self.positional_input, self.encoder, inputs)
 
     def predict_hidden(self, item_ids: Tensor) -> Tensor:
@@ -95,8 +97,9 @@ class SelfAttentionModel(nn.Module):
         state; a batch narrower than max_len grows by one column, a full-width batch drops its
         oldest column. Either way the mask sits at position max_len - 1, where training put
         the last item, and a bucketed (narrow) batch loses no history item."""
-        if self.mask_token is None:
-            return self(item_ids, last_only=True)[:, 0]
-        mask = torch.full_like(item_ids[:, :1], self.mask_token)  # (B, 1)
-        history = item_ids if item_ids.shape[1] < self.max_len else item_ids[:, 1:]
-        return self(torch.cat([history, mask], dim=1), last_only=True)[:, 0]
+        if self.mask_token is not None:
+            mask = torch.full_like(item_ids[:, :1], self.mask_token)  # (B, 1)
+            history = item_ids if item_ids.shape[1] < self.max_len else item_ids[:, 1:]
+            item_ids = torch.cat([history, mask], dim=1)
+        last: Tensor = self(item_ids, last_only=True)  # (B, 1, D)
+        return last[:, 0]
