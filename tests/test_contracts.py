@@ -316,3 +316,21 @@ def test_padding_is_computed_by_a_setting_of_the_encoder_not_a_global() -> None:
         attention_dropout=0.5, max_len=6, init_std=0.02, pack_padding=False,
     )  # fmt: skip
     assert not unpacked.encoder.packs(torch.device("cpu"))
+
+
+# --- settings read somewhere, or gone -------------------------------------------------------
+
+
+def test_a_protocol_written_with_max_length_still_loads_and_it_defines_nothing() -> None:
+    """`max_length` was never read by preparation: a registry that holds it loads, and two
+    preparations that differed only in it are the same preparation."""
+    from pydantic import ValidationError
+
+    from lossbench.data.preprocess import protocol_identity
+    from lossbench.data.registry import Protocol
+
+    protocol = Protocol.model_validate({"user_core": 5, "max_length": 200})
+    assert protocol == Protocol(user_core=5) and "max_length" not in Protocol.model_fields
+    assert "max_length" not in protocol_identity(protocol)
+    with pytest.raises(ValidationError, match="max_lenght"):  # other keys are still checked
+        Protocol.model_validate({"max_lenght": 200})
