@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from lossbench.data.prepared import PreparedDataset
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.losses import CATALOGUE, LOSSES, SAMPLED, LossInputs, LossParams, LossSpec
 from lossbench.losses.contract import check_loss
@@ -116,10 +116,10 @@ def toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelSpec:
 def test_a_plugin_model_declaring_pretraining_is_pretrained_and_fine_tuned(
     toy: ModelSpec, dataset: PreparedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lossbench.data.prepared as prepared  # the command imports it when it runs
+    import lossbench.data.store as store  # the command imports it when it runs
     from lossbench.cli import app
 
-    monkeypatch.setattr(prepared, "ensure_prepared", lambda data_dir, name: dataset)
+    monkeypatch.setattr(store, "ensure_prepared", lambda data_dir, name: dataset)
     out = tmp_path / "pre"
     arguments = ["pretrain", "--dataset", "synthetic", "--model", "toy", "--out", str(out)]
     result = CliRunner().invoke(app, [*arguments, "--lr", "0.1", "--hidden-size", "4"])

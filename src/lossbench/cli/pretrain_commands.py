@@ -55,7 +55,7 @@ def pretrain(
 ) -> None:
     """Pre-train a model's encoder; fine-tune it with `lossbench train --init OUT/pretrained.pt`
     (model settings must match those of the fine-tuning run)."""
-    from lossbench.data.prepared import ensure_prepared, prepare_on_first_use
+    from lossbench.data.store import ensure_prepared, prepare_on_first_use
     from lossbench.models import model_config, model_spec
     from lossbench.training.pretrainers import PretrainSettings, pretraining_of, run_pretraining
     from lossbench.training.setup import use_threads

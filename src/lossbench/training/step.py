@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lossbench.data.batches import TrainBatch, TrainBatcher
 from lossbench.data.sequences import SequenceTensors
 from lossbench.errors import LossbenchError
 from lossbench.losses.base import LossInputs
@@ -30,6 +29,7 @@ from lossbench.models.base import (
     scoring_table,
     sequence_model,
 )
+from lossbench.training.batches import TrainBatch, TrainBatcher
 from lossbench.training.cost import LossClock
 from lossbench.training.entry import PlanEntry
 from lossbench.training.setup import LossSettings
