@@ -221,6 +221,16 @@ def test_a_loss_declaring_it_needs_item_counts_receives_them(
     assert received["counts"][0] is None
 
 
+def test_a_step_without_a_declared_input_is_refused_when_it_is_made() -> None:
+    from lossbench.training.setup import resolve_loss
+    from lossbench.training.step import TrainingStep
+
+    model, _ = build_model("sasrec", 20, {"hidden_size": 8})
+    loss = resolve_loss(build_config(overrides={"loss": "bce"}))
+    with pytest.raises(LossbenchError, match="loss bce needs negatives but the step was given"):
+        TrainingStep(model, MODELS["sasrec"], loss, None, torch.Generator())
+
+
 def test_check_loss_feeds_the_declared_inputs() -> None:
     seen: list[Tensor | None] = []
 

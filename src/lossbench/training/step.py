@@ -64,6 +64,15 @@ class TrainingStep:
         if self.spec.packed_parts and not compiled:  # forward_parts is the eager module's
             packed = packed_parts_encoder(self.model, self.spec)
         last_only = last_only_encoder(call, self.spec) if self.spec.encodes_last_only else None
+        missing = [
+            name
+            for name, source in (("negatives", self.sampler), ("item_counts", self.item_counts))
+            if name in self.loss.needs and source is None
+        ]
+        if missing:
+            raise LossbenchError(
+                f"loss {self.loss.name} needs {' and '.join(missing)} but the step was given none"
+            )
         object.__setattr__(self, "scorer", sequence_model(self.model))
         object.__setattr__(self, "packed", packed)
         object.__setattr__(self, "last_only", last_only)
@@ -80,32 +89,24 @@ class TrainingStep:
             return self.loss.spec.fn(inputs, self.loss.params)
 
     def supplied(self, parts: list[TrainBatch], targets: Tensor) -> dict[str, Any]:
-        """Exactly the inputs the loss declares it needs (`LossSettings.needs`); each one's
-        source was made for the run from the same declaration (`negative_sampler`,
-        `loss_item_counts`), so none is missing here."""
-        needs, given = self.loss.needs, dict[str, Any]()
+        """Exactly the inputs the loss declares it needs (`LossSettings.needs`); their sources
+        were checked when the step was made."""
+        needs, sampler, given = self.loss.needs, self.sampler, dict[str, Any]()
         if "negatives" in needs:
-            sampler = self._sampler()
+            assert sampler is not None
             users = None
             if sampler.needs_users:
                 users = torch.cat([part.position_users() for part in parts])  # (N,)
             given["negatives"] = sampler.sample(targets, users, self.generator)
-        if "log_q" in needs:
-            given["log_q"] = self._sampler().log_q
-        if "item_frequencies" in needs:
-            given["item_frequencies"] = self._sampler().frequencies
+            if "log_q" in needs:
+                given["log_q"] = sampler.log_q
+            if "item_frequencies" in needs:
+                given["item_frequencies"] = sampler.frequencies
         if "item_counts" in needs:
             given["item_counts"] = self.item_counts
         if "generator" in needs:
             given["generator"] = self.generator  # the negatives' generator: checkpointed
         return given
-
-    def _sampler(self) -> NegativeSampler:
-        if self.sampler is None:
-            raise LossbenchError(
-                f"loss {self.loss.name} needs sampled negatives but the step has no sampler"
-            )
-        return self.sampler
 
     def states(self, parts: list[TrainBatch]) -> list[Tensor]:
         """(N_p, D) hidden states at each part's training positions."""
