@@ -20,6 +20,7 @@ from lossbench import plugins
 from lossbench.errors import LossbenchError
 from lossbench.models.base import (
     ModelSpec,
+    PretrainFn,
     Pretraining,
     SequenceModel,
     from_config,
@@ -158,6 +159,7 @@ __all__ = [
     "GRU4Rec",
     "GRU4RecConfig",
     "ModelSpec",
+    "PretrainFn",
     "Pretraining",
     "SASRec",
     "SASRecConfig",
