@@ -344,3 +344,15 @@ def test_a_protocol_written_with_max_length_still_loads_and_it_defines_nothing()
     assert "max_length" not in protocol_identity(protocol)
     with pytest.raises(ValidationError, match="max_lenght"):  # other keys are still checked
         Protocol.model_validate({"max_lenght": 200})
+
+
+def test_no_unchecked_casts_or_name_tests_decide_an_ability() -> None:
+    """Abilities are taken through the checked views of `lossbench.models.base`, and whether
+    a model pre-trains is read from its spec, anywhere in the package."""
+    root = Path(__file__).resolve().parents[1] / "src" / "lossbench"
+    abilities = ("SequenceModel", "LastOnlyEncoder", "PackedPartsEncoder", "Pretrainable")
+    for path in root.rglob("*.py"):
+        source = path.read_text()
+        for ability in abilities:
+            assert f"cast({ability}" not in source, (path, ability)
+        assert "PRETRAINABLE" not in source and "isinstance(step.model_settings" not in source
