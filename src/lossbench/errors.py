@@ -1,5 +1,5 @@
-"""The one domain exception, and the one way a validation error becomes it. Only the CLI
-(`lossbench.cli`) turns it into a message and an exit code."""
+"""The one domain exception, and the one way a validation error becomes it. Only the command
+line's `main` (`lossbench.cli`) turns it into a one-line message and an exit code."""
 
 from __future__ import annotations
 

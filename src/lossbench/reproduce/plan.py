@@ -44,6 +44,7 @@ from lossbench.reproduce.tables import (
 from lossbench.training.config import merge_layers
 from lossbench.training.entry import PlanEntry
 from lossbench.training.names import Names
+from lossbench.training.pretrainers import pretraining_of
 from lossbench.training.run_labels import config_label
 from lossbench.training.setup import use_threads
 
@@ -209,8 +210,16 @@ def _pretrain_step(
     probe = build_plan(grid, layers, out_dir, names).entries[0]  # the runs' resolved settings
     dataset_folder = probe.run_dir.relative_to(out_dir).parts[0]
     folder = pretrain_folder(out_dir, dataset_folder, model, epochs)
+    pretraining_of(model, probe.model)  # a table may name only models that pre-train
     return PretrainStep(
-        dataset, probe.config.split_spec, model, probe.model_settings, epochs, PRETRAIN_SEED, folder
+        dataset,
+        probe.config.split_spec,
+        model,
+        probe.model_settings,
+        epochs,
+        PRETRAIN_SEED,
+        folder,
+        probe.model,
     )
 
 

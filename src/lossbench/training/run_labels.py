@@ -57,7 +57,7 @@ def _named_negatives(spec: LossSpec | None, negatives: int | None) -> int | None
     that takes its negatives from the flags has none)."""
     if negatives is None or spec is None:
         return None
-    return negatives if spec.negatives > 0 and negatives != spec.negatives else None
+    return negatives if spec.samples_negatives and negatives != spec.negatives else None
 
 
 def _samples(spec: LossSpec | None) -> bool:
