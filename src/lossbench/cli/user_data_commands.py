@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lossbench.cli import ci_options as ci
-from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.app import DataDir, app, console, console_err, current_data_dir
 from lossbench.cli.outputs import print_json
 
 FILE = "File"
@@ -17,6 +17,7 @@ PROTOCOL = "Protocol"
 
 @app.command("add-dataset")
 def add_dataset_command(
+    context: typer.Context,
     name: Annotated[str, typer.Argument(help="Name to use with --dataset from now on.")],
     file: Annotated[
         Path,
@@ -62,9 +63,6 @@ def add_dataset_command(
             "--dedup/--no-dedup", help="Keep the first (user, item) only.", rich_help_panel=PROTOCOL
         ),
     ] = True,
-    max_length: Annotated[
-        int, typer.Option(min=1, help="Training history length.", rich_help_panel=PROTOCOL)
-    ] = 50,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an entry of the same name.")
     ] = False,
@@ -82,10 +80,9 @@ def add_dataset_command(
         user_core=user_core,
         item_core=item_core,
         dedup=dedup,
-        max_length=max_length,
     )
     added = add_dataset(
-        GlobalOptions.data_dir,
+        current_data_dir(context),
         name,
         file,
         columns=columns,

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lossbench.errors import LossbenchError
+from lossbench.errors import LossbenchError, validation_failure
 from lossbench.paths import USER_REGISTRY_ENV as USER_REGISTRY_ENV  # set by the CLI
 from lossbench.paths import USER_REGISTRY_FILE as USER_REGISTRY_FILE
 from lossbench.paths import UserRegistry as UserRegistry
@@ -109,7 +109,15 @@ class Protocol(_Strict):
     item_core: int = Field(default=0, ge=0)  # ... and items with >= item_core users
     dedup: bool = True  # keep only the first (user, item) interaction
     organic_only: bool = False  # keep only organic events (formats with the flag: Yambda)
-    max_length: int = Field(default=50, ge=1)  # training history length (recorded for models)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_max_length(cls, data: Any) -> Any:
+        """A registry written by an earlier lossbench may hold `max_length`, which preparation
+        never read (a model's history length is its own `max_len` setting): ignored."""
+        if isinstance(data, dict) and "max_length" in data:
+            return {key: value for key, value in data.items() if key != "max_length"}
+        return data
 
 
 class SyntheticSpec(_Strict):
@@ -186,7 +194,6 @@ def user_registry_path(data_dir: Path | None) -> Path | None:
         return UserRegistry.path
     if env := os.environ.get(USER_REGISTRY_ENV):
         return Path(env)
-    data_dir = data_dir if data_dir is not None else UserRegistry.data_dir
     return data_dir / USER_REGISTRY_FILE if data_dir is not None else None
 
 
@@ -247,10 +254,12 @@ def _validate_entry(path: str, name: str, table: Any) -> DatasetEntry:
     try:
         return DatasetEntry.model_validate({"name": name, **table})
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "(entry)"
-        raise LossbenchError(
-            f"{path}: entry {name!r}, field {field!r}: {first['msg']}; fix the entry"
+        raise validation_failure(
+            error,
+            lambda field, _, detail: (
+                f"{path}: entry {name!r}, field {field or '(entry)'!r}: {detail['msg']}; "
+                "fix the entry"
+            ),
         ) from None
 
 

@@ -18,7 +18,14 @@ from torch import nn
 
 from lossbench import plugins
 from lossbench.errors import LossbenchError
-from lossbench.models.base import ModelSpec, SequenceModel, from_config, mask_token_id
+from lossbench.models.base import (
+    ModelSpec,
+    PretrainFn,
+    Pretraining,
+    SequenceModel,
+    from_config,
+    mask_token_id,
+)
 from lossbench.models.bert4rec import BERT4Rec, BERT4RecConfig
 from lossbench.models.gru4rec import GRU4Rec, GRU4RecConfig
 from lossbench.models.s3rec import S3Rec, S3RecConfig
@@ -65,6 +72,15 @@ MODELS: dict[str, ModelSpec] = {
         encodes_last_only=True,
         packed_parts=True,
         pretrainable=True,
+        # The S3Rec code's pre-training: 150 epochs (the study's), batch 100, Adam at 1e-3.
+        pretraining=Pretraining(
+            objective="four self-supervised objectives on items and their attributes "
+            "(AAP, MIP, MAP, SP)",
+            entry_point="lossbench.training.pretrain:pretrain_s3rec",
+            epochs=150,
+            batch_size=100,
+            lr=1e-3,
+        ),
     ),
 }
 
@@ -109,7 +125,13 @@ def model_spec(name: str) -> ModelSpec:
 
 def model_config(name: str, overrides: Mapping[str, object] | None = None) -> BaseModel:
     """The model's defaults with `overrides` applied, validated by its config class."""
-    spec = model_spec(name)
+    return spec_settings(model_spec(name), name, overrides)
+
+
+def spec_settings(
+    spec: ModelSpec, name: str, overrides: Mapping[str, object] | None = None
+) -> BaseModel:
+    """`model_config` for a spec already resolved (`name` only for messages)."""
     settings = dict(overrides or {})
     known = spec.config_class.model_fields
     for key in settings:
@@ -143,6 +165,8 @@ __all__ = [
     "GRU4Rec",
     "GRU4RecConfig",
     "ModelSpec",
+    "PretrainFn",
+    "Pretraining",
     "SASRec",
     "SASRecConfig",
     "SequenceModel",
@@ -152,4 +176,5 @@ __all__ = [
     "mask_token_id",
     "model_config",
     "model_spec",
+    "spec_settings",
 ]
