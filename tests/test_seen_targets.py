@@ -57,7 +57,6 @@ def hand_set() -> EvaluationSet:
     """User 1 had [1, 2] and wants 3 (new); user 2 had [3, 1] and wants 1 again; user 3 had
     [4] and wants 4 again."""
     return EvaluationSet(
-        inputs=torch.tensor([[1, 2], [3, 1], [0, 4]]),
         lengths=torch.tensor([2, 2, 1]),
         targets=torch.tensor([3, 1, 4]),
         seen_offsets=torch.tensor([0, 2, 4, 5]),

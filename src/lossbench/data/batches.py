@@ -81,7 +81,7 @@ class TrainBatcher:
     ) -> None:
         if positions == "masked" and mask_token is None:
             raise ValueError("masked positions need the model's mask token")
-        self.windows = sequences.train_windows  # (U, max_len + 1)
+        self.windows = sequences.train_windows  # (U, max_len + 1) int32
         if shuffle_train:  # its own stream: the batches of a run stay those of its seed
             order_generator = torch.Generator().manual_seed(seed + 104729)
             self.windows = shuffled_windows(self.windows, order_generator)
@@ -128,7 +128,7 @@ class TrainBatcher:
 
     def make_batch(self, users: Tensor) -> TrainBatch:
         width = int(self.lengths[users].max())  # real items in the longest window
-        windows = self.windows[users, -width:]  # (B, width)
+        windows = self.windows[users, -width:].long()  # (B, width) int64 (held as int32)
         if self.positions == "masked":  # the model sees at most max_len items
             items = windows[:, -min(width, self.windows.shape[1] - 1) :]
             return self._masked_batch(items, users)

@@ -101,7 +101,7 @@ class Evaluator:
             stop = min(start + block, len(self.targets))
             width = max(int(self.lengths[stop - 1]), 1)
             users = self.order[start:stop]
-            inputs = self.evaluation_set.inputs[users, -width:].to(self.device)
+            inputs = self.evaluation_set.histories(users, width).to(self.device)  # (B, W)
             targets = self.targets[start:stop].to(self.device)
             hidden = model.predict_hidden(inputs).float()  # (B, D)
             seen_rows, seen_items = self._seen(users)
@@ -146,6 +146,7 @@ class Evaluator:
         counts = offsets[users + 1] - starts  # (B,)
         first = torch.cumsum(counts, 0) - counts  # (B,) where each row's pairs start
         within = torch.arange(int(counts.sum())) - torch.repeat_interleave(first, counts)
-        items = self.evaluation_set.seen_items[torch.repeat_interleave(starts, counts) + within]
+        seen = self.evaluation_set.seen_items[torch.repeat_interleave(starts, counts) + within]
+        items = seen.long()  # (S,) int64, as index_put_ and the comparisons take them
         rows = torch.repeat_interleave(torch.arange(len(users)), counts)
         return rows.to(self.device), items.to(self.device)
