@@ -168,12 +168,12 @@ def csr_offsets(lengths: np.ndarray) -> np.ndarray:
 def split_array(split: pl.DataFrame, name: str) -> np.ndarray:
     """One array of `ARRAY_FILES` from the `split` table (rows sorted by user)."""
     if name in ("train_offsets", "gap_offsets"):
-        column = split[name.replace("_offsets", "_items")]
-        return csr_offsets(column.list.len().to_numpy())
+        lists = split[name.replace("_offsets", "_items")]
+        return csr_offsets(lists.list.len().to_numpy())
     if name in ("train_items", "gap_items"):
         return split[name].explode().drop_nulls().to_numpy().astype(ID_DTYPE)
-    column = "valid_item" if name == "valid_items" else "test_item"
-    return split[column].fill_null(0).to_numpy().astype(ID_DTYPE)
+    target = "valid_item" if name == "valid_items" else "test_item"
+    return split[target].fill_null(0).to_numpy().astype(ID_DTYPE)
 
 
 def prepared_from_frames(
