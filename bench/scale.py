@@ -45,6 +45,7 @@ ML20M_ROWS, ML20M_USERS, ML20M_ITEMS = 20_000_263, 138_493, 26_744
 LOSSES = ("improved", "sampled-ce", "sce", "rece", "scaled-ce")
 MAX_LEN = 200
 PROGRESS_SECONDS = 30.0  # at most this long between two progress lines of a phase
+HEARTBEAT_SECONDS = 60.0  # a line while a phase's process runs, at least this often
 EVAL_PARTS = 8  # the validation pass in this many interleaved parts, a line after each
 BLOCK_ROWS = 2_000_000  # rows generated and written at a time
 
@@ -69,9 +70,13 @@ def generate(path: Path, rows: int, seed: int) -> dict[str, int]:
     strides[np.gcd(strides, n_items) != 1] = 1
     starts = rng.integers(0, n_items, n_users)
     ends = np.cumsum(lengths)
+    last_line = time.perf_counter()
     with path.open("wb") as stream:
         first = 0
         while first < n_users:  # a block of whole users, about BLOCK_ROWS rows
+            if time.perf_counter() - last_line >= PROGRESS_SECONDS:
+                say(f"  generating: {int(ends[first]):,} of {rows:,} rows")
+                last_line = time.perf_counter()
             last = int(np.searchsorted(ends, ends[first] - lengths[first] + BLOCK_ROWS)) + 1
             last = min(max(last, first + 1), n_users)
             block = _user_block(rng, first, last, lengths, strides, starts, n_items)
@@ -327,12 +332,19 @@ def memory_phase(data_dir: Path) -> dict[str, Any]:
 
 def child(arguments: list[str]) -> dict[str, Any]:
     """Run one phase of this script in a fresh process; its JSON line."""
-    done = subprocess.run(  # its progress lines (stderr) pass through as they come
-        [sys.executable, __file__, *arguments], stdout=subprocess.PIPE, text=True, check=False
-    )
-    if done.returncode != 0:
-        sys.exit(f"error: phase {arguments[:2]} failed (exit {done.returncode}; see above)")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    started = time.perf_counter()
+    command = [sys.executable, __file__, *arguments]
+    # Its progress lines (stderr) pass through as they come; a line at least every minute.
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        while True:
+            try:
+                stdout, _ = process.communicate(timeout=HEARTBEAT_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                say(f"  {arguments[1]}: running for {time.perf_counter() - started:.0f} s")
+    if process.returncode != 0:
+        sys.exit(f"error: phase {arguments[:2]} failed (exit {process.returncode}; see above)")
+    return dict(json.loads(stdout.strip().splitlines()[-1]))
 
 
 def main() -> None:
@@ -374,6 +386,7 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     results["file"]["seconds"] = time.perf_counter() - start
     base = ["--work", str(work), "--file", str(csv)]
     phases = ["prepare-in-memory", "prepare"] if args.in_memory else ["prepare"]
+    say(f"generated {args.rows:,} rows; preparing")
     results["prepare"] = [child(["--phase", phase, *base]) for phase in phases]
     results["memory"] = child(["--phase", "memory", *base])
     results["train"] = []
