@@ -307,7 +307,8 @@ def rss_gib() -> float:
 
 def memory_phase(data_dir: Path) -> dict[str, Any]:
     """What a run holds before its first step, piece by piece (resident GiB after each):
-    the prepared arrays, the padded sequence tensors, the two evaluators, one score block."""
+    the prepared arrays (memory-mapped), the sequence tensors (training windows, seen-item
+    CSRs), the two evaluators, one score block."""
     import torch
 
     from lossbench.data.prepared import load_prepared
