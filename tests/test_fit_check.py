@@ -113,3 +113,17 @@ def test_the_memory_refusal_names_the_setting_that_dominates(
     assert estimate_step_memory(entry, dataset).setting == (
         "eval_batch_size (1,000,000) in a --config file"
     )
+
+
+def test_the_gathered_negatives_count_only_the_chunk_held_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = make_synthetic_prepared(n_users=300, n_items=400, mean_length=30.0, seed=0)
+    overrides = {"loss": "bce", "negatives": 300, "model_settings": {"max_len": 50}}
+    entry = plan_entry(build_config(overrides=overrides), tmp_path)
+    whole = estimate_step_memory(entry, dataset)
+    positions = 256 * min(50, int(dataset.train_lengths.max()))
+    # scored in chunks of 2^20 gathered elements (`negative_scores`): only those are held
+    monkeypatch.setattr(fit_check, "GATHER_ELEMENTS", 1 << 20)
+    chunked = estimate_step_memory(entry, dataset)
+    assert whole.total_bytes - chunked.total_bytes == (positions * 300 * 64 - (1 << 20)) * 4 * 2

@@ -18,6 +18,7 @@ import torch
 from lossbench.data.prepared import PreparedDataset
 from lossbench.errors import LossbenchError
 from lossbench.losses.full_softmax import softmax_chunk_for
+from lossbench.losses.negatives import GATHER_ELEMENTS
 from lossbench.models.base import scoring_table, sequence_model
 from lossbench.training.data_fit import check_data_fit
 from lossbench.training.entry import PlanEntry
@@ -88,8 +89,10 @@ def estimate_step_memory(entry: PlanEntry, dataset: PreparedDataset) -> StepMemo
     activations = rows * width * hidden * FLOAT_BYTES * ACTIVATION_COPIES
     if "negatives" in entry.loss.needs:
         k = entry.loss.negatives
-        # gathered rows and their gradients (N, K, D), ids (int64) and scores (N, K)
-        loss = positions * k * (2 * hidden * FLOAT_BYTES + 8 + 3 * FLOAT_BYTES)
+        # gathered rows and their gradients (N, K, D), at most GATHER_ELEMENTS of them at a
+        # time (`negative_scores`); ids (int64) and scores (N, K)
+        gathered = min(positions * k * hidden, max(GATHER_ELEMENTS, k * hidden))
+        loss = gathered * 2 * FLOAT_BYTES + positions * k * (8 + 3 * FLOAT_BYTES)
         loss_text = f"{positions:,} positions x {k:,} negatives x {hidden:,} dims"
         loss_flags = [f"--negatives ({k:,})", *along, size]
     else:
