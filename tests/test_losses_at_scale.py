@@ -18,9 +18,8 @@ from lossbench.cli.app import logq_words
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.synthetic import make_synthetic_prepared
 from lossbench.errors import LossbenchError
-from lossbench.losses import LOSSES, LossInputs, LossParams, LossSpec
+from lossbench.losses import LOSSES, LossInputs, LossParams, LossSpec, reduced_ce
 from lossbench.losses.full_softmax import full_softmax_ce
-from lossbench.losses import reduced_ce
 from lossbench.losses.reduced_ce import rece, rece_buckets
 from lossbench.losses.sampled_softmax import corrected_logq_ce, sampled_ce, scaled_ce
 from lossbench.losses.scalable_ce import catalogue_topk, sce
