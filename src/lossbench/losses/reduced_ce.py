@@ -41,9 +41,9 @@ from lossbench.losses.base import LossInputs, LossParams
 from lossbench.losses.scalable_ce import require_generator
 
 # Logits of one block of item chunks (forward and backward hold about two such blocks).
-BLOCK_LOGITS = 1 << 24
-# Item projections held at once while bucketing the catalogue.
-PROJECTION_LOGITS = 1 << 24
+BLOCK_LOGITS = 1 << 22
+# Projections held at once while bucketing (2 MB: in cache for the max that follows).
+PROJECTION_LOGITS = 1 << 19
 # Devices on which the excluded pairs are listed once per step (a binary search with a host
 # round trip); elsewhere each block compares its pairs' chunks in every earlier round.
 LISTED_ON = frozenset({"cpu"})
@@ -53,6 +53,24 @@ FAR = 1 << 28  # the chunk of padding: never within e of a real chunk (int32 dif
 def rece_buckets(n_positions: int, n_items: int, extra_chunks: int) -> int:
     """The authors' n_b = int(sqrt(4 (1 + 2e) min(N, n_items))), at least 1."""
     return max(1, int(math.sqrt(4.0 * (1 + 2 * extra_chunks) * min(n_positions, n_items))))
+
+
+def rece_memory_bytes(n_positions: int, n_items: int, dim: int, params: LossParams) -> int:
+    """Bytes `rece` holds at its peak for N positions (fp32, beside the weights): the layout
+    (about 20 bytes per item and round, 48 while sorting), the listed pairs met in an earlier
+    round (under uniform hashing, N (1 + 2e)^2 c_y / n_b per round pair), one block of
+    logits with its mask and item rows in forward and backward, the table's gradient."""
+    rounds, extra = params.rece_rounds, params.rece_extra_chunks
+    n_buckets = params.rece_buckets or rece_buckets(n_positions, n_items, extra)
+    n_buckets = max(1, min(n_buckets, n_positions, n_items))
+    size_x, size_y = -(-n_positions // n_buckets), -(-n_items // n_buckets)
+    width = (1 + 2 * extra) * size_x
+    met = n_positions * (1 + 2 * extra) ** 2 * size_y // n_buckets  # per round pair
+    listed = 4 * (rounds * n_positions + rounds * (rounds - 1) // 2 * met)
+    block = min(n_buckets, max(1, BLOCK_LOGITS // (size_y * width))) * size_y * width
+    build = 28 * rounds * n_items + 8 * min(PROJECTION_LOGITS, n_items * rounds * n_buckets)
+    steps = 10 * block + 8 * block * dim // width + 4 * n_items * dim
+    return 20 * rounds * n_items + listed + 16 * 2 * met + max(build, steps)
 
 
 def rece(inputs: LossInputs, params: LossParams) -> Tensor:
@@ -97,7 +115,7 @@ class Layout:
     x_chunk: Tensor  # (R, N + 1) int32 chunk of each position row (row N: FAR)
     x_slot: Tensor  # (R, N) place of each position in its window of its own chunk
     y_chunk: Tensor  # (R, n_items + 1) int32 chunk of each item id (id 0: -FAR)
-    y_slot: Tensor  # (R, n_items + 1) place of each item in its chunk
+    y_slot: Tensor  # (R, n_items + 1) int32 place of each item in its chunk
     extra: int
 
     @property
@@ -120,7 +138,7 @@ class Layout:
         items = _padded(y_order + 1, n_buckets * size_y, 0).view(-1, n_buckets, size_y)
         x_rank = _ranks(x_order)  # (R, N) place of each row in the sorted order
         x_slot = extra * size_x + x_rank % size_x  # its place in the window of its own chunk
-        y_slot = torch.nn.functional.pad(_ranks(y_order) % size_y, (1, 0))
+        y_slot = torch.nn.functional.pad((_ranks(y_order) % size_y).int(), (1, 0))
         x_chunk = torch.nn.functional.pad(x_chunk, (0, 1), value=FAR)
         y_chunk = torch.nn.functional.pad(y_chunk, (1, 0), value=-FAR)
         return Layout(items, window, x_chunk, x_slot, y_chunk, y_slot, extra)
@@ -146,9 +164,9 @@ class Layout:
         per item chunk, the window's positions sorted by their earlier chunk, and a binary
         search of each item's earlier chunk among them."""
         width = self.window.shape[2]
-        position_chunks = self.x_chunk[earlier][self.window[r]]  # (n_b, W)
+        position_chunks = _rows(self.x_chunk[earlier], self.window[r])  # (n_b, W)
         sorted_chunks, order = position_chunks.sort(dim=1)
-        item_chunks = self.y_chunk[earlier][self.items[r]]  # (n_b, c_y)
+        item_chunks = _rows(self.y_chunk[earlier], self.items[r])  # (n_b, c_y)
         low = torch.searchsorted(sorted_chunks, item_chunks - self.extra)
         high = torch.searchsorted(sorted_chunks, item_chunks + self.extra, right=True)
         counts = (high - low).reshape(-1)  # (n_b c_y,) positions met by each item slot
@@ -163,28 +181,32 @@ class Layout:
 
 
 def _argmax_buckets(directions: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-    """(R, rows) bucket and largest projection of every row, in blocks of rows."""
+    """(R, rows) bucket and largest projection of every row, in blocks of rows whose
+    projections stay in cache (the max over them costs as much as the matmul)."""
     rounds, n_buckets, dim = directions.shape
     flat = directions.reshape(rounds * n_buckets, dim)
     block = max(1, PROJECTION_LOGITS // (rounds * n_buckets))
-    buckets, values = [], []
+    buckets = torch.empty(rounds, rows.shape[0], dtype=torch.long, device=rows.device)
+    values = torch.empty(rounds, rows.shape[0], dtype=rows.dtype, device=rows.device)
     for start in range(0, rows.shape[0], block):
         projections = rows[start : start + block] @ flat.T  # (b, R n_b)
         value, bucket = projections.view(-1, rounds, n_buckets).max(dim=2)  # (b, R)
-        buckets.append(bucket)
-        values.append(value)
-    return torch.cat(buckets).T, torch.cat(values).T
+        buckets[:, start : start + block] = bucket.T
+        values[:, start : start + block] = value.T
+    return buckets, values
 
 
 def _sorted_chunks(bucket: Tensor, value: Tensor, n_buckets: int) -> tuple[Tensor, Tensor]:
     """(R, rows) rows sorted by (bucket, largest float32 projection first, row) and the int32
-    chunk of each row (n_b chunks of ceil(rows / n_b)). One stable sort of an int64 key:
-    the bucket above the float32 bits mapped to an order-preserving int32, reversed."""
+    chunk of each row (n_b chunks of ceil(rows / n_b)). Per round one stable sort of an int64
+    key: the bucket above the float32 bits mapped to an order-preserving int32, reversed."""
     size = -(-bucket.shape[1] // n_buckets)
-    bits = value.float().view(torch.int32).long()  # (R, rows)
-    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float
-    key = (bucket << 32) + (0x7FFFFFFF - ordered)  # low part in [0, 2^32): larger first
-    order = torch.sort(key, dim=1, stable=True).indices
+    order = torch.empty_like(bucket)
+    for r in range(bucket.shape[0]):
+        key = value[r].float().view(torch.int32).long()  # (rows,)
+        key ^= (key >> 63) & 0x7FFFFFFF  # negative floats: monotone in the float
+        key.neg_().add_(0x7FFFFFFF + (bucket[r] << 32))  # low part in [0, 2^32): larger first
+        order[r] = torch.sort(key, stable=True).indices
     return order, (_ranks(order) // size).int()
 
 
@@ -193,6 +215,12 @@ def _ranks(order: Tensor) -> Tensor:
     ranks = torch.empty_like(order)
     places = torch.arange(order.shape[1], device=order.device).expand_as(order)
     return ranks.scatter_(1, order, places)
+
+
+def _rows(source: Tensor, index: Tensor) -> Tensor:
+    """source[index] for an index of any shape (index_select: a row copy, where advanced
+    indexing is several times slower on CPU)."""
+    return source.index_select(0, index.reshape(-1)).view(*index.shape, *source.shape[1:])
 
 
 def _padded(order: Tensor, size: int, pad: int) -> Tensor:
@@ -214,7 +242,7 @@ def _block_logits(
     (b, c_y, D). `h` has a zero row N for the padding."""
     layout, (start, stop) = inputs.layout, block
     items, rows = layout.items[r, start:stop], layout.window[r, start:stop]
-    y, hs = t[items], h[rows]
+    y, hs = _rows(t, items), _rows(h, rows)
     logits = torch.bmm(y, hs.transpose(1, 2))  # (b, c_y, W)
     logits.masked_fill_(_left_out(inputs, r, block, items, rows), float("-inf"))
     return logits, rows, hs, y
@@ -241,7 +269,8 @@ def _left_out(
             y_chunk = layout.y_chunk[earlier][items].unsqueeze(2)  # (b, c_y, 1)
             x_chunk = layout.x_chunk[earlier][rows].unsqueeze(1)  # (b, 1, W)
             out |= (y_chunk - x_chunk).abs_() <= layout.extra
-    return out | (items == 0).unsqueeze(2)
+    out |= (items == 0).unsqueeze(2)
+    return out
 
 
 @dataclass(frozen=True)
