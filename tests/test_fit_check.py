@@ -166,9 +166,9 @@ def test_the_plan_counts_a_searched_catalogue_by_its_declared_cost(tmp_path: Pat
     rece_entry = plan_entry(build_config(overrides={"loss": "rece"}), tmp_path)
     improved_entry = plan_entry(build_config(overrides={"loss": "improved"}), tmp_path)
     positions = 256 * min(50, int(dataset.train_lengths.max()))
-    declared = rece_memory_bytes(positions, 400, 64, rece_entry.loss.params)
+    declared = rece_memory_bytes(positions, dataset.n_items, 64, rece_entry.loss.params)
     chunk = softmax_chunk_for(torch.device("cpu"), None)
-    chunk_logits = min(positions * 400, chunk) * 4 * 3  # logits, softmax, gradient
+    chunk_logits = min(positions * dataset.n_items, chunk) * 4 * 3  # logits, softmax, gradient
     difference = (
         estimate_step_memory(rece_entry, dataset).total_bytes
         - estimate_step_memory(improved_entry, dataset).total_bytes
