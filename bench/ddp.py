@@ -29,10 +29,10 @@ from typing import Any
 import polars as pl
 import torch
 
-from lossbench.data.batches import TrainBatcher
-from lossbench.data.prepared import ensure_prepared
 from lossbench.data.sequences import build_sequence_tensors
+from lossbench.data.store import ensure_prepared
 from lossbench.paths import default_data_dir
+from lossbench.training.batches import TrainBatcher
 
 SCRIPT = Path(sys.executable).parent / "lossbench"
 

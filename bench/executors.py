@@ -28,12 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lossbench.compare.grid import make_grid
-from lossbench.compare.plan import build_plan
-from lossbench.compare.ray_cluster import import_ray
-from lossbench.compare.ray_executor import RayExecutor, RunResources
-from lossbench.compare.runner import Executor, execute_plan, run_locally
-from lossbench.data.prepared import PreparedDataset, ensure_prepared
+from lossbench.compare.execute.ray_cluster import import_ray
+from lossbench.compare.execute.ray_executor import RayExecutor, RunResources
+from lossbench.compare.execute.runner import execute_plan, run_locally
+from lossbench.compare.execute.types import Executor
+from lossbench.compare.plan.build import build_plan
+from lossbench.compare.plan.grid import make_grid
+from lossbench.data.prepared import PreparedDataset
+from lossbench.data.store import ensure_prepared
 from lossbench.errors import LossbenchError
 from lossbench.paths import default_data_dir
 

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from lossbench.data.download import download_dataset
-from lossbench.data.prepared import PreparedDataset, ensure_prepared, is_prepared
+from lossbench.data.prepared import PreparedDataset, is_prepared
 from lossbench.data.preprocess import preprocess_dataset
 from lossbench.data.registry import get_dataset
+from lossbench.data.store import ensure_prepared
 from lossbench.losses import full_softmax
 from lossbench.models.transformer import TransformerEncoder
 from lossbench.training.config import TrainConfig, build_config

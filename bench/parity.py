@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from harness import item_chunked_softmax, padding_computed, plain_loss
-from lossbench.data.batches import TrainBatch, TrainBatcher
 from lossbench.data.sequences import build_sequence_tensors
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.losses.base import LossInputs, LossParams
 from lossbench.losses.full_softmax import full_softmax_ce, fused_block
 from lossbench.models import MODELS
+from lossbench.training.batches import TrainBatch, TrainBatcher
 from lossbench.training.config import build_config
 from lossbench.training.setup import make_model, resolve_loss
 from lossbench.training.step import TrainingStep

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from harness import run_config, timed_run
-from lossbench.data.prepared import ensure_prepared
+from lossbench.data.store import ensure_prepared
 from lossbench.errors import LossbenchError
 from lossbench.models.s3rec import PretrainObjectives, S3Rec, S3RecConfig, S3RecPretrainer
 from lossbench.models.transformer import TransformerEncoder

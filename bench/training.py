@@ -40,8 +40,9 @@ from harness import (
     run_config,
     timed_run,
 )
-from lossbench.data.prepared import PreparedDataset, ensure_prepared
+from lossbench.data.prepared import PreparedDataset
 from lossbench.data.sequences import build_sequence_tensors
+from lossbench.data.store import ensure_prepared
 from lossbench.errors import LossbenchError
 from lossbench.paths import default_data_dir
 from lossbench.training.config import TrainConfig

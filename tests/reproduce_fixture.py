@@ -91,8 +91,8 @@ def save_fake_table2(out: Path) -> Path:
 
 def save_fake_comparison(out: Path) -> Path:
     """`compare --dataset lastfm --model sasrec --losses bce,improved --seeds 0,1`, finished."""
-    from lossbench.compare.grid import make_grid
-    from lossbench.compare.plan import build_plan
+    from lossbench.compare.plan.build import build_plan
+    from lossbench.compare.plan.grid import make_grid
 
     grid = make_grid(
         {

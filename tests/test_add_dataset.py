@@ -103,7 +103,7 @@ def test_a_changed_file_is_refused_until_registered_again(tmp_path: Path) -> Non
 def test_ensure_prepared_follows_the_registered_version(tmp_path: Path) -> None:
     """Registered again with --force elsewhere (a shared registry), the next run prepares the
     new version instead of training on the old prepared files."""
-    from lossbench.data.prepared import ensure_prepared
+    from lossbench.data.store import ensure_prepared
 
     data = tmp_path / "data"
     csv = write_csv(tmp_path / "shop.csv", shop_rows())

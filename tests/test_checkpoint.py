@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 
 from lossbench.data.prepared import PreparedDataset
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.training import loop
 from lossbench.training.checkpoint import CHECKPOINT_SECONDS, checkpoint_due

@@ -112,7 +112,7 @@ def interrupt(*args: object, **kwargs: object) -> None:
     [
         ("lossbench.data.download", "download_dataset", ["download", "lastfm"]),
         ("lossbench.training.loop", "train_entry", ["train", "--max-epochs", "1"]),
-        ("lossbench.compare.ci", "compare_losses", ["compare", "--seeds", "0"]),
+        ("lossbench.compare.ci.step", "compare_losses", ["compare", "--seeds", "0"]),
     ],
 )
 def test_ctrl_c_prints_one_line_and_exits_130(
@@ -345,7 +345,7 @@ def test_run_record_names_the_lossbench_version(comparison: Path) -> None:
 
 
 def test_plural_of_loss_in_messages(comparison: Path, tmp_path: Path) -> None:
-    from lossbench.compare.grid import read_grid_file
+    from lossbench.compare.plan.grid import read_grid_file
 
     grid = tmp_path / "grid.toml"
     grid.write_text('[settings]\nloss = "bce"\n')

@@ -11,10 +11,10 @@ import pytest
 from rich.console import Console
 
 from lossbench.cli.options import training_overrides
-from lossbench.compare.grid import Grid, make_grid, read_grid_file
-from lossbench.compare.plan import build_plan, plan_runs
-from lossbench.compare.resume import run_status
-from lossbench.compare.runner import execute_plan, run_locally
+from lossbench.compare.execute.resume import run_status
+from lossbench.compare.execute.runner import execute_plan, run_locally
+from lossbench.compare.plan.build import build_plan, plan_runs
+from lossbench.compare.plan.grid import Grid, make_grid, read_grid_file
 from lossbench.errors import LossbenchError
 from lossbench.training.config import build_config
 from lossbench.training.entry import PlanEntry
@@ -75,7 +75,7 @@ def test_original_means_each_models_own_loss_and_is_its_baseline(tmp_path: Path)
 
 def test_settings_layer_under_the_flags(tmp_path: Path) -> None:
     grid = make_grid({"losses": ["improved"], "seeds": [0]}, "test")
-    from lossbench.compare.grid import merge_settings
+    from lossbench.compare.plan.grid import merge_settings
 
     settings = merge_settings(
         {"lr": 0.01, "model_settings": {"hidden_size": 32, "max_len": 20}},
@@ -369,7 +369,7 @@ def test_flags_and_a_grid_file_choose_the_baseline_by_one_rule(
     """No --baseline: each model's own loss if it is compared, else the first, either way."""
     from typer.testing import CliRunner
 
-    import lossbench.compare.ci as ci
+    import lossbench.compare.ci.step as ci
     from lossbench.cli import app
 
     plans: list[dict[tuple[str, str], str]] = []
@@ -391,7 +391,7 @@ def test_flags_and_a_grid_file_choose_the_baseline_by_one_rule(
 def test_synthetic_gets_the_same_epochs_and_patience_in_train_and_compare(
     tmp_path: Path,
 ) -> None:
-    from lossbench.data.synthetic import make_synthetic_prepared
+    from lossbench.data.store import make_synthetic_prepared
     from lossbench.training.loop import train_run
 
     train_config = build_config(overrides={"dataset": "synthetic"})
@@ -417,7 +417,7 @@ def test_the_executor_is_handed_the_entries_to_train(tmp_path: Path) -> None:
         received.extend(entries)
         return [entry.run_dir for entry in entries]
 
-    from lossbench.data.synthetic import make_synthetic_prepared
+    from lossbench.data.store import make_synthetic_prepared
 
     dataset = make_synthetic_prepared(n_users=40, n_items=30, mean_length=6.0, seed=0)
     done = execute_plan(plan, lambda name, split: dataset, executor=executor)

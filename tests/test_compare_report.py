@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 import lossbench.cli.compare_commands  # noqa: F401  (registers compare and report)
 from lossbench.cli.app import app
-from lossbench.compare.report import SUMMARY_FILE, render_report
-from lossbench.compare.results import results_frame
-from lossbench.compare.summary import BETTER, SummaryOptions, summarize
+from lossbench.compare.report.render import SUMMARY_FILE, render_report
+from lossbench.compare.report.results import results_frame
+from lossbench.compare.report.summary import BETTER, SummaryOptions, summarize
 from lossbench.errors import LossbenchError
 from lossbench.evaluation.metrics import metrics_from_ranks
 from lossbench.training.config import TrainConfig
@@ -254,8 +254,8 @@ def test_tiny_real_compare_then_resume(tmp_path: Path) -> None:
 
 def test_versus_compares_two_models_paired_by_seed(tmp_path: Path) -> None:
     """Run sets of two models: same numbers and test as compare's, over the shared seeds."""
-    from lossbench.compare.stats import sign_flip_test
-    from lossbench.compare.versus import versus_summary
+    from lossbench.compare.report.stats import sign_flip_test
+    from lossbench.compare.report.versus import versus_summary
     from lossbench.evaluation.metrics import per_user_metric
 
     rng = np.random.default_rng(1)
@@ -293,7 +293,7 @@ def test_versus_compares_two_models_paired_by_seed(tmp_path: Path) -> None:
 
 
 def test_versus_labels_same_model_and_loss_by_folder(tmp_path: Path) -> None:
-    from lossbench.compare.versus import versus_summary
+    from lossbench.compare.report.versus import versus_summary
 
     ranks = np.random.default_rng(2).integers(1, 40, N_USERS)
     write_fake_run(tmp_path / "old", "bce", 0, ranks)
@@ -374,7 +374,7 @@ def test_a_new_config_field_is_compared_without_code_for_it(tmp_path: Path) -> N
 
 
 def test_versus_refuses_a_set_trained_differently(tmp_path: Path) -> None:
-    from lossbench.compare.versus import versus_summary
+    from lossbench.compare.report.versus import versus_summary
 
     ranks = np.random.default_rng(5).integers(1, 40, N_USERS)
     for seed in (0, 1):

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from lossbench.compare import stats
-from lossbench.compare.stats import holm_adjust, sign_flip_test
+from lossbench.compare.report import stats
+from lossbench.compare.report.stats import holm_adjust, sign_flip_test
 
 
 def brute_force_p(differences: np.ndarray) -> float:

@@ -13,13 +13,13 @@ import torch
 from typer.testing import CliRunner
 
 from lossbench.cli import app
-from lossbench.compare.expectations import evaluate_expectations, parse_expectations
-from lossbench.compare.figures import frontier, frontier_points
-from lossbench.compare.outputs import comparison_document
-from lossbench.compare.report import render_report
-from lossbench.compare.results import results_frame
-from lossbench.compare.summary import POPULARITY, summarize
-from lossbench.compare.tables import markdown
+from lossbench.compare.ci.expectations import evaluate_expectations, parse_expectations
+from lossbench.compare.report.figures import frontier, frontier_points
+from lossbench.compare.report.outputs import comparison_document
+from lossbench.compare.report.render import render_report
+from lossbench.compare.report.results import results_frame
+from lossbench.compare.report.summary import POPULARITY, summarize
+from lossbench.compare.report.tables import markdown
 from lossbench.data.sequences import EvaluationSet
 from lossbench.errors import LossbenchError
 from lossbench.evaluation.metrics import metrics_from_ranks

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lossbench.data.batches import TrainBatch, TrainBatcher
 from lossbench.data.sequences import build_sequence_tensors
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
+from lossbench.training.batches import TrainBatch, TrainBatcher
 from lossbench.training.distributed import ProcessGroup, positions_in, rank_share
 from lossbench.training.evaluate import Evaluator
 

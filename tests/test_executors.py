@@ -26,21 +26,21 @@ from typer.testing import CliRunner
 import lossbench
 from lossbench.cli import app
 from lossbench.cli.executor_options import settings_from
-from lossbench.compare import ray_cluster
-from lossbench.compare.executors import (
+from lossbench.compare.execute import ray_cluster
+from lossbench.compare.execute.executors import (
     ExecutorSettings,
     RunHandling,
     local_executor,
     make_executor,
 )
-from lossbench.compare.failures import FAILURE_FILE, FailedRuns
-from lossbench.compare.grid import make_grid, read_grid_file
-from lossbench.compare.plan import ComparisonPlan, build_plan
-from lossbench.compare.ray_executor import RayExecutor, RunResources, show_run
-from lossbench.compare.runner import execute_plan
+from lossbench.compare.execute.failures import FAILURE_FILE, FailedRuns
+from lossbench.compare.execute.ray_executor import RayExecutor, RunResources, show_run
+from lossbench.compare.execute.runner import execute_plan
+from lossbench.compare.plan.build import ComparisonPlan, build_plan
+from lossbench.compare.plan.grid import make_grid, read_grid_file
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.splits import SplitSpec
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.training.entry import PlanEntry
 from lossbench.training.loop import RunResult, train_entry

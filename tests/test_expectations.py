@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from lossbench.compare.expectations import (
+from lossbench.compare.ci.expectations import (
     Expectation,
     Side,
     Term,

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lossbench.data.batches import TrainBatch, TrainBatcher
 from lossbench.data.sequences import build_sequence_tensors
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.models import MODELS, transformer
 from lossbench.models.transformer import TransformerEncoder
+from lossbench.training.batches import TrainBatch, TrainBatcher
 from lossbench.training.config import build_config
 from lossbench.training.setup import make_model, resolve_loss
 from lossbench.training.step import TrainingStep

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from lossbench.cli import app
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.losses import LOSSES, LossParams
 from lossbench.losses.full_softmax import softmax_chunk_for

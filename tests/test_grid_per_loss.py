@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from lossbench.cli import app
-from lossbench.compare.grid import make_grid, read_grid_file, under_flags
-from lossbench.compare.plan import plan_runs
+from lossbench.compare.plan.build import plan_runs
+from lossbench.compare.plan.grid import make_grid, read_grid_file, under_flags
 from lossbench.data.prepared import PreparedDataset
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.training import setup
 from lossbench.training.config import build_config

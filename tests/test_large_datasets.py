@@ -274,7 +274,7 @@ def test_preprocess_prints_the_split_hash_of_the_fingerprint(tmp_path: Path) -> 
 
 
 def test_reports_name_the_data_and_flag_runs_on_different_preparations() -> None:
-    from lossbench.compare.report import data_lines
+    from lossbench.compare.report.render import data_lines
     from lossbench.data.fingerprint import describe
 
     one = describe({"users": 1090, "items": 3646, "interactions": 52551, "split_sha256": "ab" * 32})

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from lossbench.cli import app
 from lossbench.cli.app import logq_words
 from lossbench.data.prepared import PreparedDataset
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.losses import LOSSES, LossInputs, LossParams, LossSpec, reduced_ce
 from lossbench.losses.full_softmax import full_softmax_ce

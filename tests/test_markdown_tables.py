@@ -17,8 +17,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from lossbench.cli import app
-from lossbench.compare.report import SUMMARY_FILE
-from lossbench.compare.summary import SummaryOptions
+from lossbench.compare.report.render import SUMMARY_FILE
+from lossbench.compare.report.summary import SummaryOptions
 from lossbench.errors import LossbenchError
 from lossbench.reproduce.report import render_reproduction
 from reproduce_fixture import save_fake_comparison, save_fake_table2

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from lossbench.data.prepared import PreparedDataset
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.models import MODELS, ModelSpec, build_model, from_config, mask_token_id
 from lossbench.training.config import build_config

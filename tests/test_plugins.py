@@ -13,12 +13,12 @@ import torch
 from typer.testing import CliRunner
 
 from lossbench.cli import app
-from lossbench.compare.grid import Grid, make_grid
-from lossbench.compare.plan import build_plan
-from lossbench.compare.resume import run_status
-from lossbench.compare.runner import execute_plan
+from lossbench.compare.execute.resume import run_status
+from lossbench.compare.execute.runner import execute_plan
+from lossbench.compare.plan.build import build_plan
+from lossbench.compare.plan.grid import Grid, make_grid
 from lossbench.data.prepared import PreparedDataset
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.losses import LOSSES, LossInputs, LossParams, find_loss
 from lossbench.models import find_model
@@ -248,7 +248,8 @@ MEAN_POOL = ModelSpec(
 def test_a_model_from_a_file_trains_and_is_compared_with_built_in_models(
     in_tmp: Path, tiny: PreparedDataset
 ) -> None:
-    from lossbench.compare import SummaryOptions, compare_losses
+    from lossbench.compare.pipeline import compare_losses
+    from lossbench.compare.report.summary import SummaryOptions
 
     write(in_tmp, "mean_pool.py", MEAN_POOL)
     reference = "./mean_pool.py:MEAN_POOL"

@@ -13,7 +13,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from lossbench.cli import app
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.models.s3rec import S3RecConfig
 from lossbench.training import progress
 from lossbench.training.config import build_config

@@ -13,9 +13,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from lossbench.cli import app
-from lossbench.compare.summary import SummaryOptions
+from lossbench.compare.report.summary import SummaryOptions
 from lossbench.data.prepared import PreparedDataset
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.losses import LOSSES
 from lossbench.models import MODELS

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from lossbench.compare.grid import make_grid
-from lossbench.compare.plan import build_plan
-from lossbench.compare.resume import move_aside
-from lossbench.compare.runner import run_locally
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.compare.execute.resume import move_aside
+from lossbench.compare.execute.runner import run_locally
+from lossbench.compare.plan.build import build_plan
+from lossbench.compare.plan.grid import make_grid
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.training.config import build_config
 from lossbench.training.entry import PlanEntry, plan_entry

@@ -15,7 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from lossbench.data.prepared import PreparedDataset
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.models.s3rec import (
     PretrainObjectives,
@@ -219,10 +219,10 @@ def test_load_pretrained_errors(tmp_path: Path) -> None:
 
 
 def test_pretrain_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lossbench.data.prepared as prepared  # the command imports it when it runs
+    import lossbench.data.store as store  # the command imports it when it runs
     from lossbench.cli import app
 
-    monkeypatch.setattr(prepared, "ensure_prepared", lambda data_dir, name: tiny_synthetic())
+    monkeypatch.setattr(store, "ensure_prepared", lambda data_dir, name: tiny_synthetic())
     out = tmp_path / "pre"
     arguments = ["pretrain", "--dataset", "synthetic", "--epochs", "1", "--out", str(out)]
     arguments += ["--hidden-size", "8", "--num-layers", "1", "--max-len", "8", "--device", "cpu"]

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from lossbench.data.batches import TrainBatcher
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.sequences import build_sequence_tensors
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.losses import LOSSES
 from lossbench.losses.base import LossInputs, LossParams
 from lossbench.losses.negatives import in_batch_negatives
 from lossbench.losses.sampled_softmax import sampled_ce
 from lossbench.losses.samplers import SAMPLER_NAMES, build_sampler, proposal
+from lossbench.training.batches import TrainBatcher
 from lossbench.training.config import build_config
 from lossbench.training.loop import train_run
 from lossbench.training.setup import resolve_loss

@@ -23,7 +23,7 @@ from lossbench.cli import app
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.repeats import in_history, repeated_target_users, repeated_targets
 from lossbench.data.sequences import EvaluationSet, build_sequence_tensors
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.evaluation.metrics import NOT_FOUND_RANK, metrics_from_ranks, per_user_metric
 from lossbench.evaluation.ranking import sample_eval_candidates
 from lossbench.evaluation.seen import SeenTargets
@@ -352,9 +352,9 @@ def test_the_published_datasets_have_no_repeated_targets(tmp_path: Path) -> None
 
 
 def test_footnote_names_the_rule_of_older_and_mixed_runs(tmp_path: Path) -> None:
-    from lossbench.compare.results import results_frame
-    from lossbench.compare.summary import SummaryOptions, summarize
-    from lossbench.compare.tables import legend
+    from lossbench.compare.report.results import results_frame
+    from lossbench.compare.report.summary import SummaryOptions, summarize
+    from lossbench.compare.report.tables import legend
     from test_compare_report import write_fake_run
 
     ranks = np.arange(1, 301) % 40 + 1

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lossbench.data.batches import TrainBatcher
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.sequences import append_column, build_sequence_tensors, last_items
+from lossbench.training.batches import TrainBatcher
 
 
 def tiny_dataset() -> PreparedDataset:
@@ -99,8 +99,8 @@ def test_an_epoch_visits_every_trainable_user_once() -> None:
 
 
 def test_random_batches_run_in_length_sorted_parts() -> None:
-    from lossbench.data.batches import PART_ROWS
-    from lossbench.data.synthetic import make_synthetic_prepared
+    from lossbench.data.store import make_synthetic_prepared
+    from lossbench.training.batches import PART_ROWS
 
     dataset = make_synthetic_prepared(n_users=300, n_items=50, mean_length=10.0, seed=2)
     tensors = build_sequence_tensors(dataset, max_len=30)

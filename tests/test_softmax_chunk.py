@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.losses.base import LossInputs
 from lossbench.training import softmax_chunk
 from lossbench.training.config import build_config

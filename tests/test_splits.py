@@ -203,7 +203,7 @@ def timed_raw(n: int = 6000, seed: int = 0) -> pl.DataFrame:
 def test_a_temporal_run_evaluates_and_records_only_users_with_targets(tmp_path: Path) -> None:
     import json
 
-    from lossbench.compare.results import run_row
+    from lossbench.compare.report.results import run_row
     from lossbench.training.config import build_config
     from lossbench.training.loop import train_run
 

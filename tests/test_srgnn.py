@@ -161,7 +161,7 @@ def test_last_only_is_the_last_column() -> None:
 
 
 def test_registered_and_trains_end_to_end(tmp_path: Path) -> None:
-    from lossbench.data.synthetic import make_synthetic_prepared
+    from lossbench.data.store import make_synthetic_prepared
     from lossbench.models import MODELS
     from lossbench.training.config import build_config
     from lossbench.training.loop import train_run

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lossbench.data.prepared import PreparedDataset
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.data.subsample import sample_users
-from lossbench.data.synthetic import make_synthetic_prepared
 from lossbench.training.config import build_config
 from lossbench.training.loop import train_run
 

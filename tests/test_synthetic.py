@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lossbench.data.prepared import PreparedDataset, ensure_prepared, load_prepared
+from lossbench.data.prepared import PreparedDataset, load_prepared
 from lossbench.data.registry import get_dataset
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import ensure_prepared, make_synthetic_prepared
 from lossbench.errors import LossbenchError
 
 SMALL = {"n_users": 400, "n_items": 120, "mean_length": 15.0, "n_attributes": 12}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.training import threads as threads_module
 from lossbench.training.config import build_config
 from lossbench.training.loop import train_run

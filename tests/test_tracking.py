@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from lossbench import tracking
 from lossbench.cli import app
 from lossbench.errors import LossbenchError
+from lossbench.training import tracking
 
 TINY = ["--smoke", "--losses", "bce,improved", "--seeds", "0", "--max-epochs", "2"]
 

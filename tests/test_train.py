@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from lossbench.cli import app
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.sequences import build_sequence_tensors
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.evaluation.metrics import metrics_from_ranks
 from lossbench.evaluation.ranking import full_ranking_ranks
@@ -281,10 +281,10 @@ def test_training_step_draws_negatives_outside_the_users_history() -> None:
     none of them is an item of its position's user's training history."""
     import dataclasses
 
-    from lossbench.data.batches import TrainBatcher
     from lossbench.losses.negatives import UnseenSampler
     from lossbench.losses.samplers import build_sampler
     from lossbench.models import MODELS
+    from lossbench.training.batches import TrainBatcher
     from lossbench.training.setup import make_model, resolve_loss
     from lossbench.training.step import TrainingStep
 
@@ -382,7 +382,7 @@ def test_a_log_file_gets_one_line_per_epoch(tiny: PreparedDataset, tmp_path: Pat
 
 
 def test_shuffled_training_is_recorded_and_labelled(tiny: PreparedDataset, tmp_path: Path) -> None:
-    from lossbench.compare.results import run_row
+    from lossbench.compare.report.results import run_row
 
     ordered = train_run(build_config(overrides=quick(loss="improved")), tiny, tmp_path / "a")
     shuffled_config = build_config(overrides=quick(loss="improved", shuffle_train=True))

@@ -20,7 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from lossbench.cli import app
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.training import divergence
 from lossbench.training.config import build_config

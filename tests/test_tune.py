@@ -22,11 +22,11 @@ pytest.importorskip("optuna")
 import optuna  # noqa: E402
 
 from lossbench.cli import main  # noqa: E402
-from lossbench.compare.grid import make_grid, read_grid_file  # noqa: E402
-from lossbench.compare.plan import plan_runs  # noqa: E402
-from lossbench.data import prepared  # noqa: E402
+from lossbench.compare.plan.build import plan_runs  # noqa: E402
+from lossbench.compare.plan.grid import make_grid, read_grid_file  # noqa: E402
+from lossbench.data import store  # noqa: E402
 from lossbench.data.prepared import PreparedDataset  # noqa: E402
-from lossbench.data.synthetic import make_synthetic_prepared  # noqa: E402
+from lossbench.data.store import make_synthetic_prepared  # noqa: E402
 from lossbench.training.config import build_config  # noqa: E402
 from lossbench.training.loop import train_run  # noqa: E402
 from lossbench.tuning import study as study_module  # noqa: E402
@@ -158,7 +158,7 @@ def run_main(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: Any) -> t
 def test_the_command_prints_the_compare_command(
     tiny: PreparedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    monkeypatch.setattr(prepared, "ensure_prepared", lambda data_dir, name, split=None: tiny)
+    monkeypatch.setattr(store, "ensure_prepared", lambda data_dir, name, split=None: tiny)
     out = tmp_path / "out"
     args = ["tune", "--losses", "bce,improved", "--trials", "2", "--out", str(out), *TINY_FLAGS]
     code, text = run_main(args, monkeypatch, capsys)
@@ -175,7 +175,7 @@ def test_the_command_prints_the_compare_command(
 def test_json_prints_the_tuning_summary(
     tiny: PreparedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    monkeypatch.setattr(prepared, "ensure_prepared", lambda data_dir, name, split=None: tiny)
+    monkeypatch.setattr(store, "ensure_prepared", lambda data_dir, name, split=None: tiny)
     out = tmp_path / "out"
     args = ["tune", "--losses", "bce,improved", "--trials", "1", "--out", str(out), "--json"]
     monkeypatch.setattr(sys, "argv", ["lossbench", *args, *TINY_FLAGS])
@@ -218,7 +218,7 @@ def test_bad_input_is_one_line_before_any_training(
     def no_data(data_dir: Path, name: str, split: object = None) -> PreparedDataset:
         raise AssertionError("the data was loaded")
 
-    monkeypatch.setattr(prepared, "ensure_prepared", no_data)
+    monkeypatch.setattr(store, "ensure_prepared", no_data)
     out = tmp_path / "out"
     code, text = run_main(["tune", "--out", str(out), *extra], monkeypatch, capsys)
     assert code == 2, text
@@ -252,11 +252,11 @@ def test_without_optuna_one_line_names_the_extra(
 
 KILLABLE = """
 import sys
-from lossbench.data import prepared
-from lossbench.data.synthetic import make_synthetic_prepared
+from lossbench.data import store
+from lossbench.data.store import make_synthetic_prepared
 
 tiny = make_synthetic_prepared(n_users=150, n_items=60, mean_length=12.0, seed=1)
-prepared.ensure_prepared = lambda data_dir, name, split=None: tiny
+store.ensure_prepared = lambda data_dir, name, split=None: tiny
 from lossbench.cli import main
 
 sys.argv = ["lossbench", "tune", *sys.argv[1:]]
@@ -325,9 +325,7 @@ def test_killed_during_a_trial_then_rerun_keeps_the_finished_trials(
     monkeypatch.setattr(study_module, "GRACE_SECONDS", 1)
     monkeypatch.setattr(study_module, "HEARTBEAT_SECONDS", 1)
     time.sleep(1.5)
-    monkeypatch.setattr(
-        prepared, "ensure_prepared", lambda data_dir, name, split=None: tiny_dataset()
-    )
+    monkeypatch.setattr(store, "ensure_prepared", lambda data_dir, name, split=None: tiny_dataset())
     code, text = run_main(["tune", *args], monkeypatch, capsys)
     assert code == 0, text
     after = finished(out, name)

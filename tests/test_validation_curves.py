@@ -9,12 +9,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from lossbench.compare.figures import (
+from lossbench.compare.report.figures import (
     validation_curve_panels,
     validation_curves,
     validation_curves_figure,
 )
-from lossbench.compare.results import results_frame
+from lossbench.compare.report.results import results_frame
 from lossbench.training.config import TrainConfig
 
 # NDCG@10 peaks at epoch 2, NDCG@20 (what stopped the runs) at epoch 3.

@@ -1,11 +1,14 @@
-"""Reading checkpoints: tensors and plain values only (`weights_only=True`), with one message
-for a file that is damaged or was not written by lossbench."""
+"""Checkpoint files, the one place they are written and read: written atomically (a killed
+process leaves the previous file whole), read as tensors and plain values only
+(`weights_only=True`) with one message for a file that is damaged or was not written by
+lossbench."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from lossbench.atomic import write_with
 from lossbench.errors import LossbenchError
 
 
@@ -25,3 +28,10 @@ def load_checkpoint(path: Path) -> Any:
             "truncated, or holds more than tensors and plain values; use a file written by "
             "lossbench"
         ) from None
+
+
+def save_checkpoint_file(payload: Any, path: Path) -> None:
+    """`torch.save(payload, path)` through a temporary file renamed into place."""
+    import torch
+
+    write_with(path, lambda temporary: torch.save(payload, temporary))

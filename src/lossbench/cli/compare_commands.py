@@ -21,8 +21,8 @@ from lossbench.errors import LossbenchError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from lossbench.compare import SummaryOptions
-    from lossbench.compare.grid import Grid
+    from lossbench.compare.plan.grid import Grid
+    from lossbench.compare.report.summary import SummaryOptions
     from lossbench.data.prepared import PreparedDataset
     from lossbench.data.splits import SplitSpec
 
@@ -173,16 +173,15 @@ def compare(
     executor_settings = ex.settings_from(locals(), config_file)
     if smoke and preset is not None:
         raise LossbenchError("--smoke is the preset smoke: drop --preset, or --smoke")
-    from lossbench.compare import make_grid, read_grid_file
-    from lossbench.compare.ci import Publishing, compare_and_judge
-    from lossbench.compare.executors import make_executor
-    from lossbench.compare.expectations import (
+    from lossbench.compare.ci.expectations import (
         check_expectations,
         parse_expectations,
         read_grid_expectations,
     )
-    from lossbench.compare.grid import merge_settings, under_flags
-    from lossbench.data.prepared import ensure_prepared, prepare_on_first_use
+    from lossbench.compare.ci.step import Publishing, compare_and_judge
+    from lossbench.compare.execute.executors import make_executor
+    from lossbench.compare.plan.grid import make_grid, merge_settings, read_grid_file, under_flags
+    from lossbench.data.store import ensure_prepared, prepare_on_first_use
     from lossbench.training.config import build_config
     from lossbench.training.memory import parse_memory_size
     from lossbench.training.presets import SMOKE_LAYER
@@ -287,8 +286,8 @@ def report(
     json_output: ci.JsonOutput = False,
 ) -> None:
     """Re-render tables, summary.md, results files and figures from saved runs (no training)."""
-    from lossbench.compare.outputs import report_document
-    from lossbench.compare.report import load_comparison, present_report
+    from lossbench.compare.report.outputs import report_document
+    from lossbench.compare.report.render import load_comparison, present_report
 
     summary_options = _summary_options(metrics, significance_metric, permutations, alpha)
     if directory.is_dir() and not print_only:
@@ -326,9 +325,9 @@ def versus(
     """Compare two sets of finished runs (two models, presets or versions), paired by seed."""
     from rich.markup import escape
 
-    from lossbench.compare.outputs import row_document
-    from lossbench.compare.tables import print_unsqueezed, rich_tables
-    from lossbench.compare.versus import versus_summary
+    from lossbench.compare.report.outputs import row_document
+    from lossbench.compare.report.tables import print_unsqueezed, rich_tables
+    from lossbench.compare.report.versus import versus_summary
 
     summary_options = _summary_options(metrics, significance_metric, permutations, 0.05)
     summary, treated, base, warning = versus_summary(
@@ -356,8 +355,8 @@ def _summary_options(
 ) -> SummaryOptions:
     import numpy as np
 
-    from lossbench.compare import SummaryOptions
-    from lossbench.compare.stats import DEFAULT_PERMUTATIONS
+    from lossbench.compare.report.stats import DEFAULT_PERMUTATIONS
+    from lossbench.compare.report.summary import SummaryOptions
     from lossbench.evaluation.metrics import per_user_metric
 
     permutations = DEFAULT_PERMUTATIONS if permutations is None else permutations

@@ -220,7 +220,7 @@ def verify(
 ) -> None:
     """Check the size and sha256 of every downloaded and prepared file, or of every file of
     the runs in a folder; exit 1 on damage."""
-    from lossbench.compare.verify_runs import verify_runs
+    from lossbench.compare.report.verify_runs import verify_runs
     from lossbench.data.registry import get_dataset, load_registry
     from lossbench.data.verify import verify_dataset
 

@@ -1,4 +1,4 @@
-"""`compare`'s executor options: where its runs train (see `compare/executors.py`, imported
+"""`compare`'s executor options: where its runs train (see `compare/execute/executors.py`, imported
 when the command runs: it needs pydantic, and Ray itself only under `--executor ray`)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from lossbench.compare.executors import ExecutorSettings
+    from lossbench.compare.execute.types import ExecutorSettings
 
 EXECUTOR = "Executor"
 
@@ -78,7 +78,7 @@ NOT_CONFIG = (
 
 def settings_from(flags: dict[str, Any], config_file: Path | None) -> ExecutorSettings:
     """The grid file's `[executor]` table under the flags given (None: not given)."""
-    from lossbench.compare.executors import executor_settings, read_executor_table
+    from lossbench.compare.execute.executors import executor_settings, read_executor_table
 
     values = read_executor_table(config_file) if config_file else {}
     given = {

@@ -57,7 +57,7 @@ def print_json(document: Any) -> None:
     import json
     import sys
 
-    from lossbench.compare.outputs import finite
+    from lossbench.compare.report.outputs import finite
 
     sys.stdout.write(json.dumps(finite(document), indent=2, allow_nan=False) + "\n")
     sys.stdout.flush()

@@ -49,7 +49,7 @@ def pretrain(
 ) -> None:
     """Pre-train a model's encoder; fine-tune it with `lossbench train --init OUT/pretrained.pt`
     (model settings must match those of the fine-tuning run)."""
-    from lossbench.data.prepared import ensure_prepared, prepare_on_first_use
+    from lossbench.data.store import ensure_prepared, prepare_on_first_use
     from lossbench.models import model_config
     from lossbench.models.s3rec import S3RecConfig
     from lossbench.training.pretrain import pretrain_s3rec

@@ -31,8 +31,8 @@ from lossbench.reproduce import DEFAULT_TOLERANCE
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from lossbench.compare import SummaryOptions
-    from lossbench.compare.executors import ExecutorSettings
+    from lossbench.compare.execute.types import ExecutorSettings
+    from lossbench.compare.report.summary import SummaryOptions
     from lossbench.reproduce.report import ReproductionReport
 
 REPRODUCE = "Reproduction"
@@ -201,10 +201,11 @@ def _reproduce(
 ) -> tuple[ReproductionReport, int]:
     """Plan, pre-train and train what is missing, then report; the report and the number of
     runs that failed (they are left out of the report)."""
-    from lossbench.compare.executors import RunHandling, make_executor
-    from lossbench.compare.failures import FailedRuns
-    from lossbench.data.prepared import PreparedDataset, ensure_prepared, prepare_on_first_use
+    from lossbench.compare.execute.executors import make_executor
+    from lossbench.compare.execute.failures import FailedRuns, RunHandling
+    from lossbench.data.prepared import PreparedDataset
     from lossbench.data.splits import SplitSpec
+    from lossbench.data.store import ensure_prepared, prepare_on_first_use
     from lossbench.reproduce.plan import build_reproduction, run_reproduction
     from lossbench.reproduce.published import check_published_variant
     from lossbench.reproduce.report import render_reproduction

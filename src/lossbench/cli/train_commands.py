@@ -75,10 +75,9 @@ def train(
     overrides = opt.training_overrides(  # before imports: `locals()` holds only the flags
         locals(), skip=("out", "config_file", "retrain_changed", *ci.NOT_CONFIG)
     )
-    from lossbench.compare.arms import config_label, run_name
-    from lossbench.compare.resume import run_status, settle_runs
-    from lossbench.data.prepared import ensure_prepared, prepare_on_first_use
+    from lossbench.compare.execute.resume import run_status, settle_runs
     from lossbench.data.repeats import repeat_notice, repeated_targets
+    from lossbench.data.store import ensure_prepared, prepare_on_first_use
     from lossbench.data.subsample import sample_users as sample
     from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
     from lossbench.plugins import folder_name
@@ -92,6 +91,7 @@ def train(
     from lossbench.training.entry import plan_entry
     from lossbench.training.presets import SMOKE_LAYER
     from lossbench.training.run_files import read_metrics
+    from lossbench.training.run_labels import config_label, run_name
 
     if smoke and preset is not None:
         raise LossbenchError("--smoke is the preset smoke: drop --preset, or --smoke")
@@ -148,7 +148,7 @@ def train(
     display.print(result_table(read_metrics(run_dir)))
     display.print(f"run files in {run_dir}")
     if json_output:
-        from lossbench.compare.outputs import finite, run_document
+        from lossbench.compare.report.outputs import finite, run_document
 
         document = {"runs": [run_document(run_dir)]}
         sys.stdout.write(json.dumps(finite(document), indent=2, allow_nan=False) + "\n")
@@ -171,8 +171,8 @@ def train_or_exit(
     """Train `entry` holding its folder's lock (rank 0 holds it for all ranks). A run that
     fails is handled as `compare` handles it: one `FAIL training` line, the traceback in the
     run's failure.txt, exit 1."""
-    from lossbench.compare.failures import FAILURE_FILE, train_or_fail
-    from lossbench.compare.resume import run_status
+    from lossbench.compare.execute.failures import FAILURE_FILE, train_or_fail
+    from lossbench.compare.execute.resume import run_status
     from lossbench.training.run_lock import lock_holder, run_lock
 
     if not group.is_main:
@@ -192,7 +192,7 @@ def train_or_exit(
             return
         tracker = None
         if track is not None:
-            from lossbench.tracking import open_tracker
+            from lossbench.training.tracking import open_tracker
 
             tracker = open_tracker(track, entry.run_dir)
         train = partial(_train_rank, observers=[tracker] if tracker else [], group=group)

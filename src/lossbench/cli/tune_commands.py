@@ -120,10 +120,11 @@ def tune(
         import optuna  # noqa: F401  the optional extra
     except ImportError:
         raise LossbenchError("lossbench tune needs Optuna: pip install 'lossbench[tune]'") from None
-    from lossbench.compare.grid import make_grid, merge_settings
-    from lossbench.data.prepared import PreparedDataset, ensure_prepared, prepare_on_first_use
+    from lossbench.compare.plan.grid import make_grid, merge_settings
+    from lossbench.data.prepared import PreparedDataset
     from lossbench.data.registry import get_dataset
     from lossbench.data.splits import SplitSpec
+    from lossbench.data.store import ensure_prepared, prepare_on_first_use
     from lossbench.tuning.output import SUMMARY_FILE, compare_command
     from lossbench.tuning.runner import tune_losses
     from lossbench.tuning.space import parse_space, read_tune_file

@@ -1,32 +1,8 @@
-"""Compare losses: plan a grid of runs, train the missing ones, then tables, files, figures.
+"""Compare losses: plan a grid of runs, execute it, report on the run folders, judge it in CI.
 
-grid (what to run) -> plan (every run resolved and validated once) -> runner (check the run
-folders, hand the runs to an executor) -> executors (one after another here, or Ray tasks) ->
-results (one row per run) -> summary (mean +- std, change, paired test) -> tables / figures,
-orchestrated by report.
+- `plan/`: a grid (datasets x models x losses x seeds) resolved into run entries.
+- `execute/`: the entries still to train, trained here or on Ray, resumed and locked.
+- `report/`: finished run folders -> tables, paired tests, files and figures.
+- `ci/`: expectations on the results and the exit code of a pipeline step.
+- `pipeline.py`: the three in order (`compare_losses`).
 """
-
-from lossbench.compare.executors import make_executor
-from lossbench.compare.grid import Grid, make_grid, read_grid_file
-from lossbench.compare.plan import ComparisonPlan, build_plan
-from lossbench.compare.report import render_report
-from lossbench.compare.runner import Executor, compare_losses, execute_plan, run_locally
-from lossbench.compare.summary import SummaryOptions, summarize
-from lossbench.training.entry import PlanEntry
-
-__all__ = [
-    "ComparisonPlan",
-    "Executor",
-    "Grid",
-    "PlanEntry",
-    "SummaryOptions",
-    "build_plan",
-    "compare_losses",
-    "execute_plan",
-    "make_executor",
-    "make_grid",
-    "read_grid_file",
-    "render_report",
-    "run_locally",
-    "summarize",
-]

@@ -26,7 +26,6 @@ n_items (BERT4Rec's mask token), which are never scored.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,69 +210,3 @@ def load_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> Prepared
             f"prepared files of {name} are unreadable ({error}); run `{command} --force`"
         ) from None
     return prepared_from_frames(name, table, meta, attributes, original_ids)
-
-
-def ensure_prepared(data_dir: Path, name: str, split: SplitSpec = LOO) -> PreparedDataset:
-    """Load `name` split by `split`, preparing on the fly: `synthetic` (again when its folder
-    is stale or damaged), a user's own file (again when its registry entry names another
-    version), and a downloaded dataset not prepared yet (`prepare_on_first_use`)."""
-    from lossbench.data.preprocess import preprocess_dataset
-    from lossbench.data.registry import get_dataset
-    from lossbench.data.splits import check_timed
-
-    entry = get_dataset(name, data_dir=data_dir)
-    check_timed(name, entry.format, split)
-    if entry.local_file is not None:
-        _prepare_local(data_dir, name, split)
-    elif entry.generator is not None:
-        preprocess_dataset(data_dir, name, split=split)  # a no-op when prepared alike
-    else:
-        prepare_on_first_use(data_dir, name, split)
-    return load_prepared(data_dir, name, split)
-
-
-def prepare_on_first_use(
-    data_dir: Path,
-    name: str,
-    split: SplitSpec = LOO,
-    announce: Callable[[str], None] | None = None,
-) -> None:
-    """Prepare a downloaded registered dataset not yet prepared with `split`, with its
-    registered protocol (`announce` gets one line saying so first); a registered dataset that
-    is not downloaded is one line naming the command that fetches it. Generated datasets and
-    a user's own files are left to `ensure_prepared`."""
-    from lossbench.data.download import is_downloaded
-    from lossbench.data.preprocess import preprocess_dataset
-    from lossbench.data.registry import get_dataset
-    from lossbench.data.splits import check_timed
-
-    entry = get_dataset(name, data_dir=data_dir)
-    if entry.local_file is not None or entry.generator is not None:
-        return
-    check_timed(name, entry.format, split)
-    if is_prepared(data_dir, name, split):
-        return
-    if not is_downloaded(data_dir, entry):
-        raise LossbenchError(
-            f"dataset {name} is not downloaded: run `lossbench download {name}` "
-            "(it is prepared on first use)"
-        )
-    if announce is not None:
-        announce(
-            f"preparing {name} ({split.label} split) with its registered protocol, once "
-            f"(as `{preprocess_command(name, split)}` does)"
-        )
-    preprocess_dataset(data_dir, name, split=split)
-
-
-def _prepare_local(data_dir: Path, name: str, split: SplitSpec) -> None:
-    """Keep a prepared local file whose source is the registered one (whatever protocol
-    `preprocess` was given), else prepare it with the entry's protocol."""
-    from lossbench.data.local_files import local_sources
-    from lossbench.data.preprocess import preprocess_dataset
-    from lossbench.data.registry import get_dataset
-
-    sources = local_sources(get_dataset(name, data_dir=data_dir))  # refuses a changed file
-    meta = read_meta(prepared_dir(data_dir, name, split))
-    if meta is None or meta.get("sources") != sources:
-        preprocess_dataset(data_dir, name, split=split)

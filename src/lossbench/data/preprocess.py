@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from lossbench.atomic import remove_stale_folders, temporary_folder
 from lossbench.data import fingerprint as content
 from lossbench.data import repeats, synthetic
+from lossbench.data.cleaning import MIN_SEQUENCE, dense_rank, id_keys, nothing_left
 from lossbench.data.integrity import file_record
 from lossbench.data.local_files import local_sources, read_local_interactions
 from lossbench.data.prepared import (
@@ -57,8 +58,6 @@ from lossbench.data.streaming import (
     read_compact,
 )
 from lossbench.errors import LossbenchError
-
-MIN_SEQUENCE = 3  # train (>= 1 item), valid, test
 
 
 @dataclass(frozen=True)
@@ -98,32 +97,6 @@ def k_core(frame: pl.DataFrame, user_core: int, item_core: int) -> pl.DataFrame:
             break
         frame = kept
     return frame
-
-
-def dense_rank(values: pl.Series) -> tuple[pl.Series, pl.Series]:
-    """(rank 1..n of each value in sorted order of the distinct values, the distinct values)."""
-    if values.dtype.is_integer() and len(values):
-        array = values.to_numpy()
-        low, high = int(array.min()), int(array.max())
-        if low >= 0 and high <= max(4 * len(array), 1 << 24):
-            # Counting beats sorting 20M values by an order of magnitude.
-            present = np.bincount(array, minlength=high + 1) > 0  # (high + 1,)
-            lookup = np.cumsum(present)
-            return pl.Series(lookup[array], dtype=pl.Int64), pl.Series(np.flatnonzero(present))
-    distinct = values.unique().sort()
-    return (distinct.search_sorted(values) + 1).cast(pl.Int64), distinct
-
-
-def id_keys(column: pl.Series) -> tuple[pl.Series, pl.Series]:
-    """(key 1..n of each row, original id of key k at k - 1), in numeric order of the ids
-    when every id is a canonical integer, else in string order."""
-    source = column
-    if column.dtype == pl.String:
-        as_int = column.cast(pl.Int64, strict=False)
-        if as_int.null_count() == 0 and (as_int.cast(pl.String) == column).all():
-            source = as_int  # "007" stays a string: numeric order would merge it with "7"
-    keys, originals = dense_rank(source)
-    return keys, originals.cast(pl.String)
 
 
 def _chronological(frame: pl.DataFrame) -> pl.DataFrame:
@@ -184,13 +157,6 @@ def clean(raw: pl.DataFrame, protocol: Protocol) -> tuple[pl.DataFrame, dict[str
     if frame.height == 0:
         raise nothing_left()
     return frame, report
-
-
-def nothing_left() -> LossbenchError:
-    return LossbenchError(
-        "nothing is left after filtering (no user keeps 3 interactions); "
-        "lower --min-rating, --user-core or --item-core"
-    )
 
 
 def build_tables(

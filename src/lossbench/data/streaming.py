@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from lossbench.data.cleaning import MIN_SEQUENCE, id_keys, nothing_left
 from lossbench.data.readers import NO_ORGANIC_FLAG, ORGANIC, YAMBDA_COLUMNS, read_interactions
 from lossbench.data.registry import Protocol
 from lossbench.errors import LossbenchError
@@ -222,9 +223,7 @@ def _keys(ids: pl.Expr, table: pl.DataFrame) -> pl.Expr:
 def key_table(distinct: pl.Series) -> tuple[pl.DataFrame, pl.Series]:
     """(original id -> Int32 key, original id of key k at k - 1): keys follow the numeric
     order of the ids when every id is an integer (as the in-memory reader casts them), else
-    their string order, exactly as `preprocess.id_keys` numbers them."""
-    from lossbench.data.preprocess import id_keys
-
+    their string order, exactly as `cleaning.id_keys` numbers them."""
     values = distinct
     if values.dtype == pl.String:
         as_int = values.cast(pl.Int64, strict=False)
@@ -246,8 +245,6 @@ def clean_columns(
     """`preprocess.clean` on compact columns, step by step in numpy so that at most one
     column is copied at a time (the frame is emptied as it is read): the same rows in the same
     order, the same report. The scan already applied the organic and rating filters."""
-    from lossbench.data.preprocess import MIN_SEQUENCE, nothing_left
-
     columns = {name: compact.frame[name].to_numpy() for name in ("user", "item", "timestamp")}
     compact.frame = compact.frame.clear()  # (N, 3) -> the numpy columns only
     report = {"after_rating_filter": len(columns["user"])}

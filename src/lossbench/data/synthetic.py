@@ -13,15 +13,10 @@ Item attributes are drawn mostly from a small set tied to the item's topic (for 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import polars as pl
 
-from lossbench.data.registry import Protocol, SyntheticSpec
-
-if TYPE_CHECKING:
-    from lossbench.data.prepared import PreparedDataset
+from lossbench.data.registry import SyntheticSpec
 
 REPEAT_WINDOW = 3  # a repeated item is one of the user's last 3 (re-listening, re-buying)
 
@@ -167,31 +162,3 @@ def _attributes(
     anywhere = rng.integers(0, spec.n_attributes, len(items))
     attributes = np.where(rng.random(len(items)) < 0.8, own, anywhere) + 1
     return pl.DataFrame({"item": items, "attribute": attributes}).cast(pl.Int64)
-
-
-def make_synthetic_prepared(
-    *,
-    n_users: int = 2000,
-    n_items: int = 500,
-    mean_length: float = 30.0,
-    min_length: int = 5,
-    n_topics: int = 10,
-    n_attributes: int = 40,
-    topic_stay: float = 0.85,
-    successor_prob: float = 0.5,
-    popularity_exponent: float = 1.0,
-    repeat_prob: float = 0.0,
-    seed: int = 0,
-) -> PreparedDataset:
-    """The synthetic dataset as a `PreparedDataset`, in memory (no files): for tests."""
-    knobs = dict(locals())  # exactly the keyword arguments above
-    from lossbench.data.prepared import OriginalIds, prepared_from_frames
-    from lossbench.data.preprocess import build_tables, summary_stats
-
-    raw, attributes = generate_interactions(**knobs)
-    tables = build_tables(raw, Protocol(dedup=False), attributes)
-    meta = {"name": "synthetic", **summary_stats(tables), "sources": {"generator": knobs}}
-    original_ids = OriginalIds.from_maps(tables.users, tables.items)
-    return prepared_from_frames(
-        "synthetic", tables.split, meta, tables.item_attributes, original_ids
-    )

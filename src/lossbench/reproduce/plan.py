@@ -19,11 +19,11 @@ from typing import Any
 from rich.console import Console
 
 from lossbench.atomic import write_json
-from lossbench.compare.arms import config_label
-from lossbench.compare.grid import make_grid, merge_settings
-from lossbench.compare.plan import ComparisonPlan, build_plan
-from lossbench.compare.resume import move_aside, refuse_changed, run_status
-from lossbench.compare.runner import Executor, PrepareFn, execute_plan
+from lossbench.compare.execute.resume import move_aside, refuse_changed, run_status
+from lossbench.compare.execute.runner import execute_plan
+from lossbench.compare.execute.types import Executor, PrepareFn
+from lossbench.compare.plan.build import ComparisonPlan, build_plan
+from lossbench.compare.plan.grid import make_grid, merge_settings
 from lossbench.errors import LossbenchError
 from lossbench.losses import LOSSES
 from lossbench.models import MODELS
@@ -42,6 +42,7 @@ from lossbench.reproduce.tables import (
     pretrain_epochs,
 )
 from lossbench.training.entry import PlanEntry
+from lossbench.training.run_labels import config_label
 from lossbench.training.setup import use_threads
 
 REPRODUCTION_FILE = "reproduction.json"
@@ -188,7 +189,7 @@ def _pretrain_step(
     epochs: int,
 ) -> PretrainStep:
     """The pre-training the model's runs start from, with their model settings."""
-    from lossbench.compare.grid import Grid
+    from lossbench.compare.plan.grid import Grid
 
     grid = Grid(datasets=[dataset], models=[model], losses=["original"], seeds=[seeds[0]])
     probe = build_plan(grid, layers, out_dir).entries[0]  # the runs' resolved settings
@@ -243,7 +244,8 @@ def run_reproduction(
 
 
 def row_label(entry: PlanEntry) -> str:
-    """The comparison row an entry's runs fall in (how `results.py` labels a finished run)."""
+    """The comparison row an entry's runs fall in (as `compare/report/results.py` labels a
+    finished run)."""
     return config_label(entry.config)
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from lossbench.atomic import atomic_path, write_json
-from lossbench.compare.runner import PrepareFn
+from lossbench.compare.execute.types import PrepareFn
 from lossbench.data.splits import SplitSpec
 from lossbench.errors import LossbenchError
 from lossbench.training.run_lock import run_lock

@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lossbench.compare.report import write_text
-from lossbench.compare.summary import BETTER, WORSE, SummaryOptions
-from lossbench.compare.tables import (  # the comparison table's cell formats, shared
+from lossbench.compare.report.render import write_text
+from lossbench.compare.report.summary import BETTER, WORSE, SummaryOptions
+from lossbench.compare.report.tables import (  # the comparison table's cell formats, shared
     _label,
     _md_row,
     _mean_std,
@@ -275,7 +275,7 @@ def render_reproduction(
     markdown_file: Path | None = None,
 ) -> ReproductionReport:
     """The reproduction table of DIR's finished runs, with the comparison's own files."""
-    from lossbench.compare.report import load_comparison, write_report_files
+    from lossbench.compare.report.render import load_comparison, write_report_files
 
     console = console or Console(quiet=True)
     record = load_reproduction_record(out_dir)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lossbench.atomic import write_with
+from lossbench.checkpoints import load_checkpoint, save_checkpoint_file
 from lossbench.errors import LossbenchError
 
 FORMAT = "lossbench-run-checkpoint-1"
@@ -75,7 +75,7 @@ def save_checkpoint(
             "history": state.history,
         },
     }
-    write_with(path, lambda temporary: torch.save(payload, temporary))
+    save_checkpoint_file(payload, path)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -83,8 +83,8 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # zip, pickle and EOF errors vary by torch version
+        checkpoint = load_checkpoint(path)
+    except LossbenchError:  # damaged, or not a checkpoint: the message below says what to do
         checkpoint = None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise LossbenchError(

@@ -31,8 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from lossbench.data.batches import TrainBatch
 from lossbench.errors import LossbenchError, PeerLost
+from lossbench.training.batches import TrainBatch
 
 # Seconds a collective waits for the other ranks before it fails: a rank that died stops the
 # others within about this long (torchrun also stops them as soon as it sees the exit).

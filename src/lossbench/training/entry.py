@@ -47,7 +47,7 @@ class PlanEntry:
     @property
     def label(self) -> str:
         """'synthetic sasrec + sampled-ce in-batch, seed 0': the arm names what it varies."""
-        from lossbench.compare.arms import config_label  # compare builds on training
+        from lossbench.training.run_labels import config_label
 
         c = self.config
         return f"{c.dataset} {c.model} + {config_label(c)}, seed {c.seed}"

@@ -25,7 +25,6 @@ import torch
 from rich.console import Console
 from torch import Tensor, nn
 
-from lossbench.data.batches import TrainBatch, TrainBatcher
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.sequences import EvaluationSet, build_sequence_tensors
 from lossbench.data.subsample import sample_users
@@ -33,6 +32,7 @@ from lossbench.errors import LossbenchError
 from lossbench.evaluation.metrics import metrics_from_ranks
 from lossbench.losses.softmax_backend import with_softmax_backend
 from lossbench.models.base import mask_token_id
+from lossbench.training.batches import TrainBatch, TrainBatcher
 from lossbench.training.checkpoint import (
     TrainingState,
     checkpoint_due,

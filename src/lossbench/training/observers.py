@@ -1,8 +1,8 @@
 """Observers of a training run: told when it starts, after every epoch, and when it finishes.
 
-Experiment trackers (`lossbench.tracking`) and checks such as `FiniteLoss` are observers; the
-loop calls them in order, after the run folder has been written for the same step, so an
-observer sees exactly what the run files hold. An observer that raises stops the run.
+Experiment trackers (`lossbench.training.tracking`) and checks such as `FiniteLoss` are
+observers; the loop calls them in order, after the run folder has been written for the same
+step, so an observer sees exactly what the run files hold. An observer that raises stops the run.
 """
 
 from __future__ import annotations

@@ -10,11 +10,9 @@ vectorized tensor indexing with an explicit generator on the training device.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
-from lossbench.checkpoints import load_checkpoint
+from lossbench.atomic import write_json
+from lossbench.checkpoints import load_checkpoint, save_checkpoint_file
 from lossbench.data.prepared import PreparedDataset
 from lossbench.errors import LossbenchError
 from lossbench.models.s3rec import (
@@ -161,16 +160,6 @@ def make_batch(
     )
 
 
-def _save_atomic(payload: Any, path: Path) -> None:
-    """Write to a temporary file beside `path`, then rename over it (no half-written file)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    if path.suffix == ".json":
-        temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    else:
-        torch.save(payload, temporary)
-    os.replace(temporary, path)
-
-
 def _load_for_resume(model: S3RecPretrainer, path: Path, epochs: int) -> int:
     """Load a pre-training checkpoint's backbone and heads into `model`; its epoch count."""
     model.backbone.load_pretrained(path)  # checks kind, catalogue and settings
@@ -271,8 +260,10 @@ def pretrain_s3rec(
                     f"epoch {epoch}/{epochs}  {losses_text}  {seconds:.1f} s", highlight=False
                 )
             if epoch % checkpoint_every == 0:
-                _save_atomic(model.checkpoint(config, epoch), out_dir / f"pretrain-epoch{epoch}.pt")
-            _save_atomic(history, out_dir / "pretrain-history.json")
+                save_checkpoint_file(
+                    model.checkpoint(config, epoch), out_dir / f"pretrain-epoch{epoch}.pt"
+                )
+            write_json(out_dir / "pretrain-history.json", history)
     final = out_dir / "pretrained.pt"
-    _save_atomic(model.checkpoint(config, epochs), final)
+    save_checkpoint_file(model.checkpoint(config, epochs), final)
     return final

@@ -14,7 +14,6 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from lossbench.data.batches import TrainBatch, TrainBatcher
 from lossbench.data.sequences import SequenceTensors
 from lossbench.losses.base import LossInputs
 from lossbench.losses.negatives import UnseenSampler
@@ -26,6 +25,7 @@ from lossbench.models.base import (
     SequenceModel,
     scoring_table,
 )
+from lossbench.training.batches import TrainBatch, TrainBatcher
 from lossbench.training.cost import LossClock
 from lossbench.training.entry import PlanEntry
 from lossbench.training.setup import LossSettings

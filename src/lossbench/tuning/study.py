@@ -25,8 +25,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
-from lossbench.compare.grid import make_grid
-from lossbench.compare.plan import build_plan
+from lossbench.compare.plan.build import build_plan
+from lossbench.compare.plan.grid import make_grid
 from lossbench.data.prepared import PreparedDataset
 from lossbench.errors import LossbenchError
 from lossbench.plugins import folder_name

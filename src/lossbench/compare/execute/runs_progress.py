@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:
-    from lossbench.compare.ray_executor import RunOutcome
+    from lossbench.compare.execute.types import RunOutcome
 
 
 class RunsProgress:

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from lossbench.compare.summary import BETTER, POPULARITY, WORSE, SummaryOptions
+from lossbench.compare.report.summary import BETTER, POPULARITY, WORSE, SummaryOptions
 from lossbench.evaluation.seen import SEEN_RULE_NOTES
 
 Cells = tuple[list[str], list[list[str]]]  # (headers, rows)

@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from lossbench.atomic import atomic_path
-from lossbench.compare.figures import (
+from lossbench.compare.plan.build import load_saved_plan
+from lossbench.compare.report.figures import (
     FRONTIER,
     QUALITY_VS_TIME,
     VALIDATION_CURVES,
@@ -24,11 +25,10 @@ from lossbench.compare.figures import (
     quality_vs_time,
     validation_curves,
 )
-from lossbench.compare.mixed import check_mixing, variants, varies_across_losses
-from lossbench.compare.plan import load_saved_plan
-from lossbench.compare.results import find_finished_runs, results_frame, write_results
-from lossbench.compare.summary import GROUP, SummaryOptions, summarize
-from lossbench.compare.tables import markdown, print_unsqueezed, rich_tables
+from lossbench.compare.report.mixed import check_mixing, variants, varies_across_losses
+from lossbench.compare.report.results import find_finished_runs, results_frame, write_results
+from lossbench.compare.report.summary import GROUP, SummaryOptions, summarize
+from lossbench.compare.report.tables import markdown, print_unsqueezed, rich_tables
 from lossbench.errors import LossbenchError
 from lossbench.models import find_model
 from lossbench.training.run_files import is_finished

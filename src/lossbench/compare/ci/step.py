@@ -18,27 +18,33 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from rich.console import Console
 
-from lossbench.compare.executors import ExecutorFactory, RunHandling, local_executor
-from lossbench.compare.expectations import (
+from lossbench.compare.ci.expectations import (
     Expectation,
     Verdict,
     evaluate_expectations,
     needed_metrics,
 )
-from lossbench.compare.failures import FAILURE_FILE, FailedRuns
-from lossbench.compare.grid import Grid
-from lossbench.compare.outputs import (
+from lossbench.compare.execute.executors import local_executor
+from lossbench.compare.execute.failures import (
+    FAILURE_FILE,
+    ExecutorFactory,
+    FailedRuns,
+    RunHandling,
+)
+from lossbench.compare.execute.types import PrepareFn
+from lossbench.compare.pipeline import compare_losses
+from lossbench.compare.plan.build import load_saved_plan
+from lossbench.compare.plan.grid import Grid
+from lossbench.compare.report.outputs import (
     RunFailure,
     append_step_summary,
     comparison_document,
     step_summary,
     write_junit,
 )
-from lossbench.compare.plan import load_saved_plan
-from lossbench.compare.report import SUMMARY_FILE, write_text
-from lossbench.compare.results import results_frame
-from lossbench.compare.runner import PrepareFn, compare_losses
-from lossbench.compare.summary import SummaryOptions, summarize
+from lossbench.compare.report.render import SUMMARY_FILE, write_text
+from lossbench.compare.report.results import results_frame
+from lossbench.compare.report.summary import SummaryOptions, summarize
 from lossbench.errors import LossbenchError
 from lossbench.training.run_files import is_finished
 
@@ -56,7 +62,7 @@ class Publishing:
 
     json_output: bool = False  # the JSON document on standard output
     junit: Path | None = None  # a JUnit XML report
-    track: str | None = None  # an experiment tracker (lossbench.tracking)
+    track: str | None = None  # an experiment tracker (lossbench.training.tracking)
 
 
 @dataclass(frozen=True)
@@ -90,11 +96,11 @@ def compare_and_judge(
 ) -> int:
     """Run the comparison, judge it, publish the outcome; return the exit code.
 
-    `executor_factory` (compare/executors.py) trains the runs: here, or as Ray tasks.
+    `executor_factory` (compare/execute/executors.py) trains the runs: here, or as Ray tasks.
     `allow_collapsed`: judge expectations on a loss's runs that did not collapse instead of
     failing them; `memory_budget` (bytes): refuse runs estimated to need more."""
-    from lossbench.tracking import open_tracker
     from lossbench.training.observers import FiniteLoss
+    from lossbench.training.tracking import open_tracker
 
     started = time.perf_counter()
     tracker = open_tracker(publishing.track, out_dir, out_dir.name) if publishing.track else None

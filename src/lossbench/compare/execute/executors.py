@@ -9,7 +9,7 @@ entry only (seed, settings, thread count), never on the executor, the worker or 
 - `ray`: `RayExecutor` (`ray_executor.py`), each run one Ray task reserving `--cpus-per-run`
   CPUs (its torch threads) and `--gpus-per-run` GPUs, on a local Ray instance or a cluster.
 
-The comparison (compare/ci.py) hands the chosen executor's factory what it asks of every run
+The comparison (compare/ci/step.py) hands the chosen executor's factory what it asks of every run
 (`RunHandling`): checks that go with the run, trackers that watch it, and where a run that
 fails is recorded; either way the others go on and the command exits 1.
 
@@ -21,32 +21,20 @@ are spread over cores and machines changes neither.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
-from lossbench.compare.runner import Executor, run_locally
+from lossbench.compare.execute.failures import ExecutorFactory, RunHandling
+from lossbench.compare.execute.runner import run_locally
+from lossbench.compare.execute.types import Executor, ExecutorSettings
 from lossbench.errors import LossbenchError
 from lossbench.training.config import read_toml
 
 if TYPE_CHECKING:
-    from lossbench.compare.failures import FailedRuns
-    from lossbench.training.observers import RunObserver
-
-
-@dataclass(frozen=True)
-class RunHandling:
-    """What a comparison asks of each of its runs, whichever executor trains them."""
-
-    checks: tuple[RunObserver, ...]  # observers that go with the run and may stop it
-    watchers: tuple[RunObserver, ...]  # observers that only see it (experiment trackers)
-    failed: FailedRuns  # a run that raises is recorded here; the others go on
-
-
-ExecutorFactory = Callable[[RunHandling], Executor]
+    pass
 
 
 def local_executor(handling: RunHandling) -> Executor:
@@ -56,27 +44,6 @@ def local_executor(handling: RunHandling) -> Executor:
     observers = [*handling.watchers, *handling.checks]  # a tracker sees the epoch a check stops
     train = handling.failed.guard(partial(train_entry, observers=observers))
     return partial(run_locally, train=train)
-
-
-class ExecutorSettings(BaseModel):
-    """`--executor` and its options, or a grid file's `[executor]` table (same names)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: str = "local"  # a key of EXECUTORS
-    # The options below apply to `ray` only; None: not given.
-    ray_address: str | None = None  # None: start a local Ray instance sized to the local machine
-    cpus_per_run: int | None = Field(default=None, ge=1)  # None: --threads if given, else 1
-    gpus_per_run: float | None = Field(default=None, ge=0.0)  # fractions share a GPU
-    workers_per_run: int | None = Field(default=None, ge=1)  # data-parallel processes per run
-    max_retries: int | None = Field(default=None, ge=0)  # re-runs of a run whose worker died
-
-    @field_validator("kind")
-    @classmethod
-    def _known_executor(cls, name: str) -> str:
-        if name not in EXECUTORS:
-            raise ValueError(f"unknown executor {name!r}; choose from {', '.join(EXECUTORS)}")
-        return name
 
 
 def read_executor_table(path: Path) -> dict[str, Any]:
@@ -129,7 +96,7 @@ def _local(
 def _ray(
     settings: ExecutorSettings, training: dict[str, Any], out_dir: Path
 ) -> tuple[ExecutorFactory, dict[str, Any]]:
-    from lossbench.compare.ray_executor import ray_executor
+    from lossbench.compare.execute.ray_executor import ray_executor
 
     return ray_executor(settings, training, out_dir)
 

@@ -13,37 +13,20 @@ waits for it (and trains it only if the first process died before finishing it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Protocol
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lossbench.compare.grid import Grid
-from lossbench.compare.plan import ComparisonPlan, build_plan
-from lossbench.compare.report import render_report
-from lossbench.compare.resume import run_status, settle_runs
-from lossbench.compare.summary import SummaryOptions
+from lossbench.compare.execute.resume import run_status, settle_runs
+from lossbench.compare.execute.types import Executor, PrepareFn, TrainFn
+from lossbench.compare.plan.build import ComparisonPlan
 from lossbench.data.prepared import PreparedDataset
-from lossbench.data.splits import SplitSpec
 from lossbench.training.entry import PlanEntry
-from lossbench.training.loop import RunResult
 from lossbench.training.run_lock import lock_holder, run_lock
-
-# May return None: a run that failed and was recorded as such (see compare/ci.py).
-TrainFn = Callable[[PlanEntry, PreparedDataset, Console], RunResult | None]
-PrepareFn = Callable[[str, SplitSpec], PreparedDataset]  # (dataset name, split) -> data
-
-
-class Executor(Protocol):
-    """Trains the given entries (none is finished); returns the run folders it trained."""
-
-    def __call__(
-        self, entries: Sequence[PlanEntry], prepare: PrepareFn, console: Console
-    ) -> list[Path]: ...
 
 
 def execute_plan(
@@ -157,22 +140,3 @@ def train_unless_finished(
 
 def _dataset_of(entry: PlanEntry, prepare: PrepareFn) -> PreparedDataset:
     return prepare(entry.config.dataset, entry.config.split_spec)
-
-
-def compare_losses(
-    grid: Grid,
-    settings: dict[str, object],
-    out_dir: Path,
-    prepare: PrepareFn,
-    options: SummaryOptions,
-    console: Console | None = None,
-    retrain_changed: bool = False,
-    executor: Executor | None = None,
-    markdown_file: Path | None = None,
-    memory_budget: int | None = None,
-) -> list[Path]:
-    """Plan the grid, train what is missing, then render tables, files and figures."""
-    console = console or Console(quiet=True)
-    plan = build_plan(grid, dict(settings), out_dir)
-    execute_plan(plan, prepare, console, retrain_changed, executor, memory_budget)
-    return render_report(out_dir, options, console, markdown_file=markdown_file)

@@ -10,7 +10,6 @@ from typing import Any
 import polars as pl
 
 from lossbench.atomic import write_with
-from lossbench.compare.arms import record_label
 from lossbench.data.fingerprint import describe
 from lossbench.errors import LossbenchError
 from lossbench.training.run_files import (
@@ -24,6 +23,7 @@ from lossbench.training.run_files import (
     read_record,
     run_problems,
 )
+from lossbench.training.run_labels import record_label
 
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"

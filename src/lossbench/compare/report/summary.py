@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from lossbench.compare.results import POPULARITY_PREFIX, read_ranks
-from lossbench.compare.stats import DEFAULT_PERMUTATIONS, holm_adjust, sign_flip_test
+from lossbench.compare.report.results import POPULARITY_PREFIX, read_ranks
+from lossbench.compare.report.stats import DEFAULT_PERMUTATIONS, holm_adjust, sign_flip_test
 from lossbench.evaluation.metrics import per_user_metric
 
 BETTER, WORSE = "▲", "▼"

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lossbench.atomic import write_json
-from lossbench.compare.arms import config_label, folder_name
-from lossbench.compare.grid import Grid, merge_settings
+from lossbench.compare.plan.grid import Grid, merge_settings
 from lossbench.data.registry import get_dataset
 from lossbench.data.splits import check_timed
 from lossbench.errors import LossbenchError
@@ -28,6 +27,7 @@ from lossbench.models import model_config
 from lossbench.training.config import TrainConfig, build_config, validate_config
 from lossbench.training.entry import PlanEntry, plan_entry
 from lossbench.training.run_files import flat_settings
+from lossbench.training.run_labels import config_label, folder_name
 
 COMPARISON_FILE = "comparison.json"
 

@@ -12,7 +12,6 @@ import os
 import socket
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,9 @@ import polars as pl
 
 from lossbench import __version__
 from lossbench.atomic import atomic_path
-from lossbench.compare.expectations import Verdict
-from lossbench.compare.summary import BETTER, WORSE
+from lossbench.compare.ci.expectations import Verdict
+from lossbench.compare.execute.types import RunFailure
+from lossbench.compare.report.summary import BETTER, WORSE
 from lossbench.training.run_files import read_metrics
 
 RUN_FIELDS = (
@@ -61,24 +61,6 @@ TIMING_FIELDS = (
     "best_epoch",
     "epochs",
 )
-
-
-@dataclass(frozen=True)
-class RunFailure:
-    """A run that raised instead of finishing."""
-
-    label: str  # "synthetic sasrec + bce, seed 0"
-    dataset: str
-    model: str
-    loss: str
-    seed: int
-    run_dir: Path
-    error: str  # one line: "ValueError: ..."
-    details: str  # the traceback
-
-    @property
-    def line(self) -> str:
-        return f"FAIL training {self.label}: {self.error}"
 
 
 def run_document(run_dir: Path) -> dict[str, Any]:

@@ -19,8 +19,8 @@ import numpy as np
 import polars as pl
 
 from lossbench.atomic import write_with
-from lossbench.compare.results import read_history
-from lossbench.compare.summary import BETTER, WORSE
+from lossbench.compare.report.results import read_history
+from lossbench.compare.report.summary import BETTER, WORSE
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn: it costs a second at startup
     from matplotlib.axes import Axes

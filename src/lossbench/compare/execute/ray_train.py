@@ -21,7 +21,7 @@ from rich.console import Console
 from lossbench.errors import LossbenchError
 
 if TYPE_CHECKING:
-    from lossbench.compare.runner import TrainFn
+    from lossbench.compare.execute.types import TrainFn
     from lossbench.training.entry import PlanEntry
 
 

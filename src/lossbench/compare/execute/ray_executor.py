@@ -13,7 +13,7 @@ when it ends, as the local loop would have shown them its epochs.
 A run that raised is recorded as failed (its traceback in the run folder's failure.txt) and
 not re-run; a run whose worker process died is re-run up to `--max-retries` times, then
 recorded the same way. The others go on; the comparison then exits 1 listing the failed runs
-(compare/ci.py), as with the local executor. Ctrl-C cancels the runs still out
+(compare/ci/step.py), as with the local executor. Ctrl-C cancels the runs still out
 (`ray_cluster.cancel_tasks`); run folders are only ever written atomically, so a rerun reuses
 the finished runs and retrains the rest.
 """
@@ -30,17 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from lossbench.compare import ray_cluster
-from lossbench.compare.failures import FailedRuns, record_failure
-from lossbench.compare.runner import PrepareFn, TrainFn, train_unless_finished
-from lossbench.compare.runs_progress import RunsProgress
+from lossbench.compare.execute import ray_cluster
+from lossbench.compare.execute.failures import FailedRuns, record_failure
+from lossbench.compare.execute.runner import train_unless_finished
+from lossbench.compare.execute.runs_progress import RunsProgress
+from lossbench.compare.execute.types import PrepareFn, RunOutcome, TrainFn
 from lossbench.errors import LossbenchError
 from lossbench.training.run_files import is_finished, read_metrics, read_record
 from lossbench.training.run_lock import run_lock
 
 if TYPE_CHECKING:
-    from lossbench.compare.executors import ExecutorFactory, ExecutorSettings, RunHandling
-    from lossbench.compare.outputs import RunFailure
+    from lossbench.compare.execute.failures import ExecutorFactory, RunHandling
+    from lossbench.compare.execute.types import ExecutorSettings
     from lossbench.data.prepared import PreparedDataset
     from lossbench.training.entry import PlanEntry
     from lossbench.training.observers import RunObserver
@@ -58,22 +59,6 @@ class RunResources:
 
 
 @dataclass(frozen=True)
-class RunOutcome:
-    """What a worker sends back for one run (its files are in the run folder)."""
-
-    trained: bool  # False: another process had finished it, or it failed
-    failure: RunFailure | None = None  # None: the run did not fail
-    metric: str = ""  # the validation metric, reported on the test split
-    test_value: float | None = None
-    epochs: int = 0
-    seconds: float = 0.0
-
-    @property
-    def error(self) -> str | None:
-        return None if self.failure is None else self.failure.error
-
-
-@dataclass(frozen=True)
 class RayExecutor:
     """Trains the entries as Ray tasks (see the module's docstring).
 
@@ -88,7 +73,7 @@ class RayExecutor:
 
     @classmethod
     def handling(cls, resources: RunResources, out_dir: Path, handling: RunHandling) -> RayExecutor:
-        """The executor of a comparison (compare/ci.py): its checks go with every run."""
+        """The executor of a comparison (compare/ci/step.py): its checks go with every run."""
         from lossbench.training.loop import train_entry
 
         train = partial(train_entry, observers=list(handling.checks))
@@ -190,7 +175,7 @@ def show_run(watchers: Sequence[RunObserver], run_dir: Path) -> None:
     record = read_record(run_dir) if watchers else None
     if record is None:
         return
-    from lossbench.compare.results import read_history
+    from lossbench.compare.report.results import read_history
     from lossbench.training.run_files import HISTORY_FILE
 
     rows = read_history(run_dir).to_dicts() if (run_dir / HISTORY_FILE).is_file() else []
@@ -265,8 +250,8 @@ def train_with_workers(
     task holds its folder's lock, reuses a run finished meanwhile, and records a failure."""
     import traceback
 
-    from lossbench.compare.ray_train import fit_data_parallel
-    from lossbench.compare.resume import run_status
+    from lossbench.compare.execute.ray_train import fit_data_parallel
+    from lossbench.compare.execute.resume import run_status
 
     started = time.perf_counter()
     with run_lock(entry.run_dir, wait=True):
@@ -298,7 +283,7 @@ def ray_executor(
     gpus = settings.gpus_per_run or 0.0
     workers = settings.workers_per_run or 1
     if workers > 1:
-        from lossbench.compare.ray_train import check_ray_train
+        from lossbench.compare.execute.ray_train import check_ray_train
 
         check_ray_train()
     if gpus > 1 and not gpus.is_integer():

@@ -34,7 +34,7 @@ from lossbench.training.run_files import (
 
 # What a comparison varies on purpose: the loss is each row's label, the seed is pooled over.
 IGNORED = frozenset({"loss", "seed"})
-# What tells the arms of one comparison apart besides the loss (`arms.py`): they may differ
+# What tells the arms of one comparison apart besides the loss (`plan/arms.py`): they may differ
 # between rows, never within one.
 ARM_SETTINGS = frozenset({"sampler", "logq", "negatives_unseen", "shuffle_train"})
 LABEL = "loss"  # the column that names the rows of a summary

@@ -54,7 +54,7 @@ def metric_key(prefix: str, name: str) -> str:
 
 def run_label(record: dict[str, Any]) -> str:
     """'synthetic sasrec + bce, seed 0', with the arm's label as the table shows it."""
-    from lossbench.compare.arms import record_label
+    from lossbench.training.run_labels import record_label
 
     config = record["config"]
     loss = record_label(record["loss_settings"]["loss"], config)

@@ -1,19 +1,22 @@
 """Runs that fail to train: recorded (a one-line error, the traceback in the run folder)
-instead of ending the comparison, whichever executor trained them (see compare/ci.py)."""
+instead of ending the comparison, whichever executor trained them (see compare/ci/step.py);
+and `RunHandling`, what a comparison asks of every run it hands an executor."""
 
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from rich.console import Console
 
-from lossbench.compare.arms import config_label
-from lossbench.compare.outputs import RunFailure
-from lossbench.compare.runner import TrainFn
+from lossbench.compare.execute.types import Executor, RunFailure, TrainFn
 from lossbench.data.prepared import PreparedDataset
 from lossbench.errors import LossbenchError, PeerLost
 from lossbench.training.entry import PlanEntry
 from lossbench.training.loop import RunResult
+from lossbench.training.observers import RunObserver
+from lossbench.training.run_labels import config_label
 
 FAILURE_FILE = "failure.txt"  # a failed run's traceback, in its run folder
 
@@ -77,3 +80,15 @@ def record_failure(entry: PlanEntry, message: str, details: str) -> RunFailure:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / FAILURE_FILE).write_text(details)
     return failure
+
+
+@dataclass(frozen=True)
+class RunHandling:
+    """What a comparison asks of each of its runs, whichever executor trains them."""
+
+    checks: tuple[RunObserver, ...]  # observers that go with the run and may stop it
+    watchers: tuple[RunObserver, ...]  # observers that only see it (experiment trackers)
+    failed: FailedRuns  # a run that raises is recorded here; the others go on
+
+
+ExecutorFactory = Callable[[RunHandling], Executor]

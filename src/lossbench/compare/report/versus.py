@@ -14,10 +14,10 @@ from pathlib import Path
 
 import polars as pl
 
-from lossbench.compare.grid import PLURALS
-from lossbench.compare.mixed import check_mixing, variants
-from lossbench.compare.results import find_finished_runs, results_frame
-from lossbench.compare.summary import SummaryOptions, summarize
+from lossbench.compare.plan.grid import PLURALS
+from lossbench.compare.report.mixed import check_mixing, variants
+from lossbench.compare.report.results import find_finished_runs, results_frame
+from lossbench.compare.report.summary import SummaryOptions, summarize
 from lossbench.errors import LossbenchError
 
 SET_COLUMN = "model"  # summarize groups by (dataset, model): one group holds both sets

@@ -1,4 +1,4 @@
-"""A comparison as a grid: datasets x models x losses x shuffle x seeds (`plan.py` expands it
+"""A comparison as a grid: datasets x models x losses x shuffle x seeds (`build.py` expands it
 into runs, one run folder per cell).
 
 The losses are arms (a loss, or a loss with its own sampler / logQ, see `arms.py`). The grid
@@ -18,11 +18,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lossbench.compare.arms import LossArm, arm_label
+from lossbench.compare.plan.arms import LossArm
 from lossbench.errors import LossbenchError
 from lossbench.losses import find_loss
 from lossbench.models import model_spec
 from lossbench.training.config import read_toml
+from lossbench.training.run_labels import arm_label
 
 ORIGINAL = "original"  # in a grid's losses: each model's published loss
 DEMO_LOSSES = ["bce", "ce", "improved"]
