@@ -110,10 +110,10 @@ class Layout:
     against its window `window[r, j]` ((1 + 2e) c_x position rows, N: padding); a block of
     logits is (chunks, c_y, (1 + 2e) c_x)."""
 
-    items: Tensor  # (R, n_b, c_y) item ids, sorted by (bucket, projection)
-    window: Tensor  # (R, n_b, W) position rows of position chunks j - e .. j + e
+    items: Tensor  # (R, n_b, c_y) int32 item ids, sorted by (bucket, projection)
+    window: Tensor  # (R, n_b, W) int32 position rows of position chunks j - e .. j + e
     x_chunk: Tensor  # (R, N + 1) int32 chunk of each position row (row N: FAR)
-    x_slot: Tensor  # (R, N) place of each position in its window of its own chunk
+    x_slot: Tensor  # (R, N) int32 place of each position in its window of its own chunk
     y_chunk: Tensor  # (R, n_items + 1) int32 chunk of each item id (id 0: -FAR)
     y_slot: Tensor  # (R, n_items + 1) int32 place of each item in its chunk
     extra: int
@@ -126,19 +126,21 @@ class Layout:
     def build(hidden: Tensor, item_rows: Tensor, directions: Tensor, extra: int) -> Layout:
         n_positions, n_buckets = hidden.shape[0], directions.shape[1]
         x_bucket, x_value = _argmax_buckets(directions, hidden)  # (R, N) each
-        x_order, x_chunk = _sorted_chunks(x_bucket, x_value, n_buckets)
+        x_order, x_chunk, x_rank = _sorted_chunks(x_bucket, x_value, n_buckets)
+        del x_bucket, x_value
         y_bucket, y_value = _argmax_buckets(directions, item_rows)  # (R, n_items) each
-        y_order, y_chunk = _sorted_chunks(y_bucket, y_value, n_buckets)
+        y_order, y_chunk, y_rank = _sorted_chunks(y_bucket, y_value, n_buckets)
+        del y_bucket, y_value
         size_x = -(-n_positions // n_buckets)
         size_y = -(-item_rows.shape[0] // n_buckets)
         rows = _padded(x_order, n_buckets * size_x, n_positions).view(-1, n_buckets, size_x)
         # Position chunks j - e .. j + e of each item chunk j, padding rows beyond the ends.
         edge = torch.nn.functional.pad(rows, (0, 0, extra, extra), value=n_positions)
         window = edge.unfold(1, n_buckets, 1).permute(0, 3, 1, 2).flatten(2)  # (R, n_b, W)
-        items = _padded(y_order + 1, n_buckets * size_y, 0).view(-1, n_buckets, size_y)
-        x_rank = _ranks(x_order)  # (R, N) place of each row in the sorted order
+        items = _padded(y_order.add_(1), n_buckets * size_y, 0).view(-1, n_buckets, size_y)
+        del y_order
         x_slot = extra * size_x + x_rank % size_x  # its place in the window of its own chunk
-        y_slot = torch.nn.functional.pad((_ranks(y_order) % size_y).int(), (1, 0))
+        y_slot = torch.nn.functional.pad(y_rank.remainder_(size_y), (1, 0))
         x_chunk = torch.nn.functional.pad(x_chunk, (0, 1), value=FAR)
         y_chunk = torch.nn.functional.pad(y_chunk, (1, 0), value=-FAR)
         return Layout(items, window, x_chunk, x_slot, y_chunk, y_slot, extra)
@@ -196,25 +198,25 @@ def _argmax_buckets(directions: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
     return buckets, values
 
 
-def _sorted_chunks(bucket: Tensor, value: Tensor, n_buckets: int) -> tuple[Tensor, Tensor]:
-    """(R, rows) rows sorted by (bucket, largest float32 projection first, row) and the int32
-    chunk of each row (n_b chunks of ceil(rows / n_b)). Per round one stable sort of an int64
-    key: the bucket above the float32 bits mapped to an order-preserving int32, reversed."""
-    size = -(-bucket.shape[1] // n_buckets)
-    order = torch.empty_like(bucket)
-    for r in range(bucket.shape[0]):
+def _sorted_chunks(bucket: Tensor, value: Tensor, n_buckets: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(R, rows) int32: rows sorted by (bucket, largest float32 projection first, row), the
+    chunk of each row (n_b chunks of ceil(rows / n_b)) and its place in the order. Per round
+    one stable sort of an int64 key: the bucket above the float32 bits mapped to an
+    order-preserving int32, reversed."""
+    n_rounds, n_rows = bucket.shape
+    size = -(-n_rows // n_buckets)
+    order = torch.empty(n_rounds, n_rows, dtype=torch.int32, device=bucket.device)
+    ranks = torch.empty_like(order)
+    places = torch.arange(n_rows, dtype=torch.int32, device=bucket.device)
+    for r in range(n_rounds):
         key = value[r].float().view(torch.int32).long()  # (rows,)
         key ^= (key >> 63) & 0x7FFFFFFF  # negative floats: monotone in the float
         key.neg_().add_(0x7FFFFFFF + (bucket[r] << 32))  # low part in [0, 2^32): larger first
-        order[r] = torch.sort(key, stable=True).indices
-    return order, (_ranks(order) // size).int()
-
-
-def _ranks(order: Tensor) -> Tensor:
-    """(R, rows) the place of each row in `order` (R, rows), the inverse permutation."""
-    ranks = torch.empty_like(order)
-    places = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    return ranks.scatter_(1, order, places)
+        round_order = torch.sort(key, stable=True).indices
+        del key
+        order[r] = round_order
+        ranks[r].scatter_(0, round_order, places)
+    return order, torch.div(ranks, size, rounding_mode="floor"), ranks
 
 
 def _rows(source: Tensor, index: Tensor) -> Tensor:
@@ -264,10 +266,10 @@ def _left_out(
         out[(excluded[low:high] - block[0] * size).long()] = True
         out = out.view(items.shape[0], items.shape[1], rows.shape[1])
     else:
-        out = inputs.targets[rows].unsqueeze(1) == items.unsqueeze(2)
+        out = _rows(inputs.targets, rows).unsqueeze(1) == items.unsqueeze(2)
         for earlier in range(r):
-            y_chunk = layout.y_chunk[earlier][items].unsqueeze(2)  # (b, c_y, 1)
-            x_chunk = layout.x_chunk[earlier][rows].unsqueeze(1)  # (b, 1, W)
+            y_chunk = _rows(layout.y_chunk[earlier], items).unsqueeze(2)  # (b, c_y, 1)
+            x_chunk = _rows(layout.x_chunk[earlier], rows).unsqueeze(1)  # (b, 1, W)
             out |= (y_chunk - x_chunk).abs_() <= layout.extra
     out |= (items == 0).unsqueeze(2)
     return out
@@ -295,7 +297,7 @@ class _ReducedCrossEntropy(torch.autograd.Function):
             for block in _blocks(layout):
                 logits = _block_logits(h, t, inputs, r, block)[0]
                 per_slot.append(torch.logsumexp(logits, dim=1))
-        rows = layout.window.reshape(-1)  # the blocks' order
+        rows = layout.window.reshape(-1).long()  # the blocks' order
         candidates = _scatter_logsumexp(torch.cat(per_slot).reshape(-1), rows, n_positions + 1)
         targets = inputs.targets[:-1]
         positive = (h[:-1] * t[targets]).sum(-1)  # (N,)
@@ -322,7 +324,8 @@ class _ReducedCrossEntropy(torch.autograd.Function):
             for block in _blocks(layout):
                 logits, rows, hs, y = _block_logits(h, t, inputs, r, block)
                 # d logsumexp / d logit = its softmax probability, times the upstream.
-                logits.sub_(norm[rows].unsqueeze(1)).exp_().mul_(scale[rows].unsqueeze(1))
+                norm_rows, scale_rows = _rows(norm, rows), _rows(scale, rows)  # (b, W) each
+                logits.sub_(norm_rows.unsqueeze(1)).exp_().mul_(scale_rows.unsqueeze(1))
                 into_rows = torch.bmm(logits.transpose(1, 2), y)  # (b, W, D)
                 grad_hidden.index_add_(0, rows.reshape(-1), into_rows.flatten(0, 1))
                 items = layout.items[r, block[0] : block[1]].reshape(-1)
