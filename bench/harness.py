@@ -22,7 +22,6 @@ from lossbench.data.preprocess import preprocess_dataset
 from lossbench.data.registry import get_dataset
 from lossbench.data.store import ensure_prepared
 from lossbench.losses import full_softmax
-from lossbench.models.transformer import TransformerEncoder
 from lossbench.training.config import TrainConfig, build_config
 from lossbench.training.loop import train_run
 
@@ -107,16 +106,6 @@ def catalogue_step_config(dataset: PreparedDataset, steps: int, device: str) -> 
 
 
 @contextmanager
-def padding_computed() -> Iterator[None]:
-    """The encoder runs every position, padding included (as the study's code does)."""
-    TransformerEncoder.pack_padding = False
-    try:
-        yield
-    finally:
-        TransformerEncoder.pack_padding = True
-
-
-@contextmanager
 def item_chunked_softmax() -> Iterator[None]:
     """Every catalogue takes the full softmax's item-chunked path (huge catalogues' path)."""
     saved = dict(full_softmax.MAX_FUSED_ITEMS), full_softmax.DEFAULT_MAX_FUSED_ITEMS
@@ -138,7 +127,8 @@ def plain_loss(
     """The plain computation of the study's code on (B, L) left-padded `inputs` and
     `targets` (0 where nothing trains): the model on every position, then bce with the
     given (B, L) `negatives`, or the full softmax with (positions x catalogue) logits
-    materialized and `F.cross_entropy`. Call inside `padding_computed()`."""
+    materialized and `F.cross_entropy`. Call inside `padding_computed(model)`
+    (`lossbench.models.transformer`: the encoder runs every position, as the study's code)."""
     table: torch.Tensor = model.item_embedding.weight  # type: ignore[union-attr,assignment]
     hidden = model(inputs)  # (B, L, D): every position, padding included
     trains = targets.reshape(-1) > 0

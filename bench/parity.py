@@ -15,12 +15,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness import item_chunked_softmax, padding_computed, plain_loss
+from harness import item_chunked_softmax, plain_loss
 from lossbench.data.sequences import build_sequence_tensors
 from lossbench.data.store import make_synthetic_prepared
 from lossbench.losses.base import LossInputs, LossParams
 from lossbench.losses.full_softmax import full_softmax_ce, fused_block
 from lossbench.models import MODELS
+from lossbench.models.transformer import padding_computed
 from lossbench.training.batches import TrainBatch, TrainBatcher
 from lossbench.training.config import build_config
 from lossbench.training.setup import make_model, resolve_loss
@@ -78,7 +79,7 @@ def fast_path_parity(
             fast = TrainingStep(model, MODELS["sasrec"], loss, None, generator)(parts)
             fast_grads = torch.autograd.grad(fast, parameters, allow_unused=True)
         inputs, targets = padded(parts, MAX_LEN)
-        with padding_computed():
+        with padding_computed(model):
             plain = plain_loss(model, inputs, targets, loss_name)
         plain_grads = torch.autograd.grad(plain, parameters, allow_unused=True)
     finally:

@@ -34,7 +34,6 @@ import torch
 from harness import (
     MILLION,
     catalogue_step_config,
-    padding_computed,
     plain_loss,
     random_catalogue,
     run_config,
@@ -44,6 +43,7 @@ from lossbench.data.prepared import PreparedDataset
 from lossbench.data.sequences import build_sequence_tensors
 from lossbench.data.store import ensure_prepared
 from lossbench.errors import LossbenchError
+from lossbench.models.transformer import padding_computed
 from lossbench.paths import default_data_dir
 from lossbench.training.config import TrainConfig
 from lossbench.training.setup import make_model, seed_everything
@@ -138,7 +138,7 @@ def plain_padded_epoch_seconds(
     seed_everything(config.seed)
     model, settings = make_model(config, dataset.n_items)
     model.train()
-    with padding_computed():  # the plain code computes padding too
+    with padding_computed(model):  # the plain code computes padding too
         return _plain_epochs(model, settings["max_len"], dataset, config, loss, epochs)
 
 

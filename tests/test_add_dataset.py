@@ -281,11 +281,11 @@ def test_the_movielens_ratings_file_under_other_column_names(tmp_path: Path) -> 
     pl.read_csv(original).rename(columns).write_csv(renamed)
     data = tmp_path / "data"
     args = ["--user-col", "viewer", "--item-col", "film", "--time-col", "when"]
-    args += ["--rating-col", "stars", "--user-core", "5", "--max-length", "200"]
+    args += ["--rating-col", "stars", "--user-core", "5"]
     result = run(data, "add-dataset", "my-ml", "--file", str(renamed), *args)
     assert result.exit_code == 0, result.output
     # The same rows and protocol as the built-in ml-latest-small entry: the same dataset.
-    expected = build_tables(read_movielens_csv(original), Protocol(user_core=5, max_length=200))
+    expected = build_tables(read_movielens_csv(original), Protocol(user_core=5))
     meta = json.loads((data / "my-ml/prepared/meta.json").read_text())
     assert (meta["n_users"], meta["n_items"]) == (expected.users.height, expected.items.height)
     assert meta["n_interactions"] == expected.interactions.height

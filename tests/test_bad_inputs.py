@@ -200,9 +200,9 @@ CASES = [
          lambda s, t: ["--data-dir", str(s.data), "compare", "--config", written(
              t, "g.toml", GRID.decode().encode("utf-16-be")), "--out", str(t / "c")],
          2, "save it as UTF-8"),
-    Case("preprocess --max-length 0",
-         lambda s, t: ["--data-dir", str(s.data), "preprocess", "lastfm", "--max-length", "0"],
-         2, "--max-length 0: must be greater than or equal to 1"),
+    Case("preprocess --user-core -1",
+         lambda s, t: ["--data-dir", str(s.data), "preprocess", "lastfm", "--user-core", "-1"],
+         2, "--user-core -1: must be greater than or equal to 0"),
     Case("train --out ''", lambda s, t: train(s, "--out", ""), 2, "a run needs a folder"),
     Case("train --out .", lambda s, t: train(s, "--out", "."), 2, "a run needs a folder"),
     # 7. Ctrl-C in tune

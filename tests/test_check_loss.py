@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lossbench.cli import app
-from lossbench.losses import LOSSES, LossSpec
+from lossbench.losses import LOSSES, SAMPLED, LossSpec
 from lossbench.losses.contract import check_loss
 
 BROKEN = '''
@@ -135,7 +135,7 @@ def test_the_check_is_fed_the_loss_s_own_negatives() -> None:
         seen.append(0 if inputs.negatives is None else inputs.negatives.shape[1])
         return LOSSES["bce"].fn(inputs, params)
 
-    spec = LossSpec(fn=recording, positions="all", negatives=3, description="bce")
+    spec = LossSpec(fn=recording, positions="all", negatives=3, description="bce", needs=SAMPLED)
     assert all(result.passed for result in check_loss(spec))
     assert set(seen) == {3}
     check_loss(spec, negatives=7)

@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 
 from lossbench.cli import app, main
 from lossbench.errors import LossbenchError
-from lossbench.losses import LOSSES
+from lossbench.losses import CATALOGUE, LOSSES
 from lossbench.losses.base import LossInputs, LossParams, LossSpec
 
 EXPECTED = [
@@ -230,7 +230,9 @@ def test_runs_that_fail_to_train_are_recorded_and_the_rest_train(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name, fn in (("broken", broken_loss), ("nan", nan_loss)):
-        monkeypatch.setitem(LOSSES, name, LossSpec(fn, "all", 0, "a test loss that fails"))
+        monkeypatch.setitem(
+            LOSSES, name, LossSpec(fn, "all", 0, "a test loss that fails", needs=CATALOGUE)
+        )
     junit, out = tmp_path / "report.xml", tmp_path / "out"
     args = ["--smoke", "--losses", "improved,broken,nan", "--seeds", "0", "--max-epochs", "1"]
     args += ["--expect", "improved > broken", "--junit", str(junit), "--out", str(out), "--json"]

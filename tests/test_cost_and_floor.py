@@ -23,7 +23,7 @@ from lossbench.compare.report.tables import markdown
 from lossbench.data.sequences import EvaluationSet
 from lossbench.errors import LossbenchError
 from lossbench.evaluation.metrics import metrics_from_ranks
-from lossbench.losses import LOSSES
+from lossbench.losses import CATALOGUE, LOSSES
 from lossbench.losses.base import LossInputs, LossParams, LossSpec
 from lossbench.training import fit_check
 from lossbench.training.cost import LossClock, cost_metrics
@@ -269,7 +269,9 @@ def frozen_loss(inputs: LossInputs, params: LossParams) -> torch.Tensor:
 def test_a_collapsed_run_is_flagged_excluded_and_fails_its_expectation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(LOSSES, "frozen", LossSpec(frozen_loss, "all", 0, "learns nothing"))
+    monkeypatch.setitem(
+        LOSSES, "frozen", LossSpec(frozen_loss, "all", 0, "learns nothing", needs=CATALOGUE)
+    )
     args = ["--data-dir", str(tmp_path / "data"), "compare", "--smoke", "--seeds", "0"]
     args += ["--losses", "bce,frozen", "--max-epochs", "2", "--out", str(tmp_path / "out")]
     args += ["--expect", "bce > frozen", "--expect", "ndcg@10(bce) > 0.05", "--json"]

@@ -18,7 +18,6 @@ from torch import Tensor
 from lossbench.data.sequences import build_sequence_tensors
 from lossbench.data.store import make_synthetic_prepared
 from lossbench.models import MODELS, transformer
-from lossbench.models.transformer import TransformerEncoder
 from lossbench.training.batches import TrainBatch, TrainBatcher
 from lossbench.training.config import build_config
 from lossbench.training.setup import make_model, resolve_loss
@@ -72,7 +71,7 @@ def test_fast_batch_equals_plain_padded_computation(
     fast_grads = torch.autograd.grad(fast, list(model.parameters()), allow_unused=True)
 
     inputs, targets = padded(parts, MAX_LEN)
-    monkeypatch.setattr(TransformerEncoder, "pack_padding", False)  # every position computed
+    monkeypatch.setattr(model.encoder, "pack_padding", False)  # every position computed
     hidden = model(inputs)  # (B, max_len, D), every position computed
     logits = hidden @ model.item_embedding.weight[1:].T  # (B, max_len, n_items)
     trains = targets > 0
@@ -113,7 +112,7 @@ def test_packed_encoder_equals_padded_encoder(
     inputs = torch.randint(1, 31, (5, 12)).where(columns >= 12 - lengths[:, None], 0)
     inputs[0, 3] = 0  # a hole: padding between real items stays padding
     packed = model(inputs)
-    monkeypatch.setattr(TransformerEncoder, "pack_padding", False)
+    monkeypatch.setattr(model.encoder, "pack_padding", False)
     padded = model(inputs)
     real = inputs != 0
     torch.testing.assert_close(packed[real], padded[real], rtol=1e-12, atol=1e-12)
@@ -144,7 +143,7 @@ def test_forward_parts_equals_one_padded_call_per_part(
         ids = torch.randint(1, 31, (len(lengths), width))
         parts.append(ids.where(columns >= width - torch.tensor(lengths)[:, None], 0))
     together = model.forward_parts(parts)
-    monkeypatch.setattr(TransformerEncoder, "pack_padding", False)
+    monkeypatch.setattr(model.encoder, "pack_padding", False)
     for ids, mine in zip(parts, together, strict=True):
         theirs = model(ids)
         real = ids != 0

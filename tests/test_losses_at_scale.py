@@ -294,9 +294,11 @@ def test_every_loss_declares_its_needs_and_the_trainer_adds_the_logq_ones() -> N
     assert settings["standard"].logq is True  # "standard" is the correction `--logq` was
     assert settings["corrected"].needs == {"negatives", "item_frequencies"}
     assert settings["corrected"].params.logq_correction == "corrected"
-    # A spec written before needs existed: derived from its negatives.
-    assert LossSpec(full_ce, "all", 0, "x").declared == {"catalogue"}  # type: ignore[arg-type]
-    assert LossSpec(full_ce, "all", 5, "x").declared == {"negatives"}  # type: ignore[arg-type]
+    # A spec declares its needs; a default count that contradicts them is refused.
+    spec = LossSpec(full_ce, "all", 0, "x", needs=frozenset({"catalogue"}))  # type: ignore[arg-type]
+    assert spec.declared == {"catalogue"} and not spec.samples_negatives
+    with pytest.raises(LossbenchError, match="needs 'negatives' has a default count > 0"):
+        LossSpec(full_ce, "all", 5, "x", needs=frozenset({"catalogue"}))  # type: ignore[arg-type]
 
 
 def test_corrected_logq_is_refused_where_it_does_not_apply() -> None:

@@ -29,7 +29,7 @@ from lossbench.training.setup import code_sources, resolve_loss
 PLAIN_CE = '''
 import torch.nn.functional as F
 
-from lossbench.losses import LossSpec
+from lossbench.losses import CATALOGUE, LossSpec
 
 
 def plain_ce(inputs, params):
@@ -45,7 +45,9 @@ def pairwise(inputs, params):
     return F.softplus(negative - positive).mean()
 
 
-LAST_CE = LossSpec(fn=plain_ce, positions="last", negatives=0, description="last only")
+LAST_CE = LossSpec(
+    fn=plain_ce, positions="last", negatives=0, description="last only", needs=CATALOGUE
+)
 NOT_A_LOSS = 3
 '''
 

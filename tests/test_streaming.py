@@ -125,7 +125,7 @@ def test_a_malformed_line_is_named_as_the_in_memory_reader_names_it(tmp_path: Pa
 def test_the_real_movielens_file_prepares_identically(tmp_path: Path) -> None:
     with zipfile.ZipFile(MIRROR / "ml-latest-small" / "ml-latest-small.zip") as archive:
         path = Path(archive.extract("ml-latest-small/ratings.csv", tmp_path))
-    protocol = Protocol(user_core=5, dedup=True, max_length=200)
+    protocol = Protocol(user_core=5, dedup=True)
     for split in (LOO, TEMPORAL):
         memory = build_tables(read_interactions(path, "movielens-csv"), protocol, split_by=split)
         streamed = build_tables_streamed(

@@ -1,4 +1,5 @@
-"""The one domain exception. Only `cli.py` turns it into a message and an exit code."""
+"""The one domain exception. Only the command line's `main` (`lossbench.cli`) turns it into a
+one-line message and an exit code."""
 
 
 class LossbenchError(Exception):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from lossbench.losses import LossInputs, LossParams, LossSpec
+from lossbench.losses import CATALOGUE, LossInputs, LossParams, LossSpec
 
 GAMMA = 2.0  # the focal exponent; 0 gives plain_ce
 
@@ -44,10 +44,12 @@ PLAIN_CE = LossSpec(
     positions="all",
     negatives=0,
     description="full-catalogue softmax CE at every position, with F.cross_entropy",
+    needs=CATALOGUE,
 )
 FOCAL_CE = LossSpec(
     fn=focal_ce,
     positions="all",
     negatives=0,
     description=f"focal (gamma = {GAMMA:g}) full-catalogue softmax CE at every position",
+    needs=CATALOGUE,
 )

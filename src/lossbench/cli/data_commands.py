@@ -146,7 +146,6 @@ def preprocess(
     dedup: Annotated[
         bool | None, typer.Option("--dedup/--no-dedup", help="Keep the first (user, item) only.")
     ] = None,
-    max_length: Annotated[int | None, typer.Option(help="Training history length.")] = None,
     organic_only: Annotated[
         bool | None,
         typer.Option(
@@ -172,7 +171,6 @@ def preprocess(
         "user_core": user_core,
         "item_core": item_core,
         "dedup": dedup,
-        "max_length": max_length,
         "organic_only": organic_only,
     }
     overrides = {key: value for key, value in knobs.items() if value is not None}

@@ -1,4 +1,5 @@
-"""`lossbench pretrain`: self-supervised pre-training (S3Rec) before `train --init`."""
+"""`lossbench pretrain`: a model's declared self-supervised pre-training (`ModelSpec.pretraining`,
+S3Rec's) before `train --init`."""
 
 from __future__ import annotations
 
@@ -13,24 +14,29 @@ from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, co
 from lossbench.cli.outputs import check_run_folder, print_json
 from lossbench.errors import LossbenchError
 
-PRETRAINABLE = ("s3rec",)
-
 
 @app.command()
 def pretrain(
     dataset: Annotated[str, typer.Option(help="Dataset with item attributes, e.g. lastfm.")],
     model: Annotated[str, typer.Option(help="Model to pre-train: s3rec.")] = "s3rec",
-    epochs: Annotated[int, typer.Option(min=1, help="Pre-training epochs (study: 150).")] = 150,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Pre-training epochs (default: the model's, 150).")
+    ] = None,
     checkpoint_every: Annotated[
-        int, typer.Option(min=1, help="Write pretrain-epochN.pt every N epochs.")
-    ] = 10,
+        int | None,
+        typer.Option(min=1, help="Write pretrain-epochN.pt every N epochs (default: 10)."),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default runs/DATASET/MODEL-pretrain-seedN).")
     ] = None,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Samples per batch.")] = 100,
-    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Adam learning rate.")] = 1e-3,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Samples per batch (default: 100).")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", min=0.0, help="Adam learning rate (default: 0.001).")
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -50,15 +56,18 @@ def pretrain(
     """Pre-train a model's encoder; fine-tune it with `lossbench train --init OUT/pretrained.pt`
     (model settings must match those of the fine-tuning run)."""
     from lossbench.data.store import ensure_prepared, prepare_on_first_use
-    from lossbench.models import model_config
-    from lossbench.models.s3rec import S3RecConfig
-    from lossbench.training.pretrain import pretrain_s3rec
+    from lossbench.models import model_config, model_spec
+    from lossbench.training.pretrainers import PretrainSettings, pretraining_of, run_pretraining
     from lossbench.training.setup import use_threads
 
-    if model not in PRETRAINABLE:
-        raise LossbenchError(
-            f"model {model} has no pre-training; pre-trainable: {', '.join(PRETRAINABLE)}"
-        )
+    spec = model_spec(model)
+    pretrain_settings = PretrainSettings.for_model(
+        pretraining_of(model, spec),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        checkpoint_every=checkpoint_every,
+    )
     if device not in ("auto", "cpu", "cuda"):
         raise LossbenchError(f"unknown device {device!r}; use auto, cpu or cuda")
     settings = opt.model_settings(
@@ -70,7 +79,6 @@ def pretrain(
         max_len=max_len,
     )
     config = model_config(model, settings)
-    assert isinstance(config, S3RecConfig)
     out_dir = out or Path("runs") / dataset / f"{model}-pretrain-seed{seed}"
     check_run_folder(out_dir, "--out")
     prepare_on_first_use(GlobalOptions.data_dir, dataset, announce=announce)
@@ -78,16 +86,15 @@ def pretrain(
     use_threads(threads)
     display = console_err if json_output else console
     display.print(f"pre-training [bold]{model}[/] on [bold]{dataset}[/] -> {out_dir}")
-    final = pretrain_s3rec(
+    final = run_pretraining(
+        model,
+        spec,
         prepared,
         config,
         out_dir,
-        epochs=epochs,
-        checkpoint_every=checkpoint_every,
+        pretrain_settings,
         seed=seed,
         device=device,
-        batch_size=batch_size,
-        lr=lr,
         console=display,
         resume=resume,
     )

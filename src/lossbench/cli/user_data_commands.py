@@ -62,9 +62,6 @@ def add_dataset_command(
             "--dedup/--no-dedup", help="Keep the first (user, item) only.", rich_help_panel=PROTOCOL
         ),
     ] = True,
-    max_length: Annotated[
-        int, typer.Option(min=1, help="Training history length.", rich_help_panel=PROTOCOL)
-    ] = 50,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an entry of the same name.")
     ] = False,
@@ -82,7 +79,6 @@ def add_dataset_command(
         user_core=user_core,
         item_core=item_core,
         dedup=dedup,
-        max_length=max_length,
     )
     added = add_dataset(
         GlobalOptions.data_dir,

@@ -109,7 +109,15 @@ class Protocol(_Strict):
     item_core: int = Field(default=0, ge=0)  # ... and items with >= item_core users
     dedup: bool = True  # keep only the first (user, item) interaction
     organic_only: bool = False  # keep only organic events (formats with the flag: Yambda)
-    max_length: int = Field(default=50, ge=1)  # training history length (recorded for models)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_max_length(cls, data: Any) -> Any:
+        """A registry written by an earlier lossbench may hold `max_length`, which preparation
+        never read (a model's history length is its own `max_len` setting): ignored."""
+        if isinstance(data, dict) and "max_length" in data:
+            return {key: value for key, value in data.items() if key != "max_length"}
+        return data
 
 
 class SyntheticSpec(_Strict):

@@ -4,7 +4,8 @@
 the training positions the trainer picks differ. Defaults reproduce the study's setups, and the
 losses made for large catalogues (`sce`, `rece`, `scaled-ce`) their authors' published ones.
 Each spec declares what the trainer must supply (`needs`: the catalogue, sampled negatives, a
-generator for random projections); `--logq` adds the sampler's log Q or item frequencies.
+generator for random projections) and what it can use when a run asks (`accepts`: `--logq`
+gives `sampled-ce` the sampler's log Q, `--logq corrected` its item frequencies).
 Losses from outside lossbench (entry points, `package.module:name`, `./file.py:name`) are
 resolved by `find_loss` through `lossbench.plugins`.
 """
@@ -15,7 +16,7 @@ import inspect
 
 from lossbench import plugins
 from lossbench.errors import LossbenchError
-from lossbench.losses.base import LossFn, LossInputs, LossParams, LossSpec, Need
+from lossbench.losses.base import NEEDS, LossFn, LossInputs, LossParams, LossSpec, Need
 from lossbench.losses.binary import bce, gbce
 from lossbench.losses.full_softmax import full_softmax_ce
 from lossbench.losses.negatives import popularity_cdf, sample_negatives
@@ -27,6 +28,7 @@ from lossbench.losses.scalable_ce import sce
 CATALOGUE: frozenset[Need] = frozenset({"catalogue"})
 SAMPLED: frozenset[Need] = frozenset({"negatives"})
 PROJECTED: frozenset[Need] = frozenset({"catalogue", "generator"})
+LOGQ: frozenset[Need] = frozenset({"log_q", "item_frequencies"})  # standard, corrected
 
 _IMPROVED = LossSpec(
     fn=full_softmax_ce,
@@ -87,7 +89,7 @@ LOSSES: dict[str, LossSpec] = {
         negatives=128,
         needs=SAMPLED,
         description="sampled softmax CE over the positive and K negatives at every position",
-        logq=True,
+        accepts=LOGQ,
     ),
     "gbce": LossSpec(
         fn=gbce,
@@ -144,6 +146,7 @@ def as_loss_spec(loaded: object, reference: str) -> LossSpec:
             negatives=0,
             description=summary or f"{reference} (a loss function)",
             negatives_from_flags=True,
+            needs=CATALOGUE,  # until `--negatives K` feeds it negatives instead
         )
     raise LossbenchError(
         f"loss {reference!r} is a {type(loaded).__name__}, not a LossSpec or a loss function "
@@ -176,12 +179,18 @@ def resolve_loss(name: str) -> LossSpec:
 
 
 __all__ = [
+    "CATALOGUE",
+    "LOGQ",
     "LOSSES",
     "LOSS_PLUGINS",
     "LossFn",
     "LossInputs",
     "LossParams",
     "LossSpec",
+    "NEEDS",
+    "PROJECTED",
+    "SAMPLED",
+    "Need",
     "as_loss_spec",
     "find_loss",
     "popularity_cdf",

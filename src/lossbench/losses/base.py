@@ -11,10 +11,12 @@ seeded, checkpointed generator.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 from torch import Tensor
+
+from lossbench.errors import LossbenchError
 
 Positions = Literal["all", "last", "masked"]
 SamplerName = Literal["uniform", "popularity"]  # sampled evaluation's candidates
@@ -23,13 +25,19 @@ NegativeSamplerName = Literal["uniform", "popularity", "in-batch", "mixed"]
 # How a sampled softmax corrects for its sampler: Yi et al.'s logQ, or Khrylchenko et al.'s.
 LogQCorrection = Literal["standard", "corrected"]
 
-# What a loss may need besides the hidden states, targets and the item table (see `LossSpec`):
+# What a loss may be given besides the hidden states, targets and the item table (see
+# `LossSpec.needs`); the trainer supplies exactly the declared ones, so a loss never receives
+# an input it did not ask for and never misses one it did:
 # - "catalogue": it scores (or searches) the whole item table, not only sampled rows;
 # - "negatives": sampled negatives from the trainer's sampler (`LossInputs.negatives`);
 # - "log_q": the sampler's log probability of each item (`LossInputs.log_q`);
 # - "item_frequencies": the sampler's frequency of each item (`LossInputs.item_frequencies`);
+# - "item_counts": each item's occurrences in the training data (`LossInputs.item_counts`);
 # - "generator": a seeded `torch.Generator` for the loss's own random projections.
-Need = Literal["catalogue", "negatives", "log_q", "item_frequencies", "generator"]
+Need = Literal["catalogue", "negatives", "log_q", "item_frequencies", "item_counts", "generator"]
+NEEDS: tuple[Need, ...] = get_args(Need)
+# The inputs that describe the negative sampler: only a loss fed its negatives can use them.
+SAMPLER_NEEDS: frozenset[Need] = frozenset({"log_q", "item_frequencies"})
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,9 @@ class LossInputs:
     # (n_items + 1,) float64 relative frequency of each item under the negative sampler (any
     # positive scale), for the corrected logQ of a sampled softmax; None: not needed.
     item_frequencies: Tensor | None = None
+    # (n_items + 1,) int64 occurrences of each item in the training data (entry 0, padding:
+    # 0), for a loss that weighs items by their popularity; None: not needed.
+    item_counts: Tensor | None = None
     # On the model's device, for a loss that draws its own random projections (sce, rece); the
     # trainer's and checkpointed, so a resumed run draws the same projections.
     generator: torch.Generator | None = None
@@ -79,30 +90,71 @@ class LossFn(Protocol):
 
 @dataclass(frozen=True)
 class LossSpec:
-    """A registered loss and the setup it was published with (the defaults)."""
+    """A registered loss, what it needs and the setup it was published with (the defaults).
+
+    `needs` is the loss's contract with the trainer (see `Need`): the trainer supplies exactly
+    these inputs, and reads whether the loss scores the catalogue or sampled negatives from
+    here, never from a count. `accepts` are inputs the loss can use when a run asks for them
+    (`--logq` asks for "log_q", `--logq corrected` for "item_frequencies"). A spec is checked
+    when it is made: `negatives` (the default count) is > 0 exactly when the loss needs
+    negatives, and the sampler's inputs come only with negatives.
+    """
 
     fn: LossFn
     positions: Positions  # default training positions
-    negatives: int  # default negatives per position; 0 = full catalogue softmax
+    negatives: int  # default negatives per position; 0 for a loss that needs none
     description: str
-    logq: bool = False  # takes the logQ correction (`LossInputs.log_q`): a sampled softmax
-    # True (a bare function given as the loss): `--negatives` decides, default none.
+    # True (a bare function given as the loss): `--negatives K` feeds it K negatives in place
+    # of the catalogue; default none.
     negatives_from_flags: bool = False
-    # What the trainer must supply (see `Need`); None: {"negatives"} when `negatives` > 0, else
-    # {"catalogue"} (a spec written before losses declared their needs). The logQ inputs are
-    # added by the run's `--logq`, never declared here.
-    needs: frozenset[Need] | None = field(default=None)
+    needs: frozenset[Need] = field(kw_only=True)
+    accepts: frozenset[Need] = field(default=frozenset(), kw_only=True)
 
     def __post_init__(self) -> None:
-        if self.needs is None:
-            derived: Need = "negatives" if self.negatives > 0 else "catalogue"
-            object.__setattr__(self, "needs", frozenset({derived}))
+        where = f"loss spec {self.description!r}"
+        unknown = sorted(set(self.needs | self.accepts) - set(NEEDS))
+        if unknown:
+            raise LossbenchError(
+                f"{where}: unknown need {unknown[0]!r}; the needs are: {', '.join(NEEDS)}"
+            )
+        if not self.needs & {"catalogue", "negatives"}:
+            raise LossbenchError(
+                f"{where} needs neither 'catalogue' nor 'negatives': declare what it scores"
+            )
+        if ("negatives" in self.needs) != (self.negatives > 0):
+            raise LossbenchError(
+                f"{where}: a loss that needs 'negatives' has a default count > 0, and only "
+                f"such a loss (negatives={self.negatives}, needs {sorted(self.needs)})"
+            )
+        if (self.needs | self.accepts) & SAMPLER_NEEDS and "negatives" not in self.needs:
+            raise LossbenchError(
+                f"{where}: 'log_q' and 'item_frequencies' describe the negative sampler, so "
+                "the loss must need 'negatives'"
+            )
 
     @property
     def declared(self) -> frozenset[Need]:
-        """`needs`, resolved (never None after construction)."""
-        return self.needs if self.needs is not None else frozenset()
+        """The declared needs (`needs`)."""
+        return self.needs
 
     @property
     def samples_negatives(self) -> bool:
-        return "negatives" in self.declared
+        return "negatives" in self.needs
+
+    @property
+    def logq(self) -> bool:
+        """Does the loss take the logQ correction of a sampled softmax (`--logq`)?"""
+        return bool((self.needs | self.accepts) & SAMPLER_NEEDS)
+
+    def run_needs(self, negatives: int, logq: bool | str = False) -> frozenset[Need]:
+        """What the trainer supplies for a run with `negatives` per position and `logq`: the
+        declared needs; a bare function's negatives when the flags give some; and the input
+        `--logq` asks for, when the loss accepts it."""
+        needs = set(self.needs)
+        if self.negatives_from_flags and negatives > 0:
+            needs = (needs - {"catalogue"}) | {"negatives"}
+        if logq:
+            wanted: Need = "item_frequencies" if logq == "corrected" else "log_q"
+            if wanted in self.accepts:
+                needs.add(wanted)
+        return frozenset(needs)

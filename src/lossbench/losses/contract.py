@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 from torch.autograd.gradcheck import GradcheckError
 
-from lossbench.losses.base import LossInputs, LossParams, LossSpec
+from lossbench.losses.base import LossInputs, LossParams, LossSpec, Need
 from lossbench.losses.negatives import UnseenSampler, popularity_cdf, sample_negatives
+from lossbench.losses.samplers import build_sampler
 from lossbench.plugins import one_line
 
 # (positions N, hidden size D, catalogue n_items) of the random inputs.
@@ -54,28 +55,60 @@ class Subject:
 
     spec: LossSpec
     params: LossParams
-    negatives: int  # 0: the loss is fed no negatives
+    negatives: int  # per position, when the loss is fed negatives
+
+    @property
+    def needs(self) -> frozenset[Need]:
+        """What the trainer would supply (`LossSpec.run_needs`)."""
+        return self.spec.run_needs(self.negatives)
+
+    @property
+    def fed_negatives(self) -> bool:
+        """Is the loss fed sampled negatives (it needs them, and the count is not 0)?"""
+        return "negatives" in self.needs and self.negatives > 0
 
     def inputs(
         self, shape: tuple[int, int, int], seed: int, dtype: torch.dtype = torch.float32
     ) -> LossInputs:
-        """Random inputs of `shape`, negatives drawn by the trainer's uniform sampler."""
+        """Random inputs of `shape` with exactly the declared needs: negatives drawn by the
+        trainer's uniform sampler, and that sampler's log Q and frequencies, random training
+        counts and a seeded generator where the loss needs them."""
         n, dim, n_items = shape
         generator = torch.Generator().manual_seed(seed)
         hidden = torch.randn(n, dim, generator=generator, dtype=dtype) / dim**0.5
         table = torch.randn(n_items + 1, dim, generator=generator, dtype=dtype)
         targets = torch.randint(1, n_items + 1, (n,), generator=generator)
-        negatives = None
-        if self.negatives:
+        counts = torch.randint(1, 50, (n_items + 1,), generator=generator)
+        counts[0] = 0  # (n_items + 1,) int64, padding never occurs
+        negatives, log_q, frequencies = None, None, None
+        if self.fed_negatives:
             negatives = sample_negatives(targets, self.negatives, n_items, generator)
+            log_q, frequencies = self._uniform_sampler_inputs(counts)
         return LossInputs(
-            hidden.requires_grad_(True), targets, table.requires_grad_(True), negatives
+            hidden.requires_grad_(True),
+            targets,
+            table.requires_grad_(True),
+            negatives,
+            log_q=log_q,
+            item_frequencies=frequencies,
+            item_counts=counts if "item_counts" in self.needs else None,
         )
+
+    def _uniform_sampler_inputs(self, counts: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """The uniform sampler's log Q and frequencies, each only where the loss needs it."""
+        cpu, count = torch.device("cpu"), self.negatives
+        log_q, frequencies = None, None
+        if "log_q" in self.needs:
+            log_q = build_sampler("uniform", count, counts, counts, cpu, logq=True).log_q
+        if "item_frequencies" in self.needs:
+            corrected = build_sampler("uniform", count, counts, counts, cpu, logq="corrected")
+            frequencies = corrected.frequencies
+        return log_q, frequencies
 
     def value(self, inputs: LossInputs) -> Tensor:
         """The loss of `inputs`; a loss that needs a generator gets one freshly seeded, so the
         same inputs mean the same random projections."""
-        if "generator" in self.spec.declared:
+        if "generator" in self.needs:
             generator = torch.Generator(inputs.hidden.device).manual_seed(0)
             inputs = dataclasses.replace(inputs, generator=generator)
         return self.spec.fn(inputs, self.params)
@@ -108,14 +141,14 @@ def _guarded(check: Check, subject: Subject) -> CheckResult:
         return CheckResult(check.name, False, f"raised {one_line(error)}{hint}")
     if failure is not None:
         return CheckResult(check.name, False, failure)
-    if check is SAMPLERS and subject.negatives == 0:
+    if check is SAMPLERS and not subject.fed_negatives:
         return CheckResult(check.name, True, "the loss is fed no negatives")
     return CheckResult(check.name, True, check.checked)
 
 
 def _cause(check: Check, subject: Subject, error: Exception) -> str:
     """A hint naming why the loss raised, where that can be told; else nothing."""
-    if subject.negatives == 0 and subject.spec.negatives_from_flags:
+    if not subject.fed_negatives and subject.spec.negatives_from_flags:
         fed = Subject(subject.spec, subject.params, FED_NEGATIVES)
         try:  # the same check with negatives: does it raise only without them?
             check.run(fed)
@@ -193,11 +226,11 @@ def no_gradient_to_unscored_rows(subject: Subject) -> str | None:
 def order_independent(subject: Subject) -> str | None:
     inputs = subject.inputs(SHAPES[-1], 12)
     order = torch.randperm(len(inputs.targets), generator=torch.Generator().manual_seed(0))
-    shuffled = LossInputs(
-        inputs.hidden[order],
-        inputs.targets[order],
-        inputs.item_embeddings,
-        None if inputs.negatives is None else inputs.negatives[order],
+    shuffled = dataclasses.replace(
+        inputs,
+        hidden=inputs.hidden[order],
+        targets=inputs.targets[order],
+        negatives=None if inputs.negatives is None else inputs.negatives[order],
     )
     before, after = subject.number(inputs), subject.number(shuffled)
     if abs(before - after) > 1e-5 * max(1.0, abs(before)):
@@ -220,7 +253,7 @@ def float64_gradcheck(subject: Subject) -> str | None:
     inputs = subject.inputs(GRADCHECK_SHAPE, 14, dtype=torch.float64)
 
     def loss_of(hidden: Tensor, table: Tensor) -> Tensor:
-        return subject.value(LossInputs(hidden, inputs.targets, table, inputs.negatives))
+        return subject.value(dataclasses.replace(inputs, hidden=hidden, item_embeddings=table))
 
     try:
         torch.autograd.gradcheck(loss_of, (inputs.hidden, inputs.item_embeddings))
@@ -231,8 +264,8 @@ def float64_gradcheck(subject: Subject) -> str | None:
 
 def negatives_exclude_target(subject: Subject) -> str | None:
     """The trainer's samplers on tiny and skewed catalogues; also the inputs fed above."""
-    if subject.negatives == 0:
-        return None  # fed no negatives
+    if not subject.fed_negatives:
+        return None
     generator = torch.Generator().manual_seed(15)
     draws = []
     for n_items in (2, 3, 50):

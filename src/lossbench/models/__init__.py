@@ -18,7 +18,14 @@ from torch import nn
 
 from lossbench import plugins
 from lossbench.errors import LossbenchError
-from lossbench.models.base import ModelSpec, SequenceModel, from_config, mask_token_id
+from lossbench.models.base import (
+    ModelSpec,
+    PretrainFn,
+    Pretraining,
+    SequenceModel,
+    from_config,
+    mask_token_id,
+)
 from lossbench.models.bert4rec import BERT4Rec, BERT4RecConfig
 from lossbench.models.gru4rec import GRU4Rec, GRU4RecConfig
 from lossbench.models.s3rec import S3Rec, S3RecConfig
@@ -65,6 +72,15 @@ MODELS: dict[str, ModelSpec] = {
         encodes_last_only=True,
         packed_parts=True,
         pretrainable=True,
+        # The S3Rec code's pre-training: 150 epochs (the study's), batch 100, Adam at 1e-3.
+        pretraining=Pretraining(
+            objective="four self-supervised objectives on items and their attributes "
+            "(AAP, MIP, MAP, SP)",
+            entry_point="lossbench.training.pretrain:pretrain_s3rec",
+            epochs=150,
+            batch_size=100,
+            lr=1e-3,
+        ),
     ),
 }
 
@@ -143,6 +159,8 @@ __all__ = [
     "GRU4Rec",
     "GRU4RecConfig",
     "ModelSpec",
+    "PretrainFn",
+    "Pretraining",
     "SASRec",
     "SASRecConfig",
     "SequenceModel",

@@ -7,15 +7,19 @@ a real position the same output whatever the amount of left padding, so position
 from the right end.
 
 The training loop never inspects a model to find out what it can do: every ability beyond
-`SequenceModel` is a field of its `ModelSpec`, and the loop reads only those fields.
+`SequenceModel` is a field of its `ModelSpec`, and the loop reads only those fields. The
+typed view of an ability (`last_only_encoder`, `packed_parts_encoder`, `pretrainable_model`)
+is taken once, where the run is set up, and checked against the declaration: a model that
+declares an ability its module lacks fails there with one line naming it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel
@@ -23,7 +27,13 @@ from torch import Tensor, nn
 
 from lossbench.errors import LossbenchError
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
+    from lossbench.data.prepared import PreparedDataset
+
+
+@runtime_checkable
 class SequenceModel(Protocol):
     """(B, L) item ids -> (B, L, D) hidden states; scores are dot products with item rows."""
 
@@ -39,6 +49,7 @@ class SequenceModel(Protocol):
     def parameters(self, recurse: bool = True) -> object: ...
 
 
+@runtime_checkable
 class LastOnlyEncoder(Protocol):
     """Declared by `ModelSpec.encodes_last_only`."""
 
@@ -47,6 +58,7 @@ class LastOnlyEncoder(Protocol):
         ...
 
 
+@runtime_checkable
 class PackedPartsEncoder(Protocol):
     """Declared by `ModelSpec.packed_parts`."""
 
@@ -56,6 +68,7 @@ class PackedPartsEncoder(Protocol):
         ...
 
 
+@runtime_checkable
 class Pretrainable(Protocol):
     """Declared by `ModelSpec.pretrainable`."""
 
@@ -63,6 +76,63 @@ class Pretrainable(Protocol):
         """Fill the weights from a pre-training checkpoint (`--init PATH`); a LossbenchError
         with one line when the file does not fit."""
         ...
+
+
+@runtime_checkable
+class PretrainFn(Protocol):
+    """A pre-training routine (`Pretraining.entry_point`): pre-trains the model of `config` on
+    `dataset`'s training items, writes its checkpoints into `out_dir` and returns the path of
+    the final one, which the model's `load_pretrained` reads. `resume`: a checkpoint of an
+    earlier run of the same routine to continue from, up to `epochs` in all."""
+
+    def __call__(
+        self,
+        dataset: PreparedDataset,
+        config: BaseModel,
+        out_dir: Path,
+        epochs: int,
+        checkpoint_every: int,
+        seed: int,
+        device: str = ...,
+        batch_size: int = ...,
+        lr: float = ...,
+        *,
+        console: Console | None = ...,
+        resume: Path | None = ...,
+    ) -> Path: ...
+
+
+_ENTRY_POINT = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+@dataclass(frozen=True)
+class Pretraining:
+    """How lossbench pre-trains a model (`lossbench pretrain`, a reproduction's pre-training
+    steps) before it is fine-tuned from the result with `--init`.
+
+    `entry_point` is a `PretrainFn` as "package.module:function", imported when a
+    pre-training runs (a routine drives a training loop, which sits above the models). The
+    other fields are the routine's published settings, the defaults of `lossbench pretrain`.
+    """
+
+    objective: str  # one line: what pre-training learns
+    entry_point: str
+    epochs: int
+    batch_size: int
+    lr: float
+    checkpoint_every: int = 10  # epochs between the checkpoints a stopped run resumes from
+
+    def __post_init__(self) -> None:
+        if not _ENTRY_POINT.fullmatch(self.entry_point):
+            raise LossbenchError(
+                f"pre-training {self.objective!r}: entry_point {self.entry_point!r} is not "
+                "'package.module:function'"
+            )
+        if min(self.epochs, self.batch_size, self.checkpoint_every) < 1 or self.lr <= 0:
+            raise LossbenchError(
+                f"pre-training {self.objective!r}: epochs, batch_size and checkpoint_every "
+                "must be >= 1 and lr > 0"
+            )
 
 
 @dataclass(frozen=True)
@@ -87,6 +157,9 @@ class ModelSpec:
       batch's length-sorted parts when training on every (or masked) position.
     - `pretrainable`: the model has `load_pretrained(path)` (`Pretrainable`) and accepts
       `--init PATH`; without `--init` it starts from random weights.
+    - `pretraining`: how lossbench pre-trains it (`Pretraining`: its objective, routine and
+      default settings), or None when `lossbench pretrain` has no routine for it. Requires
+      `pretrainable`: the routine's checkpoint is what `--init` loads.
     - `max_len_setting`: the name of the setting holding the longest history the model reads;
       training windows and evaluation histories are cut to it.
     """
@@ -100,6 +173,7 @@ class ModelSpec:
     encodes_last_only: bool = False
     packed_parts: bool = False
     pretrainable: bool = False
+    pretraining: Pretraining | None = None
     max_len_setting: str = "max_len"
 
     def __post_init__(self) -> None:
@@ -114,10 +188,68 @@ class ModelSpec:
                 f"model spec {self.description!r}: a bidirectional model trains on masked "
                 "positions, so it must declare uses_mask_token=True"
             )
+        if self.pretraining is not None and not self.pretrainable:
+            raise LossbenchError(
+                f"model spec {self.description!r}: its pre-training writes a checkpoint for "
+                "--init, so it must declare pretrainable=True (and load_pretrained)"
+            )
 
     def max_len(self, config: BaseModel) -> int:
         """The longest history `config` lets the model read."""
         return int(config.model_dump()[self.max_len_setting])
+
+
+def sequence_model(model: object, name: str | None = None) -> SequenceModel:
+    """`model` as a `SequenceModel`, or a LossbenchError naming what it lacks."""
+    if not isinstance(model, SequenceModel):
+        raise LossbenchError(
+            f"model {_model_name(model, name)} does not follow lossbench.models.SequenceModel: "
+            "it needs n_items, item_embedding and predict_hidden"
+        )
+    return model
+
+
+def last_only_encoder(model: object, spec: ModelSpec, name: str | None = None) -> LastOnlyEncoder:
+    """`model` called as `model(ids, last_only=True)`, as its spec's `encodes_last_only`
+    declares; a LossbenchError naming it otherwise."""
+    _require(spec.encodes_last_only, "encodes_last_only", model, name)
+    if not isinstance(model, LastOnlyEncoder):
+        raise _lacks(model, name, "encodes_last_only", "__call__")
+    return model
+
+
+def packed_parts_encoder(
+    model: object, spec: ModelSpec, name: str | None = None
+) -> PackedPartsEncoder:
+    """`model` with `forward_parts`, as its spec's `packed_parts` declares."""
+    _require(spec.packed_parts, "packed_parts", model, name)
+    if not isinstance(model, PackedPartsEncoder):
+        raise _lacks(model, name, "packed_parts", "forward_parts")
+    return model
+
+
+def pretrainable_model(model: object, spec: ModelSpec, name: str | None = None) -> Pretrainable:
+    """`model` with `load_pretrained`, as its spec's `pretrainable` declares."""
+    _require(spec.pretrainable, "pretrainable", model, name)
+    if not isinstance(model, Pretrainable):
+        raise _lacks(model, name, "pretrainable", "load_pretrained")
+    return model
+
+
+def _require(declared: bool, flag: str, model: object, name: str | None) -> None:
+    if not declared:
+        raise LossbenchError(f"model {_model_name(model, name)} does not declare {flag}")
+
+
+def _lacks(model: object, name: str | None, flag: str, member: str) -> LossbenchError:
+    return LossbenchError(
+        f"model {_model_name(model, name)} declares {flag} but its module "
+        f"{type(model).__name__} has no {member}"
+    )
+
+
+def _model_name(model: object, name: str | None) -> str:
+    return name if name is not None else type(model).__name__
 
 
 def mask_token_id(n_items: int) -> int:

@@ -2,11 +2,13 @@
 
 Post-LayerNorm blocks as in the S3Rec code the study used (residual, then LayerNorm), GELU
 feed-forward, learned positions counted from the right end so length bucketing changes nothing.
-`causal=True` gives SASRec / S3Rec, `causal=False` gives BERT4Rec.
+`causal=True` gives SASRec / S3Rec, `causal=False` gives BERT4Rec (`self_attention.py`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -240,10 +242,8 @@ class TransformerEncoder(nn.Module):
     attention scores alone use the (B, L) layout): a length-sorted part of beauty-s3rec is
     still 60% padding, and every projection, feed-forward and dropout would compute it.
     Real positions get the same states either way (tested); padding positions come out 0.
+    `pack_padding=False` computes every position, padding included: the reference path.
     """
-
-    # Class-level switch so tests can run the padded reference path.
-    pack_padding: bool = True
 
     def __init__(
         self,
@@ -254,9 +254,11 @@ class TransformerEncoder(nn.Module):
         dropout: float,
         attention_dropout: float,
         causal: bool,
+        pack_padding: bool = True,
     ) -> None:
         super().__init__()
         self.causal = causal
+        self.pack_padding = pack_padding
         self.blocks = nn.ModuleList(
             TransformerBlock(hidden_size, num_heads, inner_size, dropout, attention_dropout)
             for _ in range(num_layers)
@@ -323,6 +325,21 @@ class TransformerEncoder(nn.Module):
         for block in self.blocks:
             states = block(states, layout.masks[0], packed=layout)  # masks come from layout
         return states
+
+
+@contextmanager
+def padding_computed(model: nn.Module) -> Iterator[None]:
+    """Inside, every `TransformerEncoder` of `model` computes every position, padding
+    included: the reference the packed path is measured and tested against."""
+    encoders = [module for module in model.modules() if isinstance(module, TransformerEncoder)]
+    saved = [encoder.pack_padding for encoder in encoders]
+    for encoder in encoders:
+        encoder.pack_padding = False
+    try:
+        yield
+    finally:
+        for encoder, pack in zip(encoders, saved, strict=True):
+            encoder.pack_padding = pack
 
 
 def encode_parts(

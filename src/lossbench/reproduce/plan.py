@@ -42,6 +42,7 @@ from lossbench.reproduce.tables import (
     pretrain_epochs,
 )
 from lossbench.training.entry import PlanEntry
+from lossbench.training.pretrainers import pretraining_of
 from lossbench.training.run_labels import config_label
 from lossbench.training.setup import use_threads
 
@@ -195,8 +196,16 @@ def _pretrain_step(
     probe = build_plan(grid, layers, out_dir).entries[0]  # the runs' resolved settings
     dataset_folder = probe.run_dir.relative_to(out_dir).parts[0]
     folder = pretrain_folder(out_dir, dataset_folder, model, epochs)
+    pretraining_of(model, probe.model)  # a table may name only models that pre-train
     return PretrainStep(
-        dataset, probe.config.split_spec, model, probe.model_settings, epochs, PRETRAIN_SEED, folder
+        dataset,
+        probe.config.split_spec,
+        model,
+        probe.model_settings,
+        epochs,
+        PRETRAIN_SEED,
+        folder,
+        probe.model,
     )
 
 

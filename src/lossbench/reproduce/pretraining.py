@@ -25,13 +25,12 @@ from lossbench.atomic import atomic_path, write_json
 from lossbench.compare.execute.types import PrepareFn
 from lossbench.data.splits import SplitSpec
 from lossbench.errors import LossbenchError
+from lossbench.models.base import ModelSpec
+from lossbench.training.pretrainers import PretrainSettings, pretraining_of
 from lossbench.training.run_lock import run_lock
 
 PRETRAIN_RECORD = "pretrain.json"
 PRETRAINED = "pretrained.pt"
-PRETRAIN_BATCH_SIZE = 100  # the S3Rec code's pre-training batch and learning rate
-PRETRAIN_LR = 1e-3
-CHECKPOINT_EVERY = 10
 _EPOCH_CHECKPOINT = re.compile(r"pretrain-epoch(\d+)\.pt")
 
 StepState = Literal["finished", "partial", "changed", "missing"]
@@ -48,6 +47,12 @@ class PretrainStep:
     epochs: int
     seed: int
     folder: Path
+    spec: ModelSpec  # its `pretraining` declares the routine, batch size and learning rate
+
+    @property
+    def settings(self) -> PretrainSettings:
+        """The model's declared pre-training settings for `epochs` epochs."""
+        return PretrainSettings.for_model(pretraining_of(self.model, self.spec), epochs=self.epochs)
 
     @property
     def checkpoint(self) -> Path:
@@ -67,8 +72,8 @@ class PretrainStep:
             "model": self.model,
             "epochs": self.epochs,
             "seed": self.seed,
-            "batch_size": PRETRAIN_BATCH_SIZE,
-            "lr": PRETRAIN_LR,
+            "batch_size": self.settings.batch_size,
+            "lr": self.settings.lr,
             "model_settings": self.model_settings.model_dump(mode="json"),
         }
 
@@ -129,11 +134,8 @@ def run_step(step: PretrainStep, prepare: PrepareFn, device: str, console: Conso
 def _pretrain(
     step: PretrainStep, prepare: PrepareFn, device: str, console: Console, state: StepState
 ) -> Path:
-    from lossbench.models.s3rec import S3RecConfig
-    from lossbench.training.pretrain import pretrain_s3rec
+    from lossbench.training.pretrainers import run_pretraining
 
-    if not isinstance(step.model_settings, S3RecConfig):
-        raise LossbenchError(f"model {step.model} has no pre-training; pre-trainable: s3rec")
     resume = None
     latest = _latest_epoch(step.folder)
     if state == "partial" and latest is not None:
@@ -147,16 +149,15 @@ def _pretrain(
         console.print(f"[bold]{step.label}[/] -> {step.folder}")
     step.folder.mkdir(parents=True, exist_ok=True)
     write_json(step.folder / PRETRAIN_RECORD, step.record())
-    return pretrain_s3rec(
+    return run_pretraining(
+        step.model,
+        step.spec,
         prepare(step.dataset, step.split),
         step.model_settings,
         step.folder,
-        epochs=step.epochs,
-        checkpoint_every=CHECKPOINT_EVERY,
+        step.settings,
         seed=step.seed,
         device=device,
-        batch_size=PRETRAIN_BATCH_SIZE,
-        lr=PRETRAIN_LR,
         console=console,
         resume=resume,
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import torch
 from pydantic import BaseModel
@@ -19,7 +18,7 @@ from torch import nn
 
 from lossbench.errors import LossbenchError
 from lossbench.models import MODELS, ModelSpec, model_config, model_spec
-from lossbench.models.base import Pretrainable
+from lossbench.models.base import pretrainable_model
 from lossbench.training.config import TrainConfig
 from lossbench.training.setup import (
     LossSettings,
@@ -60,7 +59,8 @@ class PlanEntry:
         """The model with fresh weights, or with `--init`'s for a pretrainable model."""
         model = self.model.build(self.model_settings, n_items)
         if self.config.init is not None:
-            cast(Pretrainable, model).load_pretrained(self.config.init)
+            loadable = pretrainable_model(model, self.model, self.config.model)
+            loadable.load_pretrained(self.config.init)
         return model
 
 

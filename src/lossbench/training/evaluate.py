@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +15,7 @@ from lossbench.evaluation.ranking import (
     targets_in_history,
 )
 from lossbench.evaluation.seen import SeenTargets
-from lossbench.models.base import SequenceModel, scoring_table
+from lossbench.models.base import scoring_table, sequence_model
 from lossbench.training.memory import available_memory_bytes
 
 
@@ -81,7 +80,7 @@ class Evaluator:
         """Rank every user's target; `shard` = (rank, world_size) evaluates only every
         world_size-th batch from the rank-th and leaves the other users' entries 0, so the
         ranks' results sum to the whole."""
-        model = cast(SequenceModel, module)
+        model = sequence_model(module)
         was_training = module.training
         module.eval()
         ranks = torch.zeros(len(self.targets), dtype=torch.int64)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import cast
 
 import torch
 
@@ -24,7 +23,7 @@ from lossbench.losses.base import LossFn, LossParams
 from lossbench.losses.full_softmax import softmax_chunk_for
 from lossbench.losses.reduced_ce import rece, rece_memory_bytes
 from lossbench.losses.scalable_ce import sce, sce_memory_bytes
-from lossbench.models.base import SequenceModel, scoring_table
+from lossbench.models.base import scoring_table, sequence_model
 from lossbench.training.data_fit import check_data_fit
 from lossbench.training.entry import PlanEntry
 from lossbench.training.memory import available_memory_bytes, format_size, resident_bytes
@@ -168,7 +167,7 @@ def _model_size(entry: PlanEntry, n_items: int) -> tuple[int, int]:
     with torch.device("meta"):
         model = entry.model.build(entry.model_settings, n_items)
     parameters = sum(parameter.numel() for parameter in model.parameters())
-    return parameters, int(scoring_table(cast(SequenceModel, model)).shape[1])
+    return parameters, int(scoring_table(sequence_model(model, entry.config.model)).shape[1])
 
 
 def _gb(size: int) -> str:

@@ -75,7 +75,7 @@ from lossbench.training.setup import (
     seed_everything,
 )
 from lossbench.training.softmax_chunk import tuned_loss
-from lossbench.training.step import TrainingStep, negative_sampler
+from lossbench.training.step import TrainingStep, loss_item_counts, negative_sampler
 from lossbench.training.threads import ThreadGovernor
 
 
@@ -265,7 +265,14 @@ def set_up(entry: PlanEntry, dataset: PreparedDataset, console: Console, hooks: 
         entry=entry,
         model=model,
         step=TrainingStep(
-            model, entry.model, loss, sampler, generator, step_model, LossClock(device)
+            model,
+            entry.model,
+            loss,
+            sampler,
+            generator,
+            step_model,
+            LossClock(device),
+            loss_item_counts(entry, sequences),
         ),
         optimizer=make_adam(
             model, device, config.lr, (config.beta1, config.beta2), config.weight_decay

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
@@ -190,7 +191,7 @@ def _earlier_history(out_dir: Path, done: int) -> list[dict[str, float]]:
 
 def pretrain_s3rec(
     dataset: PreparedDataset,
-    config: S3RecConfig,
+    model_settings: BaseModel,
     out_dir: Path,
     epochs: int,
     checkpoint_every: int,
@@ -208,7 +209,13 @@ def pretrain_s3rec(
     Returns the path of `pretrained.pt`, which `S3Rec.load_pretrained` reads.
 
     `resume` continues from a checkpoint of an earlier run (its weights and epoch count) up to
-    `epochs` in all; Adam's moment estimates start afresh (checkpoints hold weights only)."""
+    `epochs` in all; Adam's moment estimates start afresh (checkpoints hold weights only).
+    S3Rec's `Pretraining.entry_point` (a `lossbench.models.base.PretrainFn`)."""
+    try:
+        config = S3RecConfig.model_validate(model_settings.model_dump())
+    except ValidationError as error:
+        first = error.errors()[0]["msg"]
+        raise LossbenchError(f"S3Rec pre-training takes S3Rec's settings: {first}") from None
     if epochs < 1 or checkpoint_every < 1 or batch_size < 1 or lr <= 0:
         raise LossbenchError("epochs, checkpoint_every and batch_size must be >= 1, lr > 0")
     objectives = objectives or PretrainObjectives()

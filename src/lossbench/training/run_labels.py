@@ -49,10 +49,10 @@ def _named_negatives(loss: str, negatives: int | None) -> int | None:
     if negatives is None:
         return None
     try:
-        published = find_loss(loss).value.negatives
+        spec = find_loss(loss).value
     except LossbenchError:
         return None
-    return negatives if published > 0 and negatives != published else None
+    return negatives if spec.samples_negatives and negatives != spec.negatives else None
 
 
 def _samples(loss: str) -> bool:

@@ -7,7 +7,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from lossbench.evaluation.ranking import sample_eval_candidates
 from lossbench.losses import find_loss
 from lossbench.losses.base import LossParams, LossSpec, Need, Positions
 from lossbench.models import build_model, find_model, model_spec
-from lossbench.models.base import Pretrainable
+from lossbench.models.base import pretrainable_model
 from lossbench.training.config import TrainConfig
 from lossbench.training.evaluate import Evaluator
 
@@ -38,21 +38,17 @@ class LossSettings:
 
     @property
     def needs(self) -> frozenset[Need]:
-        """What the trainer supplies to the loss: its declared needs, with the negatives a
-        bare function takes from the flags, and the inputs `--logq` asks for."""
-        needs = set(self.spec.declared)
-        if self.spec.negatives_from_flags:
-            needs = {"negatives"} if self.negatives > 0 else {"catalogue"}
-        if self.logq:
-            needs.add("item_frequencies" if self.logq == "corrected" else "log_q")
-        return frozenset(needs)
+        """What the trainer supplies to the loss (`LossSpec.run_needs`): its declared needs,
+        with the negatives a bare function takes from the flags, and the input `--logq` asks
+        for."""
+        return self.spec.run_needs(self.negatives, self.logq)
 
     def record(self) -> dict[str, Any]:
         return {
             "loss": self.name,
             "positions": self.positions,
             "negatives": self.negatives,
-            "sampler": self.sampler if self.negatives > 0 else None,
+            "sampler": self.sampler if "negatives" in self.needs else None,
             "logq": self.logq,
             "gbce_t": self.params.gbce_t,
             "softmax_chunk": self.params.softmax_chunk,
@@ -103,7 +99,8 @@ def check_sampler(config: TrainConfig, spec: LossSpec, negatives: int) -> None:
             f"loss {name} scores the full catalogue and samples no negatives, so {flag} "
             "does not apply; use a sampled loss such as sampled-ce"
         )
-    if config.logq and not spec.logq:
+    wanted = "item_frequencies" if config.logq == "corrected" else "log_q"
+    if config.logq and wanted not in spec.accepts | spec.needs:
         raise LossbenchError(
             f"{logq_flag} corrects a sampled softmax and loss {name} is not one; "
             f"use --loss sampled-ce, or drop {logq_flag}"
@@ -226,9 +223,10 @@ def make_model(config: TrainConfig, n_items: int) -> tuple[nn.Module, dict[str, 
     """The model of `config` with fresh weights, or `--init`'s for a pretrainable model."""
     model, model_config = build_model(config.model, n_items, config.model_settings)
     if config.init is not None:
-        if not model_spec(config.model).pretrainable:
+        spec = model_spec(config.model)
+        if not spec.pretrainable:
             raise LossbenchError(f"model {config.model} takes no --init checkpoint")
-        cast(Pretrainable, model).load_pretrained(config.init)
+        pretrainable_model(model, spec, config.model).load_pretrained(config.init)
     return model, model_config.model_dump()
 
 

@@ -8,13 +8,14 @@ trains (`encodes_last_only`). Nothing here inspects the model.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lossbench.data.sequences import SequenceTensors
+from lossbench.errors import LossbenchError
 from lossbench.losses.base import LossInputs
 from lossbench.losses.negatives import UnseenSampler
 from lossbench.losses.samplers import NegativeSampler, build_sampler
@@ -23,7 +24,10 @@ from lossbench.models.base import (
     ModelSpec,
     PackedPartsEncoder,
     SequenceModel,
+    last_only_encoder,
+    packed_parts_encoder,
     scoring_table,
+    sequence_model,
 )
 from lossbench.training.batches import TrainBatch, TrainBatcher
 from lossbench.training.cost import LossClock
@@ -44,12 +48,40 @@ class TrainingStep:
     # The model as called in training: `torch.compile`d, or the model itself.
     step_model: Callable[..., Tensor] | None = None
     clock: LossClock | None = None  # times the loss's own forward and backward
+    # (n_items + 1,) int64 training occurrences on the model's device, for a loss that needs
+    # "item_counts"; None otherwise.
+    item_counts: Tensor | None = None
+    # The model's declared abilities as typed views, checked once when the step is made
+    # (None: not declared, or not usable on a compiled model).
+    scorer: SequenceModel = field(init=False)
+    packed: PackedPartsEncoder | None = field(init=False)
+    last_only: LastOnlyEncoder | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        call = self.step_model or self.model
+        compiled = self.step_model is not None and self.step_model is not self.model
+        packed = None
+        if self.spec.packed_parts and not compiled:  # forward_parts is the eager module's
+            packed = packed_parts_encoder(self.model, self.spec)
+        last_only = last_only_encoder(call, self.spec) if self.spec.encodes_last_only else None
+        missing = [
+            name
+            for name, source in (("negatives", self.sampler), ("item_counts", self.item_counts))
+            if name in self.loss.needs and source is None
+        ]
+        if missing:
+            raise LossbenchError(
+                f"loss {self.loss.name} needs {' and '.join(missing)} but the step was given none"
+            )
+        object.__setattr__(self, "scorer", sequence_model(self.model))
+        object.__setattr__(self, "packed", packed)
+        object.__setattr__(self, "last_only", last_only)
 
     def __call__(self, parts: list[TrainBatch]) -> Tensor:
         states = self.states(parts)
         at_positions = states[0] if len(states) == 1 else torch.cat(states)  # (N, D)
         targets = parts[0].targets if len(parts) == 1 else torch.cat([p.targets for p in parts])
-        table = scoring_table(cast(SequenceModel, self.model))
+        table = scoring_table(self.scorer)
         inputs = LossInputs(at_positions, targets, table, **self.supplied(parts, targets))
         if self.clock is None:
             return self.loss.spec.fn(inputs, self.loss.params)
@@ -57,27 +89,29 @@ class TrainingStep:
             return self.loss.spec.fn(inputs, self.loss.params)
 
     def supplied(self, parts: list[TrainBatch], targets: Tensor) -> dict[str, Any]:
-        """Exactly the inputs the loss declares it needs (`LossSettings.needs`)."""
-        needs, given = self.loss.needs, dict[str, Any]()
-        if self.sampler is not None and "negatives" in needs:
+        """Exactly the inputs the loss declares it needs (`LossSettings.needs`); their sources
+        were checked when the step was made."""
+        needs, sampler, given = self.loss.needs, self.sampler, dict[str, Any]()
+        if "negatives" in needs:
+            assert sampler is not None
             users = None
-            if self.sampler.needs_users:
+            if sampler.needs_users:
                 users = torch.cat([part.position_users() for part in parts])  # (N,)
-            given["negatives"] = self.sampler.sample(targets, users, self.generator)
+            given["negatives"] = sampler.sample(targets, users, self.generator)
             if "log_q" in needs:
-                given["log_q"] = self.sampler.log_q
+                given["log_q"] = sampler.log_q
             if "item_frequencies" in needs:
-                given["item_frequencies"] = self.sampler.frequencies
+                given["item_frequencies"] = sampler.frequencies
+        if "item_counts" in needs:
+            given["item_counts"] = self.item_counts
         if "generator" in needs:
             given["generator"] = self.generator  # the negatives' generator: checkpointed
         return given
 
     def states(self, parts: list[TrainBatch]) -> list[Tensor]:
         """(N_p, D) hidden states at each part's training positions."""
-        compiled = self.step_model is not None and self.step_model is not self.model
-        if self.loss.positions != "last" and self.spec.packed_parts and not compiled:
-            packed = cast(PackedPartsEncoder, self.model)
-            hidden_parts = packed.forward_parts([part.inputs for part in parts])
+        if self.loss.positions != "last" and self.packed is not None:
+            hidden_parts = self.packed.forward_parts([part.inputs for part in parts])
             return [
                 hidden.reshape(-1, hidden.shape[-1]).index_select(0, part.positions)
                 for hidden, part in zip(hidden_parts, parts, strict=True)
@@ -85,11 +119,10 @@ class TrainingStep:
         return [self._part_states(part) for part in parts]
 
     def _part_states(self, part: TrainBatch) -> Tensor:
-        call = self.step_model or self.model
-        if self.loss.positions == "last" and self.spec.encodes_last_only:
+        if self.loss.positions == "last" and self.last_only is not None:
             # Only the last column trains: skip the other queries of the final block.
-            return cast(LastOnlyEncoder, call)(part.inputs, last_only=True)[:, -1]  # (B, D)
-        hidden = call(part.inputs)  # (B, W, D)
+            return self.last_only(part.inputs, last_only=True)[:, -1]  # (B, D)
+        hidden = (self.step_model or self.model)(part.inputs)  # (B, W, D)
         return hidden.reshape(-1, hidden.shape[-1]).index_select(0, part.positions)
 
 
@@ -97,8 +130,8 @@ def negative_sampler(
     entry: PlanEntry, n_items: int, sequences: SequenceTensors, batcher: TrainBatcher
 ) -> NegativeSampler | None:
     """The run's negative sampler on its device (None when the loss samples no negatives)."""
-    config, device = entry.config, entry.device
-    if "negatives" not in entry.loss.needs:
+    config, device, needs = entry.config, entry.device, entry.loss.needs
+    if "negatives" not in needs:
         return None
     unseen = None
     if config.negatives_unseen:
@@ -110,6 +143,13 @@ def negative_sampler(
         sequences.item_counts,
         batcher.target_counts(n_items),
         device,
-        logq=config.logq,
+        logq="corrected" if "item_frequencies" in needs else "log_q" in needs,
         unseen=unseen,
     )
+
+
+def loss_item_counts(entry: PlanEntry, sequences: SequenceTensors) -> Tensor | None:
+    """The training item counts on the run's device when the loss needs them, else None."""
+    if "item_counts" not in entry.loss.needs:
+        return None
+    return sequences.item_counts.to(entry.device)

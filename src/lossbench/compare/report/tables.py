@@ -17,7 +17,7 @@ Cells = tuple[list[str], list[list[str]]]  # (headers, rows)
 
 def legend(options: SummaryOptions, summary: pl.DataFrame | None = None) -> str:
     """The footnote: the test, then the seen-items rule of the runs in `summary`."""
-    metric = options.significance_metric.upper().replace("@", "@")
+    metric = options.significance_metric.upper()
     text = (
         f"{BETTER} / {WORSE}: test {metric} significantly higher / lower than the baseline "
         f"(two-sided paired sign-flip permutation test over (user, seed) pairs, "
