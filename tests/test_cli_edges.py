@@ -112,7 +112,7 @@ def interrupt(*args: object, **kwargs: object) -> None:
     [
         ("lossbench.data.download", "download_dataset", ["download", "lastfm"]),
         ("lossbench.training.loop", "train_entry", ["train", "--max-epochs", "1"]),
-        ("lossbench.compare.ci.step", "compare_losses", ["compare", "--seeds", "0"]),
+        ("lossbench.compare.ci.step", "run_plan", ["compare", "--seeds", "0"]),
     ],
 )
 def test_ctrl_c_prints_one_line_and_exits_130(

@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 from rich.console import Console
 
@@ -75,9 +76,9 @@ def test_original_means_each_models_own_loss_and_is_its_baseline(tmp_path: Path)
 
 def test_settings_layer_under_the_flags(tmp_path: Path) -> None:
     grid = make_grid({"losses": ["improved"], "seeds": [0]}, "test")
-    from lossbench.compare.plan.grid import merge_settings
+    from lossbench.training.config import merge_layers
 
-    settings = merge_settings(
+    settings = merge_layers(
         {"lr": 0.01, "model_settings": {"hidden_size": 32, "max_len": 20}},
         {"lr": 0.002, "model_settings": {"hidden_size": 16}},
     )
@@ -369,16 +370,18 @@ def test_flags_and_a_grid_file_choose_the_baseline_by_one_rule(
     """No --baseline: each model's own loss if it is compared, else the first, either way."""
     from typer.testing import CliRunner
 
-    import lossbench.compare.ci.step as ci
+    import lossbench.api.comparing as comparing
     from lossbench.cli import app
+    from lossbench.compare.ci.step import Outcome
+    from lossbench.compare.plan.build import ComparisonPlan
 
     plans: list[dict[tuple[str, str], str]] = []
 
-    def capture(grid: Grid, settings: dict[str, Any], out: Path, *args: Any, **kw: Any) -> int:
-        plans.append(build_plan(grid, settings, out).baselines)
-        return 0
+    def capture(plan: ComparisonPlan, *args: Any, **kw: Any) -> Outcome:
+        plans.append(plan.baselines)
+        return Outcome([], pl.DataFrame(), [], [], [])
 
-    monkeypatch.setattr(ci, "compare_and_judge", capture)  # imported when compare runs
+    monkeypatch.setattr(comparing, "compare_and_judge", capture)  # the plan, as resolved
     toml = tmp_path / "grid.toml"
     toml.write_text('[grid]\nmodels = ["gru4rec", "sasrec"]\nlosses = ["bce", "ce"]\n')
     flags = ["compare", "--model", "gru4rec,sasrec", "--losses", "bce,ce", "--out", str(tmp_path)]

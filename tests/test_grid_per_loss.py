@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lossbench.cli import app
-from lossbench.compare.plan.build import plan_runs
-from lossbench.compare.plan.grid import make_grid, read_grid_file, under_flags
+from lossbench.compare.plan.build import build_plan, plan_runs
+from lossbench.compare.plan.grid import make_grid, read_grid_file
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
@@ -67,10 +67,11 @@ def test_flags_win_over_per_loss_settings(tmp_path: Path) -> None:
     path.write_text(GRID)
     values, settings = read_grid_file(path)
     flags = {"lr": 0.01, "batch_size": None, "model_settings": {"dropout": 0.1}}
-    values["per_loss"] = under_flags(values["per_loss"], flags)
-    assert values["per_loss"] == {"improved": {}}
-    runs = plan_runs(make_grid(values, "test"), settings | {"lr": 0.01}, tmp_path)
+    runs = build_plan(make_grid(values, "test"), settings, tmp_path, flags=flags).entries
     assert {r.config.lr for r in runs} == {0.01}
+    assert {r.config.model_settings["dropout"] for r in runs} == {0.1}
+    assert {r.config.model_settings["hidden_size"] for r in runs} == {16}  # [settings] kept
+    assert {r.config.batch_size for r in runs} == {256}  # a flag not given hides nothing
 
 
 @pytest.mark.parametrize(

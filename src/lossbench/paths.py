@@ -19,8 +19,7 @@ USER_REGISTRY_ENV = "LOSSBENCH_REGISTRY"
 
 
 class UserRegistry:
-    """Set by the CLI: the registry `--registry` names (None: not given) and the data dir,
-    whose `user-datasets.toml` is the default when a caller names no data dir."""
+    """Set by the CLI: the registry `--registry` names (None: not given; then
+    `$LOSSBENCH_REGISTRY`, else `user-datasets.toml` in the data dir a caller names)."""
 
     path: Path | None = None
-    data_dir: Path | None = None

@@ -87,16 +87,17 @@ app = typer.Typer(
 )
 
 
-class GlobalOptions:
-    """Options given before the command (`lossbench --data-dir D download lastfm`) or, for
-    `--data-dir`, after it (`lossbench download lastfm --data-dir D`)."""
+def current_data_dir(context: typer.Context) -> Path:
+    """The data directory of the command being run: its `--data-dir`, else the one given
+    before the command, else `$LOSSBENCH_DATA_DIR` or the per-user cache folder. It lives in
+    the command line's context and travels in each request from there."""
+    given = context.find_root().obj
+    return given if isinstance(given, Path) else default_data_dir()
 
-    data_dir: Path = default_data_dir()
 
-
-def _set_data_dir(value: Path | None) -> None:
+def _set_data_dir(context: typer.Context, value: Path | None) -> None:
     if value is not None:
-        GlobalOptions.data_dir = UserRegistry.data_dir = value
+        context.find_root().obj = value
 
 
 def _print_version(value: bool) -> None:
@@ -108,7 +109,8 @@ def _print_version(value: bool) -> None:
 DATA_DIR_HELP = "Where datasets are downloaded and prepared."
 
 # The same option on the commands that read datasets, so it may follow the command's name;
-# its callback sets GlobalOptions.data_dir while the command's arguments are parsed.
+# its callback sets the context's data directory (`current_data_dir`) while the command's arguments
+# are parsed.
 DataDir = Annotated[
     Path | None,
     typer.Option(
@@ -164,5 +166,5 @@ def global_options(
 ) -> None:
     refuse_ranks_outside_train(context.invoked_subcommand)
     progress_seconds()  # a bad $LOSSBENCH_PROGRESS_SECONDS stops here, before any work
-    GlobalOptions.data_dir = data_dir if data_dir is not None else default_data_dir()
-    UserRegistry.path, UserRegistry.data_dir = registry, GlobalOptions.data_dir
+    context.obj = data_dir if data_dir is not None else default_data_dir()
+    UserRegistry.path = registry

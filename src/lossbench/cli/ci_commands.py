@@ -7,12 +7,13 @@ from typing import Annotated
 import typer
 
 from lossbench.cli import ci_options as ci
-from lossbench.cli.app import GlobalOptions, app
+from lossbench.cli.app import app, current_data_dir
 from lossbench.cli.outputs import print_json
 
 
 @app.command()
 def checksums(
+    context: typer.Context,
     names: Annotated[list[str], typer.Argument(help="Dataset names (see `lossbench datasets`).")],
     json_output: ci.JsonOutput = False,
 ) -> None:
@@ -21,11 +22,11 @@ def checksums(
     from lossbench.data.download import source_sha256
     from lossbench.data.registry import get_dataset
 
-    entries = [get_dataset(name) for name in names]
+    entries = [get_dataset(name, data_dir=current_data_dir(context)) for name in names]
     files = [
         {"dataset": entry.name, "file": f"{entry.name}/raw/{file_name}", "sha256": sha256}
         for entry in entries
-        for file_name, sha256 in source_sha256(GlobalOptions.data_dir, entry).items()
+        for file_name, sha256 in source_sha256(current_data_dir(context), entry).items()
     ]
     for file in files:  # with --json, on standard error: the document alone on output
         typer.echo(f"{file['sha256']}  {file['file']}", err=json_output)

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.app import DataDir, app, console, console_err, current_data_dir
 from lossbench.cli.outputs import print_json
 from lossbench.errors import LossbenchError
 
@@ -39,11 +39,10 @@ def _size(entry: DatasetEntry) -> str:
     return ""
 
 
-def _status(entry: DatasetEntry, meta: dict[str, Any] | None) -> str:
+def _status(entry: DatasetEntry, meta: dict[str, Any] | None, data_dir: Path) -> str:
     from lossbench.data.download import is_downloaded
     from lossbench.data.prepared import FORMAT_VERSION, prepared_problems
 
-    data_dir = GlobalOptions.data_dir
     if meta is not None and meta.get("format_version") != FORMAT_VERSION:
         if entry.generator is not None:
             return "[yellow]stale (older version); generated again on demand[/]"
@@ -59,7 +58,9 @@ def _status(entry: DatasetEntry, meta: dict[str, Any] | None) -> str:
 
 
 @app.command()
-def datasets(json_output: ci.JsonOutput = False, data_dir: DataDir = None) -> None:
+def datasets(
+    context: typer.Context, json_output: ci.JsonOutput = False, data_dir: DataDir = None
+) -> None:
     """List the registered datasets, whether each is downloaded or prepared, and (prepared)
     the share of validation / test targets already in the user's history."""
     from rich.text import Text
@@ -68,16 +69,16 @@ def datasets(json_output: ci.JsonOutput = False, data_dir: DataDir = None) -> No
     from lossbench.data.registry import load_registry
     from lossbench.data.repeats import META_KEY, share_text
 
-    table = Table(title=f"datasets in {GlobalOptions.data_dir}")
+    table = Table(title=f"datasets in {current_data_dir(context)}")
     for column in ("name", "source", "size", "status", "seen targets"):
         table.add_column(column, overflow="fold")
     older, rows = [], []
-    for entry in load_registry(data_dir=GlobalOptions.data_dir).values():
-        meta = read_meta(prepared_dir(GlobalOptions.data_dir, entry.name))
+    for entry in load_registry(data_dir=current_data_dir(context)).values():
+        meta = read_meta(prepared_dir(current_data_dir(context), entry.name))
         shares = share_text(meta.get(META_KEY)) if meta is not None else ""
         if meta is not None and not shares:
             older.append(entry.name)
-        status = _status(entry, meta)
+        status = _status(entry, meta, current_data_dir(context))
         table.add_row(entry.name, entry.source, _size(entry), status, shares)
         rows.append(
             {
@@ -95,11 +96,12 @@ def datasets(json_output: ci.JsonOutput = False, data_dir: DataDir = None) -> No
         )
     (console_err if json_output else console).print(table)
     if json_output:
-        print_json({"data_dir": str(GlobalOptions.data_dir), "datasets": rows})
+        print_json({"data_dir": str(current_data_dir(context)), "datasets": rows})
 
 
 @app.command()
 def download(
+    context: typer.Context,
     names: Annotated[list[str], typer.Argument(help="Dataset names (see `lossbench datasets`).")],
     mirror: Annotated[
         str | None,
@@ -122,11 +124,15 @@ def download(
     from lossbench.data.registry import get_dataset
 
     for name in names:
-        get_dataset(name, data_dir=GlobalOptions.data_dir)  # a misspelled name fails at once
+        get_dataset(name, data_dir=current_data_dir(context))  # a misspelled name fails at once
     done = []
     for name in names:
         message = download_dataset(
-            GlobalOptions.data_dir, name, mirror=mirror, force=force, trust_new_hash=trust_new_hash
+            current_data_dir(context),
+            name,
+            mirror=mirror,
+            force=force,
+            trust_new_hash=trust_new_hash,
         )
         (console_err if json_output else console).print(message, highlight=False)
         done.append({"name": name, "message": message})
@@ -136,6 +142,7 @@ def download(
 
 @app.command()
 def preprocess(
+    context: typer.Context,
     names: Annotated[list[str], typer.Argument(help="Dataset names (see `lossbench datasets`).")],
     force: Annotated[bool, typer.Option("--force", help="Prepare again.")] = False,
     min_rating: Annotated[
@@ -175,10 +182,10 @@ def preprocess(
     }
     overrides = {key: value for key, value in knobs.items() if value is not None}
     for name in names:
-        get_dataset(name, data_dir=GlobalOptions.data_dir)
+        get_dataset(name, data_dir=current_data_dir(context))
     results = [
         preprocess_dataset(
-            GlobalOptions.data_dir, name, overrides=overrides, force=force, split=split_by
+            current_data_dir(context), name, overrides=overrides, force=force, split=split_by
         )
         for name in names
     ]
@@ -205,6 +212,7 @@ def preprocess(
 
 @app.command()
 def verify(
+    context: typer.Context,
     names: Annotated[
         list[str] | None,
         typer.Argument(
@@ -222,9 +230,9 @@ def verify(
     from lossbench.data.registry import get_dataset, load_registry
     from lossbench.data.verify import verify_dataset
 
-    data_dir_path = GlobalOptions.data_dir
+    data_dir_path = current_data_dir(context)
     display = console_err if json_output else console
-    folders = [Path(name) for name in names or [] if _is_runs_folder(name)]
+    folders = [Path(name) for name in names or [] if _is_runs_folder(name, data_dir_path)]
     datasets = [name for name in names or [] if Path(name) not in folders]
     if datasets:
         entries = [get_dataset(name, data_dir=data_dir_path) for name in datasets]
@@ -257,12 +265,12 @@ def verify(
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
-def _is_runs_folder(name: str) -> bool:
+def _is_runs_folder(name: str, data_dir: Path) -> bool:
     """A folder (of runs) rather than a dataset: an existing folder whose name is not a
     registered dataset's (`./NAME` picks the folder)."""
     from lossbench.data.registry import load_registry
 
-    return name not in load_registry(data_dir=GlobalOptions.data_dir) and Path(name).is_dir()
+    return name not in load_registry(data_dir=data_dir) and Path(name).is_dir()
 
 
 def summary_table(results: list[PrepareResult]) -> Table:

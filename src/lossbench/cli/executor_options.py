@@ -1,14 +1,16 @@
-"""`compare`'s executor options: where its runs train (see `compare/execute/executors.py`, imported
+"""`compare`'s executor options: where its runs train (see `compare/executors.py`, imported
 when the command runs: it needs pydantic, and Ray itself only under `--executor ray`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 if TYPE_CHECKING:
+    from lossbench.api.requests import ExecutorRequest
     from lossbench.compare.execute.types import ExecutorSettings
 
 EXECUTOR = "Executor"
@@ -76,14 +78,15 @@ NOT_CONFIG = (
 )
 
 
-def settings_from(flags: dict[str, Any], config_file: Path | None) -> ExecutorSettings:
-    """The grid file's `[executor]` table under the flags given (None: not given)."""
-    from lossbench.compare.execute.executors import executor_settings, read_executor_table
+def executor_request(flags: Mapping[str, Any]) -> ExecutorRequest:
+    """The executor options of a command (pass its `locals()`); None: not given."""
+    from lossbench.api.requests import ExecutorRequest
 
-    values = read_executor_table(config_file) if config_file else {}
-    given = {
-        "kind": flags["executor"],
-        **{name: flags.get(name) for name in NOT_CONFIG if name != "executor"},
-    }
-    values.update({key: value for key, value in given.items() if value is not None})
-    return executor_settings(values, str(config_file) if config_file else "options")
+    return ExecutorRequest(flags["executor"], *(flags.get(name) for name in NOT_CONFIG[1:]))
+
+
+def settings_from(flags: Mapping[str, Any], config_file: Path | None) -> ExecutorSettings:
+    """The grid file's `[executor]` table under the flags given (None: not given)."""
+    from lossbench.api.plan import executor_settings_of
+
+    return executor_settings_of(executor_request(flags), config_file)

@@ -343,8 +343,9 @@ def training_flags(command: Command) -> Command:
     return with_flags
 
 
-# Flags every command takes that are no training setting (`--data-dir` after the command).
-GLOBAL_FLAGS = ("data_dir",)
+# Parameters every command takes that are no training setting: `--data-dir` after the
+# command, and the command line's context that holds the data directory.
+GLOBAL_FLAGS = ("data_dir", "context")
 # Flags that become `model_settings` entries rather than top-level TrainConfig fields.
 MODEL_FLAGS = ("hidden_size", "num_layers", "num_heads", "dropout", "attention_dropout", "max_len")
 

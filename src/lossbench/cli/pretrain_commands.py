@@ -10,13 +10,14 @@ import typer
 
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
+from lossbench.cli.app import DataDir, announce, app, console, console_err, current_data_dir
 from lossbench.cli.outputs import check_run_folder, print_json
 from lossbench.errors import LossbenchError
 
 
 @app.command()
 def pretrain(
+    context: typer.Context,
     dataset: Annotated[str, typer.Option(help="Dataset with item attributes, e.g. lastfm.")],
     model: Annotated[str, typer.Option(help="Model to pre-train: s3rec.")] = "s3rec",
     epochs: Annotated[
@@ -81,8 +82,8 @@ def pretrain(
     config = model_config(model, settings)
     out_dir = out or Path("runs") / dataset / f"{model}-pretrain-seed{seed}"
     check_run_folder(out_dir, "--out")
-    prepare_on_first_use(GlobalOptions.data_dir, dataset, announce=announce)
-    prepared = ensure_prepared(GlobalOptions.data_dir, dataset)
+    prepare_on_first_use(current_data_dir(context), dataset, announce=announce)
+    prepared = ensure_prepared(current_data_dir(context), dataset)
     use_threads(threads)
     display = console_err if json_output else console
     display.print(f"pre-training [bold]{model}[/] on [bold]{dataset}[/] -> {out_dir}")

@@ -5,58 +5,52 @@ torch and the training modules are imported inside the commands, so `--help` sta
 
 from __future__ import annotations
 
-import json
-import sys
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, GlobalOptions, announce, app, console, console_err
-from lossbench.cli.outputs import check_run_folder, print_json
-from lossbench.errors import LossbenchError
+from lossbench.cli.app import DataDir, announce, app, console, console_err, current_data_dir
+from lossbench.cli.outputs import print_json
 
-if TYPE_CHECKING:
-    from lossbench.data.prepared import PreparedDataset
-    from lossbench.training.distributed import ProcessGroup
-    from lossbench.training.entry import PlanEntry
-    from lossbench.training.loop import RunResult
-    from lossbench.training.observers import RunObserver
+Dataset = Annotated[str | None, typer.Option(help="Dataset name (see `lossbench datasets`).")]
+Model = Annotated[
+    str | None, typer.Option(help="Model (see `lossbench models`), or package.module:name.")
+]
+Loss = Annotated[
+    str | None,
+    typer.Option(
+        help="Loss (default: the model's own; see `lossbench losses`), or "
+        "package.module:name / ./file.py:name."
+    ),
+]
+Seed = Annotated[int | None, typer.Option(help="Random seed of the run.")]
+Out = Annotated[
+    Path | None, typer.Option(help="Run folder (default runs/DATASET/MODEL-LOSS-seedN).")
+]
+Init = Annotated[Path | None, typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).")]
+SaveTopk = Annotated[
+    int | None, typer.Option(help="Write topk.parquet with each test user's K best items.")
+]
+# train's options that are no TrainConfig field (or that the request names on its own).
+NOT_TRAINING = ("dataset", "model", "loss", "seed", "out", "config_file", "retrain_changed")
 
 
 @app.command()
 @opt.training_flags
 def train(
-    dataset: Annotated[
-        str | None, typer.Option(help="Dataset name (see `lossbench datasets`).")
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(help="Model (see `lossbench models`), or package.module:name."),
-    ] = None,
-    loss: Annotated[
-        str | None,
-        typer.Option(
-            help="Loss (default: the model's own; see `lossbench losses`), or "
-            "package.module:name / ./file.py:name."
-        ),
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed of the run.")] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Run folder (default runs/DATASET/MODEL-LOSS-seedN).")
-    ] = None,
-    init: Annotated[
-        Path | None, typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).")
-    ] = None,
-    save_topk: Annotated[
-        int | None, typer.Option(help="Write topk.parquet with each test user's K best items.")
-    ] = None,
+    context: typer.Context,
+    dataset: Dataset = None,
+    model: Model = None,
+    loss: Loss = None,
+    seed: Seed = None,
+    out: Out = None,
+    init: Init = None,
+    save_topk: SaveTopk = None,
     config_file: opt.ConfigFile = None,
     preset: opt.Preset = None,
     training: opt.TrainingFlags = opt.NO_FLAGS,
@@ -72,164 +66,38 @@ def train(
 
     Run again on the same --out, it reuses a finished run with the same settings, continues
     an interrupted one, and refuses one trained with other settings (as `compare` does)."""
-    overrides = opt.training_overrides(  # before imports: `locals()` holds only the flags
-        locals(), skip=("out", "config_file", "retrain_changed", *ci.NOT_CONFIG)
-    )
-    from lossbench.compare.execute.resume import run_status, settle_runs
-    from lossbench.data.repeats import repeat_notice, repeated_targets
-    from lossbench.data.store import ensure_prepared, prepare_on_first_use
-    from lossbench.data.subsample import sample_users as sample
-    from lossbench.evaluation.seen import SEEN_RULE_EFFECTS
-    from lossbench.plugins import folder_name
-    from lossbench.training.config import build_config
-    from lossbench.training.distributed import (
-        barrier,
-        check_same_settings,
-        join_process_group,
-        leave_process_group,
-    )
-    from lossbench.training.entry import plan_entry
-    from lossbench.training.presets import SMOKE_LAYER
-    from lossbench.training.run_files import read_metrics
-    from lossbench.training.run_labels import config_label, run_name
+    settings = opt.training_overrides(locals(), skip=(*NOT_TRAINING, *ci.NOT_CONFIG))  # first
+    from lossbench import api
+    from lossbench.api.training import RunFailed
 
-    if smoke and preset is not None:
-        raise LossbenchError("--smoke is the preset smoke: drop --preset, or --smoke")
-    overrides = {
-        **(SMOKE_LAYER if smoke else {}),
-        **{k: v for k, v in overrides.items() if v is not None},
-    }
-    config = build_config(toml_file=config_file, overrides=overrides)
-    run_dir = (
-        out or Path("runs") / config.dataset / f"{folder_name(config.model)}-{run_name(config)}"
+    request = api.TrainRequest(
+        dataset=dataset,
+        model=model,
+        loss=loss,
+        seed=seed,
+        out=out,
+        config_file=config_file,
+        settings=settings,
+        smoke=smoke,
+        retrain_changed=retrain_changed,
+        json_output=json_output,
+        track=track,
+        data_dir=current_data_dir(context),
     )
-    # Impossible settings, model / loss pairings and runs that cannot fit fail before anything
-    # starts.
-    entry = plan_entry(config, run_dir)
-    check_run_folder(run_dir, "--out")
-    group = join_process_group(config.device)  # one process, or a rank under torchrun
-    check_same_settings(config.model_dump(mode="json"), group)
-    if group.is_main:  # rank 0 prepares the data; the others then read what it wrote
-        prepare_on_first_use(GlobalOptions.data_dir, config.dataset, config.split_spec, announce)
-        prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
-    barrier(group)
-    if not group.is_main:
-        prepared = ensure_prepared(GlobalOptions.data_dir, config.dataset, config.split_spec)
-    if config.sample_users is not None:
-        prepared = sample(prepared, config.sample_users)
     display = console_err if json_output else console
-    if not group.is_main:  # rank 0 speaks, settles the folder and records for all ranks
-        display = Console(quiet=True)
-        json_output, track = False, None
     try:
-        # compare's rules: reuse a finished run, refuse (or move aside) one with other settings
-        if group.is_main:
-            fits = partial(_check_fits, dataset=prepared)
-            to_train = bool(settle_runs([entry], run_dir, display, retrain_changed, fits))
-        barrier(group)  # the others follow what rank 0 found (and moved aside)
-        if not group.is_main:
-            to_train = run_status(entry).state != "finished"
-        if to_train:
-            display.print(
-                f"training [bold]{config.model}[/] with [bold]{config_label(config)}[/] on "
-                f"[bold]{config.dataset}[/] ({prepared.n_users:,} users, {prepared.n_items:,} "
-                f"items, {config.split_spec.label} split), seed {config.seed} -> {run_dir}"
-            )
-            notice = repeat_notice(
-                config.dataset, repeated_targets(prepared), SEEN_RULE_EFFECTS[config.seen_rule]
-            )
-            if notice:
-                display.print(notice, highlight=False)
-            train_or_exit(entry, prepared, display, track, group)
-    finally:
-        leave_process_group()
-    if not group.is_main:
+        result = api.train(request, display, announce)
+    except RunFailed as failure:  # its traceback is in the run's failure.txt
+        console_err.print(str(failure), style="red", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+    if result is None:  # a rank other than 0: rank 0 speaks
         return
-    display.print(result_table(read_metrics(run_dir)))
-    display.print(f"run files in {run_dir}")
+    display.print(result_table(dict(result.metrics)))
+    display.print(f"run files in {result.run_dir}")
     if json_output:
-        from lossbench.compare.report.outputs import finite, run_document
+        from lossbench.compare.report.outputs import run_document
 
-        document = {"runs": [run_document(run_dir)]}
-        sys.stdout.write(json.dumps(finite(document), indent=2, allow_nan=False) + "\n")
-
-
-def _check_fits(entries: list[PlanEntry], dataset: PreparedDataset) -> None:
-    from lossbench.training.fit_check import check_fits
-
-    for entry in entries:
-        check_fits(entry, dataset)
-
-
-def train_or_exit(
-    entry: PlanEntry,
-    prepared: PreparedDataset,
-    display: Console,
-    track: str | None,
-    group: ProcessGroup,
-) -> None:
-    """Train `entry` holding its folder's lock (rank 0 holds it for all ranks). A run that
-    fails is handled as `compare` handles it: one `FAIL training` line, the traceback in the
-    run's failure.txt, exit 1."""
-    from lossbench.compare.execute.failures import FAILURE_FILE, train_or_fail
-    from lossbench.compare.execute.resume import run_status
-    from lossbench.training.run_lock import lock_holder, run_lock
-
-    if not group.is_main:
-        try:
-            _train_rank(entry, prepared, display, [], group)
-        except Exception:  # noqa: BLE001  rank 0 records and reports the failure
-            raise SystemExit(1) from None
-        return
-    with run_lock(entry.run_dir, wait=False) as held:
-        if not held:
-            raise LossbenchError(
-                f"{entry.run_dir} is being trained by process {lock_holder(entry.run_dir) or '?'}"
-                "; wait for it, or give another --out"
-            )
-        if run_status(entry).state == "finished":  # by another process since it was settled
-            display.print(f"{entry.run_dir} was finished by another process")
-            return
-        tracker = None
-        if track is not None:
-            from lossbench.training.tracking import open_tracker
-
-            tracker = open_tracker(track, entry.run_dir)
-        train = partial(_train_rank, observers=[tracker] if tracker else [], group=group)
-        try:
-            _, failure = train_or_fail(train, entry, prepared, display)
-        finally:
-            if tracker is not None:
-                tracker.close()
-    if failure is not None:
-        where = entry.run_dir / FAILURE_FILE
-        console_err.print(
-            f"{failure.line} (traceback in {where})",
-            style="red",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise SystemExit(1)
-
-
-def _train_rank(
-    entry: PlanEntry,
-    dataset: PreparedDataset,
-    console: Console,
-    observers: list[RunObserver],
-    group: ProcessGroup,
-) -> RunResult:
-    """`train_entry` on this rank; a peer that died or hung is one line."""
-    from torch.distributed import DistError
-
-    from lossbench.training.distributed import peer_failure
-    from lossbench.training.loop import train_entry
-
-    try:
-        return train_entry(entry, dataset, console, observers=observers, group=group)
-    except DistError as error:  # a peer rank died or stopped answering
-        raise LossbenchError(peer_failure(error, group)) from None
+        print_json({"runs": [run_document(result.run_dir)]})
 
 
 def result_table(metrics: dict[str, Any]) -> Table:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lossbench.cli import ci_options as ci
-from lossbench.cli.app import DataDir, GlobalOptions, app, console, console_err
+from lossbench.cli.app import DataDir, app, console, console_err, current_data_dir
 from lossbench.cli.outputs import print_json
 
 FILE = "File"
@@ -17,6 +17,7 @@ PROTOCOL = "Protocol"
 
 @app.command("add-dataset")
 def add_dataset_command(
+    context: typer.Context,
     name: Annotated[str, typer.Argument(help="Name to use with --dataset from now on.")],
     file: Annotated[
         Path,
@@ -81,7 +82,7 @@ def add_dataset_command(
         dedup=dedup,
     )
     added = add_dataset(
-        GlobalOptions.data_dir,
+        current_data_dir(context),
         name,
         file,
         columns=columns,

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lossbench.errors import LossbenchError
+from lossbench.errors import LossbenchError, validation_failure
 from lossbench.paths import USER_REGISTRY_ENV as USER_REGISTRY_ENV  # set by the CLI
 from lossbench.paths import USER_REGISTRY_FILE as USER_REGISTRY_FILE
 from lossbench.paths import UserRegistry as UserRegistry
@@ -194,7 +194,6 @@ def user_registry_path(data_dir: Path | None) -> Path | None:
         return UserRegistry.path
     if env := os.environ.get(USER_REGISTRY_ENV):
         return Path(env)
-    data_dir = data_dir if data_dir is not None else UserRegistry.data_dir
     return data_dir / USER_REGISTRY_FILE if data_dir is not None else None
 
 
@@ -255,10 +254,12 @@ def _validate_entry(path: str, name: str, table: Any) -> DatasetEntry:
     try:
         return DatasetEntry.model_validate({"name": name, **table})
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "(entry)"
-        raise LossbenchError(
-            f"{path}: entry {name!r}, field {field!r}: {first['msg']}; fix the entry"
+        raise validation_failure(
+            error,
+            lambda field, _, detail: (
+                f"{path}: entry {name!r}, field {field or '(entry)'!r}: {detail['msg']}; "
+                "fix the entry"
+            ),
         ) from None
 
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lossbench.errors import LossbenchError
+from lossbench.errors import LossbenchError, validation_failure
 
 SplitName = Literal["loo", "temporal"]
 
@@ -91,10 +91,10 @@ def split_spec(kind: str, valid_quantile: float, test_quantile: float) -> SplitS
     try:
         return SplitSpec.model_validate(values)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        message = str(first["msg"]).removeprefix("Value error, ")
-        raise LossbenchError(f"invalid split{' ' + where if where else ''}: {message}") from None
+        raise validation_failure(
+            error,
+            lambda where, message, _: f"invalid split{' ' + where if where else ''}: {message}",
+        ) from None
 
 
 def check_timed(name: str, format: str, spec: SplitSpec) -> None:

@@ -125,7 +125,13 @@ def model_spec(name: str) -> ModelSpec:
 
 def model_config(name: str, overrides: Mapping[str, object] | None = None) -> BaseModel:
     """The model's defaults with `overrides` applied, validated by its config class."""
-    spec = model_spec(name)
+    return spec_settings(model_spec(name), name, overrides)
+
+
+def spec_settings(
+    spec: ModelSpec, name: str, overrides: Mapping[str, object] | None = None
+) -> BaseModel:
+    """`model_config` for a spec already resolved (`name` only for messages)."""
     settings = dict(overrides or {})
     known = spec.config_class.model_fields
     for key in settings:
@@ -170,4 +176,5 @@ __all__ = [
     "mask_token_id",
     "model_config",
     "model_spec",
+    "spec_settings",
 ]

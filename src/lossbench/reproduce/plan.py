@@ -23,7 +23,7 @@ from lossbench.compare.execute.resume import move_aside, refuse_changed, run_sta
 from lossbench.compare.execute.runner import execute_plan
 from lossbench.compare.execute.types import Executor, PrepareFn
 from lossbench.compare.plan.build import ComparisonPlan, build_plan
-from lossbench.compare.plan.grid import make_grid, merge_settings
+from lossbench.compare.plan.grid import make_grid
 from lossbench.errors import LossbenchError
 from lossbench.losses import LOSSES
 from lossbench.models import MODELS
@@ -41,7 +41,9 @@ from lossbench.reproduce.tables import (
     arm_entry,
     pretrain_epochs,
 )
+from lossbench.training.config import merge_layers
 from lossbench.training.entry import PlanEntry
+from lossbench.training.names import Names
 from lossbench.training.pretrainers import pretraining_of
 from lossbench.training.run_labels import config_label
 from lossbench.training.setup import use_threads
@@ -96,6 +98,7 @@ def build_reproduction(
     settings: dict[str, Any],
     out_dir: Path,
     epochs_of_pretraining: int | None = None,
+    names: Names | None = None,
 ) -> Reproduction:
     """Every cell of `table` on every dataset, validated; nothing trains yet.
 
@@ -105,7 +108,8 @@ def build_reproduction(
         raise LossbenchError(f"{table.name} is trained with its own preset ({table.preset})")
     if not seeds or not datasets:
         raise LossbenchError("give at least one dataset and one seed")
-    layers = merge_settings({"preset": table.preset}, settings)
+    names = names if names is not None else Names()
+    layers = merge_layers({"preset": table.preset}, settings)
     _check_model_flags(table, layers.get("model_settings") or {})
     entries: list[PlanEntry] = []
     rows: list[CellRow] = []
@@ -115,10 +119,12 @@ def build_reproduction(
             model_layers = _for_model(layers, model)
             if model in table.pretrained:
                 epochs = epochs_of_pretraining or pretrain_epochs(dataset)
-                steps.append(_pretrain_step(dataset, model, model_layers, seeds, out_dir, epochs))
+                steps.append(
+                    _pretrain_step(dataset, model, model_layers, seeds, out_dir, epochs, names)
+                )
                 model_layers = {**model_layers, "init": steps[-1].checkpoint}
             model_entries, model_rows = _model_cells(
-                table, dataset, model, seeds, model_layers, out_dir
+                table, dataset, model, seeds, model_layers, out_dir, names
             )
             entries += model_entries
             rows += model_rows
@@ -135,12 +141,13 @@ def _model_cells(
     seeds: Sequence[int],
     settings: dict[str, Any],
     out_dir: Path,
+    names: Names,
 ) -> tuple[list[PlanEntry], list[CellRow]]:
     """The runs of one model's cells on one dataset, and where each cell's row lands."""
     entries: list[PlanEntry] = []
     labels: list[str] = []
     for cell in table.cells_of(model):
-        cell_entries = _cell_entries(cell, dataset, seeds, settings, out_dir)
+        cell_entries = _cell_entries(cell, dataset, seeds, settings, out_dir, names)
         labels.append(row_label(cell_entries[0]))
         entries += cell_entries
     if len(set(labels)) < len(labels):
@@ -171,14 +178,20 @@ def _check_model_flags(table: ReproductionTable, given: dict[str, Any]) -> None:
 
 
 def _cell_entries(
-    cell: Cell, dataset: str, seeds: Sequence[int], settings: dict[str, Any], out_dir: Path
+    cell: Cell,
+    dataset: str,
+    seeds: Sequence[int],
+    settings: dict[str, Any],
+    out_dir: Path,
+    names: Names,
 ) -> list[PlanEntry]:
     arm = arm_entry(cell, LOSSES[cell.loss].negatives)
     grid = make_grid(
         {"datasets": [dataset], "models": [cell.model], "losses": [arm], "seeds": list(seeds)},
         "the reproduction",
+        names,
     )
-    return build_plan(grid, settings, out_dir).entries
+    return build_plan(grid, settings, out_dir, names).entries
 
 
 def _pretrain_step(
@@ -188,12 +201,13 @@ def _pretrain_step(
     seeds: Sequence[int],
     out_dir: Path,
     epochs: int,
+    names: Names,
 ) -> PretrainStep:
     """The pre-training the model's runs start from, with their model settings."""
     from lossbench.compare.plan.grid import Grid
 
     grid = Grid(datasets=[dataset], models=[model], losses=["original"], seeds=[seeds[0]])
-    probe = build_plan(grid, layers, out_dir).entries[0]  # the runs' resolved settings
+    probe = build_plan(grid, layers, out_dir, names).entries[0]  # the runs' resolved settings
     dataset_folder = probe.run_dir.relative_to(out_dir).parts[0]
     folder = pretrain_folder(out_dir, dataset_folder, model, epochs)
     pretraining_of(model, probe.model)  # a table may name only models that pre-train
@@ -249,7 +263,7 @@ def run_reproduction(
             use_threads(waiting[0].config.threads)
             run_step(step, prepare, waiting[0].config.device, console)
     reproduction.save()
-    return execute_plan(plan, prepare, console, retrain_changed, executor)
+    return execute_plan(plan, prepare, console, retrain_changed, executor, statuses=statuses)
 
 
 def row_label(entry: PlanEntry) -> str:

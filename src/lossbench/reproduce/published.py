@@ -9,13 +9,16 @@ syntax, value in [0, 1], no cell given twice), so a typo fails at once, not in a
 from __future__ import annotations
 
 import csv
-from functools import cache
+from functools import cache, partial
 from importlib import resources
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lossbench.errors import LossbenchError
+from lossbench.errors import LossbenchError, validation_failure
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 TableName = Literal["table2", "table3", "loss-sweep"]
 TABLE_TITLES: dict[str, str] = {
@@ -53,6 +56,10 @@ class PublishedValue(BaseModel):
 
 
 @cache
+def _row_problem(line_number: int, where: str, message: str, detail: ErrorDetails) -> str:
+    return f"published.csv line {line_number}: {detail['loc'][0]}: {detail['msg']}"
+
+
 def published_values() -> tuple[PublishedValue, ...]:
     """Every row of `published.csv`, validated."""
     text = resources.files("lossbench.reproduce").joinpath("published.csv").read_text()
@@ -63,10 +70,7 @@ def published_values() -> tuple[PublishedValue, ...]:
         try:
             row = PublishedValue.model_validate(values)
         except ValidationError as error:
-            first = error.errors()[0]
-            raise LossbenchError(
-                f"published.csv line {line_number}: {first['loc'][0]}: {first['msg']}"
-            ) from None
+            raise validation_failure(error, partial(_row_problem, line_number)) from None
         key = (*row.cell, row.metric)
         if key in seen:
             raise LossbenchError(f"published.csv line {line_number}: {key} is given twice")

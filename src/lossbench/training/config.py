@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import codecs
 import sys
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lossbench.data.splits import SplitName, SplitSpec, check_quantiles
-from lossbench.errors import LossbenchError
+from lossbench.errors import LossbenchError, joined, validation_failure
 from lossbench.evaluation.seen import SeenRule, SeenTargets, seen_rule
-from lossbench.losses import resolve_loss
 from lossbench.losses.base import NegativeSamplerName, Positions, SamplerName
 from lossbench.models import model_spec
+from lossbench.training.names import Names
 from lossbench.training.presets import DATASET_SETTINGS, DEFAULT_PRESET, PER_MODEL, PRESETS
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -114,25 +119,6 @@ class TrainConfig(BaseModel):
             return words[value]
         return value
 
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, name: str) -> str:
-        try:
-            model_spec(name)
-        except LossbenchError as error:
-            raise ValueError(str(error)) from None
-        return name
-
-    @field_validator("loss")
-    @classmethod
-    def _known_loss(cls, name: str | None) -> str | None:
-        if name is not None:
-            try:
-                resolve_loss(name)
-            except LossbenchError as error:
-                raise ValueError(str(error)) from None
-        return name
-
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, name: str) -> str:
@@ -175,6 +161,7 @@ class TrainConfig(BaseModel):
 
     @property
     def loss_name(self) -> str:
+        """The loss the run trains with (looked up: planning asks `Names.default_loss`)."""
         return self.loss if self.loss is not None else model_spec(self.model).default_loss
 
     @property
@@ -184,50 +171,91 @@ class TrainConfig(BaseModel):
         )
 
 
+def merge_layers(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """The one merge of setting layers, lowest first: preset -> dataset defaults -> settings
+    file (a TOML, a grid's `[settings]`, a loss's `[settings.per_loss.LOSS]`) -> flags.
+
+    A later layer wins field by field; `model_settings` merge key by key; None means "not
+    given" and never hides a lower layer's value."""
+    merged: dict[str, Any] = {}
+    model_settings: dict[str, Any] = {}
+    for layer in layers:
+        model_settings.update(layer.get("model_settings") or {})
+        merged.update({k: v for k, v in layer.items() if k != "model_settings" and v is not None})
+    if model_settings:
+        merged["model_settings"] = model_settings
+    return merged
+
+
 def build_config(
     *,
     toml_file: Path | None = None,
-    overrides: dict[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    names: Names | None = None,
 ) -> TrainConfig:
     """defaults -> preset -> dataset defaults -> TOML -> CLI overrides, validated once at the end.
 
     `overrides` holds only the flags the user gave (None values are dropped); its
-    `model_settings` are merged key by key into those of the lower layers.
+    `model_settings` are merged key by key into those of the lower layers. `names`: the
+    request's resolved names (a fresh set when not given).
     """
+    names = names if names is not None else Names()
     file_layer = read_toml(toml_file) if toml_file is not None else {}
-    cli_layer = {k: v for k, v in (overrides or {}).items() if v is not None}
+    cli_layer = merge_layers(overrides or {})
     preset_name = cli_layer.get("preset", file_layer.get("preset", DEFAULT_PRESET))
     if preset_name not in PRESETS:
         raise LossbenchError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
     model_name = cli_layer.get("model", file_layer.get("model", "sasrec"))
-    preset_layer = _preset_for_model(preset_name, model_name)
+    preset_layer = _preset_for_model(preset_name, model_name, names)
     dataset_name = cli_layer.get("dataset", file_layer.get("dataset", TrainConfig().dataset))
     dataset_layer = DATASET_SETTINGS.get(dataset_name, {})
 
-    merged: dict[str, Any] = {}
-    model_settings: dict[str, Any] = {}
-    for layer in (preset_layer, dataset_layer, file_layer, cli_layer):
-        model_settings.update(layer.get("model_settings", {}))
-        merged.update({k: v for k, v in layer.items() if k != "model_settings"})
-    merged["model_settings"] = model_settings
+    merged = merge_layers(preset_layer, dataset_layer, file_layer, cli_layer)
+    merged.setdefault("model_settings", {})
     if merged.get("sampler", "uniform") != "uniform" and not any(
         "negatives_unseen" in layer for layer in (file_layer, cli_layer)
     ):
         # The preset's unseen negatives are the uniform sampler's; an explicit sampler wins.
         merged["negatives_unseen"] = False
-    return validate_config(merged, source=str(toml_file) if toml_file else "options")
+    return validate_config(merged, str(toml_file) if toml_file else "options", names)
 
 
-def validate_config(values: dict[str, Any], source: str = "options") -> TrainConfig:
+def validate_config(
+    values: Mapping[str, Any], source: str = "options", names: Names | None = None
+) -> TrainConfig:
+    """`values` as a TrainConfig whose model and loss resolve; every problem is named at once
+    ('invalid loss in options: ...; invalid lr in options: ...')."""
+    names = names if names is not None else Names()
+    problems = [
+        LossbenchError(f"invalid {field} in {source}: {problem}")
+        for field, problem in _name_problems(values, names)
+    ]
     try:
-        return TrainConfig.model_validate(values)
+        config = TrainConfig.model_validate(values)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "config"
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = f"unknown setting; valid settings are: {', '.join(TrainConfig.model_fields)}"
-        raise LossbenchError(f"invalid {where} in {source}: {message}") from None
+        problems.append(validation_failure(error, partial(_config_problem, source=source)))
+    if problems:
+        raise joined(problems)
+    return config
+
+
+def _name_problems(values: Mapping[str, Any], names: Names) -> list[tuple[str, str]]:
+    """(field, why) for a model or loss name that does not resolve."""
+    problems: list[tuple[str, str]] = []
+    for field, lookup in (("model", names.model), ("loss", names.loss)):
+        name = values.get(field)
+        if isinstance(name, str):
+            try:
+                lookup(name)
+            except LossbenchError as error:
+                problems.append((field, str(error)))
+    return problems
+
+
+def _config_problem(where: str, message: str, detail: ErrorDetails, source: str) -> str:
+    if detail["type"] == "extra_forbidden":
+        message = f"unknown setting; valid settings are: {', '.join(TrainConfig.model_fields)}"
+    return f"invalid {where or 'config'} in {source}: {message}"
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -268,7 +296,7 @@ def toml_text(data: bytes, path: Path) -> str:
     return text
 
 
-def _preset_for_model(preset_name: str, model_name: str) -> dict[str, Any]:
+def _preset_for_model(preset_name: str, model_name: str, names: Names) -> dict[str, Any]:
     """The preset with its per-model settings for `model_name` applied, keeping only the model
     settings that `model_name` has."""
     preset = dict(PRESETS[preset_name])
@@ -277,7 +305,7 @@ def _preset_for_model(preset_name: str, model_name: str) -> dict[str, Any]:
         **preset.pop(PER_MODEL, {}).get(model_name, {}),
     }
     try:
-        spec = model_spec(model_name)
+        spec = names.model_spec(model_name)
     except LossbenchError:
         spec = None  # validation names the unknown model
     if spec is not None:

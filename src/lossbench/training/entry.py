@@ -17,12 +17,13 @@ from pydantic import BaseModel
 from torch import nn
 
 from lossbench.errors import LossbenchError
-from lossbench.models import MODELS, ModelSpec, model_config, model_spec
+from lossbench.models import MODELS, ModelSpec
 from lossbench.models.base import pretrainable_model
 from lossbench.training.config import TrainConfig
+from lossbench.training.names import Names
+from lossbench.training.run_labels import arm_label
 from lossbench.training.setup import (
     LossSettings,
-    code_sources,
     resolve_loss,
     run_device,
     run_precision,
@@ -46,10 +47,11 @@ class PlanEntry:
     @property
     def label(self) -> str:
         """'synthetic sasrec + sampled-ce in-batch, seed 0': the arm names what it varies."""
-        from lossbench.training.run_labels import config_label
-
         c = self.config
-        return f"{c.dataset} {c.model} + {config_label(c)}, seed {c.seed}"
+        arm = arm_label(
+            self.loss.name, c.sampler, c.logq, c.shuffle_train, c.negatives, self.loss.spec
+        )
+        return f"{c.dataset} {c.model} + {arm}, seed {c.seed}"
 
     @property
     def max_len(self) -> int:
@@ -64,11 +66,13 @@ class PlanEntry:
         return model
 
 
-def plan_entry(config: TrainConfig, run_dir: Path) -> PlanEntry:
-    """Resolve and check `config` for a run in `run_dir`; a LossbenchError names what is wrong."""
-    spec = model_spec(config.model)
-    settings = model_config(config.model, config.model_settings)
-    loss = resolve_loss(config)
+def plan_entry(config: TrainConfig, run_dir: Path, names: Names | None = None) -> PlanEntry:
+    """Resolve and check `config` for a run in `run_dir`; a LossbenchError names what is wrong.
+    `names`: the request's resolved names (a fresh set when not given)."""
+    names = names if names is not None else Names()
+    spec = names.model_spec(config.model)
+    settings = names.model_settings(config.model, config.model_settings)
+    loss = resolve_loss(config, names)
     device = run_device(config.device, config.precision)
     precision = run_precision(config.precision, device)
     if precision != config.precision:  # auto: the run records what it trains with
@@ -78,4 +82,5 @@ def plan_entry(config: TrainConfig, run_dir: Path) -> PlanEntry:
         raise LossbenchError(
             f"model {config.model} takes no --init checkpoint; models that do: {pretrainable}"
         )
-    return PlanEntry(config, run_dir, spec, settings, loss, device, code_sources(config))
+    sources = names.sources(loss.name, config.model)
+    return PlanEntry(config, run_dir, spec, settings, loss, device, sources)

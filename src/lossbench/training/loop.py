@@ -151,8 +151,12 @@ def train_run(
     evaluate_test: bool = True,
     observers: Sequence[RunObserver] = (),
 ) -> RunResult:
-    """Resolve `config` into a plan entry for `run_dir`, then train it (`train_entry`)."""
+    """Resolve `config` into a plan entry for `run_dir`, check it fits, then train it
+    (`train_entry`, which trains entries a plan has checked)."""
     entry = plan_entry(config, run_dir)
+    check_fits(
+        entry, sample_users(dataset, config.sample_users) if config.sample_users else dataset
+    )
     hooks = RunHooks(observers, epoch_callback, evaluate_test)
     return train_entry(entry, dataset, console, hooks=hooks)
 
@@ -224,10 +228,10 @@ def train_alone(
 
 
 def set_up(entry: PlanEntry, dataset: PreparedDataset, console: Console, hooks: RunHooks) -> _Run:
-    """Check the run fits, then build its model, batches, evaluators, optimizer and sampler."""
+    """Build the run's model, batches, evaluators, optimizer and sampler (the plan that made
+    `entry` checked that it fits: `check_fits`, once per run)."""
     config, device = entry.config, entry.device
     check_split(config, dataset)
-    check_fits(entry, dataset)  # before anything is built or written
     threads = ThreadGovernor(config.threads)  # from --threads, else the free cores
     seed_everything(config.seed)
     model = entry.build_model(dataset.n_items).to(device, dtype=parameter_dtype(config))

@@ -14,8 +14,9 @@ from typing import Any
 
 from lossbench import plugins
 from lossbench.errors import LossbenchError
-from lossbench.losses import find_loss
+from lossbench.losses import LossSpec, find_loss
 from lossbench.training.config import TrainConfig
+from lossbench.training.names import Names
 
 SHUFFLED = "shuffled"
 
@@ -26,15 +27,23 @@ def arm_label(
     logq: bool | str,
     shuffled: bool,
     negatives: int | None = None,
+    spec: LossSpec | None = None,
 ) -> str:
     """'loss [N negatives] [sampler] [logq [corrected]] [shuffled]': the negatives when they
     differ from the loss's published count, the sampler when it is not uniform; both only for
-    a loss that samples negatives at all."""
+    a loss that samples negatives at all. `spec`: the loss's, when the caller resolved it (a
+    finished run's loss is looked up here, and one that no longer resolves counts as
+    sampling)."""
+    if spec is None:
+        try:
+            spec = find_loss(loss).value
+        except LossbenchError:
+            spec = None
     words = [loss]
-    count = _named_negatives(loss, negatives)
+    count = _named_negatives(spec, negatives)
     if count is not None:
         words.append(f"{count} negative{'s' if count != 1 else ''}")
-    if sampler not in (None, "uniform") and _samples(loss):
+    if sampler not in (None, "uniform") and _samples(spec):
         words.append(str(sampler))
     if logq:
         words.append("logq corrected" if logq == "corrected" else "logq")
@@ -43,31 +52,29 @@ def arm_label(
     return " ".join(words)
 
 
-def _named_negatives(loss: str, negatives: int | None) -> int | None:
+def _named_negatives(spec: LossSpec | None, negatives: int | None) -> int | None:
     """`negatives` when the loss has a published count that they change (a bare function
     that takes its negatives from the flags has none)."""
-    if negatives is None:
-        return None
-    try:
-        spec = find_loss(loss).value
-    except LossbenchError:
+    if negatives is None or spec is None:
         return None
     return negatives if spec.samples_negatives and negatives != spec.negatives else None
 
 
-def _samples(loss: str) -> bool:
+def _samples(spec: LossSpec | None) -> bool:
     """Does the loss take sampled negatives (a bare function: when the flags give some)?
-    A finished run's loss that no longer resolves counts as sampling."""
-    try:
-        spec = find_loss(loss).value
-    except LossbenchError:
-        return True
-    return spec.samples_negatives or spec.negatives_from_flags
+    A loss that does not resolve counts as sampling."""
+    return spec is None or spec.samples_negatives or spec.negatives_from_flags
 
 
-def config_label(config: TrainConfig) -> str:
+def config_label(config: TrainConfig, names: Names | None = None) -> str:
+    """The arm a configuration trains (`names`: the request's, to look its loss up once)."""
+    if names is None:
+        loss, spec = config.loss_name, None
+    else:
+        loss = config.loss if config.loss is not None else names.default_loss(config.model)
+        spec = names.loss_spec(loss)
     return arm_label(
-        config.loss_name, config.sampler, config.logq, config.shuffle_train, config.negatives
+        loss, config.sampler, config.logq, config.shuffle_train, config.negatives, spec
     )
 
 
@@ -88,6 +95,7 @@ def folder_name(label: str) -> str:
     return plugins.folder_name(label)
 
 
-def run_name(config: TrainConfig) -> str:
+def run_name(config: TrainConfig, names: Names | None = None) -> str:
     """`train`'s default run folder name: label, split (when not leave-one-out), seed."""
-    return f"{folder_name(config_label(config))}{config.split_spec.folder_suffix}-seed{config.seed}"
+    label = folder_name(config_label(config, names))
+    return f"{label}{config.split_spec.folder_suffix}-seed{config.seed}"

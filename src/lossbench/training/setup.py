@@ -16,12 +16,12 @@ from torch import Tensor, nn
 from lossbench.data.sequences import EvaluationSet
 from lossbench.errors import LossbenchError
 from lossbench.evaluation.ranking import sample_eval_candidates
-from lossbench.losses import find_loss
 from lossbench.losses.base import LossParams, LossSpec, Need, Positions
-from lossbench.models import build_model, find_model, model_spec
+from lossbench.models import build_model, model_spec
 from lossbench.models.base import pretrainable_model
 from lossbench.training.config import TrainConfig
 from lossbench.training.evaluate import Evaluator
+from lossbench.training.names import Names
 
 
 @dataclass(frozen=True)
@@ -55,16 +55,19 @@ class LossSettings:
         }
 
 
-def resolve_loss(config: TrainConfig) -> LossSettings:
-    name = config.loss_name
-    spec = find_loss(name).value
+def resolve_loss(config: TrainConfig, names: Names | None = None) -> LossSettings:
+    """The loss of `config` as it will train, checked against its model; `names`: the
+    request's resolved names (a fresh set when not given)."""
+    names = names if names is not None else Names()
+    name = config.loss if config.loss is not None else names.default_loss(config.model)
+    spec = names.loss_spec(name)
     positions = config.positions or spec.positions
     negatives = spec.negatives if config.negatives is None else config.negatives
     if spec.samples_negatives and negatives == 0:
         raise LossbenchError(f"loss {name} needs sampled negatives; use --negatives 1 or more")
     if not spec.samples_negatives and not spec.negatives_from_flags:
         negatives = 0  # losses that sample no negatives ignore --negatives
-    bidirectional = model_spec(config.model).bidirectional
+    bidirectional = names.model_spec(config.model).bidirectional
     if (positions == "masked") != bidirectional:
         if bidirectional:
             raise LossbenchError(
@@ -75,7 +78,7 @@ def resolve_loss(config: TrainConfig) -> LossSettings:
             f"loss {name} trains on masked positions and needs a bidirectional model; "
             "use --model bert4rec, or --positions all|last"
         )
-    check_sampler(config, spec, negatives)
+    check_sampler(config, name, spec, negatives)
     params = LossParams(
         gbce_t=config.gbce_t,
         softmax_chunk=config.softmax_chunk,
@@ -88,9 +91,8 @@ def resolve_loss(config: TrainConfig) -> LossSettings:
     return LossSettings(name, spec, positions, negatives, params, config.sampler, config.logq)
 
 
-def check_sampler(config: TrainConfig, spec: LossSpec, negatives: int) -> None:
-    """Refuse negative-sampling settings the loss cannot use (one line each)."""
-    name = config.loss_name
+def check_sampler(config: TrainConfig, name: str, spec: LossSpec, negatives: int) -> None:
+    """Refuse negative-sampling settings the loss `name` cannot use (one line each)."""
     batch_sampler = config.sampler in ("in-batch", "mixed")
     logq_flag = "--logq corrected" if config.logq == "corrected" else "--logq"
     if not spec.samples_negatives and (batch_sampler or config.logq):
@@ -112,13 +114,14 @@ def check_sampler(config: TrainConfig, spec: LossSpec, negatives: int) -> None:
         )
 
 
-def code_sources(config: TrainConfig) -> dict[str, dict[str, str | None]]:
+def code_sources(
+    config: TrainConfig, names: Names | None = None
+) -> dict[str, dict[str, str | None]]:
     """Where the run's loss and model code came from, with the sha256 of a plugin's source
     file (see `lossbench.plugins`), as recorded in config.json."""
-    return {
-        "loss": find_loss(config.loss_name).source.record(),
-        "model": find_model(config.model).source.record(),
-    }
+    names = names if names is not None else Names()
+    loss = config.loss if config.loss is not None else names.default_loss(config.model)
+    return names.sources(loss, config.model)
 
 
 def pick_device(name: str) -> torch.device:

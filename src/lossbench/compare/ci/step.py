@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import polars as pl
 from rich.console import Console
@@ -32,9 +32,8 @@ from lossbench.compare.execute.failures import (
     RunHandling,
 )
 from lossbench.compare.execute.types import PrepareFn
-from lossbench.compare.pipeline import compare_losses
-from lossbench.compare.plan.build import load_saved_plan
-from lossbench.compare.plan.grid import Grid
+from lossbench.compare.pipeline import run_plan
+from lossbench.compare.plan.build import ComparisonPlan, SavedPlan, load_saved_plan
 from lossbench.compare.report.outputs import (
     RunFailure,
     append_step_summary,
@@ -79,9 +78,7 @@ class Outcome:
 
 
 def compare_and_judge(
-    grid: Grid,
-    settings: dict[str, Any],
-    out_dir: Path,
+    plan: ComparisonPlan,
     prepare: PrepareFn,
     options: SummaryOptions,
     expectations: Sequence[Expectation],
@@ -93,8 +90,8 @@ def compare_and_judge(
     *,
     allow_collapsed: bool = False,
     memory_budget: int | None = None,
-) -> int:
-    """Run the comparison, judge it, publish the outcome; return the exit code.
+) -> Outcome:
+    """Run the planned comparison, judge it, publish the outcome (`Outcome.passed`: exit 0).
 
     `executor_factory` (compare/execute/executors.py) trains the runs: here, or as Ray tasks.
     `allow_collapsed`: judge expectations on a loss's runs that did not collapse instead of
@@ -102,6 +99,7 @@ def compare_and_judge(
     from lossbench.training.observers import FiniteLoss
     from lossbench.training.tracking import open_tracker
 
+    out_dir = plan.out_dir
     started = time.perf_counter()
     tracker = open_tracker(publishing.track, out_dir, out_dir.name) if publishing.track else None
     watchers: tuple[RunObserver, ...] = (tracker,) if tracker else ()
@@ -109,10 +107,8 @@ def compare_and_judge(
     handling = RunHandling(checks=(FiniteLoss(),), watchers=watchers, failed=failed)
     executor = executor_factory(handling)
     try:
-        written = compare_losses(
-            grid,
-            settings,
-            out_dir,
+        written = run_plan(
+            plan,
             prepare,
             options,
             display,
@@ -128,11 +124,13 @@ def compare_and_judge(
                 tracker.close(failed=True)
             raise
         written = []
-    outcome = judge(out_dir, expectations, options, failed.failures, allow_collapsed)
+    saved = plan.saved()
+    outcome = judge(out_dir, expectations, options, failed.failures, allow_collapsed, saved)
     if tracker is not None:
         tracker.log_comparison(written)
         tracker.close(failed=not outcome.passed)
-    return publish(outcome, out_dir, options, publishing, display, time.perf_counter() - started)
+    publish(outcome, out_dir, options, publishing, display, time.perf_counter() - started)
+    return outcome
 
 
 def judge(
@@ -141,10 +139,12 @@ def judge(
     options: SummaryOptions,
     failures: Sequence[RunFailure],
     allow_collapsed: bool = False,
+    saved: SavedPlan | None = None,
 ) -> Outcome:
     """Summarize the comparison's finished runs (with every metric an expectation reads) and
-    judge the expectations on each of its (dataset, model) pairs."""
-    plan = load_saved_plan(out_dir)
+    judge the expectations on each of its (dataset, model) pairs. `saved`: the plan in hand
+    (else `comparison.json` is read)."""
+    plan = saved if saved is not None else load_saved_plan(out_dir)
     if plan is None:
         raise LossbenchError(f"{out_dir} holds no comparison; run `lossbench compare` first")
     run_dirs = [run_dir for run_dir in plan.run_dirs if is_finished(run_dir)]

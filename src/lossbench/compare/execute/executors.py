@@ -30,10 +30,12 @@ from pydantic import ValidationError
 from lossbench.compare.execute.failures import ExecutorFactory, RunHandling
 from lossbench.compare.execute.runner import run_locally
 from lossbench.compare.execute.types import Executor, ExecutorSettings
-from lossbench.errors import LossbenchError
+from lossbench.errors import LossbenchError, validation_failure
 from lossbench.training.config import read_toml
 
 if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
+
     pass
 
 
@@ -58,12 +60,14 @@ def executor_settings(values: dict[str, Any], source: str) -> ExecutorSettings:
     try:
         return ExecutorSettings.model_validate(values)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = f"unknown field; valid fields are: {', '.join(ExecutorSettings.model_fields)}"
-        raise LossbenchError(f"invalid executor.{where} in {source}: {message}") from None
+
+        def describe(where: str, message: str, detail: ErrorDetails) -> str:
+            if detail["type"] == "extra_forbidden":
+                fields = ", ".join(ExecutorSettings.model_fields)
+                message = f"unknown field; valid fields are: {fields}"
+            return f"invalid executor.{where} in {source}: {message}"
+
+        raise validation_failure(error, describe) from None
 
 
 def make_executor(

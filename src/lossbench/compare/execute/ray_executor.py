@@ -251,11 +251,10 @@ def train_with_workers(
     import traceback
 
     from lossbench.compare.execute.ray_train import fit_data_parallel
-    from lossbench.compare.execute.resume import run_status
 
     started = time.perf_counter()
     with run_lock(entry.run_dir, wait=True):
-        if run_status(entry).state == "finished":
+        if is_finished(entry.run_dir):  # settled by the driver: finished by another process
             return RunOutcome(trained=False)
         try:
             fit_data_parallel(

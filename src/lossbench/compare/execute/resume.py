@@ -74,13 +74,16 @@ def settle_runs(
     console: Console,
     retrain_changed: bool = False,
     check: Callable[[list[PlanEntry]], None] | None = None,
+    statuses: Sequence[RunStatus] | None = None,
 ) -> list[PlanEntry]:
     """The entries still to train, after the rules every command that trains follows.
 
     Runs trained with other settings are refused (`refuse_changed`) unless `retrain_changed`;
     `check` (memory fit, budget) then sees the entries to train, before anything is moved; changed
-    and stale folders are moved aside, and reused finished runs are counted on `console`."""
-    statuses = [run_status(entry) for entry in entries]
+    and stale folders are moved aside, and reused finished runs are counted on `console`.
+    `statuses`: the entries' `run_status`, when the caller has read them already."""
+    if statuses is None:
+        statuses = [run_status(entry) for entry in entries]
     changed = [status for status in statuses if status.state == "changed"]
     if changed and not retrain_changed:
         refuse_changed(changed, out_dir)

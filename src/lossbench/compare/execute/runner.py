@@ -21,11 +21,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lossbench.compare.execute.resume import run_status, settle_runs
+from lossbench.compare.execute.resume import RunStatus, settle_runs
 from lossbench.compare.execute.types import Executor, PrepareFn, TrainFn
 from lossbench.compare.plan.build import ComparisonPlan
 from lossbench.data.prepared import PreparedDataset
 from lossbench.training.entry import PlanEntry
+from lossbench.training.run_files import is_finished
 from lossbench.training.run_lock import lock_holder, run_lock
 
 
@@ -36,9 +37,11 @@ def execute_plan(
     retrain_changed: bool = False,
     executor: Executor | None = None,
     memory_budget: int | None = None,
+    statuses: Sequence[RunStatus] | None = None,
 ) -> list[Path]:
     """Refuse or set aside changed runs, check the rest fit (and, given `memory_budget` in
-    bytes, print each loss's estimate and refuse any over it), save the plan, train the rest."""
+    bytes, print each loss's estimate and refuse any over it), save the plan, train the rest.
+    `statuses`: the entries' `run_status`, when the caller has read them already."""
     from lossbench.training.fit_check import check_fits
 
     console = console or Console(quiet=True)
@@ -50,7 +53,7 @@ def execute_plan(
         if memory_budget is not None:
             check_memory_budget(entries, prepare, memory_budget, console)
 
-    todo = settle_runs(plan.entries, plan.out_dir, console, retrain_changed, check)
+    todo = settle_runs(plan.entries, plan.out_dir, console, retrain_changed, check, statuses)
     plan.save()
     return (executor or run_locally)(todo, prepare, console)
 
@@ -131,7 +134,7 @@ def train_unless_finished(
 ) -> bool:
     """Train `entry` (its lock held) unless another process has finished it meanwhile;
     whether it trained (False also for a run that failed and was recorded by `train`)."""
-    if run_status(entry).state == "finished":
+    if is_finished(entry.run_dir):  # settled before: only another process can have finished it
         console.print(f"{entry.run_dir} was finished by another process")
         return False
     console.print(f"[bold]{escape(entry.label)}[/] -> {entry.run_dir}")

@@ -8,8 +8,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lossbench.errors import LossbenchError
-from lossbench.losses import find_loss
 from lossbench.losses.base import NegativeSamplerName
 
 
@@ -31,15 +29,6 @@ class LossArm(BaseModel):
         return (
             {"standard": True, "none": False}.get(value, value) if isinstance(value, str) else value
         )
-
-    @field_validator("loss")
-    @classmethod
-    def _known_loss(cls, name: str) -> str:
-        try:
-            find_loss(name)  # built-in, entry point or import string
-        except LossbenchError as error:
-            raise ValueError(str(error)) from None
-        return name
 
     def overrides(self) -> dict[str, Any]:
         """The TrainConfig fields this arm sets. Negatives outside the user's history are

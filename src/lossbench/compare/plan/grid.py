@@ -12,18 +12,20 @@ command-line flags: the one exception, asked for by name, to "runs differ only i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lossbench.compare.plan.arms import LossArm
-from lossbench.errors import LossbenchError
-from lossbench.losses import find_loss
-from lossbench.models import model_spec
+from lossbench.errors import LossbenchError, joined, validation_failure
 from lossbench.training.config import read_toml
+from lossbench.training.names import Names
 from lossbench.training.run_labels import arm_label
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 ORIGINAL = "original"  # in a grid's losses: each model's published loss
 DEMO_LOSSES = ["bce", "ce", "improved"]
@@ -38,12 +40,13 @@ def _arm(table: dict[str, Any]) -> LossArm:
     try:
         return LossArm.model_validate(table)
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        message = str(first["msg"]).removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = f"an arm sets only {', '.join(LossArm.model_fields)}"
-        raise ValueError(f"{field}: {message}" if field != "loss" else message) from None
+        raise ValueError(str(validation_failure(error, _arm_problem))) from None
+
+
+def _arm_problem(where: str, message: str, detail: ErrorDetails) -> str:
+    if detail["type"] == "extra_forbidden":
+        message = f"an arm sets only {', '.join(LossArm.model_fields)}"
+    return f"{where}: {message}" if where != "loss" else message
 
 
 def _demo_losses() -> list[str | LossArm]:
@@ -81,13 +84,6 @@ class Grid(BaseModel):
                 raise ValueError(f"seed {seed} is out of range; use 0 <= seed < 2**32")
         return seeds
 
-    @field_validator("models")
-    @classmethod
-    def _known_models(cls, names: list[str]) -> list[str]:
-        for name in names:
-            _resolvable(model_spec, name)
-        return names
-
     @field_validator("losses", mode="before")
     @classmethod
     def _tables_are_arms(cls, entries: Any) -> Any:
@@ -96,43 +92,36 @@ class Grid(BaseModel):
             return entries
         return [_arm(entry) if isinstance(entry, dict) else entry for entry in entries]
 
-    @field_validator("losses")
-    @classmethod
-    def _known_losses(cls, names: list[str | LossArm]) -> list[str | LossArm]:
-        for name in names:
-            if isinstance(name, str) and name != ORIGINAL:
-                _resolvable(find_loss, name, f" ('{ORIGINAL}': each model's own)")
-        return names
-
-    @field_validator("baseline")
-    @classmethod
-    def _known_baseline(cls, name: str) -> str:
-        if name != ORIGINAL:
-            _resolvable(find_loss, name.split(" ")[0])  # a loss, or an arm label
-        return name
-
-    def arms_for(self, model: str) -> list[LossArm]:
-        """This model's loss arms, `original` replaced by its published loss, repeats dropped."""
+    def arms_for(self, model: str, names: Names | None = None) -> list[LossArm]:
+        """This model's loss arms, `original` replaced by its published loss, repeats dropped.
+        `names`: the request's resolved names (a fresh set when not given)."""
+        names = names if names is not None else Names()
         arms = [
-            LossArm(loss=model_spec(model).default_loss if entry == ORIGINAL else entry)
+            LossArm(loss=names.default_loss(model) if entry == ORIGINAL else entry)
             if isinstance(entry, str)
             else entry
             for entry in self.losses
         ]
         return list(dict.fromkeys(arms))
 
-    def losses_for(self, model: str, negatives: int | None = None) -> list[str]:
+    def losses_for(
+        self, model: str, negatives: int | None = None, names: Names | None = None
+    ) -> list[str]:
         """The labels of this model's rows: every arm, ordered then shuffled when both.
 
         `negatives`: the grid's shared setting, which an arm's own replaces."""
-        return list(dict.fromkeys(label for _, label in self._labelled(model, negatives)))
+        labelled = self._labelled(model, negatives, names or Names())
+        return list(dict.fromkeys(label for _, label in labelled))
 
-    def baseline_for(self, model: str, negatives: int | None = None) -> str:
+    def baseline_for(
+        self, model: str, negatives: int | None = None, names: Names | None = None
+    ) -> str:
         """The explicit baseline; else the model's own loss if it is compared, else the first.
         A baseline named by its loss alone is that loss's row when it has one."""
-        labelled = self._labelled(model, negatives)
+        names = names if names is not None else Names()
+        labelled = self._labelled(model, negatives, names)
         losses = list(dict.fromkeys(label for _, label in labelled))
-        wanted = model_spec(model).default_loss if self.baseline == ORIGINAL else self.baseline
+        wanted = names.default_loss(model) if self.baseline == ORIGINAL else self.baseline
         if wanted in losses:
             return wanted
         of_loss = list(dict.fromkeys(label for arm, label in labelled if arm.loss == wanted))
@@ -145,34 +134,67 @@ class Grid(BaseModel):
             )
         return losses[0]
 
-    def _labelled(self, model: str, negatives: int | None) -> list[tuple[LossArm, str]]:
+    def _labelled(
+        self, model: str, negatives: int | None, names: Names
+    ) -> list[tuple[LossArm, str]]:
         return [
-            (arm, arm_label(arm.loss, arm.sampler, arm.logq or False, shuffled, count))
-            for arm in self.arms_for(model)
+            (
+                arm,
+                arm_label(
+                    arm.loss,
+                    arm.sampler,
+                    arm.logq or False,
+                    shuffled,
+                    count,
+                    names.loss_spec(arm.loss),
+                ),
+            )
+            for arm in self.arms_for(model, names)
             for shuffled in self.shuffle
             for count in [arm.negatives if arm.negatives is not None else negatives]
         ]
 
 
-def _resolvable(resolve: Callable[[str], object], name: str, note: str = "") -> None:
-    """A validator's check that `name` resolves (built-in, entry point or import string)."""
+def make_grid(values: dict[str, Any], source: str, names: Names | None = None) -> Grid:
+    """Validate grid values and check that its models and losses resolve; every problem is
+    named at once, each by its field (`invalid grid.losses in F: ...`)."""
+    names = names if names is not None else Names()
+    problems: list[LossbenchError] = []
     try:
-        resolve(name)
-    except LossbenchError as error:
-        raise ValueError(f"{error}{note}") from None
-
-
-def make_grid(values: dict[str, Any], source: str) -> Grid:
-    """Validate grid values; a problem names the field (`invalid grid.losses in F: ...`)."""
-    try:
-        return Grid.model_validate(values)
+        grid = Grid.model_validate(values)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = f"unknown field; valid fields are: {', '.join(Grid.model_fields)}"
-        raise LossbenchError(f"invalid grid.{where} in {source}: {message}") from None
+        problems.append(validation_failure(error, partial(_grid_problem, source=source)))
+        grid = None
+    if grid is not None:
+        problems += _unknown_names(grid, source, names)
+    if problems or grid is None:
+        raise joined(problems)
+    return grid
+
+
+def _grid_problem(where: str, message: str, detail: ErrorDetails, source: str) -> str:
+    if detail["type"] == "extra_forbidden":
+        message = f"unknown field; valid fields are: {', '.join(Grid.model_fields)}"
+    return f"invalid grid.{where} in {source}: {message}"
+
+
+def _unknown_names(grid: Grid, source: str, names: Names) -> list[LossbenchError]:
+    """A problem for each model, loss or baseline of `grid` that does not resolve."""
+    wanted: list[tuple[str, str, str]] = [("models", name, "") for name in grid.models]
+    for entry in grid.losses:
+        if isinstance(entry, LossArm):
+            wanted.append(("losses", entry.loss, ""))
+        elif entry != ORIGINAL:
+            wanted.append(("losses", entry, f" ('{ORIGINAL}': each model's own)"))
+    if grid.baseline != ORIGINAL:
+        wanted.append(("baseline", grid.baseline.split(" ")[0], ""))  # a loss, or an arm label
+    problems: list[LossbenchError] = []
+    for field, name, note in wanted:
+        try:
+            names.model(name) if field == "models" else names.loss(name)
+        except LossbenchError as error:
+            problems.append(LossbenchError(f"invalid grid.{field} in {source}: {error}{note}"))
+    return problems
 
 
 def read_grid_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -205,29 +227,3 @@ def read_grid_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if per_loss:
         grid["per_loss"] = per_loss
     return grid, settings
-
-
-def under_flags(per_loss: dict[str, dict[str, Any]], flags: dict[str, Any]) -> dict[str, Any]:
-    """Per-loss settings without those the command-line flags give: a flag wins everywhere."""
-    given = {name for name, value in flags.items() if value is not None}
-    given_model = set(flags.get("model_settings") or {})
-    kept: dict[str, dict[str, Any]] = {}
-    for loss, settings in per_loss.items():
-        own = {k: v for k, v in settings.items() if k not in given and k != "model_settings"}
-        model_settings = {
-            k: v for k, v in (settings.get("model_settings") or {}).items() if k not in given_model
-        }
-        kept[loss] = own | ({"model_settings": model_settings} if model_settings else {})
-    return kept
-
-
-def merge_settings(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Later layers win; `model_settings` merge key by key; None means "not given"."""
-    merged: dict[str, Any] = {}
-    model_settings: dict[str, Any] = {}
-    for layer in layers:
-        model_settings.update(layer.get("model_settings") or {})
-        merged.update({k: v for k, v in layer.items() if k != "model_settings" and v is not None})
-    if model_settings:
-        merged["model_settings"] = model_settings
-    return merged

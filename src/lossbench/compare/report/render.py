@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from lossbench.atomic import atomic_path
-from lossbench.compare.plan.build import load_saved_plan
+from lossbench.compare.plan.build import SavedPlan, load_saved_plan
 from lossbench.compare.report.figures import (
     FRONTIER,
     QUALITY_VS_TIME,
@@ -59,11 +59,13 @@ def load_comparison(
     options: SummaryOptions,
     baseline: str | None = None,
     allow_mixed: bool = False,
+    saved: SavedPlan | None = None,
 ) -> Comparison:
-    """The finished runs of DIR (those `comparison.json` names, else all) and their summary."""
+    """The finished runs of DIR (those `comparison.json` names, else all) and their summary.
+    `saved`: the plan in hand, when this process wrote `comparison.json`."""
     if not out_dir.is_dir():
         raise LossbenchError(f"{out_dir} is not a folder; give the --out folder of a comparison")
-    plan = load_saved_plan(out_dir)
+    plan = saved if saved is not None else load_saved_plan(out_dir)
     per_loss: set[str] = set()  # settings some losses have of their own, by the plan
     if plan is not None:
         run_dirs, baselines, order = plan.run_dirs, dict(plan.baselines), plan.loss_order
@@ -104,11 +106,12 @@ def render_report(
     *,
     print_only: bool = False,
     markdown_file: Path | None = None,
+    saved: SavedPlan | None = None,
 ) -> list[Path]:
     """Re-render everything from the finished runs of DIR; return the files written (none
     with `print_only`: the tables go to the console only). `markdown_file`: also write the
     comparison table there as markdown (the text of summary.md)."""
-    comparison = load_comparison(out_dir, options, baseline, allow_mixed)
+    comparison = load_comparison(out_dir, options, baseline, allow_mixed, saved)
     return present_report(
         comparison, out_dir, options, console, print_only=print_only, markdown_file=markdown_file
     )
