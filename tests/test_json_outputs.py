@@ -118,7 +118,7 @@ def test_verify_json_names_each_dataset_and_its_problems(tmp_path: Path) -> None
     (report,) = document["datasets"]
     assert document["passed"] is True and report["name"] == "synthetic"
     assert report["problems"] == [] and report["checked"] == ["11 prepared files (loo)"]
-    assert "synthetic: ok, size and sha256 match (5 prepared files (loo))" in result.stderr
+    assert "synthetic: ok, size and sha256 match (11 prepared files (loo))" in result.stderr
     (tmp_path / "synthetic/prepared/meta.json").write_text("{")
     damaged = CliRunner().invoke(app, ["--data-dir", str(tmp_path), "verify", "--json"])
     assert damaged.exit_code == 1
