@@ -15,10 +15,13 @@ On a machine without CUDA it says so in one line and exits 0. Sections, in this 
 2. `softmax`: the full softmax's loss step, fp32 against bf16 (the bf16 path: bf16 logits and
    gradient products, fp32 sums), on one training batch of beauty-s3rec and lastfm: median
    milliseconds, GFLOP/s beside the device's matmul rates for the same shapes, peak memory,
-   and bf16's relative difference from fp32 in the loss and both gradients.
+   and bf16's relative difference from fp32 in the loss and both gradients; then the same
+   step on each backend (`chunked` and `cut-cross-entropy`), fp32 and bf16, interleaved:
+   median milliseconds, peak memory, and Cut Cross-Entropy's difference from `chunked`.
 3. `epochs`: SASRec epochs of bce and improved on lastfm and beauty-s3rec, fp32 and bf16,
    eager then `--compile`: seconds (each epoch ends on a device sync), validation seconds,
-   peak GPU memory (`torch.cuda.max_memory_allocated`), and torch.compile's graph counts.
+   peak GPU memory (`torch.cuda.max_memory_allocated`), torch.compile's graph counts, and
+   the softmax backend the run used (`cut-cross-entropy` on CUDA when installed).
 4. `million_items`: sasrec + improved steps on a 1,000,000-item catalogue, fp32 and bf16.
 5. `compare`: one whole `lossbench compare --smoke` in a fresh process (`compare_smoke`).
 
@@ -38,6 +41,7 @@ import argparse
 import functools
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,7 +57,7 @@ import polars as pl
 import torch
 
 import lossbench
-from bf16_profile import matmul_rates, softmax_step
+from bf16_profile import autocast, matmul_rates, softmax_step, synchronize
 from harness import (
     MILLION,
     catalogue_step_config,
@@ -64,6 +68,10 @@ from harness import (
 )
 from lossbench.atomic import write_json
 from lossbench.errors import LossbenchError
+from lossbench.losses import resolve_loss
+from lossbench.losses.base import LossFn, LossInputs, LossParams
+from lossbench.losses.full_softmax import full_softmax_ce
+from lossbench.losses.softmax_backend import cce_installed, cce_softmax_ce, softmax_backend
 from lossbench.paths import default_data_dir
 from lossbench.training.softmax_chunk import cpu_model_name
 from parity import cce_parity, chunk_bits, fast_path_parity
@@ -230,7 +238,70 @@ def softmax_entry(
 ) -> dict[str, Any]:
     """The loss step fp32 against bf16, and the matmul rates of its shapes (GFLOP/s)."""
     rates = matmul_rates(positions, n_items, repeats=3, device=device, square=square)
-    return {**softmax_step(positions, n_items, rounds=9, device=device), "matmul": rates}
+    step = softmax_step(positions, n_items, rounds=9, device=device)
+    if device.type == "cuda" and cce_installed():
+        backends = backend_steps(positions, n_items, 9, device, BACKENDS)
+    else:
+        backends = {"skipped": "cut-cross-entropy needs CUDA and `lossbench[cce]`"}
+    return {**step, "matmul": rates, "backends": backends}
+
+
+BACKENDS: dict[str, LossFn] = {"chunked": full_softmax_ce, "cut-cross-entropy": cce_softmax_ce}
+
+
+def backend_steps(
+    positions: int, n_items: int, rounds: int, device: torch.device, backends: dict[str, LossFn]
+) -> dict[str, Any]:
+    """The loss step (forward + backward, under training's autocast) of each backend in fp32
+    and bf16, interleaved: median milliseconds, peak memory on CUDA, and each backend's
+    relative difference from the first one's loss and gradients at the same precision."""
+    generator = torch.Generator().manual_seed(0)
+    table = (torch.randn(n_items + 1, 64, generator=generator) * 0.05).to(device)
+    hidden = (torch.randn(positions, 64, generator=generator) * 0.5).to(device)
+    targets = torch.randint(1, n_items + 1, (positions,), generator=generator).to(device)
+    table.requires_grad_()
+    hidden.requires_grad_()
+
+    def step(fn: LossFn, precision: str) -> tuple[float, list[torch.Tensor]]:
+        table.grad, hidden.grad = None, None
+        synchronize(device)
+        start = time.perf_counter()
+        with autocast(precision, device):
+            loss = fn(LossInputs(hidden, targets, table), LossParams())
+        loss.backward()
+        synchronize(device)
+        assert hidden.grad is not None and table.grad is not None
+        return time.perf_counter() - start, [loss.detach(), hidden.grad, table.grad]
+
+    cases = [(name, precision) for name in backends for precision in ("fp32", "bf16")]
+    results, memory = {}, {}
+    for name, precision in cases:  # warm-up (kernels compiled), results, peak memory
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        results[name, precision] = step(backends[name], precision)[1]
+        if device.type == "cuda":
+            memory[name, precision] = torch.cuda.max_memory_allocated(device) / 2**20
+    seconds: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
+    for _ in range(rounds):
+        for case in cases:  # interleaved: drift hits every case alike
+            seconds[case].append(step(backends[case[0]], case[1])[0])
+    first = next(iter(backends))
+    entries: dict[str, Any] = {}
+    for name, precision in cases:
+        entry: dict[str, Any] = {"ms": 1e3 * statistics.median(seconds[name, precision])}
+        if (name, precision) in memory:
+            entry["peak_memory_mb"] = memory[name, precision]
+        entry["relative_difference"] = {
+            part: float((mine.float() - theirs.float()).norm() / theirs.float().norm())
+            for part, mine, theirs in zip(
+                ("loss", "grad_hidden", "grad_table"),
+                results[name, precision],
+                results[first, precision],
+                strict=True,
+            )
+        }
+        entries[f"{name} {precision}"] = entry
+    return entries
 
 
 def epochs_section(
@@ -274,7 +345,9 @@ def epoch_entry(
     )
     with compile_counters(what["compile"]) as graphs:
         result = timed_run(config, datasets[name])
-    return {**result, **({"torch_compile": graphs} if what["compile"] else {})}
+    backend = softmax_backend(resolve_loss(what["loss"]), torch.device(plan.device))
+    compiled = {"torch_compile": graphs} if what["compile"] else {}
+    return {**result, "loss_backend": backend, **compiled}
 
 
 def million_items_section(plan: Plan, report: Report) -> None:

@@ -1,18 +1,28 @@
-"""Scale benchmark: generate an ML-20M-shaped (or larger) ratings file, prepare it, train one
-epoch of SASRec (max length 200) per loss; wall time, peak memory and tokens per second.
+"""Scale benchmark: generate an ML-20M-shaped (or larger) ratings file, prepare it, train
+SASRec (max length 200) per loss; wall time, peak memory and tokens per second.
 
     python bench/scale.py --rows 20000000                 # generate, prepare, train every loss
     python bench/scale.py --rows 100000000 --no-train     # generate and prepare only
-    python bench/scale.py --rows 20000000 --train-users 20000 --losses sampled-ce
+    python bench/scale.py --rows 20000000 --steps 40 --losses improved,sce
     python bench/scale.py --rows 20000000 --in-memory     # also prepare on the in-memory path
 
 The file is generated (seeded, `--seed`) in MovieLens's `userId,movieId,rating,timestamp`
 layout, one user block at a time, at ML-20M's shape scaled by `--rows`: users in proportion
 (138,493 at 20,000,263 rows), items with the square root of the scale (26,744 at 20M), a
 log-normal length per user, every (user, item) at most once. Each phase runs in its own
-process, so each peak (ru_maxrss) is that phase's own. Training reads the prepared folder;
-`--train-users N` trains on N users drawn at random (the tokens/s holds, the epoch is
-shorter). Everything is written under `--work` (default: a temporary folder, removed after).
+process, so each peak (ru_maxrss) is that phase's own: a training phase's covers reading the
+prepared folder (memory-mapped), building the run (batches, evaluators, model, sampler), its
+training steps and, with `--evaluate`, a validation pass over the full catalogue.
+
+Training runs `--steps N` steps of the epoch (default: all of it) in the epoch's own random
+order, the first one untimed (warm-up); with fewer steps than the epoch the epoch's time is
+extrapolated from the mean step (and printed as such), and tokens/s is that of the steps
+timed. `--evaluate first` (default) ranks the full catalogue for the validation users after
+the first loss's steps only (the pass is the same for every loss: same model, same blocks);
+`all` after every loss, `none` never; `--eval-users N` ranks a seeded sample of N of them
+(the same blocks, so the same peak) and extrapolates the pass's time to all. Progress goes
+to stderr at least once a minute. Everything is written under `--work` (default: a
+temporary folder, removed after).
 """
 
 from __future__ import annotations
@@ -32,9 +42,11 @@ import numpy as np
 import polars as pl
 
 ML20M_ROWS, ML20M_USERS, ML20M_ITEMS = 20_000_263, 138_493, 26_744
-LOSSES = ("improved", "sampled-ce")
-SCALABLE = ("sce", "rece")  # trained too when this lossbench registers them
+LOSSES = ("improved", "sampled-ce", "sce", "rece", "scaled-ce")
 MAX_LEN = 200
+PROGRESS_SECONDS = 30.0  # at most this long between two progress lines of a phase
+HEARTBEAT_SECONDS = 60.0  # a line while a phase's process runs, at least this often
+EVAL_PARTS = 8  # the validation pass in this many interleaved parts, a line after each
 BLOCK_ROWS = 2_000_000  # rows generated and written at a time
 
 
@@ -58,9 +70,13 @@ def generate(path: Path, rows: int, seed: int) -> dict[str, int]:
     strides[np.gcd(strides, n_items) != 1] = 1
     starts = rng.integers(0, n_items, n_users)
     ends = np.cumsum(lengths)
+    last_line = time.perf_counter()
     with path.open("wb") as stream:
         first = 0
         while first < n_users:  # a block of whole users, about BLOCK_ROWS rows
+            if time.perf_counter() - last_line >= PROGRESS_SECONDS:
+                say(f"  generating: {int(ends[first]):,} of {rows:,} rows")
+                last_line = time.perf_counter()
             last = int(np.searchsorted(ends, ends[first] - lengths[first] + BLOCK_ROWS)) + 1
             last = min(max(last, first + 1), n_users)
             block = _user_block(rng, first, last, lengths, strides, starts, n_items)
@@ -147,41 +163,137 @@ def prepare_phase(csv: Path, data_dir: Path, in_memory: bool) -> dict[str, Any]:
     }
 
 
-def train_phase(data_dir: Path, loss: str, train_users: int | None) -> dict[str, Any]:
-    """One epoch of SASRec + `loss` (max length 200), validated once, not tested."""
+def say(text: str) -> None:
+    """A progress line on stderr (the parent passes it through, unbuffered)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def train_phase(
+    data_dir: Path, loss: str, steps: int | None, evaluate: bool, eval_users: int | None
+) -> dict[str, Any]:
+    """`steps` training steps of SASRec + `loss` (max length 200; None: the whole epoch),
+    then, with `evaluate`, a validation pass (`validation_pass`). The run is built as
+    `lossbench train` builds it (`set_up`); the steps are the loop's own, without its
+    per-epoch bookkeeping."""
     import torch
+    from rich.console import Console
 
     from lossbench.data.prepared import load_prepared
     from lossbench.training.config import build_config
-    from lossbench.training.loop import train_run
+    from lossbench.training.entry import plan_entry
+    from lossbench.training.loop import RunHooks, set_up
 
-    dataset = load_prepared(data_dir, "scale")
-    overrides: dict[str, Any] = {
-        "dataset": "scale",
-        "model": "sasrec",
-        "loss": loss,
-        "max_epochs": 1,
-        "patience": 2,
-        "model_settings": {"max_len": MAX_LEN},
-        "sample_users": train_users,
-    }
-    config = build_config(overrides={k: v for k, v in overrides.items() if v is not None})
-    lengths = np.diff(dataset.train_offsets)
-    if train_users is not None and train_users < len(lengths):
-        lengths = lengths[np.random.default_rng(0).choice(len(lengths), train_users, False)]
-    tokens = int(np.minimum(np.maximum(lengths - 1, 0), MAX_LEN).sum())  # approx. if sampled
+    overrides = {"dataset": "scale", "model": "sasrec", "loss": loss, "max_epochs": 1}
+    config = build_config(overrides={**overrides, "model_settings": {"max_len": MAX_LEN}})
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as run_dir:
-        result = train_run(config, dataset, Path(run_dir), evaluate_test=False)
-    seconds = result.history[0]["train_seconds"]
+        dataset = load_prepared(data_dir, "scale")
+        run = set_up(plan_entry(config, Path(run_dir)), dataset, Console(quiet=True), RunHooks())
+        row: dict[str, Any] = {"loss": loss, "setup_seconds": time.perf_counter() - started}
+        row["setup_peak_gib"] = peak_gib()
+        batcher = run.batcher
+        epoch_steps = len(batcher)
+        row["epoch_steps"] = epoch_steps
+        row["epoch_tokens"] = int((batcher.lengths[batcher.users] - 1).sum())
+        row |= timed_steps(run, min(steps or epoch_steps, epoch_steps), loss)
+        row["train_peak_gib"] = peak_gib()
+        row["extrapolated"] = row["steps"] < epoch_steps
+        row["epoch_seconds"] = row["step_seconds"] * epoch_steps
+        if evaluate:
+            row |= validation_pass(run, loss, eval_users)
+        row["peak_gib"] = peak_gib()
+        row["threads"] = torch.get_num_threads()
+    return row
+
+
+def timed_steps(run: Any, steps: int, loss: str) -> dict[str, Any]:
+    """`steps` steps of the epoch's batches, as `loop.train_epoch` runs them; the first is
+    the warm-up (untimed unless it is the only one)."""
+    import torch
+
+    device = run.entry.device
+    run.model.train()
+    loss_sum = torch.zeros(())
+    times: list[float] = []
+    tokens: list[int] = []
+    last_line = time.perf_counter()
+    batches = run.batcher.epoch()
+    for step in range(steps):
+        parts = next(batches)
+        started = time.perf_counter()
+        run.optimizer.zero_grad(set_to_none=True)
+        with run.autocast():
+            step_loss = run.step([part.to(device) for part in parts])
+        step_loss.backward()
+        loss_sum += step_loss.detach()
+        run.optimizer.step()
+        run.threads.tick()
+        times.append(time.perf_counter() - started)
+        tokens.append(sum(int(torch.count_nonzero(part.inputs)) for part in parts))
+        if time.perf_counter() - last_line >= PROGRESS_SECONDS or step + 1 == steps:
+            say(f"  {loss}: step {step + 1}/{steps}, {sum(times):.0f} s, last {times[-1]:.1f} s")
+            last_line = time.perf_counter()
+    timed = slice(1, None) if steps > 1 else slice(None)
+    seconds, timed_tokens = sum(times[timed]), sum(tokens[timed])
     return {
-        "loss": loss,
-        "train_seconds": seconds,
-        "eval_seconds": result.history[0]["eval_seconds"],
-        "tokens": tokens,
-        "tokens_per_second": tokens / seconds,
-        "peak_gib": peak_gib(),
-        "run_peak_mb": result.metrics.get("peak_memory_mb"),
-        "threads": torch.get_num_threads(),
+        "steps": steps,
+        "train_seconds": sum(times),
+        "step_seconds": seconds / len(times[timed]),
+        "tokens": sum(tokens),
+        "tokens_per_second": timed_tokens / seconds,
+        "mean_loss": float(loss_sum) / steps,
+    }
+
+
+def validation_pass(run: Any, loss: str, users: int | None) -> dict[str, Any]:
+    """Validation users ranked over the full catalogue (seen items excluded) as the run's
+    evaluator ranks them: all of them, or a seeded sample of `users` (blocks of the same
+    size and the same range of history lengths, so the same peak; the pass's time is then
+    extrapolated to every user). In `EVAL_PARTS` interleaved parts of the blocks, so progress
+    can be shown; the parts' ranks sum to the whole pass's."""
+    import torch
+
+    from lossbench.data.sequences import EvaluationSet, select_rows
+    from lossbench.evaluation.metrics import metrics_from_ranks
+    from lossbench.training.evaluate import Evaluator, score_block_rows
+    from lossbench.training.memory import available_memory_bytes
+
+    full, evaluator = run.valid.evaluation_set, run.valid
+    everyone = len(full.targets)
+    if users is not None and users < everyone:
+        rows = np.sort(np.random.default_rng(0).choice(everyone, users, replace=False))
+        offsets, items = select_rows(full.seen_offsets.numpy(), full.seen_items.numpy(), rows)
+        sample = EvaluationSet(
+            lengths=full.lengths[rows],
+            targets=full.targets[rows],
+            seen_offsets=torch.from_numpy(offsets),
+            seen_items=torch.from_numpy(items),
+            user_rows=full.rows()[rows],
+        )
+        evaluator = Evaluator(
+            sample, evaluator.batch_size, evaluator.exclude_seen, evaluator.device,
+            seen_targets=evaluator.seen_targets,
+        )  # fmt: skip
+    started = time.perf_counter()
+    ranks = torch.zeros(len(evaluator.targets), dtype=torch.int64)
+    for part in range(EVAL_PARTS):
+        with run.autocast():
+            ranks += evaluator.evaluate(run.model, shard=(part, EVAL_PARTS)).ranks
+        say(
+            f"  {loss}: validation part {part + 1}/{EVAL_PARTS} ({len(ranks):,} users), "
+            f"{time.perf_counter() - started:.0f} s"
+        )
+    seconds = time.perf_counter() - started
+    n_items = run.item_counts.shape[0] - 1
+    free = available_memory_bytes(run.entry.device)
+    return {
+        "eval_seconds": seconds * everyone / len(ranks),
+        "eval_extrapolated": len(ranks) < everyone,
+        "eval_users": len(ranks),
+        "valid_users": everyone,
+        "eval_peak_gib": peak_gib(),
+        "valid_ndcg@10": metrics_from_ranks(ranks, [10])["ndcg@10"],
+        "score_block_rows": score_block_rows(n_items, evaluator.batch_size, free),
     }
 
 
@@ -195,7 +307,8 @@ def rss_gib() -> float:
 
 def memory_phase(data_dir: Path) -> dict[str, Any]:
     """What a run holds before its first step, piece by piece (resident GiB after each):
-    the prepared arrays, the padded sequence tensors, the two evaluators, one score block."""
+    the prepared arrays (memory-mapped), the sequence tensors (training windows, seen-item
+    CSRs), the two evaluators, one score block."""
     import torch
 
     from lossbench.data.prepared import load_prepared
@@ -220,20 +333,29 @@ def memory_phase(data_dir: Path) -> dict[str, Any]:
 
 def child(arguments: list[str]) -> dict[str, Any]:
     """Run one phase of this script in a fresh process; its JSON line."""
-    done = subprocess.run(
-        [sys.executable, __file__, *arguments], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        sys.exit(f"error: phase {arguments[:2]} failed: {done.stderr.strip().splitlines()[-1:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    started = time.perf_counter()
+    command = [sys.executable, __file__, *arguments]
+    # Its progress lines (stderr) pass through as they come; a line at least every minute.
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        while True:
+            try:
+                stdout, _ = process.communicate(timeout=HEARTBEAT_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                say(f"  {arguments[1]}: running for {time.perf_counter() - started:.0f} s")
+    if process.returncode != 0:
+        sys.exit(f"error: phase {arguments[:2]} failed (exit {process.returncode}; see above)")
+    return dict(json.loads(stdout.strip().splitlines()[-1]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=ML20M_ROWS)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--losses", default=None, help="default: improved, sampled-ce, sce, rece")
-    parser.add_argument("--train-users", type=int, default=None)
+    parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated")
+    parser.add_argument("--steps", type=int, default=None, help="per loss; default: the epoch")
+    parser.add_argument("--evaluate", choices=("first", "all", "none"), default="first")
+    parser.add_argument("--eval-users", type=int, default=None, help="default: every user")
     parser.add_argument("--no-train", action="store_true")
     parser.add_argument("--in-memory", action="store_true", help="also the in-memory path")
     parser.add_argument("--work", type=Path, default=None)
@@ -244,7 +366,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.phase is not None:  # inside a child process
         if args.phase == "train":
-            row = train_phase(args.work, args.loss, args.train_users)
+            evaluate = args.evaluate != "none"
+            row = train_phase(args.work, args.loss, args.steps, evaluate, args.eval_users)
         elif args.phase == "memory":
             row = memory_phase(args.work)
         else:
@@ -264,21 +387,20 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     results["file"]["seconds"] = time.perf_counter() - start
     base = ["--work", str(work), "--file", str(csv)]
     phases = ["prepare-in-memory", "prepare"] if args.in_memory else ["prepare"]
+    say(f"generated {args.rows:,} rows; preparing")
     results["prepare"] = [child(["--phase", phase, *base]) for phase in phases]
     results["memory"] = child(["--phase", "memory", *base])
     results["train"] = []
     if not args.no_train:
-        users = ["--train-users", str(args.train_users)] if args.train_users else []
-        for loss in (args.losses or default_losses()).split(","):
-            row = child(["--phase", "train", "--loss", loss, *users, *base])
-            results["train"].append(row)
+        steps = ["--steps", str(args.steps)] if args.steps else []
+        for index, loss in enumerate(args.losses.split(",")):
+            evaluate = args.evaluate == "all" or (args.evaluate == "first" and index == 0)
+            say(f"training sasrec + {loss}")
+            flags = ["--evaluate", "first" if evaluate else "none", *steps]
+            if args.eval_users:
+                flags += ["--eval-users", str(args.eval_users)]
+            results["train"].append(child(["--phase", "train", "--loss", loss, *flags, *base]))
     return results
-
-
-def default_losses() -> str:
-    from lossbench.losses import LOSSES as REGISTERED
-
-    return ",".join([*LOSSES, *(name for name in SCALABLE if name in REGISTERED)])
 
 
 def report(results: dict[str, Any], as_json: bool) -> None:
@@ -302,12 +424,21 @@ def report(results: dict[str, Any], as_json: bool) -> None:
     print(f"a run's data before training, resident GiB after each: {pieces}")
     print(f"  (score blocks of {memory['score_block_rows']} users)")
     for row in results["train"]:
+        epoch = "extrapolated from" if row["extrapolated"] else "measured over"
         print(
-            f"sasrec + {row['loss']} (max length {MAX_LEN}), one epoch: "
-            f"{row['train_seconds']:.0f} s train ({row['tokens_per_second']:,.0f} tokens/s), "
-            f"{row['eval_seconds']:.0f} s validation, peak {row['peak_gib']:.2f} GiB "
-            f"(the run's own: {row['run_peak_mb'] / 1024:.2f} GiB), {row['threads']} threads"
+            f"sasrec + {row['loss']} (max length {MAX_LEN}): epoch {row['epoch_seconds']:,.0f} s "
+            f"({epoch} {row['steps']} of {row['epoch_steps']} steps, "
+            f"{row['step_seconds']:.2f} s a step), {row['tokens_per_second']:,.0f} tokens/s; "
+            f"peak {row['peak_gib']:.2f} GiB (set-up {row['setup_peak_gib']:.2f}, "
+            f"steps {row['train_peak_gib']:.2f}), {row['threads']} threads"
         )
+        if "eval_seconds" in row:
+            sampled = f"extrapolated from {row['eval_users']:,}" if row["eval_extrapolated"] else ""
+            print(
+                f"  validation, {row['valid_users']:,} users x the full catalogue: "
+                f"{row['eval_seconds']:,.0f} s {sampled}, peak {row['eval_peak_gib']:.2f} GiB "
+                f"(blocks of {row['score_block_rows']} users)"
+            )
 
 
 if __name__ == "__main__":

@@ -151,7 +151,8 @@ def _plain_epochs(
     epochs: int,
 ) -> float:
     sequences = build_sequence_tensors(dataset, max_len=max_len)
-    windows, lengths = sequences.train_windows, sequences.train_lengths  # (U, max_len + 1)
+    windows = sequences.train_windows.long()  # (U, max_len + 1), held as int32
+    lengths = sequences.train_lengths
     users = torch.nonzero(lengths >= 2).squeeze(1)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     best = float("inf")

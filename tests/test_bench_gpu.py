@@ -77,6 +77,7 @@ def check_document(document: dict, compiled: str) -> None:
         assert "error" not in entry, entry
         if entry["precision"] == "fp32" and (compiled == "ran" or not entry["compile"]):
             assert entry["epochs"] == 2 and entry["train_seconds_fastest"] > 0
+            assert entry["loss_backend"] == ("chunked" if entry["loss"] == "improved" else None)
             assert entry["train_seconds_median"] >= entry["train_seconds_fastest"]
             assert entry["peak_memory_mb"] > 0 and 0 <= entry["test_ndcg@10"] <= 1
         elif entry["compile"] and compiled == "skipped":
@@ -85,6 +86,7 @@ def check_document(document: dict, compiled: str) -> None:
     assert [e["dataset"] for e in softmax] == ["synthetic"] and "error" not in softmax[0]
     assert softmax[0]["fp32_ms"] > 0 and softmax[0]["bf16_ms"] > 0
     assert softmax[0]["bf16_relative_difference"]["loss"] < 1e-2  # bf16 near fp32
+    assert "needs CUDA" in softmax[0]["backends"]["skipped"]  # Cut Cross-Entropy: CUDA only
     assert [r["product"] for r in softmax[0]["matmul"]][1:] == [
         "logits N x D x V",
         "grad hidden N x V x D",
@@ -130,3 +132,25 @@ def test_a_failing_entry_is_recorded_and_the_rest_runs(tmp_path: Path) -> None:
     assert "skipped" in gpu.measured({}, lambda: {"x": 2}, report, reserve=1e6)
     report.add("section", entry)
     assert json.loads((tmp_path / "r.json").read_text())["section"] == [entry]
+
+
+def test_backend_steps_time_each_backend_and_precision() -> None:
+    """The backends' section on CPU, with the chunked softmax standing in for Cut
+    Cross-Entropy (CUDA only) and a wrong softmax beside them: every backend in fp32 and bf16,
+    its median time and its difference from the first backend."""
+    from lossbench.losses.base import LossInputs, LossParams
+    from lossbench.losses.full_softmax import full_softmax_ce
+
+    def doubled(inputs: LossInputs, params: LossParams) -> torch.Tensor:
+        return 2 * full_softmax_ce(inputs, params)
+
+    backends = {"chunked": full_softmax_ce, "same": full_softmax_ce, "doubled": doubled}
+    entries = gpu.backend_steps(64, 300, 2, torch.device("cpu"), backends)
+    assert list(entries) == [f"{n} {p}" for n in backends for p in ("fp32", "bf16")]
+    for name, entry in entries.items():
+        assert entry["ms"] > 0 and "peak_memory_mb" not in entry  # memory: CUDA only
+        difference = entry["relative_difference"]
+        if name.startswith("doubled"):
+            assert difference["loss"] == pytest.approx(1.0, rel=1e-3)
+        else:
+            assert difference == {"loss": 0.0, "grad_hidden": 0.0, "grad_table": 0.0}

@@ -73,7 +73,6 @@ def test_the_loss_clock_counts_forward_and_backward_to_the_hidden_states() -> No
 def three_users() -> EvaluationSet:
     """Histories [3], [1], [4]; targets 1, 2, 2."""
     return EvaluationSet(
-        inputs=torch.tensor([[0, 3], [0, 1], [0, 4]]),
         lengths=torch.tensor([1, 1, 1]),
         targets=torch.tensor([1, 2, 2]),
         seen_offsets=torch.tensor([0, 1, 2, 3]),

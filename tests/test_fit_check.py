@@ -13,6 +13,9 @@ from typer.testing import CliRunner
 from lossbench.cli import app
 from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
+from lossbench.losses import LOSSES, LossParams
+from lossbench.losses.full_softmax import softmax_chunk_for
+from lossbench.losses.reduced_ce import rece_memory_bytes
 from lossbench.training import fit_check, memory
 from lossbench.training.config import build_config
 from lossbench.training.entry import plan_entry
@@ -113,3 +116,75 @@ def test_the_memory_refusal_names_the_setting_that_dominates(
     assert estimate_step_memory(entry, dataset).setting == (
         "eval_batch_size (1,000,000) in a --config file"
     )
+
+
+def test_the_gathered_negatives_count_only_the_chunk_held_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = make_synthetic_prepared(n_users=300, n_items=400, mean_length=30.0, seed=0)
+    overrides = {"loss": "bce", "negatives": 300, "model_settings": {"max_len": 50}}
+    entry = plan_entry(build_config(overrides=overrides), tmp_path)
+    whole = estimate_step_memory(entry, dataset)
+    positions = 256 * min(50, int(dataset.train_lengths.max()))
+    # scored in chunks of 2^20 gathered elements (`negative_scores`): only those are held
+    monkeypatch.setattr(fit_check, "GATHER_ELEMENTS", 1 << 20)
+    chunked = estimate_step_memory(entry, dataset)
+    assert whole.total_bytes - chunked.total_bytes == (positions * 300 * 64 - (1 << 20)) * 4 * 2
+
+
+# A loss's fp32 forward and backward in a fresh interpreter: the growth of its peak resident
+# memory over what the process held before (torch and the inputs), in bytes.
+MEASURE_LOSS_PEAK = """
+import sys, torch
+from lossbench.losses import LOSSES, LossInputs, LossParams
+from lossbench.training.memory import peak_memory_mb, reset_peak_memory, resident_bytes
+name, n, n_items, dim = sys.argv[1], *map(int, sys.argv[2:])
+generator = torch.Generator().manual_seed(0)
+hidden = torch.randn(n, dim, generator=generator).requires_grad_()
+table = torch.randn(n_items + 1, dim, generator=generator).requires_grad_()
+targets = torch.randint(1, n_items + 1, (n,), generator=generator)
+cpu = torch.device("cpu")
+reset_peak_memory(cpu)
+before = resident_bytes(cpu)
+inputs = LossInputs(hidden, targets, table, generator=generator)
+LOSSES[name].fn(inputs, LossParams()).backward()
+print(int(peak_memory_mb(cpu) * 2**20) - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS reset: Linux only")
+@pytest.mark.parametrize(("loss", "n_items"), [("sce", 400_000), ("rece", 100_000)])
+def test_a_searched_catalogue_estimate_is_within_2x_of_the_measured_peak(
+    loss: str, n_items: int
+) -> None:
+    """sce and rece declare their own memory (not the full softmax's chunk of logits); on
+    1,000 positions x 32 dims the declared bytes are within a factor 2 of the measured
+    growth of the peak (tens of MB; the allocator's rounding is the slack)."""
+    n, dim = 1_000, 32
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE_LOSS_PEAK, loss, str(n), str(n_items), str(dim)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    measured = int(done.stdout.strip().splitlines()[-1])
+    declared = fit_check.SEARCHED_CATALOGUE[LOSSES[loss].fn](n, n_items, dim, LossParams())
+    assert measured > 20 * 2**20  # large enough to compare
+    assert measured / 2 <= declared <= 2 * measured, (declared, measured)
+
+
+def test_the_plan_counts_a_searched_catalogue_by_its_declared_cost(tmp_path: Path) -> None:
+    """rece's term is what it declares, where the full softmax's is its chunk of logits (the
+    weights, activations and evaluation terms are the same for both)."""
+    dataset = make_synthetic_prepared(n_users=300, n_items=400, mean_length=30.0, seed=0)
+    rece_entry = plan_entry(build_config(overrides={"loss": "rece"}), tmp_path)
+    improved_entry = plan_entry(build_config(overrides={"loss": "improved"}), tmp_path)
+    positions = 256 * min(50, int(dataset.train_lengths.max()))
+    declared = rece_memory_bytes(positions, dataset.n_items, 64, rece_entry.loss.params)
+    chunk = softmax_chunk_for(torch.device("cpu"), None)
+    chunk_logits = min(positions * dataset.n_items, chunk) * 4 * 3  # logits, softmax, gradient
+    difference = (
+        estimate_step_memory(rece_entry, dataset).total_bytes
+        - estimate_step_memory(improved_entry, dataset).total_bytes
+    )
+    assert difference == declared - chunk_logits

@@ -18,7 +18,7 @@ from lossbench.cli.app import logq_words
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
-from lossbench.losses import LOSSES, LossInputs, LossParams, LossSpec
+from lossbench.losses import LOSSES, LossInputs, LossParams, LossSpec, reduced_ce
 from lossbench.losses.full_softmax import full_softmax_ce
 from lossbench.losses.reduced_ce import rece, rece_buckets
 from lossbench.losses.sampled_softmax import corrected_logq_ce, sampled_ce, scaled_ce
@@ -126,14 +126,16 @@ def test_catalogue_topk_over_chunks_is_the_topk(monkeypatch: pytest.MonkeyPatch)
 # --- rece ---------------------------------------------------------------------------------
 
 
-def plain_rece(hidden: Tensor, table: Tensor, targets: Tensor, rounds: int, extra: int) -> Tensor:
+def plain_rece(
+    hidden: Tensor, table: Tensor, targets: Tensor, rounds: int, extra: int, seed: int = 0
+) -> Tensor:
     """RECE written out: per round, bucket by argmax, sort by (bucket, projection), chunks,
     windows of 2e + 1 item chunks; per position one softmax over the union of its candidates
     (each once, never its positive) and its positive."""
     n, dim = hidden.shape
     n_items = table.shape[0] - 1
     n_buckets = max(1, min(rece_buckets(n, n_items, extra), n, n_items))
-    directions = torch.randn(rounds, n_buckets, dim, generator=seeded(), dtype=hidden.dtype)
+    directions = torch.randn(rounds, n_buckets, dim, generator=seeded(seed), dtype=hidden.dtype)
     candidates: list[set[int]] = [set() for _ in range(n)]
     for direction in directions:
         x_chunks = _plain_chunks(direction @ hidden.detach().T, n_buckets)
@@ -175,6 +177,28 @@ def test_rece_with_windows_covering_everything_is_full_ce() -> None:
     mine = rece(LossInputs(hidden, targets, table, generator=seeded()), params)
     reference = full_ce(hidden, table, targets)
     assert_same(value_and_grads(mine, hidden, table), value_and_grads(reference, hidden, table))
+
+
+def test_rece_listed_and_compared_exclusions_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU path lists the excluded pairs once; other devices compare chunks per block:
+    the same loss and gradients (and, with 5 rounds, many pairs met in several rounds)."""
+    hidden, table, targets = case(90, 4, 400, seed=7)
+    targets[:10] = targets[10]  # repeated positives
+    params = LossParams(rece_rounds=5, rece_extra_chunks=1)
+    listed = rece(LossInputs(hidden, targets, table, generator=seeded(2)), params)
+    listed_grads = value_and_grads(listed, hidden, table)
+    monkeypatch.setattr(reduced_ce, "LISTED_ON", frozenset())
+    compared = rece(LossInputs(hidden, targets, table, generator=seeded(2)), params)
+    assert_same(value_and_grads(compared, hidden, table), listed_grads)
+    reference = plain_rece(hidden, table, targets, 5, 1, seed=2)
+    assert_same(value_and_grads(reference, hidden, table), listed_grads)
+
+
+def test_rece_with_one_item_has_only_the_positive() -> None:
+    hidden, table, targets = case(7, 3, 1, seed=8)
+    loss = rece(LossInputs(hidden, targets, table, generator=seeded()), LossParams())
+    value, grad_hidden, grad_table = value_and_grads(loss, hidden, table)
+    assert value == 0.0 and not grad_hidden.any() and not grad_table.any()
 
 
 def test_rece_buckets_follow_the_published_rule() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
 
 from lossbench.errors import LossbenchError
 from lossbench.losses.negatives import UnseenSampler, popularity_cdf, sample_negatives
@@ -134,3 +135,29 @@ def test_unseen_sampler_refuses_a_user_who_has_seen_everything() -> None:
     sampler.check(torch.tensor([0]))
     with pytest.raises(LossbenchError, match="every item"):
         sampler.check(torch.tensor([0, 1]))
+
+
+def test_negative_scores_in_checkpointed_chunks_equal_one_gather(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lossbench.losses import negatives as negatives_module
+
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(50, 8, generator=generator, dtype=torch.float64)
+    hidden = torch.randn(37, 8, generator=generator, dtype=torch.float64)
+    drawn = torch.randint(1, 50, (37, 6), generator=generator)
+
+    def scores_and_grads() -> tuple[Tensor, Tensor, Tensor]:
+        leaf_table, leaf_hidden = table.clone().requires_grad_(), hidden.clone().requires_grad_()
+        scores = negatives_module.negative_scores(leaf_table, drawn, leaf_hidden)
+        weights = torch.arange(scores.numel(), dtype=torch.float64).reshape(scores.shape)
+        (scores * weights).sum().backward()
+        assert leaf_table.grad is not None and leaf_hidden.grad is not None
+        return scores.detach(), leaf_table.grad, leaf_hidden.grad
+
+    whole = scores_and_grads()
+    monkeypatch.setattr(negatives_module, "GATHER_ELEMENTS", 5 * 6 * 8)  # 5 positions a chunk
+    chunked = scores_and_grads()
+    assert torch.equal(whole[0], chunked[0])  # the same scores, bit for bit
+    assert torch.allclose(whole[1], chunked[1]) and torch.equal(whole[2], chunked[2])
+    assert whole[0].shape == (37, 6)

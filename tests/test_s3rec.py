@@ -18,6 +18,8 @@ from lossbench.data.prepared import PreparedDataset
 from lossbench.data.store import make_synthetic_prepared
 from lossbench.errors import LossbenchError
 from lossbench.models.s3rec import (
+    OBJECTIVES,
+    PretrainBatch,
     PretrainObjectives,
     S3Rec,
     S3RecConfig,
@@ -396,3 +398,90 @@ def test_vectorized_batch_equals_a_per_sample_reference() -> None:
         assert made.has_segment.tolist() == has_segment
         checked += len(sample_ids)
     assert checked == len(samples.user) > 100  # every prefix of every user
+
+
+def per_sample_losses(model: S3RecPretrainer, batch: PretrainBatch) -> dict[str, float]:
+    """The four objective sums computed one sample at a time, each sequence encoded alone
+    without padding and each position scored in plain Python (as the original code's loop
+    over a batch would, one prefix at a time)."""
+    totals = dict.fromkeys(OBJECTIVES, 0.0)
+    attributes = model.attribute_embedding.weight[1:]  # (A, D)
+    embed = model.backbone.item_embedding.weight
+
+    def attribute_bce(state: torch.Tensor, targets: list[float]) -> float:
+        total = 0.0
+        for row, target in zip(attributes, targets, strict=True):
+            probability = 1.0 / (1.0 + math.exp(-float(state @ row)))
+            total -= math.log(probability if target else 1.0 - probability)
+        return total
+
+    def pairwise(context: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> float:
+        sigmoid = torch.sigmoid
+        return softplus(-float(sigmoid(context @ positive) - sigmoid(context @ negative)))
+
+    for b in range(len(batch.items)):
+        k = int((batch.items[b] != 0).sum())
+
+        def alone(sequence: torch.Tensor, k: int = k) -> torch.Tensor:
+            return model.encode(sequence[None, -k:])[0]  # (k, D), no padding at all
+
+        hidden = alone(batch.masked_items[b])
+        for j in range(k):
+            column = batch.items.shape[1] - k + j
+            targets = batch.attributes[b, column].tolist()
+            if int(batch.masked_items[b, column]) == model.mask_id:
+                totals["map"] += attribute_bce(model.heads["map"](hidden[j]), targets)
+                positive, negative = (
+                    embed[batch.items[b, column]],
+                    embed[batch.negative_items[b, column]],
+                )
+                totals["mip"] += pairwise(model.heads["mip"](hidden[j]), positive, negative)
+            else:
+                totals["aap"] += attribute_bce(model.heads["aap"](hidden[j]), targets)
+        if k >= 2:
+            context = model.heads["sp"](alone(batch.segment_context[b])[-1])
+            positive = alone(batch.positive_segment[b])[-1]
+            totals["sp"] += pairwise(context, positive, alone(batch.negative_segment[b])[-1])
+    return totals
+
+
+def test_objectives_equal_a_per_sample_reference() -> None:
+    """The batched objectives (sequences packed to their real items, segment prediction's
+    final block on the last column only) equal a per-sample computation, over batches wider
+    than one packed part and a two-block encoder."""
+    dataset = tiny_synthetic()
+    config = S3RecConfig.model_validate({**TINY, "num_layers": 2, "dropout": 0.0})
+    config = config.model_copy(update={"attention_dropout": 0.0})
+    samples = pretrain_samples(dataset, config.max_len, torch.device("cpu"))
+    model = S3RecPretrainer(S3Rec(dataset.n_items, **config.model_dump()), 6, init_std=0.3)
+    model.eval()
+    order = torch.randperm(len(samples.user), generator=torch.Generator().manual_seed(0))
+    for seed, sample_ids in enumerate(order[:180].split(90)):  # 3 x 90 SP rows: two parts
+        batch = make_batch(samples, sample_ids, 0.3, torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            losses = model(batch)
+            expected = per_sample_losses(model, batch)
+        assert batch.has_segment.any() and (batch.masked_items == model.mask_id).any()
+        for name in OBJECTIVES:
+            assert float(losses[name]) == pytest.approx(expected[name], rel=1e-5), name
+
+
+def test_last_states_equal_the_last_column_of_the_full_encoding() -> None:
+    """`TransformerEncoder.last_states` (packed, final block on the last column) gives the
+    full encoder's last column, causal or not, and through its padded fallback."""
+    from lossbench.models.transformer import TransformerEncoder
+
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(2, 16, 2, 32, 0.0, 0.0, causal=True).eval()
+    lengths = torch.randint(1, 10, (150,))  # three packed parts
+    is_item = torch.arange(9)[None, :] >= (9 - lengths)[:, None]  # (150, 9) left-padded
+    hidden = torch.randn(150, 9, 16) * is_item[..., None]
+    with torch.no_grad():
+        for causal in (True, False):
+            expected = encoder(hidden, is_item, causal=causal)[:, -1]  # (150, 16)
+            torch.testing.assert_close(encoder.last_states(hidden, is_item, causal), expected)
+            everything = torch.ones_like(is_item)  # no padding: the padded path
+            torch.testing.assert_close(
+                encoder.last_states(hidden, everything, causal),
+                encoder(hidden, everything, causal=causal)[:, -1],
+            )

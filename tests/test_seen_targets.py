@@ -57,7 +57,6 @@ def hand_set() -> EvaluationSet:
     """User 1 had [1, 2] and wants 3 (new); user 2 had [3, 1] and wants 1 again; user 3 had
     [4] and wants 4 again."""
     return EvaluationSet(
-        inputs=torch.tensor([[1, 2], [3, 1], [0, 4]]),
         lengths=torch.tensor([2, 2, 1]),
         targets=torch.tensor([3, 1, 4]),
         seen_offsets=torch.tensor([0, 2, 4, 5]),
@@ -400,3 +399,39 @@ def test_score_blocks_follow_available_memory_and_change_no_rank(
         monkeypatch.undo()
         assert narrow[0] == wide[0] and narrow[1] == wide[1]
     assert blocks == [2, 2]  # two users a block instead of 7
+
+
+def test_blocks_bound_the_seen_pairs_and_change_no_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lossbench.training import evaluate as evaluate_module
+
+    counts = torch.tensor([1, 2, 3, 10, 1, 1])  # seen pairs of each row, in length order
+    assert evaluate_module.block_bounds(counts, 4, None) == [(0, 4), (4, 6)]
+    # at most 4 rows and 6 pairs a block; the row of 10 is a block alone
+    assert evaluate_module.block_bounds(counts, 4, 6) == [(0, 3), (3, 4), (4, 6)]
+    assert evaluate_module.block_bounds(counts[:0], 4, 6) == []
+    # 1/8 of the memory available, 64 bytes a pair
+    assert evaluate_module.seen_pair_budget(64 * 8 * 1000) == 1000
+    assert evaluate_module.seen_pair_budget(1) == 1  # never below one pair
+    assert evaluate_module.seen_pair_budget(None) is None
+    pair_bounds: list[int] = []
+    real = evaluate_module.seen_pair_budget
+
+    def few_pairs(available: int | None) -> int | None:
+        pair_bounds.append(5)
+        return 5 if available is not None else real(available)
+
+    for mode in ("full", "sampled"):
+        wide = evaluate_fixture("test", mode, True, "miss")
+        monkeypatch.setattr(evaluate_module, "seen_pair_budget", few_pairs)
+        narrow = evaluate_fixture("test", mode, True, "miss")
+        monkeypatch.undo()
+        assert narrow[0] == wide[0] and narrow[1] == wide[1]
+    assert pair_bounds == [5, 5]
+    evaluator = Evaluator(
+        build_sequence_tensors(repeat_dataset(), MAX_LEN).test, 7, True, CPU, None, "miss"
+    )
+    monkeypatch.setattr(evaluate_module, "seen_pair_budget", lambda available: 5)
+    blocks = evaluator.blocks(N_ITEMS)
+    assert len(blocks) > -(-len(evaluator.targets) // 7)  # more blocks than the rows alone ask
+    for start, stop in blocks:
+        assert stop - start == 1 or int(evaluator.seen_counts[start:stop].sum()) <= 5

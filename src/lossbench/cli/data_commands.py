@@ -41,9 +41,9 @@ def _size(entry: DatasetEntry) -> str:
 
 def _status(entry: DatasetEntry, meta: dict[str, Any] | None, data_dir: Path) -> str:
     from lossbench.data.download import is_downloaded
-    from lossbench.data.prepared import FORMAT_VERSION, prepared_problems
+    from lossbench.data.prepared import READABLE_VERSIONS, prepared_problems
 
-    if meta is not None and meta.get("format_version") != FORMAT_VERSION:
+    if meta is not None and meta.get("format_version") not in READABLE_VERSIONS:
         if entry.generator is not None:
             return "[yellow]stale (older version); generated again on demand[/]"
         return "[yellow]stale (older version): preprocess --force[/]"

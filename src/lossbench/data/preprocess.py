@@ -36,6 +36,7 @@ from lossbench.data.prepared import (
     prepared_from_frames,
     prepared_problems,
     read_meta,
+    write_arrays,
 )
 from lossbench.data.raw_files import (
     attributes_path,
@@ -395,6 +396,7 @@ def write_prepared(target: Path, tables: PreparedTables, meta: dict[str, Any]) -
     retired = target.parent / temporary.name.replace(TEMPORARY_PREFIX, RETIRED_PREFIX, 1)
     try:
         tables.split.write_parquet(temporary / "split.parquet")
+        write_arrays(tables.split, temporary)
         tables.interactions.write_parquet(temporary / "interactions.parquet")
         tables.users.write_parquet(temporary / "users.parquet")
         tables.items.write_parquet(temporary / "items.parquet")

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from lossbench.data.prepared import OriginalIds, PreparedDataset
+from lossbench.data.prepared import ID_DTYPE, OriginalIds, PreparedDataset
 
 SAMPLE_SEED = 20240101  # fixed: the same N always keeps the same users
 
@@ -35,7 +35,7 @@ def sample_users(
     used = np.unique(everything[everything > 0])  # (n_items',) sorted old ids
 
     def renumber(items: np.ndarray) -> np.ndarray:
-        return np.where(items > 0, np.searchsorted(used, items) + 1, 0).astype(np.int64)
+        return np.where(items > 0, np.searchsorted(used, items) + 1, 0).astype(ID_DTYPE)
 
     attribute_offsets, attribute_ids = _kept_attributes(dataset, used)
     n_interactions = len(train) + len(gap) + int((test > 0).sum())

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lossbench.data.prepared import (
-    FORMAT_VERSION,
+    READABLE_VERSIONS,
     prepared_problems,
     preprocess_command,
     read_meta,
@@ -76,7 +76,7 @@ def _check_prepared(data_dir: Path, name: str, folder: Path, report: VerifyRepor
     except ValidationError:
         split = LOO
     fix = f"run `{preprocess_command(name, split)} --force`"
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         report.problems.append(f"{folder.name} was prepared by another lossbench version; {fix}")
         return
     problems = prepared_problems(data_dir, name, meta, hashes=True, split=split)

@@ -28,7 +28,7 @@ def _scores(hidden: Tensor, rows: Tensor) -> Tensor:
             scores = hidden.float() @ rows.float().T  # (B, n_items)
         else:
             scores = torch.bmm(rows.float(), hidden.float().unsqueeze(-1)).squeeze(-1)  # (B, N)
-    return torch.where(torch.isnan(scores), float("-inf"), scores)
+    return scores.masked_fill_(torch.isnan(scores), float("-inf"))  # in place: no 2nd copy
 
 
 def masked_scores(

@@ -37,6 +37,20 @@ from lossbench.losses.base import LossInputs, LossParams
 TOPK_LOGITS = 1 << 22
 
 
+def sce_memory_bytes(n_positions: int, n_items: int, dim: int, params: LossParams) -> int:
+    """Bytes `sce` holds at its peak for N positions (fp32, beside the weights): the
+    catalogue's projections in item chunks, the gathered rows and bucketed hidden states
+    with their gradients, the n_b b_x b_y logits (about six copies: masked, joined, their
+    log-sum-exp and gradients), the table's gradient."""
+    n_buckets = params.sce_buckets or max(1, int(2.0 * math.sqrt(n_positions)))
+    size_x = min(params.sce_bucket_size_x or n_buckets, n_positions)
+    size_y = min(params.sce_bucket_size_y, n_items)
+    projections = 8 * min(n_items * n_buckets, max(TOPK_LOGITS, size_y * n_buckets))
+    rows = 8 * (n_positions + n_buckets * size_y + n_buckets * size_x) * dim
+    logits = 24 * n_buckets * size_x * size_y
+    return projections + rows + logits + 4 * n_items * dim
+
+
 def sce(inputs: LossInputs, params: LossParams) -> Tensor:
     """Mean over bucketed positions of -log softmax([s(y), s(bucket items)])[0], the largest
     such loss of each position over its buckets."""

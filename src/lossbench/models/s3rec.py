@@ -166,23 +166,22 @@ class S3RecPretrainer(nn.Module):
     def encode(self, item_ids: Tensor, last_only: bool = False) -> Tensor:
         """(B, L) ids, mask id allowed -> (B, L, D), attending both ways (padding excluded);
         `last_only` -> (B, 1, D), the last column only."""
+        return self.backbone.encoder(self._input(item_ids), item_ids != 0, last_only, causal=False)
+
+    def encode_last(self, item_ids: Tensor) -> Tensor:
+        """(B, L) ids whose last column is a real item (or the mask) -> (B, D), the last
+        column's states, attending both ways: the final block computes that column only."""
+        return self.backbone.encoder.last_states(self._input(item_ids), item_ids != 0, False)
+
+    def _input(self, item_ids: Tensor) -> Tensor:
+        """(B, L) ids, mask id allowed -> (B, L, D) item vectors with positions."""
         table = torch.cat([self.backbone.item_embedding.weight, self.mask_embedding[None]])
         vectors = F.embedding(item_ids, table, padding_idx=0)  # (B, L, D)
-        hidden = self.backbone.positional_input(vectors)
-        return self.backbone.encoder(hidden, item_ids != 0, last_only, causal=False)
+        return self.backbone.positional_input(vectors)
 
     def forward(self, batch: PretrainBatch) -> dict[str, Tensor]:
         """The four objective losses (sums over the batch), keyed aap, mip, map, sp."""
-        # The sequence and SP's three sequences share their padding (the items' places), so
-        # they are encoded as one (4B, L) batch: on CPU one pass over all their real items.
-        sequences = (
-            batch.masked_items,
-            batch.segment_context,
-            batch.positive_segment,
-            batch.negative_segment,
-        )
-        states = self.encode(torch.cat(sequences)).split(len(batch.items))  # 4 x (B, L, D)
-        hidden = states[0]  # (B, L, D)
+        hidden = self.encode(batch.masked_items)  # (B, L, D)
         attributes = self.attribute_embedding.weight[1:]  # (A, D)
         is_masked = batch.masked_items == self.mask_id  # (B, L)
         is_unmasked = (batch.masked_items != 0) & ~is_masked
@@ -201,8 +200,12 @@ class S3RecPretrainer(nn.Module):
                 self.heads["map"](hidden), attributes, batch.attributes, is_masked
             ),
         }
-        # segments: the context's and each segment's last state (the original's readout)
-        context, positive, negative = (part[:, -1] for part in states[1:])  # (B, D) each
+        # SP reads the last state of the context and of each segment (the original's
+        # readout): the three are encoded as one (3B, L) batch, all of whose rows end in an
+        # item or the mask, and only their last column goes through the final block.
+        sequences = (batch.segment_context, batch.positive_segment, batch.negative_segment)
+        last = self.encode_last(torch.cat(sequences))  # (3B, D)
+        context, positive, negative = last.split(len(batch.items))  # (B, D) each
         losses["sp"] = pairwise_sigmoid_loss(
             self.heads["sp"](context), positive, negative, batch.has_segment
         )

@@ -128,12 +128,14 @@ class SelfAttention(nn.Module):
         mask: Tensor,
         last_only: bool = False,
         packed: PackedLayout | None = None,
+        last_rows: Tensor | None = None,
     ) -> Tensor:
         """(B, L, D) -> (B, L, D), or (B, 1, D) for the last column only when `last_only`
         (prediction needs one state: skip the other queries' attention and feed-forward).
-        With `packed`, (N, D) real-item rows -> (N, D) (`mask` unused: the layout has them)."""
+        With `packed`, (N, D) real-item rows -> (N, D) (`mask` unused: the layout has them),
+        or (B, D) for the `last_rows` only (see `_forward_packed`)."""
         if packed is not None:
-            return self._forward_packed(hidden, packed)
+            return self._forward_packed(hidden, packed, last_rows)
         batch, width, size = hidden.shape
         # (B, L, 3D) -> 3 x (B, H, L, D / H)
         qkv = self.qkv(hidden).view(batch, width, 3, self.num_heads, size // self.num_heads)
@@ -150,9 +152,13 @@ class SelfAttention(nn.Module):
         context = context.transpose(1, 2).reshape(batch, query.shape[2], size)  # (B, L or 1, D)
         return self.norm(hidden + self.dropout(self.out(context)))
 
-    def _forward_packed(self, hidden: Tensor, packed: PackedLayout) -> Tensor:
+    def _forward_packed(
+        self, hidden: Tensor, packed: PackedLayout, last_rows: Tensor | None = None
+    ) -> Tensor:
         """(N, D) -> (N, D): projections on real rows only; Q, K, V are scattered into each
-        part's (B_p, W_p) layout for the scores (padding rows zero, masked as keys, dropped)."""
+        part's (B_p, W_p) layout for the scores (padding rows zero, masked as keys, dropped).
+        With `last_rows` ((B,) indices into the N rows of each layout row's last column, in
+        part order), only those rows query: -> (B, D)."""
         size = hidden.shape[1]
         qkv = self.qkv(hidden)  # (N, 3D)
         laid_out = qkv.new_zeros(packed.size, 3 * size).index_copy_(0, packed.rows, qkv)
@@ -161,14 +167,19 @@ class SelfAttention(nn.Module):
             part = laid_out[offset : offset + batch * width]
             heads = part.view(batch, width, 3, self.num_heads, size // self.num_heads)
             query, key, value = heads.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, W, D / H)
+            if last_rows is not None:
+                query, mask = query[:, :, -1:], mask[:, :, -1:]  # (B, H, 1, D / H)
             context = attention(
                 query, key, value, mask, self.attention_dropout if self.training else 0.0
-            )  # (B, H, W, D / H)
-            contexts.append(context.transpose(1, 2).reshape(batch * width, size))
+            )  # (B, H, W or 1, D / H)
+            contexts.append(context.transpose(1, 2).reshape(-1, size))
             offset += batch * width
-        context = contexts[0] if len(contexts) == 1 else torch.cat(contexts)  # (size, D)
-        out = self.out(context.index_select(0, packed.rows))  # (N, D)
-        return self.norm(hidden + self.dropout(out))
+        context = contexts[0] if len(contexts) == 1 else torch.cat(contexts)  # (size or B, D)
+        if last_rows is not None:
+            hidden = hidden.index_select(0, last_rows)  # (B, D)
+        else:
+            context = context.index_select(0, packed.rows)  # (N, D)
+        return self.norm(hidden + self.dropout(self.out(context)))
 
 
 class FeedForward(nn.Module):
@@ -205,10 +216,12 @@ class TransformerBlock(nn.Module):
         mask: Tensor,
         last_only: bool = False,
         packed: PackedLayout | None = None,
+        last_rows: Tensor | None = None,
     ) -> Tensor:
         """(B, L, D) -> (B, L, D) (or (B, 1, D) with `last_only`); (N, D) -> (N, D) with
-        `packed` (the feed-forward is position-wise: it runs on any rows)."""
-        return self.feed_forward(self.attention(hidden, mask, last_only, packed))
+        `packed`, (B, D) with `packed` and `last_rows` (the feed-forward is position-wise:
+        it runs on any rows)."""
+        return self.feed_forward(self.attention(hidden, mask, last_only, packed, last_rows))
 
 
 class PositionalInput(nn.Module):
@@ -297,6 +310,16 @@ class TransformerEncoder(nn.Module):
         parts of `PACKED_PART_ROWS`, each trimmed to its widest row: a random batch of S3Rec's
         pre-training prefixes is mostly short rows padded to the one long one."""
         batch, width, size = hidden.shape
+        layout, source, _ = self._pack(is_item, causal)
+        states = hidden.reshape(batch * width, size).index_select(0, source)  # (N, D)
+        states = self.forward_rows(states, layout)
+        laid_out = states.new_zeros(batch * width, size).index_copy_(0, source, states)
+        return laid_out.view(batch, width, size)
+
+    def _pack(self, is_item: Tensor, causal: bool) -> tuple[PackedLayout, Tensor, Tensor]:
+        """The packed layout of a (B, L) batch, the (N,) input row (in B * L) of each packed
+        state, and the (B,) batch rows in layout order (sorted by width)."""
+        width = is_item.shape[1]
         has_item = is_item.any(1)
         first = torch.where(has_item, is_item.int().argmax(1), width - 1)  # (B,)
         widths = width - first  # (B,) >= 1
@@ -315,16 +338,48 @@ class TransformerEncoder(nn.Module):
             causal,
         )
         source = torch.cat(slots).index_select(0, layout.rows)  # (N,) input row of each state
+        return layout, source, order
+
+    def last_states(self, hidden: Tensor, is_item: Tensor, causal: bool | None = None) -> Tensor:
+        """(B, L, D), is_item (B, L) with every row's last column a real item -> (B, D), the
+        last column's final states: the final block queries only there. On CPU it runs packed
+        (`_forward_packed`, the final block's attention, projection and feed-forward on the B
+        last rows); elsewhere it is `forward(..., last_only=True)`."""
+        causal = self.causal if causal is None else causal
+        if not self.packs(hidden.device) or bool(is_item.all()):
+            return self(hidden, is_item, last_only=True, causal=causal)[:, 0]
+        batch, width, size = hidden.shape
+        layout, source, order = self._pack(is_item, causal)
         states = hidden.reshape(batch * width, size).index_select(0, source)  # (N, D)
-        states = self.forward_rows(states, layout)
-        laid_out = states.new_zeros(batch * width, size).index_copy_(0, source, states)
-        return laid_out.view(batch, width, size)
+        for block in self.blocks[:-1]:
+            states = block(states, layout.masks[0], packed=layout)
+        # each layout row's last slot (its part offset + (row + 1) * W_p - 1) among the N rows
+        ends = torch.cat(
+            [
+                offset + torch.arange(1, rows + 1, device=hidden.device) * part_width - 1
+                for (rows, part_width), offset in zip(
+                    layout.shapes, _part_offsets(layout.shapes), strict=True
+                )
+            ]
+        )  # (B,) in layout order
+        last_rows = torch.searchsorted(layout.rows, ends)  # (B,)
+        states = self.blocks[-1](states, layout.masks[0], packed=layout, last_rows=last_rows)
+        return states.new_empty(batch, size).index_copy_(0, order, states)  # (B, D)
 
     def forward_rows(self, states: Tensor, layout: PackedLayout) -> Tensor:
         """(N, D) real-item rows of a packed layout -> (N, D) after every block."""
         for block in self.blocks:
             states = block(states, layout.masks[0], packed=layout)  # masks come from layout
         return states
+
+
+def _part_offsets(shapes: list[tuple[int, int]]) -> list[int]:
+    """Where each (B_p, W_p) part starts in a packed layout's flat slots."""
+    offsets, offset = [], 0
+    for batch, width in shapes:
+        offsets.append(offset)
+        offset += batch * width
+    return offsets
 
 
 @contextmanager

@@ -36,6 +36,8 @@ Batching = Literal["bucket", "random"]
 # Rows per part of a `random` batch: enough for efficient matmuls, few enough that a part's
 # rows have similar lengths.
 PART_ROWS = 64
+# Users whose windows are counted at a time by `target_counts`.
+COUNT_BLOCK_ROWS = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class TrainBatcher:
     ) -> None:
         if positions == "masked" and mask_token is None:
             raise ValueError("masked positions need the model's mask token")
-        self.windows = sequences.train_windows  # (U, max_len + 1)
+        self.windows = sequences.train_windows  # (U, max_len + 1) int32
         if shuffle_train:  # its own stream: the batches of a run stay those of its seed
             order_generator = torch.Generator().manual_seed(seed + 104729)
             self.windows = shuffled_windows(self.windows, order_generator)
@@ -101,15 +103,18 @@ class TrainBatcher:
         """(n_items + 1,) int64 how often each item is a training target in one epoch (the
         in-batch sampler's proposal). `masked`: every real item the model sees, each equally
         likely to be masked."""
-        windows = self.windows[self.users]  # (U', max_len + 1)
-        if self.positions == "all":  # every item but the first of each window is a target
-            targets = windows[:, 1:][windows[:, :-1] > 0]
-        elif self.positions == "last":
-            targets = windows[:, -1]
-        else:
-            seen = windows[:, -(self.windows.shape[1] - 1) :]
-            targets = seen[seen > 0]
-        return torch.bincount(targets, minlength=n_items + 1)
+        counts = torch.zeros(n_items + 1, dtype=torch.int64)
+        for users in torch.split(self.users, COUNT_BLOCK_ROWS):  # blocks bound the copies
+            windows = self.windows[users]  # (B, max_len + 1)
+            if self.positions == "all":  # every item but the first of each window is a target
+                targets = windows[:, 1:][windows[:, :-1] > 0]
+            elif self.positions == "last":
+                targets = windows[:, -1]
+            else:
+                seen = windows[:, -(self.windows.shape[1] - 1) :]
+                targets = seen[seen > 0]
+            counts += torch.bincount(targets, minlength=n_items + 1)
+        return counts
 
     def epoch(self) -> Iterator[list[TrainBatch]]:
         """One epoch of training steps; each step is a list of parts, trained as one batch."""
@@ -128,7 +133,7 @@ class TrainBatcher:
 
     def make_batch(self, users: Tensor) -> TrainBatch:
         width = int(self.lengths[users].max())  # real items in the longest window
-        windows = self.windows[users, -width:]  # (B, width)
+        windows = self.windows[users, -width:].long()  # (B, width) int64 (held as int32)
         if self.positions == "masked":  # the model sees at most max_len items
             items = windows[:, -min(width, self.windows.shape[1] - 1) :]
             return self._masked_batch(items, users)

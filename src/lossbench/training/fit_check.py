@@ -4,20 +4,26 @@ Two checks: sampled negatives at most the catalogue, and an estimate of a traini
 memory (and of an evaluation batch's) against the memory available on the run's device. The
 estimate counts the tensors that grow with the settings, in fp32: weights with their
 gradients, Adam's moments and the best epoch's copy; the model's activations (a rough
-allowance per position and dimension); the loss's sampled rows and scores, or the full
-softmax's chunk of logits; an evaluation batch's scores over the catalogue. It is meant to
+allowance per position and dimension); the loss's sampled rows and scores, the full
+softmax's chunk of logits, or what a loss that searches the catalogue (`sce`, `rece`) declares
+it holds; an evaluation batch's scores over the catalogue. It is meant to
 catch settings off by orders of magnitude, not to predict the peak to the megabyte.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 
 from lossbench.data.prepared import PreparedDataset
 from lossbench.errors import LossbenchError
+from lossbench.losses.base import LossFn, LossParams
 from lossbench.losses.full_softmax import softmax_chunk_for
+from lossbench.losses.negatives import GATHER_ELEMENTS
+from lossbench.losses.reduced_ce import rece, rece_memory_bytes
+from lossbench.losses.scalable_ce import sce, sce_memory_bytes
 from lossbench.models.base import scoring_table, sequence_model
 from lossbench.training.data_fit import check_data_fit
 from lossbench.training.entry import PlanEntry
@@ -27,6 +33,12 @@ FLOAT_BYTES = 4
 # Tensors of (positions x hidden) a model keeps for backward: embeddings, attention and
 # feed-forward intermediates of a few blocks. Rough; the loss terms dominate when it matters.
 ACTIVATION_COPIES = 32
+# Losses that search the catalogue instead of scoring all of it, and their own memory
+# (N positions, n_items, hidden size, the run's knobs -> bytes at the loss's peak).
+SEARCHED_CATALOGUE: dict[LossFn, Callable[[int, int, int, LossParams], int]] = {
+    sce: sce_memory_bytes,
+    rece: rece_memory_bytes,
+}
 
 
 @dataclass(frozen=True)
@@ -88,10 +100,17 @@ def estimate_step_memory(entry: PlanEntry, dataset: PreparedDataset) -> StepMemo
     activations = rows * width * hidden * FLOAT_BYTES * ACTIVATION_COPIES
     if "negatives" in entry.loss.needs:
         k = entry.loss.negatives
-        # gathered rows and their gradients (N, K, D), ids (int64) and scores (N, K)
-        loss = positions * k * (2 * hidden * FLOAT_BYTES + 8 + 3 * FLOAT_BYTES)
+        # gathered rows and their gradients (N, K, D), at most GATHER_ELEMENTS of them at a
+        # time (`negative_scores`); ids (int64) and scores (N, K)
+        gathered = min(positions * k * hidden, max(GATHER_ELEMENTS, k * hidden))
+        loss = gathered * 2 * FLOAT_BYTES + positions * k * (8 + 3 * FLOAT_BYTES)
         loss_text = f"{positions:,} positions x {k:,} negatives x {hidden:,} dims"
         loss_flags = [f"--negatives ({k:,})", *along, size]
+    elif entry.loss.spec.fn in SEARCHED_CATALOGUE:
+        memory = SEARCHED_CATALOGUE[entry.loss.spec.fn]
+        loss = memory(positions, n_items, hidden, entry.loss.params)
+        loss_text = f"{entry.loss.name}'s search of {n_items:,} items for {positions:,} positions"
+        loss_flags = [*along, size]
     else:
         chunk = softmax_chunk_for(entry.device, config.softmax_chunk)
         logits = min(positions * n_items, chunk)
