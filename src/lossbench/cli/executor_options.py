@@ -4,19 +4,17 @@ when the command runs: it needs pydantic, and Ray itself only under `--executor 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import typer
+from lossbench.cli.options import in_panel
 
 if TYPE_CHECKING:
     from lossbench.api.requests import ExecutorRequest
     from lossbench.compare.execute.types import ExecutorSettings
 
 EXECUTOR = "Executor"
-# typer.Option in the Executor panel of --help.
-executor_option = partial(typer.Option, rich_help_panel=EXECUTOR)
+executor_option = in_panel(EXECUTOR)
 
 ExecutorName = Annotated[
     str | None,
