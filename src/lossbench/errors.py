@@ -3,7 +3,7 @@ line's `main` (`lossbench.cli`) turns it into a one-line message and an exit cod
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 
@@ -37,6 +37,14 @@ def validation_failure(error: ValidationError, describe: DescribeProblem) -> Los
         for detail in error.errors()
     ]
     return LossbenchError("; ".join(dict.fromkeys(lines)))
+
+
+def one_of(value: str, names: Collection[str], unknown: str) -> str:
+    """`value` when it is one of `names`, for a pydantic field validator; else a ValueError
+    worded by `unknown`, a template with `{value!r}` and `{names}` (comma-joined)."""
+    if value not in names:
+        raise ValueError(unknown.format(value=value, names=", ".join(names)))
+    return value
 
 
 def joined(problems: list[LossbenchError]) -> LossbenchError:

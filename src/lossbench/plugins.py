@@ -72,11 +72,15 @@ class PluginKind(Generic[T]):
     """What can be resolved: losses or models."""
 
     noun: str  # "loss" / "model", in messages
-    plural: str  # "losses" / "models"
-    group: str  # entry-point group
+    plural: str  # "losses" / "models"; the entry-point group is `lossbench.<plural>`
     builtins: Mapping[str, T]
     convert: Callable[[object, str], T]  # loaded object -> T, or a LossbenchError naming it
     accepts: Callable[[object], bool]  # could this object be converted (for hints)?
+
+    @property
+    def group(self) -> str:
+        """The entry-point group plugins register under."""
+        return f"lossbench.{self.plural}"
 
 
 def is_import_string(name: str) -> bool:

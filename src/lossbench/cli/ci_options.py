@@ -5,75 +5,68 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import typer
+from lossbench.cli.options import in_panel
 
 CI = "CI and tracking"
+ci_option = in_panel(CI)
 
 Smoke = Annotated[
     bool,
-    typer.Option(
+    ci_option(
         "--smoke",
         help="Toy settings for CI (preset smoke: 1 block of width 32, 5 epochs, at most 1000 "
         "users): a 3-loss comparison on synthetic data trains in seconds.",
-        rich_help_panel=CI,
     ),
 ]
 SampleUsers = Annotated[
     int | None,
-    typer.Option(
-        min=1,
-        help="Train and test on a fixed, seeded sample of N users (the same for every run).",
-        rich_help_panel=CI,
+    ci_option(
+        min=1, help="Train and test on a fixed, seeded sample of N users (the same for every run)."
     ),
 ]
 Expect = Annotated[
     list[str] | None,
-    typer.Option(
+    ci_option(
         "--expect",
         help="Exit 1 unless this holds, e.g. 'improved > bce', 'improved > bce significant', "
         "'ndcg@10(improved) >= 0.05', 'hr@10(a) >= 0.9 * hr@10(b)' (repeatable; a grid "
         "file's top-level expect = [...] adds more).",
-        rich_help_panel=CI,
     ),
 ]
 JsonOutput = Annotated[
     bool,
-    typer.Option(
+    ci_option(
         "--json",
         help="Print one JSON document of the results on standard output "
         "(the display goes to standard error).",
-        rich_help_panel=CI,
     ),
 ]
 Junit = Annotated[
     Path | None,
-    typer.Option(help="Write a JUnit XML report (expectations, failed runs).", rich_help_panel=CI),
+    ci_option(help="Write a JUnit XML report (expectations, failed runs)."),
 ]
 Track = Annotated[
     str | None,
-    typer.Option(
+    ci_option(
         help="Log runs to mlflow (a store in the output folder, or MLFLOW_TRACKING_URI) or "
-        "tensorboard (event files in the output folder).",
-        rich_help_panel=CI,
+        "tensorboard (event files in the output folder)."
     ),
 ]
 
 # The flags above that are not TrainConfig fields (`sample_users` is one).
 AllowCollapsed = Annotated[
     bool,
-    typer.Option(
+    ci_option(
         "--allow-collapsed",
         help="Judge --expect on a loss's runs that did not collapse (no better than the "
         "popularity floor on validation, or a non-finite loss) instead of failing it.",
-        rich_help_panel=CI,
     ),
 ]
 MemoryBudget = Annotated[
     str | None,
-    typer.Option(
+    ci_option(
         help="Refuse, before training, any run whose estimated peak memory exceeds this "
-        "(e.g. 8GB; binary units), naming the setting to lower; prints each loss's estimate.",
-        rich_help_panel=CI,
+        "(e.g. 8GB; binary units), naming the setting to lower; prints each loss's estimate."
     ),
 ]
 

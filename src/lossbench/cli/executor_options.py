@@ -7,63 +7,57 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import typer
+from lossbench.cli.options import in_panel
 
 if TYPE_CHECKING:
     from lossbench.api.requests import ExecutorRequest
     from lossbench.compare.execute.types import ExecutorSettings
 
 EXECUTOR = "Executor"
+executor_option = in_panel(EXECUTOR)
 
 ExecutorName = Annotated[
     str | None,
-    typer.Option(
+    executor_option(
         "--executor",
         help="Where the runs train: local (one after another here, the default) or ray "
         "(side by side as Ray tasks; pip install 'lossbench\\[ray]').",
-        rich_help_panel=EXECUTOR,
     ),
 ]
 RayAddress = Annotated[
     str | None,
-    typer.Option(
+    executor_option(
         help="Ray cluster to join: auto (the one started on this host) or ray://host:port "
-        "(default: start a local Ray instance sized to the local machine).",
-        rich_help_panel=EXECUTOR,
+        "(default: start a local Ray instance sized to the local machine)."
     ),
 ]
 CpusPerRun = Annotated[
     int | None,
-    typer.Option(
+    executor_option(
         min=1,
         help="CPUs each Ray task reserves, also its torch threads (default: --threads, else 1).",
-        rich_help_panel=EXECUTOR,
     ),
 ]
 GpusPerRun = Annotated[
     float | None,
-    typer.Option(
-        min=0.0,
-        help="GPUs each Ray task reserves; 0.5 puts two runs on one GPU (default 0).",
-        rich_help_panel=EXECUTOR,
+    executor_option(
+        min=0.0, help="GPUs each Ray task reserves; 0.5 puts two runs on one GPU (default 0)."
     ),
 ]
 WorkersPerRun = Annotated[
     int | None,
-    typer.Option(
+    executor_option(
         min=1,
         help="Processes each run trains on, data-parallel through Ray Train, each reserving "
         "--cpus-per-run CPUs and --gpus-per-run GPUs (default 1).",
-        rich_help_panel=EXECUTOR,
     ),
 ]
 MaxRetries = Annotated[
     int | None,
-    typer.Option(
+    executor_option(
         min=0,
         help="Times a run is re-run when its Ray worker dies (a run that raised an error "
         "is not re-run; default 0).",
-        rich_help_panel=EXECUTOR,
     ),
 ]
 

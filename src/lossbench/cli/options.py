@@ -22,253 +22,213 @@ LOSS = "Loss"
 MODEL = "Model"
 EVALUATION = "Evaluation"
 RUN = "Execution"
+DATA = "Data"
+
+
+def in_panel(panel: str) -> Callable[..., Any]:
+    """`typer.Option` with its --help panel fixed: `in_panel(LOSS)(help=...)`."""
+    return functools.partial(typer.Option, rich_help_panel=panel)
+
+
+training_option = in_panel(TRAINING)
+loss_option = in_panel(LOSS)
+model_option = in_panel(MODEL)
+evaluation_option = in_panel(EVALUATION)
+run_option = in_panel(RUN)
+data_option = in_panel(DATA)
 
 Preset = Annotated[
     str | None,
-    typer.Option(
+    training_option(
         help="Hyperparameter preset: study-s3rec (Table 2), study-aprec (Table 3) "
-        "or smoke (toy scale, for CI).",
-        rich_help_panel=TRAINING,
+        "or smoke (toy scale, for CI)."
     ),
 ]
-BatchSize = Annotated[int | None, typer.Option(help="Users per batch.", rich_help_panel=TRAINING)]
-LearningRate = Annotated[
-    float | None, typer.Option("--lr", help="Adam learning rate.", rich_help_panel=TRAINING)
-]
-Beta2 = Annotated[float | None, typer.Option(help="Adam beta2.", rich_help_panel=TRAINING)]
-WeightDecay = Annotated[
-    float | None, typer.Option(help="Adam weight decay.", rich_help_panel=TRAINING)
-]
-MaxEpochs = Annotated[
-    int | None, typer.Option(help="Most epochs to train.", rich_help_panel=TRAINING)
-]
+BatchSize = Annotated[int | None, training_option(help="Users per batch.")]
+LearningRate = Annotated[float | None, training_option("--lr", help="Adam learning rate.")]
+Beta2 = Annotated[float | None, training_option(help="Adam beta2.")]
+WeightDecay = Annotated[float | None, training_option(help="Adam weight decay.")]
+MaxEpochs = Annotated[int | None, training_option(help="Most epochs to train.")]
 Patience = Annotated[
     int | None,
-    typer.Option(
-        help="Stop after this many epochs without a better validation metric.",
-        rich_help_panel=TRAINING,
-    ),
+    training_option(help="Stop after this many epochs without a better validation metric."),
 ]
 TimeLimit = Annotated[
     float | None,
-    typer.Option(help="Stop training after this many seconds.", rich_help_panel=TRAINING),
+    training_option(help="Stop training after this many seconds."),
 ]
 Batching = Annotated[
     str | None,
-    typer.Option(
+    training_option(
         help="random (the study's batches, run in length-sorted parts; the default) or bucket "
-        "(similar lengths share a batch: fastest, but batches differ from the study's).",
-        rich_help_panel=TRAINING,
+        "(similar lengths share a batch: fastest, but batches differ from the study's)."
     ),
 ]
 
 Positions = Annotated[
     str | None,
-    typer.Option(
-        help="Training positions: all or last (default: the loss's own).", rich_help_panel=LOSS
-    ),
+    loss_option(help="Training positions: all or last (default: the loss's own)."),
 ]
 Negatives = Annotated[
     int | None,
-    typer.Option(help="Sampled negatives per position (sampled losses).", rich_help_panel=LOSS),
+    loss_option(help="Sampled negatives per position (sampled losses)."),
 ]
 Sampler = Annotated[
     str | None,
-    typer.Option(
+    loss_option(
         help="Negative sampler: uniform, popularity, in-batch (the step's other targets) or "
-        "mixed (half in-batch, half uniform).",
-        rich_help_panel=LOSS,
+        "mixed (half in-batch, half uniform)."
     ),
 ]
 Logq = Annotated[
     str | None,
-    typer.Option(
+    loss_option(
         "--logq",
         metavar="[standard|corrected]",
         help="Correct the sampled softmax (sampled-ce) for its sampler: standard (also the bare "
         "--logq) subtracts log Q, the sampler's probability of each item, from every logit; "
         "corrected leaves the positive out of the normaliser and weights each position by "
         "1 - p(positive) (Khrylchenko et al. 2025). --no-logq: none.",
-        rich_help_panel=LOSS,
         show_default=False,
     ),
 ]
 NegativesUnseen = Annotated[
     bool | None,
-    typer.Option(
+    loss_option(
         "--negatives-unseen/--negatives-anywhere",
         help="Draw negatives only outside the user's training history (uniform sampler; the "
         "study-s3rec preset's default, as in SASRec's and S3Rec's code).",
-        rich_help_panel=LOSS,
     ),
 ]
 GbceT = Annotated[
     float | None,
-    typer.Option("--gbce-t", help="gBCE calibration t (0 = BCE).", rich_help_panel=LOSS),
+    loss_option("--gbce-t", help="gBCE calibration t (0 = BCE)."),
 ]
-MaskProb = Annotated[
-    float | None, typer.Option(help="Fraction of items masked by mlm.", rich_help_panel=LOSS)
-]
+MaskProb = Annotated[float | None, loss_option(help="Fraction of items masked by mlm.")]
 SoftmaxChunk = Annotated[
     int | None,
-    typer.Option(
-        help="Logits the full softmax holds at once (bounds memory; default 1M CPU, 64M GPU).",
-        rich_help_panel=LOSS,
+    loss_option(
+        help="Logits the full softmax holds at once (bounds memory; default 1M CPU, 64M GPU)."
     ),
 ]
 
-DATA = "Data"
 Split = Annotated[
     str | None,
-    typer.Option(
-        help="loo (leave-one-out, the default) or temporal (global time thresholds).",
-        rich_help_panel=DATA,
-    ),
+    data_option(help="loo (leave-one-out, the default) or temporal (global time thresholds)."),
 ]
 ValidQuantile = Annotated[
     float | None,
-    typer.Option(
+    data_option(
         help="Temporal split: validation targets come after this quantile of interaction "
-        "time (default 0.8).",
-        rich_help_panel=DATA,
+        "time (default 0.8)."
     ),
 ]
 TestQuantile = Annotated[
     float | None,
-    typer.Option(
-        help="Temporal split: test targets come after this quantile (default 0.9).",
-        rich_help_panel=DATA,
-    ),
+    data_option(help="Temporal split: test targets come after this quantile (default 0.9)."),
 ]
 ShuffleTrain = Annotated[
     bool | None,
-    typer.Option(
+    data_option(
         "--shuffle-train/--ordered-train",
         help="Train on each user's items in a random (seeded) order; evaluation keeps the "
         "true order (does order matter on this dataset?).",
-        rich_help_panel=DATA,
         show_default=False,
     ),
 ]
 
-HiddenSize = Annotated[
-    int | None, typer.Option(help="Embedding / hidden size.", rich_help_panel=MODEL)
-]
-NumLayers = Annotated[int | None, typer.Option(help="Layers (blocks).", rich_help_panel=MODEL)]
-NumHeads = Annotated[int | None, typer.Option(help="Attention heads.", rich_help_panel=MODEL)]
-Dropout = Annotated[float | None, typer.Option(help="Hidden dropout.", rich_help_panel=MODEL)]
-AttentionDropout = Annotated[
-    float | None, typer.Option(help="Attention dropout.", rich_help_panel=MODEL)
-]
-MaxLen = Annotated[
-    int | None, typer.Option(help="Longest history fed to the model.", rich_help_panel=MODEL)
-]
+HiddenSize = Annotated[int | None, model_option(help="Embedding / hidden size.")]
+NumLayers = Annotated[int | None, model_option(help="Layers (blocks).")]
+NumHeads = Annotated[int | None, model_option(help="Attention heads.")]
+Dropout = Annotated[float | None, model_option(help="Hidden dropout.")]
+AttentionDropout = Annotated[float | None, model_option(help="Attention dropout.")]
+MaxLen = Annotated[int | None, model_option(help="Longest history fed to the model.")]
 
 ValidationMetric = Annotated[
     str | None,
-    typer.Option(help="Early-stopping metric, e.g. ndcg@10.", rich_help_panel=EVALUATION),
+    evaluation_option(help="Early-stopping metric, e.g. ndcg@10."),
 ]
 Ks = Annotated[
     str | None,
-    typer.Option("--ks", help="Metric cut-offs, e.g. 1,5,10,20.", rich_help_panel=EVALUATION),
+    evaluation_option("--ks", help="Metric cut-offs, e.g. 1,5,10,20."),
 ]
 KeepSeen = Annotated[
     bool | None,
-    typer.Option(
+    evaluation_option(
         "--keep-seen/--exclude-seen",
         help="Rank items the user already has (default: excluded).",
-        rich_help_panel=EVALUATION,
         show_default=False,
     ),
 ]
 SeenTargets = Annotated[
     str | None,
-    typer.Option(
+    evaluation_option(
         help="With seen items excluded, a target the user already has: miss (counts as not "
         "found, as in the study's code; the default) or rank (ranked among the unseen items: "
-        "rewards repeating the history). Full and sampled ranking, validation and test alike.",
-        rich_help_panel=EVALUATION,
+        "rewards repeating the history). Full and sampled ranking, validation and test alike."
     ),
 ]
 EvalNegatives = Annotated[
     int | None,
-    typer.Option(
-        help="Sampled ranking among N negatives (0 = full ranking).", rich_help_panel=EVALUATION
-    ),
+    evaluation_option(help="Sampled ranking among N negatives (0 = full ranking)."),
 ]
 EvalSampler = Annotated[
     str | None,
-    typer.Option(
-        help="Sampled-ranking negatives: uniform or popularity.", rich_help_panel=EVALUATION
-    ),
+    evaluation_option(help="Sampled-ranking negatives: uniform or popularity."),
 ]
 
-Device = Annotated[str | None, typer.Option(help="auto, cpu or cuda.", rich_help_panel=RUN)]
+Device = Annotated[str | None, run_option(help="auto, cpu or cuda.")]
 Precision = Annotated[
     str | None,
-    typer.Option(
+    run_option(
         help="fp32 (the default), bf16 (autocast; faster only with AVX-512 BF16, AMX or a "
         "GPU), auto (bf16 where the device has bf16 arithmetic, else fp32) or fp64 "
-        "(exactness checks).",
-        rich_help_panel=RUN,
+        "(exactness checks)."
     ),
 ]
 Compile = Annotated[
     bool | None,
-    typer.Option(
-        "--compile/--no-compile",
-        help="torch.compile the model.",
-        rich_help_panel=RUN,
-        show_default=False,
-    ),
+    run_option("--compile/--no-compile", help="torch.compile the model.", show_default=False),
 ]
 Threads = Annotated[
     int | None,
-    typer.Option(
+    run_option(
         min=1,
         help="CPU threads for torch (default: one per core that other processes leave free, "
         "measured again during the run). Spin-waiting threads on busy cores slow training "
         "10-100x.",
-        rich_help_panel=RUN,
     ),
 ]
 CheckpointEvery = Annotated[
     int | None,
-    typer.Option(
+    run_option(
         min=0,
         help="Epochs between checkpoints a rerun continues from (default: every few minutes on "
         "CPU, every epoch on GPU; 0: none).",
-        rich_help_panel=RUN,
     ),
 ]
 SaveTopk = Annotated[
     int | None,
-    typer.Option(
-        help="Write topk.parquet with each test user's K best items.", rich_help_panel=RUN
-    ),
+    run_option(help="Write topk.parquet with each test user's K best items."),
 ]
 RetrainChanged = Annotated[
     bool,
-    typer.Option(
+    run_option(
         "--retrain-changed",
         help="Retrain runs of --out trained with other settings (their folders are kept "
         "as <run>.replaced-<time>); without it they are refused.",
-        rich_help_panel=RUN,
     ),
 ]
 Markdown = Annotated[
     Path | None,
-    typer.Option(
+    run_option(
         "--markdown",
         help="Also write the table as markdown to this file (ready to paste into docs).",
-        rich_help_panel=RUN,
     ),
 ]
 ConfigFile = Annotated[
     Path | None,
-    typer.Option(
-        "--config", help="TOML file of settings (flags override it).", rich_help_panel=RUN
-    ),
+    run_option("--config", help="TOML file of settings (flags override it)."),
 ]
 
 

@@ -149,8 +149,7 @@ def losses(json_output: ci.JsonOutput = False) -> None:
     rows: list[dict[str, str | None]] = []
     for name, found in available(LOSS_PLUGINS):
         if isinstance(found, Exception):
-            table.add_row(name, "", "", f"[red]{escape(str(found))}[/]", "entry point")
-            rows.append({"name": name, "from": "entry point", "error": str(found)})
+            _add_broken(table, rows, name, found)
             continue
         spec = found.value
         negatives = str(spec.negatives) if spec.samples_negatives else "full softmax"
@@ -165,6 +164,12 @@ def losses(json_output: ci.JsonOutput = False) -> None:
     _show(table, {"losses": rows}, json_output)
 
 
+def _add_broken(table: Table, rows: list[dict[str, Any]], name: str, error: Exception) -> None:
+    """An installed plugin that failed to load: its error in the table and in the JSON rows."""
+    table.add_row(name, "", "", f"[red]{escape(str(error))}[/]", "entry point")
+    rows.append({"name": name, "from": "entry point", "error": str(error)})
+
+
 @app.command()
 def models(json_output: ci.JsonOutput = False) -> None:
     """List the models (built-in and installed), their default loss, settings and origin."""
@@ -177,8 +182,7 @@ def models(json_output: ci.JsonOutput = False) -> None:
     rows: list[dict[str, Any]] = []
     for name, found in available(MODEL_PLUGINS):
         if isinstance(found, Exception):
-            table.add_row(name, "", "", f"[red]{escape(str(found))}[/]", "entry point")
-            rows.append({"name": name, "from": "entry point", "error": str(found)})
+            _add_broken(table, rows, name, found)
             continue
         spec = found.value
         defaults = {field: info.default for field, info in spec.config_class.model_fields.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 from rich.console import Console
 
@@ -13,6 +14,9 @@ from lossbench.compare.plan.grid import Grid
 from lossbench.compare.report.render import render_report
 from lossbench.compare.report.summary import SummaryOptions
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing's own from Python 3.11
+
 
 def compare_losses(
     grid: Grid,
@@ -20,17 +24,21 @@ def compare_losses(
     out_dir: Path,
     prepare: PrepareFn,
     options: SummaryOptions,
-    console: Console | None = None,
-    retrain_changed: bool = False,
-    executor: Executor | None = None,
-    markdown_file: Path | None = None,
-    memory_budget: int | None = None,
+    **run: Unpack[RunOptions],
 ) -> list[Path]:
-    """Plan the grid, train what is missing, then render tables, files and figures."""
-    plan = build_plan(grid, dict(settings), out_dir)
-    return run_plan(
-        plan, prepare, options, console, retrain_changed, executor, markdown_file, memory_budget
-    )
+    """Plan the grid, then `run_plan` it: train what is missing, render tables, files and
+    figures."""
+    return run_plan(build_plan(grid, dict(settings), out_dir), prepare, options, **run)
+
+
+class RunOptions(TypedDict, total=False):
+    """`run_plan`'s optional settings, by name."""
+
+    console: Console | None
+    retrain_changed: bool
+    executor: Executor | None
+    markdown_file: Path | None
+    memory_budget: int | None
 
 
 def run_plan(

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lossbench.errors import LossbenchError, validation_failure
+from lossbench.errors import LossbenchError, one_of, validation_failure
 from lossbench.paths import USER_REGISTRY_ENV as USER_REGISTRY_ENV  # set by the CLI
 from lossbench.paths import USER_REGISTRY_FILE as USER_REGISTRY_FILE
 from lossbench.paths import UserRegistry as UserRegistry
@@ -151,9 +151,7 @@ class DatasetEntry(_Strict):
     @field_validator("format")
     @classmethod
     def _known_format(cls, value: str) -> str:
-        if value not in FORMATS:
-            raise ValueError(f"unknown format {value!r}; valid: {', '.join(FORMATS)}")
-        return value
+        return one_of(value, FORMATS, "unknown format {value!r}; valid: {names}")
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetEntry:

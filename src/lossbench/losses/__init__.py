@@ -158,14 +158,7 @@ def _could_be_loss(value: object) -> bool:
     return isinstance(value, LossSpec) or inspect.isfunction(value)
 
 
-LOSS_PLUGINS = plugins.PluginKind(
-    noun="loss",
-    plural="losses",
-    group="lossbench.losses",
-    builtins=LOSSES,
-    convert=as_loss_spec,
-    accepts=_could_be_loss,
-)
+LOSS_PLUGINS = plugins.PluginKind("loss", "losses", LOSSES, as_loss_spec, _could_be_loss)
 
 
 def find_loss(name: str) -> plugins.Found[LossSpec]:

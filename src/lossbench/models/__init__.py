@@ -12,12 +12,13 @@ whose constructor takes `n_items` and the config's fields as keywords) and add o
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from lossbench import plugins
-from lossbench.errors import LossbenchError
+from lossbench.errors import LossbenchError, validation_failure
 from lossbench.models.base import (
     ModelSpec,
     PretrainFn,
@@ -31,6 +32,9 @@ from lossbench.models.gru4rec import GRU4Rec, GRU4RecConfig
 from lossbench.models.s3rec import S3Rec, S3RecConfig
 from lossbench.models.sasrec import SASRec, SASRecConfig
 from lossbench.models.srgnn import SRGNN, SRGNNConfig
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 MODELS: dict[str, ModelSpec] = {
     "sasrec": ModelSpec(
@@ -85,14 +89,10 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def _one_line(error: ValidationError) -> str:
-    """'field: reason (got value)' for each problem, joined on one line."""
-    problems = []
-    for detail in error.errors():
-        where = ".".join(str(part) for part in detail["loc"]) or "settings"
-        got = f" (got {detail['input']!r})" if detail["loc"] else ""
-        problems.append(f"{where}: {detail['msg']}{got}")
-    return "; ".join(problems)
+def _setting_problem(where: str, message: str, detail: ErrorDetails) -> str:
+    """'field: reason (got value)', or 'settings: reason' for the config as a whole."""
+    got = f" (got {detail['input']!r})" if where else ""
+    return f"{where or 'settings'}: {message}{got}"
 
 
 def _as_model_spec(loaded: object, reference: str) -> ModelSpec:
@@ -103,14 +103,11 @@ def _as_model_spec(loaded: object, reference: str) -> ModelSpec:
     )
 
 
-MODEL_PLUGINS = plugins.PluginKind(
-    noun="model",
-    plural="models",
-    group="lossbench.models",
-    builtins=MODELS,
-    convert=_as_model_spec,
-    accepts=lambda value: isinstance(value, ModelSpec),
-)
+def _could_be_model(value: object) -> bool:
+    return isinstance(value, ModelSpec)
+
+
+MODEL_PLUGINS = plugins.PluginKind("model", "models", MODELS, _as_model_spec, _could_be_model)
 
 
 def find_model(name: str) -> plugins.Found[ModelSpec]:
@@ -142,7 +139,8 @@ def spec_settings(
     try:
         return spec.config_class.model_validate(settings)
     except ValidationError as error:
-        raise LossbenchError(f"invalid setting for model {name}: {_one_line(error)}") from None
+        problems = validation_failure(error, _setting_problem)
+        raise LossbenchError(f"invalid setting for model {name}: {problems}") from None
 
 
 def build_model(

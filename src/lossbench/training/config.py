@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lossbench.data.splits import SplitName, SplitSpec, check_quantiles
-from lossbench.errors import LossbenchError, joined, validation_failure
+from lossbench.errors import LossbenchError, joined, one_of, validation_failure
 from lossbench.evaluation.seen import SeenRule, SeenTargets, seen_rule
 from lossbench.losses.base import NegativeSamplerName, Positions, SamplerName
 from lossbench.models import model_spec
@@ -122,9 +122,7 @@ class TrainConfig(BaseModel):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, name: str) -> str:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        return name
+        return one_of(name, PRESETS, "unknown preset {value!r}; choose one of {names}")
 
     @field_validator("validation_metric")
     @classmethod

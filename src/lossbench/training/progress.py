@@ -14,18 +14,23 @@ import os
 import time
 from datetime import timedelta
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
 from lossbench.errors import LossbenchError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing's own from Python 3.11
 
 PROGRESS_SECONDS_ENV = "LOSSBENCH_PROGRESS_SECONDS"
 PROGRESS_SECONDS = 60.0  # a log shows a long epoch moving at least once a minute
@@ -86,7 +91,43 @@ class BatchLines:
         )
 
 
-class TrainingProgress:
+def counted_bar(label: str, field: str) -> list[ProgressColumn]:
+    """Bold `label`, the bar, done/total, the task's `field` and the time elapsed."""
+    return [
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(f"{{task.fields[{field}]}}"),
+        TimeElapsedColumn(),
+    ]
+
+
+class TimedProgress:
+    """A rich `Progress` as a context manager that notes when it was entered (for rates and
+    elapsed times); subclasses build `self.progress`."""
+
+    progress: Progress
+    started: float
+
+    def __enter__(self) -> Self:
+        self.started = time.perf_counter()
+        self.progress.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.before_exit()
+        self.progress.__exit__(kind, error, trace)
+
+    def before_exit(self) -> None:
+        """What the final display drops before it is drawn the last time (nothing here)."""
+
+
+class TrainingProgress(TimedProgress):
     def __init__(
         self, console: Console, max_epochs: int, batches: int, metric: str, done: int = 0
     ) -> None:
@@ -100,11 +141,7 @@ class TrainingProgress:
         self.done = done
         self.started = time.perf_counter()
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
+            *counted_bar("{task.description}", "status"),
             TextColumn("eta"),
             TimeRemainingColumn(),
             console=console,
@@ -114,22 +151,14 @@ class TrainingProgress:
         self.epochs = self.progress.add_task("epochs", total=max_epochs, completed=done, status="")
         self.batch_task = self.progress.add_task("batches", total=batches, status="")
 
-    def __enter__(self) -> TrainingProgress:
-        self.started = time.perf_counter()
+    def __enter__(self) -> Self:
         self.batch_lines.start_epoch(self.done + 1)
-        self.progress.__enter__()
-        return self
+        return super().__enter__()
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    def before_exit(self) -> None:
         # The batch bar was reset for an epoch that never comes: the final display keeps
         # the epochs line only.
         self.progress.remove_task(self.batch_task)
-        self.progress.__exit__(kind, error, trace)
 
     def advance_batch(self) -> None:
         self.progress.advance(self.batch_task)

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
+
+from lossbench.training.progress import TimedProgress, counted_bar
 
 if TYPE_CHECKING:
     from lossbench.compare.execute.types import RunOutcome
 
 
-class RunsProgress:
+class RunsProgress(TimedProgress):
     def __init__(self, console: Console, total: int, slots: int) -> None:
         self.console = console
         self.total = total
@@ -29,28 +30,11 @@ class RunsProgress:
         self.ended = 0
         self.started = time.perf_counter()
         self.progress = Progress(
-            TextColumn("[bold]runs"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[state]}"),
-            TimeElapsedColumn(),
+            *counted_bar("runs", "state"),
             console=console,
             disable=console.quiet or not console.is_terminal,
         )
         self.task = self.progress.add_task("", total=total, state=self._state(total))
-
-    def __enter__(self) -> RunsProgress:
-        self.started = time.perf_counter()
-        self.progress.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.progress.__exit__(kind, error, trace)
 
     def stop(self) -> None:
         self.progress.stop()

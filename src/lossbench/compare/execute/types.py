@@ -14,6 +14,7 @@ from rich.console import Console
 
 from lossbench.data.prepared import PreparedDataset
 from lossbench.data.splits import SplitSpec
+from lossbench.errors import one_of
 from lossbench.training.entry import PlanEntry
 from lossbench.training.loop import RunResult
 
@@ -85,6 +86,4 @@ class ExecutorSettings(BaseModel):
     @field_validator("kind")
     @classmethod
     def _known_executor(cls, name: str) -> str:
-        if name not in EXECUTOR_NAMES:
-            raise ValueError(f"unknown executor {name!r}; choose from {', '.join(EXECUTOR_NAMES)}")
-        return name
+        return one_of(name, EXECUTOR_NAMES, "unknown executor {value!r}; choose from {names}")

@@ -22,25 +22,11 @@ from lossbench import __version__
 from lossbench.atomic import atomic_path
 from lossbench.compare.ci.expectations import Verdict
 from lossbench.compare.execute.types import RunFailure
+from lossbench.compare.report.results import COST_COLUMNS, KEY_COLUMNS
 from lossbench.compare.report.summary import BETTER, WORSE
 from lossbench.training.run_files import read_metrics
 
-RUN_FIELDS = (
-    "dataset",
-    "model",
-    "loss",
-    "seed",
-    "epochs",
-    "best_epoch",
-    "train_seconds",
-    "train_seconds_per_epoch",
-    "eval_seconds_per_epoch",
-    "loss_seconds_per_epoch",
-    "loss_share",
-    "tokens_per_second",
-    "peak_memory_mb",
-    "validation_metric",
-)
+RUN_FIELDS = (*KEY_COLUMNS, "epochs", "best_epoch", *COST_COLUMNS, "validation_metric")
 ROW_FIELDS = (
     "dataset",
     "model",

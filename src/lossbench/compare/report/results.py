@@ -28,9 +28,8 @@ from lossbench.training.run_labels import record_label
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
 KEY_COLUMNS = ["dataset", "model", "loss", "seed"]
-TIMING_COLUMNS = [
-    "best_epoch",
-    "epochs",
+# What a run cost, as each run's metrics.json records it.
+COST_COLUMNS = (
     "train_seconds",
     "train_seconds_per_epoch",
     "eval_seconds_per_epoch",
@@ -38,7 +37,8 @@ TIMING_COLUMNS = [
     "loss_share",
     "tokens_per_second",
     "peak_memory_mb",
-]
+)
+TIMING_COLUMNS = ["best_epoch", "epochs", *COST_COLUMNS]
 POPULARITY_PREFIX = "pop_"  # pop_valid_ndcg@10: the popularity floor on the run's own users
 
 
