@@ -1,4 +1,4 @@
-"""`compare`'s executor options: where its runs train (see `compare/executors.py`, imported
+"""`compare`'s executor options: where its runs train (see `compare/execute/executors.py`, imported
 when the command runs: it needs pydantic, and Ray itself only under `--executor ray`)."""
 
 from __future__ import annotations
