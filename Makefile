@@ -21,7 +21,7 @@ test-slow: install
 	$(PYTHON) -m pytest -q -m slow
 
 demo: install
-	lossbench compare --smoke --out runs/demo
+	$(PYTHON) -m lossbench compare --smoke --out runs/demo
 
 lint:
 	ruff check src tests bench
