@@ -17,7 +17,7 @@ from torch import Tensor
 
 from lossbench.data.sequences import build_sequence_tensors
 from lossbench.data.store import make_synthetic_prepared
-from lossbench.models import MODELS, transformer
+from lossbench.models import MODELS, bucketed_linear, transformer
 from lossbench.training.batches import TrainBatch, TrainBatcher
 from lossbench.training.config import build_config
 from lossbench.training.setup import make_model, resolve_loss
@@ -150,3 +150,59 @@ def test_forward_parts_equals_one_padded_call_per_part(
         assert mine.shape == theirs.shape
         torch.testing.assert_close(mine[real], theirs[real], rtol=1e-12, atol=1e-12)
         assert torch.all(mine[~real] == 0)
+
+
+def test_bucketed_linear_equals_linear_under_bf16_autocast() -> None:
+    """Rows padded to a multiple of `ROW_BUCKET` under CPU bf16 autocast: the same outputs and
+    gradients as `nn.Linear`, and the same state dict."""
+    torch.manual_seed(4)
+    plain = torch.nn.Linear(8, 5)
+    bucketed = bucketed_linear.BucketedLinear(8, 5)
+    bucketed.load_state_dict(plain.state_dict())
+    assert list(bucketed.state_dict()) == list(plain.state_dict())
+    inputs = torch.randn(7, 11, 8)  # 77 rows: padded to 256
+    results = []
+    for layer in (plain, bucketed):
+        x = inputs.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x)
+        out.float().square().sum().backward()
+        assert layer.weight.grad is not None and x.grad is not None
+        results.append((out, x.grad, layer.weight.grad))
+    for mine, theirs in zip(results[1], results[0], strict=True):
+        assert mine.shape == theirs.shape
+        torch.testing.assert_close(mine, theirs, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("model_name", ["sasrec", "bert4rec"])
+def test_bucketed_shapes_change_no_state(model_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bf16 path's padding (rows of every projection, the widths of the parts) changes
+    no state: forced on in float64, the parts' states equal the unpadded path's."""
+    config = build_config(
+        overrides={
+            "dataset": "synthetic",
+            "model": model_name,
+            "loss": "mlm" if model_name == "bert4rec" else "improved",
+            "model_settings": {"hidden_size": 8, "max_len": 12, "num_heads": 2},
+        }
+    )
+    torch.manual_seed(5)
+    model, _ = make_model(config, 30)
+    model = model.double().eval()
+    parts = []
+    for lengths in ([3, 1, 2], [7, 5, 6, 4], [11, 9]):
+        width = max(lengths)
+        columns = torch.arange(width)
+        ids = torch.randint(1, 31, (len(lengths), width))
+        parts.append(ids.where(columns >= width - torch.tensor(lengths)[:, None], 0))
+    plain = model.forward_parts(parts)
+    plain_calls = [model(ids) for ids in parts]  # one packed call: widths of sorted rows
+    for module in (transformer, bucketed_linear):
+        monkeypatch.setattr(module, "pads_rows", lambda inputs: True)
+    padded = model.forward_parts(parts)
+    padded_calls = [model(ids) for ids in parts]
+    for ids, mine, theirs in zip(
+        parts * 2, padded + padded_calls, plain + plain_calls, strict=True
+    ):
+        assert mine.shape == theirs.shape == (*ids.shape, 8)
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)

@@ -388,8 +388,8 @@ def test_fused_chunks_are_whole_blocks() -> None:
     assert fused_block(3_646) == 256  # 287 -> 256
     assert fused_block(30_000) == 64  # at least 64
     assert fused_block(10) == 104_832  # 104,857 -> a multiple of 64
-    bf16 = torch.bfloat16  # 2M logits, the same 4 MB
-    assert fused_block(12_101, dtype=bf16) == 128 and fused_block(3_646, dtype=bf16) == 512
+    bf16 = torch.bfloat16  # 4M logits, 8 MB
+    assert fused_block(12_101, dtype=bf16) == 320 and fused_block(3_646, dtype=bf16) == 1088
     assert fused_rows(1 << 20, 12_101) == 64
     assert fused_rows(1 << 22, 12_101) == 320  # 346 -> five blocks
     assert fused_rows(1 << 22, 3_646) == 1024  # 1,150 -> four blocks

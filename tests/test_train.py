@@ -412,5 +412,5 @@ def test_bf16_on_cpu_bounds_onednn_kernel_caches(monkeypatch: pytest.MonkeyPatch
     assert not any(name in os.environ for name in names)  # fp32 runs as before
     monkeypatch.setenv("LRU_CACHE_CAPACITY", "7")  # the user's own setting wins
     setup.bound_onednn_caches("bf16", torch.device("cpu"))
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "32"
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == setup.ONEDNN_CACHE_ENTRIES
     assert os.environ["LRU_CACHE_CAPACITY"] == "7"

@@ -17,10 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from lossbench.models.base import right_aligned_positions
+from lossbench.models.bucketed_linear import BucketedLinear, pads_rows
 from lossbench.models.dropout import Dropout, attention
 
 # Rows per attention part when a (B, L) batch is packed (`TransformerEncoder`).
 PACKED_PART_ROWS = 64
+
+# Under bf16 autocast on CPU, a part's width is rounded up to a multiple of this (padding
+# columns are masked keys): oneDNN then meets a few attention shapes, not one per width.
+WIDTH_BUCKET = 8
 
 # The S3Rec code's LayerNorm epsilon; an all-zero row normalizes to zero, never NaN.
 LAYER_NORM_EPS = 1e-12
@@ -117,8 +122,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.attention_dropout = attention_dropout
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)  # one matmul for Q, K and V
-        self.out = nn.Linear(hidden_size, hidden_size)
+        self.qkv = BucketedLinear(hidden_size, 3 * hidden_size)  # one matmul for Q, K and V
+        self.out = BucketedLinear(hidden_size, hidden_size)
         self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
 
@@ -187,8 +192,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, hidden_size: int, inner_size: int, dropout: float) -> None:
         super().__init__()
-        self.expand = nn.Linear(hidden_size, inner_size)
-        self.contract = nn.Linear(inner_size, hidden_size)
+        self.expand = BucketedLinear(hidden_size, inner_size)
+        self.contract = BucketedLinear(inner_size, hidden_size)
         self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
 
@@ -326,6 +331,8 @@ class TransformerEncoder(nn.Module):
         order = torch.sort(widths, stable=True).indices  # (B,)
         part_rows = list(order.split(PACKED_PART_ROWS))
         part_widths = [int(w) for w in torch.stack([widths[r].max() for r in part_rows])]
+        if pads_rows(is_item):  # a few recurring attention shapes (`bucketed_linear.py`)
+            part_widths = [bucketed_width(w, width) for w in part_widths]
         # (B_p, W_p) flat indices into the (B * L) input of each part's trimmed slots
         columns = torch.arange(width, device=is_item.device)
         slots = [
@@ -406,8 +413,15 @@ def encode_parts(
     """The parts of one batch, (B_p, W_p) left-padded ids each -> their (B_p, W_p, D) states
     (0 at padding), with every projection, feed-forward, LayerNorm and dropout run once over
     all parts' real items: far fewer, larger operations than one model call per part."""
+    widths = [part.shape[1] for part in inputs]
+    max_len = positional_input.max_len
+    if pads_rows(inputs[0]):  # left padding changes no state: positions count from the right
+        inputs = [
+            F.pad(part, (bucketed_width(part.shape[1], max_len) - part.shape[1], 0))
+            for part in inputs
+        ]
     layout = packed_layout([ids != 0 for ids in inputs], encoder.causal)
-    device, max_len = inputs[0].device, positional_input.max_len
+    device = inputs[0].device
     ids = torch.cat([part.reshape(-1) for part in inputs]).index_select(0, layout.rows)  # (N,)
     positions = torch.cat(
         [
@@ -420,6 +434,14 @@ def encode_parts(
     laid_out = states.new_zeros(layout.size, states.shape[1]).index_copy_(0, layout.rows, states)
     sizes = [batch * width for batch, width in layout.shapes]
     return [
-        part.view(batch, width, -1)
-        for part, (batch, width) in zip(laid_out.split(sizes), layout.shapes, strict=True)
+        part.view(batch, width, -1)[:, width - asked :]
+        for part, (batch, width), asked in zip(
+            laid_out.split(sizes), layout.shapes, widths, strict=True
+        )
     ]
+
+
+def bucketed_width(width: int, limit: int) -> int:
+    """`width` rounded up to a multiple of `WIDTH_BUCKET`, at most `limit` (and never below
+    `width`)."""
+    return max(width, min(limit, width + -width % WIDTH_BUCKET))
