@@ -61,6 +61,12 @@ def logq_words(args: list[str]) -> list[str]:
     return out
 
 
+def display(json_output: bool) -> Console:
+    """Where a command shows its tables and lines: standard output, or standard error when
+    `--json` puts its document alone on standard output."""
+    return console_err if json_output else console
+
+
 def announce(line: str) -> None:
     """A line about work done on the way (preparing a dataset), on standard error: standard
     output may be a `--json` document."""

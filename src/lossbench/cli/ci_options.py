@@ -1,7 +1,8 @@
-"""Options for pipelines and tracking, shared by `compare` and `train`."""
+"""Options for pipelines and tracking, shared by `compare` and `train`, and their groups."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -53,7 +54,6 @@ Track = Annotated[
     ),
 ]
 
-# The flags above that are not TrainConfig fields (`sample_users` is one).
 AllowCollapsed = Annotated[
     bool,
     ci_option(
@@ -70,12 +70,27 @@ MemoryBudget = Annotated[
     ),
 ]
 
-NOT_CONFIG = (
-    "smoke",
-    "expect",
-    "json_output",
-    "junit",
-    "track",
-    "allow_collapsed",
-    "memory_budget",
-)
+
+@dataclass(frozen=True)
+class CiOptions:
+    """`compare`'s CI and tracking options (an option group); `sample_users` is a TrainConfig
+    field, the others are the request's."""
+
+    smoke: Smoke = False
+    sample_users: SampleUsers = None
+    expect: Expect = None
+    allow_collapsed: AllowCollapsed = False
+    memory_budget: MemoryBudget = None
+    json_output: JsonOutput = False
+    junit: Junit = None
+    track: Track = None
+
+
+@dataclass(frozen=True)
+class TrainCiOptions:
+    """`train`'s CI and tracking options (an option group)."""
+
+    smoke: Smoke = False
+    sample_users: SampleUsers = None
+    json_output: JsonOutput = False
+    track: Track = None

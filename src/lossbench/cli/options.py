@@ -1,18 +1,16 @@
 """Training options shared by `train`, `compare`, `tune` and `reproduce`, defined once.
 
 Every option defaults to None, meaning "not given": only given flags override the lower
-configuration layers (defaults -> preset -> TOML file). `@training_flags` gives a command
-the options every training command takes (`SHARED_FLAGS`) in place of its `training`
-parameter.
+configuration layers (defaults -> preset -> TOML file). `TrainingOptions` is the group of
+options every training command takes (`lossbench.cli.groups`).
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Annotated, Any
 
 import typer
@@ -232,99 +230,86 @@ ConfigFile = Annotated[
 ]
 
 
-# The options of every training command, in the order `--help` lists them.
-SHARED_FLAGS: dict[str, Any] = {
-    "batch_size": BatchSize,
-    "lr": LearningRate,
-    "beta2": Beta2,
-    "weight_decay": WeightDecay,
-    "max_epochs": MaxEpochs,
-    "patience": Patience,
-    "time_limit": TimeLimit,
-    "batching": Batching,
-    "positions": Positions,
-    "negatives": Negatives,
-    "sampler": Sampler,
-    "logq": Logq,
-    "negatives_unseen": NegativesUnseen,
-    "gbce_t": GbceT,
-    "mask_prob": MaskProb,
-    "softmax_chunk": SoftmaxChunk,
-    "split": Split,
-    "valid_quantile": ValidQuantile,
-    "test_quantile": TestQuantile,
-    "shuffle_train": ShuffleTrain,
-    "hidden_size": HiddenSize,
-    "num_layers": NumLayers,
-    "num_heads": NumHeads,
-    "dropout": Dropout,
-    "attention_dropout": AttentionDropout,
-    "max_len": MaxLen,
-    "validation_metric": ValidationMetric,
-    "ks": Ks,
-    "keep_seen": KeepSeen,
-    "seen_targets": SeenTargets,
-    "eval_negatives": EvalNegatives,
-    "eval_sampler": EvalSampler,
-    "device": Device,
-    "precision": Precision,
-    "compile": Compile,
-    "threads": Threads,
-}
-# What a `@training_flags` command's `training` parameter holds: SHARED_FLAGS' values.
-TrainingFlags = Mapping[str, Any]
-NO_FLAGS: TrainingFlags = MappingProxyType({})
+@dataclass(frozen=True)
+class ModelOptions:
+    """The model options, for a command that trains no loss (`pretrain`; an option group)."""
 
-Command = Callable[..., None]
+    hidden_size: HiddenSize = None
+    num_layers: NumLayers = None
+    num_heads: NumHeads = None
+    dropout: Dropout = None
+    attention_dropout: AttentionDropout = None
+    max_len: MaxLen = None
+
+    def settings(self) -> dict[str, Any]:
+        """The model settings given (None: not given)."""
+        return model_settings(**vars(self))
 
 
-def training_flags(command: Command) -> Command:
-    """`command` with SHARED_FLAGS as typer options where its `training` parameter stands;
-    it receives their values (None: not given) as the one mapping `training`."""
-    signature = inspect.signature(command, eval_str=True)
-    shared = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=flag)
-        for name, flag in SHARED_FLAGS.items()
-    ]
-    parameters: list[inspect.Parameter] = []
-    for parameter in signature.parameters.values():
-        if parameter.name == "training":
-            parameters += shared
-        else:
-            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+@dataclass(frozen=True)
+class TrainingOptions:
+    """The options of every training command, in the order `--help` lists them (an option
+    group: see `lossbench.cli.groups`); None: not given."""
 
-    @functools.wraps(command)
-    def with_flags(**flags: Any) -> None:
-        training = {name: flags.pop(name) for name in SHARED_FLAGS}
-        command(**flags, training=MappingProxyType(training))
+    batch_size: BatchSize = None
+    lr: LearningRate = None
+    beta2: Beta2 = None
+    weight_decay: WeightDecay = None
+    max_epochs: MaxEpochs = None
+    patience: Patience = None
+    time_limit: TimeLimit = None
+    batching: Batching = None
+    positions: Positions = None
+    negatives: Negatives = None
+    sampler: Sampler = None
+    logq: Logq = None
+    negatives_unseen: NegativesUnseen = None
+    gbce_t: GbceT = None
+    mask_prob: MaskProb = None
+    softmax_chunk: SoftmaxChunk = None
+    split: Split = None
+    valid_quantile: ValidQuantile = None
+    test_quantile: TestQuantile = None
+    shuffle_train: ShuffleTrain = None
+    hidden_size: HiddenSize = None
+    num_layers: NumLayers = None
+    num_heads: NumHeads = None
+    dropout: Dropout = None
+    attention_dropout: AttentionDropout = None
+    max_len: MaxLen = None
+    validation_metric: ValidationMetric = None
+    ks: Ks = None
+    keep_seen: KeepSeen = None
+    seen_targets: SeenTargets = None
+    eval_negatives: EvalNegatives = None
+    eval_sampler: EvalSampler = None
+    device: Device = None
+    precision: Precision = None
+    compile: Compile = None
+    threads: Threads = None
 
-    with_flags.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-    with_flags.__annotations__ = {p.name: p.annotation for p in parameters}
-    return with_flags
+    def settings(self, **own: Any) -> dict[str, Any]:
+        """The TrainConfig override layer of these options and the command's own TrainConfig
+        options (`own`: `preset`, `init`, ... as the command takes them)."""
+        return training_overrides({**vars(self), **own})
 
 
-# Parameters every command takes that are no training setting: `--data-dir` after the
-# command, and the command line's context that holds the data directory.
-GLOBAL_FLAGS = ("data_dir", "context")
 # Flags that become `model_settings` entries rather than top-level TrainConfig fields.
 MODEL_FLAGS = ("hidden_size", "num_layers", "num_heads", "dropout", "attention_dropout", "max_len")
 
 
-def training_overrides(flags: Mapping[str, Any], skip: Collection[str] = ()) -> dict[str, Any]:
-    """The TrainConfig override layer from a command's flags (pass the command's `locals()`).
+def training_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The TrainConfig override layer from training options by name (None: not given).
 
     Renames and parses where flag and field differ (`--keep-seen` -> `exclude_seen`, `--ks`
-    text -> list) and groups the model flags; `skip` names the command's own non-config flags.
-    A flag that is neither a TrainConfig field nor skipped is a programming error.
+    text -> list) and groups the model flags. A name that is no TrainConfig field is a
+    programming error.
     """
     from lossbench.training.config import TrainConfig
 
-    flags = {**flags, **flags.get("training", NO_FLAGS)}  # a `@training_flags` command's
     overrides: dict[str, Any] = {}
     for name, value in flags.items():
-        if name == "training":
-            continue
-        if name in skip or name in MODEL_FLAGS or name in GLOBAL_FLAGS:
+        if name in MODEL_FLAGS:
             continue
         if name == "keep_seen":
             overrides["exclude_seen"] = None if value is None else not value
@@ -333,7 +318,7 @@ def training_overrides(flags: Mapping[str, Any], skip: Collection[str] = ()) -> 
         elif name in TrainConfig.model_fields:
             overrides[name] = value
         else:
-            raise TypeError(f"flag {name!r} is not a TrainConfig field; add it to `skip`")
+            raise TypeError(f"flag {name!r} is not a TrainConfig field")
     overrides["model_settings"] = model_settings(**{n: flags.get(n) for n in MODEL_FLAGS})
     return overrides
 
