@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from lossbench import __version__
+from lossbench.cli.groups import Command, option_groups
 from lossbench.errors import LossbenchError
 from lossbench.paths import USER_REGISTRY_ENV, USER_REGISTRY_FILE, UserRegistry, default_data_dir
 from lossbench.training.progress import progress_seconds
@@ -91,6 +93,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def command(name: str | None = None) -> Callable[[Command], Command]:
+    """Registers a command on `app`, its option groups expanded (`lossbench.cli.groups`)."""
+
+    def register(function: Command) -> Command:
+        return app.command(name)(option_groups(function))
+
+    return register
 
 
 def current_data_dir(context: typer.Context) -> Path:

@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from lossbench.cli import ci_options as ci
-from lossbench.cli.app import app, console_err, display
+from lossbench.cli import options as opt
+from lossbench.cli.app import command, console_err, display
 from lossbench.cli.outputs import print_json
 
 if TYPE_CHECKING:
     from lossbench.losses.contract import CheckResult
 
 
-@app.command("check-loss")
+@command("check-loss")
 def check_loss_command(
     name: Annotated[
         str,
@@ -32,7 +32,7 @@ def check_loss_command(
     gbce_t: Annotated[
         float, typer.Option("--gbce-t", help="LossParams.gbce_t given to the loss.")
     ] = 0.75,
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
 ) -> None:
     """Check a loss against the contract every built-in loss meets (exit 1 if it fails)."""
     from lossbench.losses import find_loss

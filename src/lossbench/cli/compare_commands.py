@@ -12,12 +12,9 @@ from typing import Annotated
 import typer
 
 from lossbench.api.requests import CompareRequest, TrainingSettings
-from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, announce, app, current_data_dir, display
-from lossbench.cli.ci_options import CiOptions
+from lossbench.cli.app import DataDir, announce, command, current_data_dir, display
 from lossbench.cli.executor_options import ExecutorOptions
-from lossbench.cli.groups import option_groups
 from lossbench.cli.outputs import print_json
 from lossbench.cli.parsing import names_list, seeds_list
 from lossbench.cli.summary_options import (
@@ -87,10 +84,6 @@ GridFile = Annotated[
         rich_help_panel=COMPARE,
     ),
 ]
-Init = Annotated[
-    Path | None,
-    typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).", rich_help_panel=opt.RUN),
-]
 
 
 @dataclass(frozen=True)
@@ -106,43 +99,8 @@ class GridOptions:
     out: Out = DEFAULT_OUT
     config_file: GridFile = None
 
-    def request(
-        self,
-        settings: TrainingSettings,
-        summary: SummaryOptions,
-        ci: CiOptions,
-        executor: ExecutorOptions,
-        retrain_changed: bool,
-        markdown_file: Path | None,
-        data_dir: Path,
-    ) -> CompareRequest:
-        """The comparison these options and the command's other options ask for."""
-        return CompareRequest(
-            datasets=names_list(self.dataset, "--dataset"),
-            models=names_list(self.model, "--model"),
-            losses=names_list(self.losses, "--losses"),
-            seeds=seeds_list(self.seeds),
-            baseline=self.baseline,
-            out=self.out,
-            config_file=self.config_file,
-            settings=settings,
-            smoke=ci.smoke,
-            expect=tuple(ci.expect or ()),
-            summary=summary.request(),
-            retrain_changed=retrain_changed,
-            markdown_file=markdown_file,
-            allow_collapsed=ci.allow_collapsed,
-            memory_budget=ci.memory_budget,
-            executor=executor.request(),
-            json_output=ci.json_output,
-            junit=ci.junit,
-            track=ci.track,
-            data_dir=data_dir,
-        )
 
-
-@app.command()
-@option_groups
+@command()
 def compare(
     context: typer.Context,
     *,
@@ -150,11 +108,11 @@ def compare(
     retrain_changed: opt.RetrainChanged = False,
     markdown_file: opt.Markdown = None,
     summary: SummaryOptions,
-    init: Init = None,
+    init: opt.Init = None,
     save_topk: opt.SaveTopk = None,
     preset: opt.Preset = None,
     training: opt.TrainingOptions,
-    ci: CiOptions,
+    ci: opt.CiOptions,
     data_dir: DataDir = None,
     checkpoint_every: opt.CheckpointEvery = None,
     executor: ExecutorOptions,
@@ -171,15 +129,50 @@ def compare(
         sample_users=ci.sample_users,
         checkpoint_every=checkpoint_every,
     )
-    request = grid.request(
-        settings, summary, ci, executor, retrain_changed, markdown_file, current_data_dir(context)
+    data_dir_path = current_data_dir(context)
+    request = compare_request(
+        grid, settings, summary, ci, executor, retrain_changed, markdown_file, data_dir_path
     )
     if not api.compare(request, display(ci.json_output), announce).passed:
         raise typer.Exit(1)
 
 
-@app.command()
-@option_groups
+def compare_request(
+    grid: GridOptions,
+    settings: TrainingSettings,
+    summary: SummaryOptions,
+    ci: opt.CiOptions,
+    executor: ExecutorOptions,
+    retrain_changed: bool,
+    markdown_file: Path | None,
+    data_dir: Path,
+) -> CompareRequest:
+    """The comparison these options and the command's other options ask for."""
+    return CompareRequest(
+        datasets=names_list(grid.dataset, "--dataset"),
+        models=names_list(grid.model, "--model"),
+        losses=names_list(grid.losses, "--losses"),
+        seeds=seeds_list(grid.seeds),
+        baseline=grid.baseline,
+        out=grid.out,
+        config_file=grid.config_file,
+        settings=settings,
+        smoke=ci.smoke,
+        expect=tuple(ci.expect or ()),
+        summary=summary.request(),
+        retrain_changed=retrain_changed,
+        markdown_file=markdown_file,
+        allow_collapsed=ci.allow_collapsed,
+        memory_budget=ci.memory_budget,
+        executor=executor.request(),
+        json_output=ci.json_output,
+        junit=ci.junit,
+        track=ci.track,
+        data_dir=data_dir,
+    )
+
+
+@command()
 def report(
     directory: Annotated[Path, typer.Argument(help="Output folder of `lossbench compare`.")],
     *,
@@ -193,7 +186,7 @@ def report(
     ] = False,
     allow_mixed: AllowMixed = False,
     markdown_file: opt.Markdown = None,
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
 ) -> None:
     """Re-render tables, summary.md, results files and figures from saved runs (no training)."""
     from lossbench import api
@@ -212,7 +205,7 @@ def report(
         print_json(document)
 
 
-@app.command()
+@command()
 def versus(
     treatment: Annotated[
         Path, typer.Argument(help="Runs to test: a run folder or its seeds' parent.")
@@ -222,7 +215,7 @@ def versus(
     significance_metric: SignificanceMetric = "ndcg@10",
     permutations: Permutations = None,
     allow_mixed: AllowMixed = False,
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
 ) -> None:
     """Compare two sets of finished runs (two models, presets or versions), paired by seed."""
     from rich.markup import escape

@@ -13,10 +13,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, app, current_data_dir, display
-from lossbench.cli.groups import option_groups
+from lossbench.cli.app import DataDir, command, current_data_dir, display
 from lossbench.cli.outputs import print_json
 from lossbench.errors import LossbenchError
 
@@ -64,9 +62,9 @@ def _status(entry: DatasetEntry, meta: dict[str, Any] | None, data_dir: Path) ->
     return "downloaded" if is_downloaded(data_dir, entry) else "[dim]not downloaded[/]"
 
 
-@app.command()
+@command()
 def datasets(
-    context: typer.Context, json_output: ci.JsonOutput = False, data_dir: DataDir = None
+    context: typer.Context, json_output: opt.JsonOutput = False, data_dir: DataDir = None
 ) -> None:
     """List the registered datasets, whether each is downloaded or prepared, and (prepared)
     the share of validation / test targets already in the user's history."""
@@ -76,16 +74,17 @@ def datasets(
     from lossbench.data.registry import load_registry
     from lossbench.data.repeats import META_KEY, share_text
 
-    table = Table(title=f"datasets in {current_data_dir(context)}")
+    data_dir_path = current_data_dir(context)
+    table = Table(title=f"datasets in {data_dir_path}")
     for column in ("name", "source", "size", "status", "seen targets"):
         table.add_column(column, overflow="fold")
     older, rows = [], []
-    for entry in load_registry(data_dir=current_data_dir(context)).values():
-        meta = read_meta(prepared_dir(current_data_dir(context), entry.name))
+    for entry in load_registry(data_dir=data_dir_path).values():
+        meta = read_meta(prepared_dir(data_dir_path, entry.name))
         shares = share_text(meta.get(META_KEY)) if meta is not None else ""
         if meta is not None and not shares:
             older.append(entry.name)
-        status = _status(entry, meta, current_data_dir(context))
+        status = _status(entry, meta, data_dir_path)
         table.add_row(entry.name, entry.source, _size(entry), status, shares)
         rows.append(
             {
@@ -103,10 +102,10 @@ def datasets(
         )
     display(json_output).print(table)
     if json_output:
-        print_json({"data_dir": str(current_data_dir(context)), "datasets": rows})
+        print_json({"data_dir": str(data_dir_path), "datasets": rows})
 
 
-@app.command()
+@command()
 def download(
     context: typer.Context,
     names: Names,
@@ -123,7 +122,7 @@ def download(
         bool,
         typer.Option("--trust-new-hash", help="Record the hash of a file that has none pinned."),
     ] = False,
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Download datasets, verifying size and sha256 (resumes; fetches damaged files again)."""
@@ -192,8 +191,7 @@ class SplitOptions:
         return split_spec(kind, self.valid_quantile or 0.8, self.test_quantile or 0.9)
 
 
-@app.command()
-@option_groups
+@command()
 def preprocess(
     context: typer.Context,
     names: Names,
@@ -201,7 +199,7 @@ def preprocess(
     force: Annotated[bool, typer.Option("--force", help="Prepare again.")] = False,
     protocol: ProtocolOverrides,
     splitting: SplitOptions,
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Check the downloads' sha256, then filter, re-index and split them for training."""
@@ -246,7 +244,7 @@ def show_prepared(results: list[PrepareResult], temporal: bool, json_output: boo
         )
 
 
-@app.command()
+@command()
 def verify(
     context: typer.Context,
     names: Annotated[
@@ -257,7 +255,7 @@ def verify(
             show_default=False,
         ),
     ] = None,
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Check the size and sha256 of every downloaded and prepared file, or of every file of

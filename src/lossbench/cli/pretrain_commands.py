@@ -10,10 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, announce, app, current_data_dir, display
-from lossbench.cli.groups import option_groups
+from lossbench.cli.app import DataDir, announce, command, current_data_dir, display
 from lossbench.cli.outputs import check_run_folder, print_json
 from lossbench.errors import LossbenchError
 
@@ -61,15 +59,14 @@ class PretrainOptions:
         return self.out or Path("runs") / self.dataset / f"{self.model}-pretrain-seed{self.seed}"
 
 
-@app.command()
-@option_groups
+@command()
 def pretrain(
     context: typer.Context,
     *,
     pretraining: PretrainOptions,
     model_options: opt.ModelOptions,
     threads: opt.Threads = None,
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Pre-train a model's encoder; fine-tune it with `lossbench train --init OUT/pretrained.pt`

@@ -13,19 +13,17 @@ import typer
 from rich.markup import escape
 
 from lossbench.api.requests import ReproduceRequest, TrainingSettings
-from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
 from lossbench.cli.app import (
     DataDir,
     announce,
-    app,
+    command,
     console,
     console_err,
     current_data_dir,
     display,
 )
 from lossbench.cli.executor_options import ExecutorOptions
-from lossbench.cli.groups import option_groups
 from lossbench.cli.outputs import print_json
 from lossbench.cli.parsing import names_list, seeds_list
 from lossbench.cli.summary_options import SummaryOptions
@@ -106,53 +104,20 @@ class TableOptions:
     tolerance: Tolerance = DEFAULT_TOLERANCE
     expect_published: ExpectPublished = False
 
-    def request(
-        self,
-        settings: TrainingSettings,
-        summary: SummaryOptions,
-        executor: ExecutorOptions,
-        retrain_changed: bool,
-        markdown_file: Path | None,
-        data_dir: Path,
-    ) -> ReproduceRequest:
-        """The reproduction these options and the command's other options ask for."""
-        from lossbench.reproduce.tables import TABLES
 
-        if self.table is None:
-            raise LossbenchError(
-                f"give a table: {', '.join(TABLES)} (`lossbench reproduce --list` shows them)"
-            )
-        return ReproduceRequest(
-            table=self.table,
-            datasets=names_list(self.dataset, "--dataset") or (),
-            seeds=seeds_list(self.seeds) or (),
-            out=self.out,
-            pretrain_epochs=self.pretrain_epochs,
-            tolerance=self.tolerance,
-            expect_published=self.expect_published,
-            settings=settings,
-            summary=summary.request(),
-            retrain_changed=retrain_changed,
-            markdown_file=markdown_file,
-            executor=executor.request(),
-            data_dir=data_dir,
-        )
-
-
-@app.command()
-@option_groups
+@command()
 def reproduce(
     context: typer.Context,
     *,
     reproduction: TableOptions,
     markdown_file: opt.Markdown = None,
     retrain_changed: opt.RetrainChanged = False,
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
     summary: SummaryOptions,
     save_topk: opt.SaveTopk = None,
     training: opt.TrainingOptions,
     checkpoint_every: opt.CheckpointEvery = None,
-    sample_users: ci.SampleUsers = None,
+    sample_users: opt.SampleUsers = None,
     executor: ExecutorOptions,
     data_dir: DataDir = None,
 ) -> None:
@@ -166,11 +131,50 @@ def reproduce(
     if reproduction.list_tables:
         _print_tables()
         return
-    request = reproduction.request(
-        settings, summary, executor, retrain_changed, markdown_file, current_data_dir(context)
+    request = reproduce_request(
+        reproduction,
+        settings,
+        summary,
+        executor,
+        retrain_changed,
+        markdown_file,
+        current_data_dir(context),
     )
     result = api.reproduce(request, display(json_output), announce)
     judge(result, json_output, reproduction)
+
+
+def reproduce_request(
+    asked: TableOptions,
+    settings: TrainingSettings,
+    summary: SummaryOptions,
+    executor: ExecutorOptions,
+    retrain_changed: bool,
+    markdown_file: Path | None,
+    data_dir: Path,
+) -> ReproduceRequest:
+    """The reproduction these options and the command's other options ask for."""
+    from lossbench.reproduce.tables import TABLES
+
+    if asked.table is None:
+        raise LossbenchError(
+            f"give a table: {', '.join(TABLES)} (`lossbench reproduce --list` shows them)"
+        )
+    return ReproduceRequest(
+        table=asked.table,
+        datasets=names_list(asked.dataset, "--dataset") or (),
+        seeds=seeds_list(asked.seeds) or (),
+        out=asked.out,
+        pretrain_epochs=asked.pretrain_epochs,
+        tolerance=asked.tolerance,
+        expect_published=asked.expect_published,
+        settings=settings,
+        summary=summary.request(),
+        retrain_changed=retrain_changed,
+        markdown_file=markdown_file,
+        executor=executor.request(),
+        data_dir=data_dir,
+    )
 
 
 def judge(result: ReproduceResult, json_output: bool, asked: TableOptions) -> None:

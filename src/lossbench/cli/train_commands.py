@@ -14,11 +14,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from lossbench.api.requests import TrainingSettings, TrainRequest
-from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, announce, app, console_err, current_data_dir, display
-from lossbench.cli.ci_options import TrainCiOptions
-from lossbench.cli.groups import option_groups
+from lossbench.cli.app import (
+    DataDir,
+    announce,
+    command,
+    console_err,
+    current_data_dir,
+    display,
+)
 from lossbench.cli.outputs import print_json
 
 if TYPE_CHECKING:
@@ -48,51 +52,26 @@ SaveTopk = Annotated[
 @dataclass(frozen=True)
 class RunOptions:
     """The run `train` trains (an option group; None: the settings file's, else the
-    default); `init` and `save_topk` are TrainConfig fields."""
+    default)."""
 
     dataset: Dataset = None
     model: Model = None
     loss: Loss = None
     seed: Seed = None
     out: Out = None
-    init: Init = None
-    save_topk: SaveTopk = None
-
-    def request(
-        self,
-        settings: TrainingSettings,
-        config_file: Path | None,
-        ci: TrainCiOptions,
-        retrain_changed: bool,
-        data_dir: Path,
-    ) -> TrainRequest:
-        """The run these options and the command's other options ask for."""
-        return TrainRequest(
-            dataset=self.dataset,
-            model=self.model,
-            loss=self.loss,
-            seed=self.seed,
-            out=self.out,
-            config_file=config_file,
-            settings=settings,
-            smoke=ci.smoke,
-            retrain_changed=retrain_changed,
-            json_output=ci.json_output,
-            track=ci.track,
-            data_dir=data_dir,
-        )
 
 
-@app.command()
-@option_groups
+@command()
 def train(
     context: typer.Context,
     *,
     run: RunOptions,
+    init: Init = None,
+    save_topk: SaveTopk = None,
     config_file: opt.ConfigFile = None,
     preset: opt.Preset = None,
     training: opt.TrainingOptions,
-    ci: TrainCiOptions,
+    ci: opt.TrainCiOptions,
     data_dir: DataDir = None,
     checkpoint_every: opt.CheckpointEvery = None,
     retrain_changed: opt.RetrainChanged = False,
@@ -105,13 +84,15 @@ def train(
     from lossbench.api.training import RunFailed
 
     settings = training.settings(
-        init=run.init,
-        save_topk=run.save_topk,
+        init=init,
+        save_topk=save_topk,
         preset=preset,
         sample_users=ci.sample_users,
         checkpoint_every=checkpoint_every,
     )
-    request = run.request(settings, config_file, ci, retrain_changed, current_data_dir(context))
+    request = train_request(
+        run, settings, config_file, ci, retrain_changed, current_data_dir(context)
+    )
     try:
         result = api.train(request, display(ci.json_output), announce)
     except RunFailed as failure:  # its traceback is in the run's failure.txt
@@ -119,6 +100,27 @@ def train(
         raise SystemExit(1) from None
     if result is not None:  # None: a rank other than 0, rank 0 speaks
         show_run(result, ci.json_output)
+
+
+def train_request(
+    run: RunOptions,
+    settings: TrainingSettings,
+    config_file: Path | None,
+    ci: opt.TrainCiOptions,
+    retrain_changed: bool,
+    data_dir: Path,
+) -> TrainRequest:
+    """The run these options and the command's other options ask for."""
+    return TrainRequest(
+        **vars(run),
+        config_file=config_file,
+        settings=settings,
+        smoke=ci.smoke,
+        retrain_changed=retrain_changed,
+        json_output=ci.json_output,
+        track=ci.track,
+        data_dir=data_dir,
+    )
 
 
 def show_run(result: TrainResult, json_output: bool) -> None:
@@ -167,8 +169,8 @@ def _loss_share(metrics: dict[str, Any]) -> str:
     return f" ({share:.0%} in the loss, {tokens:,.0f} tokens/s)"
 
 
-@app.command()
-def losses(json_output: ci.JsonOutput = False) -> None:
+@command()
+def losses(json_output: opt.JsonOutput = False) -> None:
     """List the losses (built-in and installed), the setup each was published with and where
     each comes from. Any other `package.module:name` or `./file.py:name` works as well."""
     from lossbench.losses import LOSS_PLUGINS
@@ -202,8 +204,8 @@ def _add_broken(table: Table, rows: list[dict[str, Any]], name: str, error: Exce
     rows.append({"name": name, "from": "entry point", "error": str(error)})
 
 
-@app.command()
-def models(json_output: ci.JsonOutput = False) -> None:
+@command()
+def models(json_output: opt.JsonOutput = False) -> None:
     """List the models (built-in and installed), their default loss, settings and origin."""
     from lossbench.models import MODEL_PLUGINS
     from lossbench.plugins import available

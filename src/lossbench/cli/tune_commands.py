@@ -10,10 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from lossbench.api.requests import TrainingSettings, TuneRequest
-from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, announce, app, current_data_dir, display
-from lossbench.cli.groups import option_groups
+from lossbench.cli.app import DataDir, announce, command, current_data_dir, display
 from lossbench.cli.outputs import print_json
 from lossbench.cli.parsing import names_list
 
@@ -74,8 +72,7 @@ Storage = Annotated[
 Out = Annotated[
     Path,
     typer.Option(
-        help="Folder of the study, trials, summary, figure and tuned.toml.",
-        rich_help_panel=TUNE,
+        help="Folder of the study, trials, summary, figure and tuned.toml.", rich_help_panel=TUNE
     ),
 ]
 ConfigFile = Annotated[
@@ -86,10 +83,6 @@ ConfigFile = Annotated[
         "\\[settings] fixed for every trial (flags override them).",
         rich_help_panel=TUNE,
     ),
-]
-Init = Annotated[
-    Path | None,
-    typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).", rich_help_panel=opt.RUN),
 ]
 
 
@@ -110,32 +103,19 @@ class TuneOptions:
 
     def request(self, settings: TrainingSettings, data_dir: Path) -> TuneRequest:
         """The tuning these options ask for, with the command's training settings."""
-        return TuneRequest(
-            dataset=self.dataset,
-            model=self.model,
-            losses=names_list(self.losses, "--losses"),
-            trials=self.trials,
-            timeout=self.timeout,
-            seed=self.seed,
-            prune=self.prune,
-            storage=self.storage,
-            out=self.out,
-            config_file=self.config_file,
-            settings=settings,
-            data_dir=data_dir,
-        )
+        losses = names_list(self.losses, "--losses")
+        return TuneRequest(**{**vars(self), "losses": losses}, settings=settings, data_dir=data_dir)
 
 
-@app.command()
-@option_groups
+@command()
 def tune(
     context: typer.Context,
     *,
     tuning: TuneOptions,
-    init: Init = None,
+    init: opt.Init = None,
     preset: opt.Preset = None,
     training: opt.TrainingOptions,
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Tune every loss on validation with the same budget, then write a grid that retrains each

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lossbench.cli import ci_options as ci
-from lossbench.cli.app import DataDir, app, current_data_dir, display
-from lossbench.cli.groups import option_groups
+from lossbench.cli import options as opt
+from lossbench.cli.app import DataDir, command, current_data_dir, display
 from lossbench.cli.outputs import print_json
 
 if TYPE_CHECKING:
@@ -94,8 +93,7 @@ class ProtocolOptions:
         return Protocol(**vars(self))
 
 
-@app.command("add-dataset")
-@option_groups
+@command("add-dataset")
 def add_dataset_command(
     context: typer.Context,
     name: Name,
@@ -103,7 +101,7 @@ def add_dataset_command(
     source: FileOptions,
     filtering: ProtocolOptions,
     force: Force = False,
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Register your own interactions file, check and prepare it; then use --dataset NAME."""
