@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lossbench.api.requests import TrainingSettings, TuneRequest
+from lossbench.api.requests import TuneRequest
 from lossbench.cli import options as opt
 from lossbench.cli.app import DataDir, announce, command, current_data_dir, display
 from lossbench.cli.outputs import print_json
@@ -88,7 +88,8 @@ ConfigFile = Annotated[
 
 @dataclass(frozen=True)
 class TuneOptions:
-    """What `tune` tunes, with what budget, and where (an option group)."""
+    """What `tune` tunes, with what budget, where, and from which pre-trained checkpoint (an
+    option group)."""
 
     dataset: Dataset = "synthetic"
     model: Model = "sasrec"
@@ -100,11 +101,16 @@ class TuneOptions:
     storage: Storage = None
     out: Out = DEFAULT_OUT
     config_file: ConfigFile = None
+    init: opt.Init = None
 
-    def request(self, settings: TrainingSettings, data_dir: Path) -> TuneRequest:
-        """The tuning these options ask for, with the command's training settings."""
-        losses = names_list(self.losses, "--losses")
-        return TuneRequest(**{**vars(self), "losses": losses}, settings=settings, data_dir=data_dir)
+    def request(
+        self, training: opt.TrainingOptions, preset: str | None, data_dir: Path
+    ) -> TuneRequest:
+        """The tuning these options ask for, every trial trained with `training` and `preset`
+        (`init` is a training setting)."""
+        asked = {**vars(self), "losses": names_list(self.losses, "--losses")}
+        settings = training.settings(init=asked.pop("init"), preset=preset)
+        return TuneRequest(**asked, settings=settings, data_dir=data_dir)
 
 
 @command()
@@ -112,7 +118,6 @@ def tune(
     context: typer.Context,
     *,
     tuning: TuneOptions,
-    init: opt.Init = None,
     preset: opt.Preset = None,
     training: opt.TrainingOptions,
     json_output: opt.JsonOutput = False,
@@ -122,7 +127,7 @@ def tune(
     at its tuned settings on fresh seeds (`lossbench compare --config OUT/tuned.toml`)."""
     from lossbench import api
 
-    request = tuning.request(training.settings(init=init, preset=preset), current_data_dir(context))
+    request = tuning.request(training, preset, current_data_dir(context))
     result = api.tune(request, display(json_output), announce)
     show_tuned(result, tuning.out, json_output)
 
