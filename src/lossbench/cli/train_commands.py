@@ -52,7 +52,7 @@ SaveTopk = Annotated[
 @dataclass(frozen=True)
 class RunOptions:
     """The run `train` trains (an option group; None: the settings file's, else the
-    default)."""
+    default). The fields are `TrainRequest`'s, by name."""
 
     dataset: Dataset = None
     model: Model = None

@@ -89,7 +89,7 @@ ConfigFile = Annotated[
 @dataclass(frozen=True)
 class TuneOptions:
     """What `tune` tunes, with what budget, where, and from which pre-trained checkpoint (an
-    option group)."""
+    option group). The fields but `init` are `TuneRequest`'s, by name."""
 
     dataset: Dataset = "synthetic"
     model: Model = "sasrec"
