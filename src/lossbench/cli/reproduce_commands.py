@@ -131,14 +131,9 @@ def reproduce(
     if reproduction.list_tables:
         _print_tables()
         return
+    data_dir_path = current_data_dir(context)
     request = reproduce_request(
-        reproduction,
-        settings,
-        summary,
-        executor,
-        retrain_changed,
-        markdown_file,
-        current_data_dir(context),
+        reproduction, settings, summary, executor, retrain_changed, markdown_file, data_dir_path
     )
     result = api.reproduce(request, display(json_output), announce)
     judge(result, json_output, reproduction)
