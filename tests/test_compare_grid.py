@@ -245,10 +245,9 @@ def test_training_overrides_map_flags_to_fields() -> None:
         "ks": "5,10",
         "hidden_size": 32,
         "max_len": None,
-        "out": Path("x"),
         "seed": None,
     }
-    overrides = training_overrides(flags, skip=("out",))
+    overrides = training_overrides(flags)
     assert overrides["lr"] == 0.01 and overrides["exclude_seen"] is False
     assert overrides["ks"] == [5, 10]
     assert overrides["model_settings"] == {"hidden_size": 32}

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 import lossbench
 from lossbench.cli import app
-from lossbench.cli.executor_options import settings_from
+from lossbench.cli.executor_options import ExecutorOptions, settings_from
 from lossbench.compare.execute import ray_cluster
 from lossbench.compare.execute.executors import (
     ExecutorSettings,
@@ -98,15 +98,14 @@ def test_executor_table_of_a_grid_file_under_the_flags(tmp_path: Path) -> None:
         '[grid]\nlosses = ["bce"]\n[executor]\nkind = "ray"\ncpus_per_run = 2\ngpus_per_run = 0.5\n'
     )
     read_grid_file(path)  # the executor table is allowed beside [grid] and [settings]
-    flags = dict.fromkeys(("executor", "ray_address", "gpus_per_run", "max_retries"))
-    settings = settings_from({**flags, "cpus_per_run": 1, "max_retries": 2}, path)
+    settings = settings_from(ExecutorOptions(cpus_per_run=1, max_retries=2), path)
     assert settings == ExecutorSettings(kind="ray", cpus_per_run=1, gpus_per_run=0.5, max_retries=2)
     path.write_text('[executor]\nkind = "dask"\n')
     with pytest.raises(LossbenchError, match=r"executor\.kind in .*unknown executor 'dask'"):
-        settings_from({**flags, "cpus_per_run": None}, path)
+        settings_from(ExecutorOptions(), path)
     path.write_text("[executor]\nworkers = 4\n")
     with pytest.raises(LossbenchError, match="valid fields are: kind, ray_address"):
-        settings_from({**flags, "cpus_per_run": None}, path)
+        settings_from(ExecutorOptions(), path)
 
 
 def test_run_slots_count_what_every_node_holds_at_once() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from lossbench import __version__
+from lossbench.cli.groups import Command, option_groups
 from lossbench.errors import LossbenchError
 from lossbench.paths import USER_REGISTRY_ENV, USER_REGISTRY_FILE, UserRegistry, default_data_dir
 from lossbench.training.progress import progress_seconds
@@ -61,6 +63,12 @@ def logq_words(args: list[str]) -> list[str]:
     return out
 
 
+def display(json_output: bool) -> Console:
+    """Where a command shows its tables and lines: standard output, or standard error when
+    `--json` puts its document alone on standard output."""
+    return console_err if json_output else console
+
+
 def announce(line: str) -> None:
     """A line about work done on the way (preparing a dataset), on standard error: standard
     output may be a `--json` document."""
@@ -85,6 +93,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def command(name: str | None = None) -> Callable[[Command], Command]:
+    """Registers a command on `app`, its option groups expanded (`lossbench.cli.groups`)."""
+
+    def register(function: Command) -> Command:
+        return app.command(name)(option_groups(function))
+
+    return register
 
 
 def current_data_dir(context: typer.Context) -> Path:

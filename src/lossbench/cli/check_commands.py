@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from lossbench.cli import ci_options as ci
-from lossbench.cli.app import app, console, console_err
+from lossbench.cli import options as opt
+from lossbench.cli.app import command, console_err, display
 from lossbench.cli.outputs import print_json
 
+if TYPE_CHECKING:
+    from lossbench.losses.contract import CheckResult
 
-@app.command("check-loss")
+
+@command("check-loss")
 def check_loss_command(
     name: Annotated[
         str,
@@ -29,7 +32,7 @@ def check_loss_command(
     gbce_t: Annotated[
         float, typer.Option("--gbce-t", help="LossParams.gbce_t given to the loss.")
     ] = 0.75,
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
 ) -> None:
     """Check a loss against the contract every built-in loss meets (exit 1 if it fails)."""
     from lossbench.losses import find_loss
@@ -38,22 +41,27 @@ def check_loss_command(
 
     found = find_loss(name)
     results = check_loss(found.value, LossParams(gbce_t=gbce_t), negatives)
-    table = Table(title=f"loss contract: {name} ({found.source.describe()})")
+    if not show_contract(name, found.source.describe(), results, json_output):
+        raise SystemExit(1)
+
+
+def show_contract(name: str, source: str, results: list[CheckResult], json_output: bool) -> bool:
+    """The checks as a table and each failure as a line; with `--json`, the document. Whether
+    the loss meets the contract."""
+    table = Table(title=f"loss contract: {name} ({source})")
     for column in ("check", "result", "detail"):
         table.add_column(column)
+    mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[dim]not run[/]"}
     for result in results:
-        mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[dim]not run[/]"}
         table.add_row(result.name, mark[result.passed], result.detail)
-    display = console_err if json_output else console
-    display.print(table)
+    shown = display(json_output)
+    shown.print(table)
     failed = [result for result in results if result.passed is False]
     for result in failed:
         console_err.print(f"FAIL {result.name}: {result.detail}", highlight=False, soft_wrap=True)
     if not failed:
-        display.print(f"{name} meets the loss contract", highlight=False)
+        shown.print(f"{name} meets the loss contract", highlight=False)
     if json_output:
         checks = [{"check": r.name, "passed": r.passed, "detail": r.detail} for r in results]
-        source = found.source.describe()
         print_json({"loss": name, "from": source, "passed": not failed, "checks": checks})
-    if failed:
-        raise SystemExit(1)
+    return not failed

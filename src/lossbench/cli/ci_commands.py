@@ -6,16 +6,16 @@ from typing import Annotated
 
 import typer
 
-from lossbench.cli import ci_options as ci
-from lossbench.cli.app import app, current_data_dir
+from lossbench.cli import options as opt
+from lossbench.cli.app import command, current_data_dir
 from lossbench.cli.outputs import print_json
 
 
-@app.command()
+@command()
 def checksums(
     context: typer.Context,
     names: Annotated[list[str], typer.Argument(help="Dataset names (see `lossbench datasets`).")],
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
 ) -> None:
     """Print `SHA256  NAME/raw/FILE` per source file, as sha256sum does (generated datasets
     have none): key a CI cache of the data folder on it, or check it with `sha256sum -c`."""

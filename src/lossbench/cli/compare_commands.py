@@ -5,41 +5,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lossbench.cli import ci_options as ci
-from lossbench.cli import executor_options as ex
+from lossbench.api.requests import CompareRequest, TrainingSettings
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, announce, app, console, console_err, current_data_dir
+from lossbench.cli.app import DataDir, announce, command, current_data_dir, display
+from lossbench.cli.executor_options import ExecutorOptions
 from lossbench.cli.outputs import print_json
-from lossbench.cli.parsing import names_list, seeds_list, summary_request
+from lossbench.cli.parsing import names_list, seeds_list
+from lossbench.cli.summary_options import (
+    COMPARE,
+    Metrics,
+    Permutations,
+    SignificanceMetric,
+    SummaryOptions,
+)
 
-COMPARE = "Comparison"
 DEFAULT_OUT = Path("runs/compare")
 
-Metrics = Annotated[
-    str,
-    typer.Option(
-        help="Test metrics in the table, e.g. hr@10,ndcg@10,mrr "
-        "(any k: recomputed from the saved ranks).",
-        rich_help_panel=COMPARE,
-    ),
-]
-SignificanceMetric = Annotated[
-    str,
-    typer.Option(help="Per-user metric of the paired significance test.", rich_help_panel=COMPARE),
-]
-Permutations = Annotated[
-    int | None,
-    typer.Option(
-        help="Random sign flips of the permutation test.",
-        show_default="10000",
-        rich_help_panel=COMPARE,
-    ),
-]
 AllowMixed = Annotated[
     bool,
     typer.Option(
@@ -48,12 +35,6 @@ AllowMixed = Annotated[
         "instead of refusing to average or pair them.",
     ),
 ]
-Alpha = Annotated[
-    float,
-    typer.Option(help="Significance level (Holm-corrected across rows).", rich_help_panel=COMPARE),
-]
-
-
 Dataset = Annotated[
     str | None,
     typer.Option(help="Dataset (default synthetic; several: a,b).", rich_help_panel=COMPARE),
@@ -103,137 +84,128 @@ GridFile = Annotated[
         rich_help_panel=COMPARE,
     ),
 ]
-Init = Annotated[
-    Path | None,
-    typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).", rich_help_panel=opt.RUN),
-]
-# compare's options that are no TrainConfig field.
-NOT_TRAINING = (
-    "dataset",
-    "model",
-    "losses",
-    "seeds",
-    "baseline",
-    "out",
-    "config_file",
-    "retrain_changed",
-    "markdown_file",
-    "metrics",
-    "significance_metric",
-    "permutations",
-    "alpha",
-    *ci.NOT_CONFIG,
-    *ex.NOT_CONFIG,
-)
 
 
-@app.command()
-@opt.training_flags
+@dataclass(frozen=True)
+class GridOptions:
+    """What `compare` trains and where (an option group; None: the grid file's value, else
+    the default)."""
+
+    dataset: Dataset = None
+    model: Model = None
+    losses: Losses = None
+    seeds: Seeds = None
+    baseline: Baseline = None
+    out: Out = DEFAULT_OUT
+    config_file: GridFile = None
+
+
+@command()
 def compare(
     context: typer.Context,
-    dataset: Dataset = None,
-    model: Model = None,
-    losses: Losses = None,
-    seeds: Seeds = None,
-    baseline: Baseline = None,
-    out: Out = DEFAULT_OUT,
-    config_file: GridFile = None,
+    *,
+    grid: GridOptions,
     retrain_changed: opt.RetrainChanged = False,
     markdown_file: opt.Markdown = None,
-    metrics: Metrics = "hr@10,ndcg@10",
-    significance_metric: SignificanceMetric = "ndcg@10",
-    permutations: Permutations = None,
-    alpha: Alpha = 0.05,
-    init: Init = None,
+    summary: SummaryOptions,
+    init: opt.Init = None,
     save_topk: opt.SaveTopk = None,
     preset: opt.Preset = None,
-    training: opt.TrainingFlags = opt.NO_FLAGS,
-    smoke: ci.Smoke = False,
-    sample_users: ci.SampleUsers = None,
-    expect: ci.Expect = None,
-    allow_collapsed: ci.AllowCollapsed = False,
-    memory_budget: ci.MemoryBudget = None,
-    json_output: ci.JsonOutput = False,
-    junit: ci.Junit = None,
-    track: ci.Track = None,
+    training: opt.TrainingOptions,
+    ci: opt.CiOptions,
     data_dir: DataDir = None,
     checkpoint_every: opt.CheckpointEvery = None,
-    executor: ex.ExecutorName = None,
-    ray_address: ex.RayAddress = None,
-    cpus_per_run: ex.CpusPerRun = None,
-    gpus_per_run: ex.GpusPerRun = None,
-    workers_per_run: ex.WorkersPerRun = None,
-    max_retries: ex.MaxRetries = None,
+    executor: ExecutorOptions,
 ) -> None:
     """Train one model with several losses (everything else identical) and compare them.
 
     Exit 1 when an expectation fails or a run fails to train (the other runs still train)."""
-    settings = opt.training_overrides(locals(), skip=NOT_TRAINING)  # first: only the options
-    executor_given = ex.executor_request(locals())
     from lossbench import api
 
-    request = api.CompareRequest(
-        datasets=names_list(dataset, "--dataset"),
-        models=names_list(model, "--model"),
-        losses=names_list(losses, "--losses"),
-        seeds=seeds_list(seeds),
-        baseline=baseline,
-        out=out,
-        config_file=config_file,
-        settings=settings,
-        smoke=smoke,
-        expect=tuple(expect or ()),
-        summary=summary_request(metrics, significance_metric, permutations, alpha),
-        retrain_changed=retrain_changed,
-        markdown_file=markdown_file,
-        allow_collapsed=allow_collapsed,
-        memory_budget=memory_budget,
-        executor=executor_given,
-        json_output=json_output,
-        junit=junit,
-        track=track,
-        data_dir=current_data_dir(context),
+    settings = training.settings(
+        init=init,
+        save_topk=save_topk,
+        preset=preset,
+        sample_users=ci.sample_users,
+        checkpoint_every=checkpoint_every,
     )
-    if not api.compare(request, console_err if json_output else console, announce).passed:
+    data_dir_path = current_data_dir(context)
+    request = compare_request(
+        grid, settings, summary, ci, executor, retrain_changed, markdown_file, data_dir_path
+    )
+    if not api.compare(request, display(ci.json_output), announce).passed:
         raise typer.Exit(1)
 
 
-@app.command()
+def compare_request(
+    grid: GridOptions,
+    settings: TrainingSettings,
+    summary: SummaryOptions,
+    ci: opt.CiOptions,
+    executor: ExecutorOptions,
+    retrain_changed: bool,
+    markdown_file: Path | None,
+    data_dir: Path,
+) -> CompareRequest:
+    """The comparison these options and the command's other options ask for."""
+    return CompareRequest(
+        datasets=names_list(grid.dataset, "--dataset"),
+        models=names_list(grid.model, "--model"),
+        losses=names_list(grid.losses, "--losses"),
+        seeds=seeds_list(grid.seeds),
+        baseline=grid.baseline,
+        out=grid.out,
+        config_file=grid.config_file,
+        settings=settings,
+        smoke=ci.smoke,
+        expect=tuple(ci.expect or ()),
+        summary=summary.request(),
+        retrain_changed=retrain_changed,
+        markdown_file=markdown_file,
+        allow_collapsed=ci.allow_collapsed,
+        memory_budget=ci.memory_budget,
+        executor=executor.request(),
+        json_output=ci.json_output,
+        junit=ci.junit,
+        track=ci.track,
+        data_dir=data_dir,
+    )
+
+
+@command()
 def report(
     directory: Annotated[Path, typer.Argument(help="Output folder of `lossbench compare`.")],
+    *,
     baseline: Annotated[
         str | None,
         typer.Option(help="Loss the others are compared with (default: the comparison's)."),
     ] = None,
-    metrics: Metrics = "hr@10,ndcg@10",
-    significance_metric: SignificanceMetric = "ndcg@10",
-    permutations: Permutations = None,
-    alpha: Alpha = 0.05,
+    summary: SummaryOptions,
     print_only: Annotated[
         bool, typer.Option("--print-only", help="Print the tables; write no file.")
     ] = False,
     allow_mixed: AllowMixed = False,
     markdown_file: opt.Markdown = None,
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
 ) -> None:
     """Re-render tables, summary.md, results files and figures from saved runs (no training)."""
     from lossbench import api
     from lossbench.compare.report.outputs import report_document
 
-    summary = summary_request(metrics, significance_metric, permutations, alpha)
+    summary_given = summary.request()
     request = api.ReportRequest(
-        directory, baseline, summary, print_only, allow_mixed, markdown_file, json_output
+        directory, baseline, summary_given, print_only, allow_mixed, markdown_file, json_output
     )
-    result = api.report(request, console_err if json_output else console)
+    result = api.report(request, display(json_output))
     if json_output:
-        shown = list(summary.metrics)
+        shown = list(summary_given.metrics)
         document = report_document(
-            result.run_dirs, result.summary, shown, significance_metric, result.warning
+            result.run_dirs, result.summary, shown, summary.significance_metric, result.warning
         )
         print_json(document)
 
 
-@app.command()
+@command()
 def versus(
     treatment: Annotated[
         Path, typer.Argument(help="Runs to test: a run folder or its seeds' parent.")
@@ -243,7 +215,7 @@ def versus(
     significance_metric: SignificanceMetric = "ndcg@10",
     permutations: Permutations = None,
     allow_mixed: AllowMixed = False,
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
 ) -> None:
     """Compare two sets of finished runs (two models, presets or versions), paired by seed."""
     from rich.markup import escape
@@ -253,15 +225,15 @@ def versus(
     from lossbench.compare.report.tables import print_unsqueezed, rich_tables
     from lossbench.compare.report.versus import versus_summary
 
-    summary_options = checked(summary_request(metrics, significance_metric, permutations, 0.05))
+    summary_options = checked(SummaryOptions(metrics, significance_metric, permutations).request())
     summary, treated, base, warning = versus_summary(
         treatment, baseline, summary_options, allow_mixed
     )
-    display = console_err if json_output else console
+    shown = display(json_output)
     if warning is not None:
-        display.print(f"[yellow]{escape(warning)}[/]", highlight=False)
+        shown.print(f"[yellow]{escape(warning)}[/]", highlight=False)
     for table in rich_tables(summary, summary_options, subject="runs"):
-        print_unsqueezed(display, table)
+        print_unsqueezed(shown, table)
     if json_output:
         rows = summary.iter_rows(named=True)
         document = {

@@ -5,6 +5,7 @@ The data modules (polars, numpy) are imported inside the commands, so `--help` s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,17 +13,21 @@ import typer
 from rich import box
 from rich.table import Table
 
-from lossbench.cli import ci_options as ci
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, app, console, console_err, current_data_dir
+from lossbench.cli.app import DataDir, command, current_data_dir, display
 from lossbench.cli.outputs import print_json
 from lossbench.errors import LossbenchError
 
 if TYPE_CHECKING:
+    from lossbench.compare.report.verify_runs import RunCheck
     from lossbench.data.preprocess import PrepareResult
     from lossbench.data.registry import DatasetEntry
+    from lossbench.data.splits import SplitSpec
+    from lossbench.data.verify import VerifyReport
 
 EXIT_CHECK_FAILED = 1
+
+Names = Annotated[list[str], typer.Argument(help="Dataset names (see `lossbench datasets`).")]
 
 
 def _size(entry: DatasetEntry) -> str:
@@ -57,9 +62,9 @@ def _status(entry: DatasetEntry, meta: dict[str, Any] | None, data_dir: Path) ->
     return "downloaded" if is_downloaded(data_dir, entry) else "[dim]not downloaded[/]"
 
 
-@app.command()
+@command()
 def datasets(
-    context: typer.Context, json_output: ci.JsonOutput = False, data_dir: DataDir = None
+    context: typer.Context, json_output: opt.JsonOutput = False, data_dir: DataDir = None
 ) -> None:
     """List the registered datasets, whether each is downloaded or prepared, and (prepared)
     the share of validation / test targets already in the user's history."""
@@ -69,16 +74,17 @@ def datasets(
     from lossbench.data.registry import load_registry
     from lossbench.data.repeats import META_KEY, share_text
 
-    table = Table(title=f"datasets in {current_data_dir(context)}")
+    data_dir_path = current_data_dir(context)
+    table = Table(title=f"datasets in {data_dir_path}")
     for column in ("name", "source", "size", "status", "seen targets"):
         table.add_column(column, overflow="fold")
     older, rows = [], []
-    for entry in load_registry(data_dir=current_data_dir(context)).values():
-        meta = read_meta(prepared_dir(current_data_dir(context), entry.name))
+    for entry in load_registry(data_dir=data_dir_path).values():
+        meta = read_meta(prepared_dir(data_dir_path, entry.name))
         shares = share_text(meta.get(META_KEY)) if meta is not None else ""
         if meta is not None and not shares:
             older.append(entry.name)
-        status = _status(entry, meta, current_data_dir(context))
+        status = _status(entry, meta, data_dir_path)
         table.add_row(entry.name, entry.source, _size(entry), status, shares)
         rows.append(
             {
@@ -94,15 +100,15 @@ def datasets(
             f"seen targets unknown for {', '.join(older)}: prepared by an earlier version "
             "(`lossbench preprocess NAME --force` adds them)"
         )
-    (console_err if json_output else console).print(table)
+    display(json_output).print(table)
     if json_output:
-        print_json({"data_dir": str(current_data_dir(context)), "datasets": rows})
+        print_json({"data_dir": str(data_dir_path), "datasets": rows})
 
 
-@app.command()
+@command()
 def download(
     context: typer.Context,
-    names: Annotated[list[str], typer.Argument(help="Dataset names (see `lossbench datasets`).")],
+    names: Names,
     mirror: Annotated[
         str | None,
         typer.Option(
@@ -116,7 +122,7 @@ def download(
         bool,
         typer.Option("--trust-new-hash", help="Record the hash of a file that has none pinned."),
     ] = False,
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Download datasets, verifying size and sha256 (resumes; fetches damaged files again)."""
@@ -134,83 +140,111 @@ def download(
             force=force,
             trust_new_hash=trust_new_hash,
         )
-        (console_err if json_output else console).print(message, highlight=False)
+        display(json_output).print(message, highlight=False)
         done.append({"name": name, "message": message})
     if json_output:
         print_json({"datasets": done})
 
 
-@app.command()
+MinRating = Annotated[
+    float | None, typer.Option(help="Keep ratings >= this (default: the dataset's).")
+]
+UserCore = Annotated[int | None, typer.Option(help="Users keep >= this many items.")]
+ItemCore = Annotated[int | None, typer.Option(help="Items keep >= this many users.")]
+Dedup = Annotated[
+    bool | None, typer.Option("--dedup/--no-dedup", help="Keep the first (user, item) only.")
+]
+OrganicOnly = Annotated[
+    bool | None,
+    typer.Option(
+        "--organic-only/--all-events", help="Yambda: keep only organic events (is_organic)."
+    ),
+]
+
+
+@dataclass(frozen=True)
+class ProtocolOverrides:
+    """Protocol settings over the dataset's own (an option group; None: the dataset's)."""
+
+    min_rating: MinRating = None
+    user_core: UserCore = None
+    item_core: ItemCore = None
+    dedup: Dedup = None
+    organic_only: OrganicOnly = None
+
+    def given(self) -> dict[str, Any]:
+        return {key: value for key, value in vars(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """How the prepared dataset is split (an option group; None: the default)."""
+
+    split: opt.Split = None
+    valid_quantile: opt.ValidQuantile = None
+    test_quantile: opt.TestQuantile = None
+
+    def spec(self) -> SplitSpec:
+        from lossbench.data.splits import split_spec
+
+        kind = self.split or "loo"
+        return split_spec(kind, self.valid_quantile or 0.8, self.test_quantile or 0.9)
+
+
+@command()
 def preprocess(
     context: typer.Context,
-    names: Annotated[list[str], typer.Argument(help="Dataset names (see `lossbench datasets`).")],
+    names: Names,
+    *,
     force: Annotated[bool, typer.Option("--force", help="Prepare again.")] = False,
-    min_rating: Annotated[
-        float | None, typer.Option(help="Keep ratings >= this (default: the dataset's).")
-    ] = None,
-    user_core: Annotated[int | None, typer.Option(help="Users keep >= this many items.")] = None,
-    item_core: Annotated[int | None, typer.Option(help="Items keep >= this many users.")] = None,
-    dedup: Annotated[
-        bool | None, typer.Option("--dedup/--no-dedup", help="Keep the first (user, item) only.")
-    ] = None,
-    organic_only: Annotated[
-        bool | None,
-        typer.Option(
-            "--organic-only/--all-events", help="Yambda: keep only organic events (is_organic)."
-        ),
-    ] = None,
-    split: opt.Split = None,
-    valid_quantile: opt.ValidQuantile = None,
-    test_quantile: opt.TestQuantile = None,
-    json_output: ci.JsonOutput = False,
+    protocol: ProtocolOverrides,
+    splitting: SplitOptions,
+    json_output: opt.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Check the downloads' sha256, then filter, re-index and split them for training."""
-    from lossbench.data.fingerprint import META_KEY as FINGERPRINT_KEY
-    from lossbench.data.fingerprint import describe
     from lossbench.data.preprocess import preprocess_dataset
     from lossbench.data.registry import get_dataset
-    from lossbench.data.splits import split_spec
 
-    split_by = split_spec(split or "loo", valid_quantile or 0.8, test_quantile or 0.9)
-    knobs = {
-        "min_rating": min_rating,
-        "user_core": user_core,
-        "item_core": item_core,
-        "dedup": dedup,
-        "organic_only": organic_only,
-    }
-    overrides = {key: value for key, value in knobs.items() if value is not None}
+    data_dir_path, split_by = current_data_dir(context), splitting.spec()
     for name in names:
-        get_dataset(name, data_dir=current_data_dir(context))
+        get_dataset(name, data_dir=data_dir_path)  # a misspelled name fails before any work
+    overrides = protocol.given()
     results = [
-        preprocess_dataset(
-            current_data_dir(context), name, overrides=overrides, force=force, split=split_by
-        )
+        preprocess_dataset(data_dir_path, name, overrides=overrides, force=force, split=split_by)
         for name in names
     ]
-    display = console_err if json_output else console
+    show_prepared(results, split_by.kind == "temporal", json_output)
+
+
+def show_prepared(results: list[PrepareResult], temporal: bool, json_output: bool) -> None:
+    """What preparing did: the datasets skipped, their summary, fingerprints, targets already
+    in the history and the temporal split; with `--json`, each prepared folder's meta.json."""
+    from lossbench.data.fingerprint import META_KEY as FINGERPRINT_KEY
+    from lossbench.data.fingerprint import describe
+
+    shown = display(json_output)
     for result in results:
         if result.skipped:
-            display.print(
+            shown.print(
                 f"{result.name}: already prepared from the same files and protocol, nothing to do "
                 "(--force prepares again)",
                 highlight=False,
             )
-    display.print(summary_table(results))
+    shown.print(summary_table(results))
     for result in results:  # two preparations alike have the same fingerprint
         fingerprint = describe(result.meta.get(FINGERPRINT_KEY))
-        display.print(f"{result.name} fingerprint: {fingerprint}", highlight=False, soft_wrap=True)
-    display.print(repeats_table(results))
-    if split_by.kind == "temporal":
-        display.print(temporal_table(results))
+        shown.print(f"{result.name} fingerprint: {fingerprint}", highlight=False, soft_wrap=True)
+    shown.print(repeats_table(results))
+    if temporal:
+        shown.print(temporal_table(results))
     if json_output:  # each prepared folder's meta.json: counts, statistics, split, files
         print_json(
             {"datasets": [{"name": r.name, "skipped": r.skipped, "meta": r.meta} for r in results]}
         )
 
 
-@app.command()
+@command()
 def verify(
     context: typer.Context,
     names: Annotated[
@@ -221,48 +255,71 @@ def verify(
             show_default=False,
         ),
     ] = None,
-    json_output: ci.JsonOutput = False,
+    json_output: opt.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Check the size and sha256 of every downloaded and prepared file, or of every file of
     the runs in a folder; exit 1 on damage."""
-    from lossbench.compare.report.verify_runs import verify_runs
+    data_dir_path = current_data_dir(context)
+    folders = [Path(name) for name in names or [] if _is_runs_folder(name, data_dir_path)]
+    datasets = [name for name in names or [] if Path(name) not in folders]
+    reports = _dataset_reports(datasets, bool(names), bool(folders), data_dir_path)
+    runs = [check for folder in folders for check in _run_checks(folder)]
+    if not _show_verification(reports, runs, bool(folders), data_dir_path, json_output):
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def _dataset_reports(
+    datasets: list[str], named: bool, folders_given: bool, data_dir: Path
+) -> list[VerifyReport]:
+    """The named datasets' checks; none named, every registered dataset's unless only run
+    folders were given."""
     from lossbench.data.registry import get_dataset, load_registry
     from lossbench.data.verify import verify_dataset
 
-    data_dir_path = current_data_dir(context)
-    display = console_err if json_output else console
-    folders = [Path(name) for name in names or [] if _is_runs_folder(name, data_dir_path)]
-    datasets = [name for name in names or [] if Path(name) not in folders]
     if datasets:
-        entries = [get_dataset(name, data_dir=data_dir_path) for name in datasets]
+        entries = [get_dataset(name, data_dir=data_dir) for name in datasets]
     else:
-        entries = [] if folders else list(load_registry(data_dir=data_dir_path).values())
-    reports = [verify_dataset(data_dir_path, entry, named=bool(names)) for entry in entries]
-    shown = [report for report in reports if report.checked or report.problems]
-    runs = []
-    for folder in folders:
-        if not (checks := verify_runs(folder)):
-            raise LossbenchError(
-                f"{folder} holds no run folders (none has a config.json); give the --out "
-                "folder of a comparison or of a run"
-            )
-        runs += checks
-    for line in [report.line() for report in shown] + [check.line() for check in runs]:
-        display.print(line, highlight=False, soft_wrap=True, markup=False)
-    if not shown and not folders:
-        display.print(f"nothing downloaded or prepared in {data_dir_path}", highlight=False)
+        entries = [] if folders_given else list(load_registry(data_dir=data_dir).values())
+    return [verify_dataset(data_dir, entry, named=named) for entry in entries]
+
+
+def _run_checks(folder: Path) -> list[RunCheck]:
+    from lossbench.compare.report.verify_runs import verify_runs
+
+    if not (checks := verify_runs(folder)):
+        raise LossbenchError(
+            f"{folder} holds no run folders (none has a config.json); give the --out "
+            "folder of a comparison or of a run"
+        )
+    return checks
+
+
+def _show_verification(
+    reports: list[VerifyReport],
+    runs: list[RunCheck],
+    folders_given: bool,
+    data_dir: Path,
+    json_output: bool,
+) -> bool:
+    """A line per dataset checked and per run; with `--json`, the document. Whether all
+    passed."""
+    shown = display(json_output)
+    checked = [report for report in reports if report.checked or report.problems]
+    for line in [report.line() for report in checked] + [check.line() for check in runs]:
+        shown.print(line, highlight=False, soft_wrap=True, markup=False)
+    if not checked and not folders_given:
+        shown.print(f"nothing downloaded or prepared in {data_dir}", highlight=False)
     failed = any(report.problems for report in reports) or any(check.problems for check in runs)
     if json_output:
         print_json(
             {
                 "passed": not failed,
-                "datasets": [vars(report) for report in shown],
+                "datasets": [vars(report) for report in checked],
                 "runs": [{**vars(check), "run_dir": str(check.run_dir)} for check in runs],
             }
         )
-    if failed:
-        raise typer.Exit(EXIT_CHECK_FAILED)
+    return not failed
 
 
 def _is_runs_folder(name: str, data_dir: Path) -> bool:

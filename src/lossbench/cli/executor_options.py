@@ -3,9 +3,9 @@ when the command runs: it needs pydantic, and Ray itself only under `--executor 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 from lossbench.cli.options import in_panel
 
@@ -61,26 +61,27 @@ MaxRetries = Annotated[
     ),
 ]
 
-# The command's flags that are executor settings, not TrainConfig fields.
-NOT_CONFIG = (
-    "executor",
-    "ray_address",
-    "cpus_per_run",
-    "gpus_per_run",
-    "workers_per_run",
-    "max_retries",
-)
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """The executor options (an option group; None: not given, a grid file's `[executor]`
+    table decides)."""
+
+    executor: ExecutorName = None
+    ray_address: RayAddress = None
+    cpus_per_run: CpusPerRun = None
+    gpus_per_run: GpusPerRun = None
+    workers_per_run: WorkersPerRun = None
+    max_retries: MaxRetries = None
+
+    def request(self) -> ExecutorRequest:
+        from lossbench.api.requests import ExecutorRequest
+
+        return ExecutorRequest(*astuple(self))  # the same fields, `executor` as `kind`
 
 
-def executor_request(flags: Mapping[str, Any]) -> ExecutorRequest:
-    """The executor options of a command (pass its `locals()`); None: not given."""
-    from lossbench.api.requests import ExecutorRequest
-
-    return ExecutorRequest(flags["executor"], *(flags.get(name) for name in NOT_CONFIG[1:]))
-
-
-def settings_from(flags: Mapping[str, Any], config_file: Path | None) -> ExecutorSettings:
-    """The grid file's `[executor]` table under the flags given (None: not given)."""
+def settings_from(options: ExecutorOptions, config_file: Path | None) -> ExecutorSettings:
+    """The grid file's `[executor]` table under the options given."""
     from lossbench.api.plan import executor_settings_of
 
-    return executor_settings_of(executor_request(flags), config_file)
+    return executor_settings_of(options.request(), config_file)

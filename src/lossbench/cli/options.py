@@ -1,18 +1,17 @@
-"""Training options shared by `train`, `compare`, `tune` and `reproduce`, defined once.
+"""The options several commands share, defined once: training options (`train`, `compare`,
+`tune`, `reproduce`) and options for pipelines and tracking.
 
-Every option defaults to None, meaning "not given": only given flags override the lower
-configuration layers (defaults -> preset -> TOML file). `@training_flags` gives a command
-the options every training command takes (`SHARED_FLAGS`) in place of its `training`
-parameter.
+Every training option defaults to None, meaning "not given": only given flags override the lower
+configuration layers (defaults -> preset -> TOML file). `TrainingOptions` is the group of
+options every training command takes (`lossbench.cli.groups`).
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Annotated, Any
 
 import typer
@@ -23,6 +22,7 @@ MODEL = "Model"
 EVALUATION = "Evaluation"
 RUN = "Execution"
 DATA = "Data"
+CI = "CI and tracking"
 
 
 def in_panel(panel: str) -> Callable[..., Any]:
@@ -36,6 +36,7 @@ model_option = in_panel(MODEL)
 evaluation_option = in_panel(EVALUATION)
 run_option = in_panel(RUN)
 data_option = in_panel(DATA)
+ci_option = in_panel(CI)
 
 Preset = Annotated[
     str | None,
@@ -226,105 +227,178 @@ Markdown = Annotated[
         help="Also write the table as markdown to this file (ready to paste into docs).",
     ),
 ]
+Init = Annotated[Path | None, run_option(help="Pre-trained checkpoint to fine-tune (s3rec).")]
 ConfigFile = Annotated[
     Path | None,
     run_option("--config", help="TOML file of settings (flags override it)."),
 ]
 
 
-# The options of every training command, in the order `--help` lists them.
-SHARED_FLAGS: dict[str, Any] = {
-    "batch_size": BatchSize,
-    "lr": LearningRate,
-    "beta2": Beta2,
-    "weight_decay": WeightDecay,
-    "max_epochs": MaxEpochs,
-    "patience": Patience,
-    "time_limit": TimeLimit,
-    "batching": Batching,
-    "positions": Positions,
-    "negatives": Negatives,
-    "sampler": Sampler,
-    "logq": Logq,
-    "negatives_unseen": NegativesUnseen,
-    "gbce_t": GbceT,
-    "mask_prob": MaskProb,
-    "softmax_chunk": SoftmaxChunk,
-    "split": Split,
-    "valid_quantile": ValidQuantile,
-    "test_quantile": TestQuantile,
-    "shuffle_train": ShuffleTrain,
-    "hidden_size": HiddenSize,
-    "num_layers": NumLayers,
-    "num_heads": NumHeads,
-    "dropout": Dropout,
-    "attention_dropout": AttentionDropout,
-    "max_len": MaxLen,
-    "validation_metric": ValidationMetric,
-    "ks": Ks,
-    "keep_seen": KeepSeen,
-    "seen_targets": SeenTargets,
-    "eval_negatives": EvalNegatives,
-    "eval_sampler": EvalSampler,
-    "device": Device,
-    "precision": Precision,
-    "compile": Compile,
-    "threads": Threads,
-}
-# What a `@training_flags` command's `training` parameter holds: SHARED_FLAGS' values.
-TrainingFlags = Mapping[str, Any]
-NO_FLAGS: TrainingFlags = MappingProxyType({})
+Smoke = Annotated[
+    bool,
+    ci_option(
+        "--smoke",
+        help="Toy settings for CI (preset smoke: 1 block of width 32, 5 epochs, at most 1000 "
+        "users): a 3-loss comparison on synthetic data trains in seconds.",
+    ),
+]
+SampleUsers = Annotated[
+    int | None,
+    ci_option(
+        min=1, help="Train and test on a fixed, seeded sample of N users (the same for every run)."
+    ),
+]
+Expect = Annotated[
+    list[str] | None,
+    ci_option(
+        "--expect",
+        help="Exit 1 unless this holds, e.g. 'improved > bce', 'improved > bce significant', "
+        "'ndcg@10(improved) >= 0.05', 'hr@10(a) >= 0.9 * hr@10(b)' (repeatable; a grid "
+        "file's top-level expect = [...] adds more).",
+    ),
+]
+JsonOutput = Annotated[
+    bool,
+    ci_option(
+        "--json",
+        help="Print one JSON document of the results on standard output "
+        "(the display goes to standard error).",
+    ),
+]
+Junit = Annotated[
+    Path | None,
+    ci_option(help="Write a JUnit XML report (expectations, failed runs)."),
+]
+Track = Annotated[
+    str | None,
+    ci_option(
+        help="Log runs to mlflow (a store in the output folder, or MLFLOW_TRACKING_URI) or "
+        "tensorboard (event files in the output folder)."
+    ),
+]
 
-Command = Callable[..., None]
-
-
-def training_flags(command: Command) -> Command:
-    """`command` with SHARED_FLAGS as typer options where its `training` parameter stands;
-    it receives their values (None: not given) as the one mapping `training`."""
-    signature = inspect.signature(command, eval_str=True)
-    shared = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=flag)
-        for name, flag in SHARED_FLAGS.items()
-    ]
-    parameters: list[inspect.Parameter] = []
-    for parameter in signature.parameters.values():
-        if parameter.name == "training":
-            parameters += shared
-        else:
-            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
-
-    @functools.wraps(command)
-    def with_flags(**flags: Any) -> None:
-        training = {name: flags.pop(name) for name in SHARED_FLAGS}
-        command(**flags, training=MappingProxyType(training))
-
-    with_flags.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-    with_flags.__annotations__ = {p.name: p.annotation for p in parameters}
-    return with_flags
+AllowCollapsed = Annotated[
+    bool,
+    ci_option(
+        "--allow-collapsed",
+        help="Judge --expect on a loss's runs that did not collapse (no better than the "
+        "popularity floor on validation, or a non-finite loss) instead of failing it.",
+    ),
+]
+MemoryBudget = Annotated[
+    str | None,
+    ci_option(
+        help="Refuse, before training, any run whose estimated peak memory exceeds this "
+        "(e.g. 8GB; binary units), naming the setting to lower; prints each loss's estimate."
+    ),
+]
 
 
-# Parameters every command takes that are no training setting: `--data-dir` after the
-# command, and the command line's context that holds the data directory.
-GLOBAL_FLAGS = ("data_dir", "context")
+@dataclass(frozen=True)
+class ModelOptions:
+    """The model options, for a command that trains no loss (`pretrain`; an option group)."""
+
+    hidden_size: HiddenSize = None
+    num_layers: NumLayers = None
+    num_heads: NumHeads = None
+    dropout: Dropout = None
+    attention_dropout: AttentionDropout = None
+    max_len: MaxLen = None
+
+    def settings(self) -> dict[str, Any]:
+        """The model settings given (None: not given)."""
+        return model_settings(**vars(self))
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """The options of every training command, in the order `--help` lists them (an option
+    group: see `lossbench.cli.groups`); None: not given."""
+
+    batch_size: BatchSize = None
+    lr: LearningRate = None
+    beta2: Beta2 = None
+    weight_decay: WeightDecay = None
+    max_epochs: MaxEpochs = None
+    patience: Patience = None
+    time_limit: TimeLimit = None
+    batching: Batching = None
+    positions: Positions = None
+    negatives: Negatives = None
+    sampler: Sampler = None
+    logq: Logq = None
+    negatives_unseen: NegativesUnseen = None
+    gbce_t: GbceT = None
+    mask_prob: MaskProb = None
+    softmax_chunk: SoftmaxChunk = None
+    split: Split = None
+    valid_quantile: ValidQuantile = None
+    test_quantile: TestQuantile = None
+    shuffle_train: ShuffleTrain = None
+    hidden_size: HiddenSize = None
+    num_layers: NumLayers = None
+    num_heads: NumHeads = None
+    dropout: Dropout = None
+    attention_dropout: AttentionDropout = None
+    max_len: MaxLen = None
+    validation_metric: ValidationMetric = None
+    ks: Ks = None
+    keep_seen: KeepSeen = None
+    seen_targets: SeenTargets = None
+    eval_negatives: EvalNegatives = None
+    eval_sampler: EvalSampler = None
+    device: Device = None
+    precision: Precision = None
+    compile: Compile = None
+    threads: Threads = None
+
+    def settings(self, **own: Any) -> dict[str, Any]:
+        """The TrainConfig override layer of these options and the command's own TrainConfig
+        options (`own`: `preset`, `init`, ... as the command takes them)."""
+        return training_overrides({**vars(self), **own})
+
+
+@dataclass(frozen=True)
+class CiOptions:
+    """`compare`'s CI and tracking options (an option group); `sample_users` is a TrainConfig
+    field, the others are the request's."""
+
+    smoke: Smoke = False
+    sample_users: SampleUsers = None
+    expect: Expect = None
+    allow_collapsed: AllowCollapsed = False
+    memory_budget: MemoryBudget = None
+    json_output: JsonOutput = False
+    junit: Junit = None
+    track: Track = None
+
+
+@dataclass(frozen=True)
+class TrainCiOptions:
+    """`train`'s CI and tracking options (an option group)."""
+
+    smoke: Smoke = False
+    sample_users: SampleUsers = None
+    json_output: JsonOutput = False
+    track: Track = None
+
+
 # Flags that become `model_settings` entries rather than top-level TrainConfig fields.
 MODEL_FLAGS = ("hidden_size", "num_layers", "num_heads", "dropout", "attention_dropout", "max_len")
 
 
-def training_overrides(flags: Mapping[str, Any], skip: Collection[str] = ()) -> dict[str, Any]:
-    """The TrainConfig override layer from a command's flags (pass the command's `locals()`).
+def training_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The TrainConfig override layer from training options by name (None: not given).
 
     Renames and parses where flag and field differ (`--keep-seen` -> `exclude_seen`, `--ks`
-    text -> list) and groups the model flags; `skip` names the command's own non-config flags.
-    A flag that is neither a TrainConfig field nor skipped is a programming error.
+    text -> list) and groups the model flags. A name that is no TrainConfig field is a
+    programming error.
     """
     from lossbench.training.config import TrainConfig
 
-    flags = {**flags, **flags.get("training", NO_FLAGS)}  # a `@training_flags` command's
     overrides: dict[str, Any] = {}
     for name, value in flags.items():
-        if name == "training":
-            continue
-        if name in skip or name in MODEL_FLAGS or name in GLOBAL_FLAGS:
+        if name in MODEL_FLAGS:
             continue
         if name == "keep_seen":
             overrides["exclude_seen"] = None if value is None else not value
@@ -333,7 +407,7 @@ def training_overrides(flags: Mapping[str, Any], skip: Collection[str] = ()) -> 
         elif name in TrainConfig.model_fields:
             overrides[name] = value
         else:
-            raise TypeError(f"flag {name!r} is not a TrainConfig field; add it to `skip`")
+            raise TypeError(f"flag {name!r} is not a TrainConfig field")
     overrides["model_settings"] = model_settings(**{n: flags.get(n) for n in MODEL_FLAGS})
     return overrides
 

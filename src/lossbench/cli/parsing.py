@@ -1,9 +1,8 @@
-"""Option text as request values: comma lists, seeds and the summary options, each bad value
-one line naming its flag."""
+"""Option text as request values: comma lists and seeds, each bad value one line naming its
+flag."""
 
 from __future__ import annotations
 
-from lossbench.api.requests import SummaryRequest
 from lossbench.errors import LossbenchError
 
 
@@ -30,11 +29,3 @@ def seeds_list(text: str | None) -> tuple[int, ...] | None:
         return tuple(int(name) for name in names)
     except ValueError:
         raise LossbenchError(f"--seeds must be integers such as 0,1,2, not {text!r}") from None
-
-
-def summary_request(
-    metrics: str, significance_metric: str, permutations: int | None, alpha: float
-) -> SummaryRequest:
-    """`--metrics`, `--significance-metric`, `--permutations`, `--alpha` (checked by the API)."""
-    shown = names_list(metrics, "--metrics") or ()
-    return SummaryRequest(shown, significance_metric, permutations, alpha)

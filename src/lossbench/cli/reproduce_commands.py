@@ -5,21 +5,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
-from lossbench.cli import ci_options as ci
-from lossbench.cli import executor_options as ex
+from lossbench.api.requests import ReproduceRequest, TrainingSettings
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, announce, app, console, console_err, current_data_dir
-from lossbench.cli.compare_commands import Alpha, Metrics, Permutations, SignificanceMetric
+from lossbench.cli.app import (
+    DataDir,
+    announce,
+    command,
+    console,
+    console_err,
+    current_data_dir,
+    display,
+)
+from lossbench.cli.executor_options import ExecutorOptions
 from lossbench.cli.outputs import print_json
-from lossbench.cli.parsing import names_list, seeds_list, summary_request
+from lossbench.cli.parsing import names_list, seeds_list
+from lossbench.cli.summary_options import SummaryOptions
 from lossbench.errors import LossbenchError
 from lossbench.reproduce import DEFAULT_TOLERANCE
+
+if TYPE_CHECKING:
+    from lossbench.api.results import ReproduceResult
 
 REPRODUCE = "Reproduction"
 
@@ -78,67 +90,91 @@ ExpectPublished = Annotated[
 ]
 
 
-@app.command()
-@opt.training_flags
+@dataclass(frozen=True)
+class TableOptions:
+    """Which table `reproduce` reruns, where, and how close to the study it must come (an
+    option group)."""
+
+    table: Table = None
+    list_tables: ListTables = False
+    dataset: Dataset = None
+    seeds: Seeds = "0,1,2"
+    out: Out = None
+    pretrain_epochs: PretrainEpochs = None
+    tolerance: Tolerance = DEFAULT_TOLERANCE
+    expect_published: ExpectPublished = False
+
+
+@command()
 def reproduce(
     context: typer.Context,
-    table: Table = None,
-    list_tables: ListTables = False,
-    dataset: Dataset = None,
-    seeds: Seeds = "0,1,2",
-    out: Out = None,
-    pretrain_epochs: PretrainEpochs = None,
-    tolerance: Tolerance = DEFAULT_TOLERANCE,
-    expect_published: ExpectPublished = False,
+    *,
+    reproduction: TableOptions,
     markdown_file: opt.Markdown = None,
     retrain_changed: opt.RetrainChanged = False,
-    json_output: ci.JsonOutput = False,
-    metrics: Metrics = "hr@10,ndcg@10",
-    significance_metric: SignificanceMetric = "ndcg@10",
-    permutations: Permutations = None,
-    alpha: Alpha = 0.05,
+    json_output: opt.JsonOutput = False,
+    summary: SummaryOptions,
     save_topk: opt.SaveTopk = None,
-    training: opt.TrainingFlags = opt.NO_FLAGS,
+    training: opt.TrainingOptions,
     checkpoint_every: opt.CheckpointEvery = None,
-    sample_users: ci.SampleUsers = None,
-    executor: ex.ExecutorName = None,
-    ray_address: ex.RayAddress = None,
-    cpus_per_run: ex.CpusPerRun = None,
-    gpus_per_run: ex.GpusPerRun = None,
-    workers_per_run: ex.WorkersPerRun = None,
-    max_retries: ex.MaxRetries = None,
+    sample_users: opt.SampleUsers = None,
+    executor: ExecutorOptions,
     data_dir: DataDir = None,
 ) -> None:
     """Rerun one of the study's tables (its models, losses and preset; S3Rec pre-trained
     first) and print each cell beside the published number. Resumes like `compare`."""
-    flags = opt.training_overrides(locals(), skip=_NOT_TRAINING)  # before any other local
-    executor_given = ex.executor_request(locals())
-    if list_tables:
+    from lossbench import api
+
+    settings = training.settings(  # first: a bad option fails even with --list
+        save_topk=save_topk, checkpoint_every=checkpoint_every, sample_users=sample_users
+    )
+    if reproduction.list_tables:
         _print_tables()
         return
-    from lossbench import api
+    data_dir_path = current_data_dir(context)
+    request = reproduce_request(
+        reproduction, settings, summary, executor, retrain_changed, markdown_file, data_dir_path
+    )
+    result = api.reproduce(request, display(json_output), announce)
+    judge(result, json_output, reproduction)
+
+
+def reproduce_request(
+    asked: TableOptions,
+    settings: TrainingSettings,
+    summary: SummaryOptions,
+    executor: ExecutorOptions,
+    retrain_changed: bool,
+    markdown_file: Path | None,
+    data_dir: Path,
+) -> ReproduceRequest:
+    """The reproduction these options and the command's other options ask for."""
     from lossbench.reproduce.tables import TABLES
 
-    if table is None:
+    if asked.table is None:
         raise LossbenchError(
             f"give a table: {', '.join(TABLES)} (`lossbench reproduce --list` shows them)"
         )
-    request = api.ReproduceRequest(
-        table=table,
-        datasets=names_list(dataset, "--dataset") or (),
-        seeds=seeds_list(seeds) or (),
-        out=out,
-        pretrain_epochs=pretrain_epochs,
-        tolerance=tolerance,
-        expect_published=expect_published,
-        settings=flags,
-        summary=summary_request(metrics, significance_metric, permutations, alpha),
+    return ReproduceRequest(
+        table=asked.table,
+        datasets=names_list(asked.dataset, "--dataset") or (),
+        seeds=seeds_list(asked.seeds) or (),
+        out=asked.out,
+        pretrain_epochs=asked.pretrain_epochs,
+        tolerance=asked.tolerance,
+        expect_published=asked.expect_published,
+        settings=settings,
+        summary=summary.request(),
         retrain_changed=retrain_changed,
         markdown_file=markdown_file,
-        executor=executor_given,
-        data_dir=current_data_dir(context),
+        executor=executor.request(),
+        data_dir=data_dir,
     )
-    result = api.reproduce(request, console_err if json_output else console, announce)
+
+
+def judge(result: ReproduceResult, json_output: bool, asked: TableOptions) -> None:
+    """With `--json`, the reproduction's document; exit 1 when a run failed, or when a cell
+    lies beyond the tolerance and `--expect-published` asks for the study's numbers."""
     if json_output:
         from lossbench.reproduce.report import reproduction_document
 
@@ -148,30 +184,10 @@ def reproduce(
             f"{result.failed_runs} run(s) failed; run the same command again to retry them"
         )
         raise typer.Exit(1)
-    if expect_published and result.far_cells:
-        console_err.print(f"{result.far_cells} cell(s) beyond ±{100 * tolerance:g}% of the study")
+    if asked.expect_published and result.far_cells:
+        beyond = f"beyond ±{100 * asked.tolerance:g}% of the study"
+        console_err.print(f"{result.far_cells} cell(s) {beyond}")
         raise typer.Exit(1)
-
-
-_NOT_TRAINING = (
-    "table",
-    "list_tables",
-    "dataset",
-    "seeds",
-    "out",
-    "pretrain_epochs",
-    "tolerance",
-    "expect_published",
-    "markdown_file",
-    "retrain_changed",
-    "json_output",
-    "metrics",
-    "significance_metric",
-    "permutations",
-    "alpha",
-    "data_dir",
-    *ex.NOT_CONFIG,
-)
 
 
 def _print_tables() -> None:

@@ -5,17 +5,28 @@ torch and the training modules are imported inside the commands, so `--help` sta
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lossbench.cli import ci_options as ci
+from lossbench.api.requests import TrainingSettings, TrainRequest
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, announce, app, console, console_err, current_data_dir
+from lossbench.cli.app import (
+    DataDir,
+    announce,
+    command,
+    console_err,
+    current_data_dir,
+    display,
+)
 from lossbench.cli.outputs import print_json
+
+if TYPE_CHECKING:
+    from lossbench.api.results import TrainResult
 
 Dataset = Annotated[str | None, typer.Option(help="Dataset name (see `lossbench datasets`).")]
 Model = Annotated[
@@ -36,28 +47,31 @@ Init = Annotated[Path | None, typer.Option(help="Pre-trained checkpoint to fine-
 SaveTopk = Annotated[
     int | None, typer.Option(help="Write topk.parquet with each test user's K best items.")
 ]
-# train's options that are no TrainConfig field (or that the request names on its own).
-NOT_TRAINING = ("dataset", "model", "loss", "seed", "out", "config_file", "retrain_changed")
 
 
-@app.command()
-@opt.training_flags
+@dataclass(frozen=True)
+class RunOptions:
+    """The run `train` trains (an option group; None: the settings file's, else the
+    default). The fields are `TrainRequest`'s, by name."""
+
+    dataset: Dataset = None
+    model: Model = None
+    loss: Loss = None
+    seed: Seed = None
+    out: Out = None
+
+
+@command()
 def train(
     context: typer.Context,
-    dataset: Dataset = None,
-    model: Model = None,
-    loss: Loss = None,
-    seed: Seed = None,
-    out: Out = None,
+    *,
+    run: RunOptions,
     init: Init = None,
     save_topk: SaveTopk = None,
     config_file: opt.ConfigFile = None,
     preset: opt.Preset = None,
-    training: opt.TrainingFlags = opt.NO_FLAGS,
-    smoke: ci.Smoke = False,
-    sample_users: ci.SampleUsers = None,
-    json_output: ci.JsonOutput = False,
-    track: ci.Track = None,
+    training: opt.TrainingOptions,
+    ci: opt.TrainCiOptions,
     data_dir: DataDir = None,
     checkpoint_every: opt.CheckpointEvery = None,
     retrain_changed: opt.RetrainChanged = False,
@@ -66,34 +80,54 @@ def train(
 
     Run again on the same --out, it reuses a finished run with the same settings, continues
     an interrupted one, and refuses one trained with other settings (as `compare` does)."""
-    settings = opt.training_overrides(locals(), skip=(*NOT_TRAINING, *ci.NOT_CONFIG))  # first
     from lossbench import api
     from lossbench.api.training import RunFailed
 
-    request = api.TrainRequest(
-        dataset=dataset,
-        model=model,
-        loss=loss,
-        seed=seed,
-        out=out,
-        config_file=config_file,
-        settings=settings,
-        smoke=smoke,
-        retrain_changed=retrain_changed,
-        json_output=json_output,
-        track=track,
-        data_dir=current_data_dir(context),
+    settings = training.settings(
+        init=init,
+        save_topk=save_topk,
+        preset=preset,
+        sample_users=ci.sample_users,
+        checkpoint_every=checkpoint_every,
     )
-    display = console_err if json_output else console
+    request = train_request(
+        run, settings, config_file, ci, retrain_changed, current_data_dir(context)
+    )
     try:
-        result = api.train(request, display, announce)
+        result = api.train(request, display(ci.json_output), announce)
     except RunFailed as failure:  # its traceback is in the run's failure.txt
         console_err.print(str(failure), style="red", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
-    if result is None:  # a rank other than 0: rank 0 speaks
-        return
-    display.print(result_table(dict(result.metrics)))
-    display.print(f"run files in {result.run_dir}")
+    if result is not None:  # None: a rank other than 0, rank 0 speaks
+        show_run(result, ci.json_output)
+
+
+def train_request(
+    run: RunOptions,
+    settings: TrainingSettings,
+    config_file: Path | None,
+    ci: opt.TrainCiOptions,
+    retrain_changed: bool,
+    data_dir: Path,
+) -> TrainRequest:
+    """The run these options and the command's other options ask for."""
+    return TrainRequest(
+        **vars(run),
+        config_file=config_file,
+        settings=settings,
+        smoke=ci.smoke,
+        retrain_changed=retrain_changed,
+        json_output=ci.json_output,
+        track=ci.track,
+        data_dir=data_dir,
+    )
+
+
+def show_run(result: TrainResult, json_output: bool) -> None:
+    """The finished run's metrics as a table, its folder, and with `--json` its document."""
+    shown = display(json_output)
+    shown.print(result_table(dict(result.metrics)))
+    shown.print(f"run files in {result.run_dir}")
     if json_output:
         from lossbench.compare.report.outputs import run_document
 
@@ -135,8 +169,8 @@ def _loss_share(metrics: dict[str, Any]) -> str:
     return f" ({share:.0%} in the loss, {tokens:,.0f} tokens/s)"
 
 
-@app.command()
-def losses(json_output: ci.JsonOutput = False) -> None:
+@command()
+def losses(json_output: opt.JsonOutput = False) -> None:
     """List the losses (built-in and installed), the setup each was published with and where
     each comes from. Any other `package.module:name` or `./file.py:name` works as well."""
     from lossbench.losses import LOSS_PLUGINS
@@ -170,8 +204,8 @@ def _add_broken(table: Table, rows: list[dict[str, Any]], name: str, error: Exce
     rows.append({"name": name, "from": "entry point", "error": str(error)})
 
 
-@app.command()
-def models(json_output: ci.JsonOutput = False) -> None:
+@command()
+def models(json_output: opt.JsonOutput = False) -> None:
     """List the models (built-in and installed), their default loss, settings and origin."""
     from lossbench.models import MODEL_PLUGINS
     from lossbench.plugins import available
@@ -203,6 +237,6 @@ def models(json_output: ci.JsonOutput = False) -> None:
 
 def _show(table: Table, document: dict[str, Any], json_output: bool) -> None:
     """The table on standard output, or on standard error with the JSON document on output."""
-    (console_err if json_output else console).print(table)
+    display(json_output).print(table)
     if json_output:
         print_json(document)

@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lossbench.cli import ci_options as ci
+from lossbench.api.requests import TuneRequest
 from lossbench.cli import options as opt
-from lossbench.cli.app import DataDir, announce, app, console, console_err, current_data_dir
+from lossbench.cli.app import DataDir, announce, command, current_data_dir, display
 from lossbench.cli.outputs import print_json
+from lossbench.cli.parsing import names_list
+
+if TYPE_CHECKING:
+    from lossbench.api.results import TuneResult
 
 TUNE = "Tuning"
 DEFAULT_OUT = Path("runs/tune")
-# tune's options that are no TrainConfig field.
-NOT_TRAINING = (
-    "dataset",
-    "model",
-    "losses",
-    "trials",
-    "timeout",
-    "seed",
-    "prune",
-    "storage",
-    "out",
-    "config_file",
-    "json_output",
-)
-
-
 Dataset = Annotated[
     str, typer.Option(help="Dataset to tune on (its validation split).", rich_help_panel=TUNE)
 ]
@@ -83,8 +72,7 @@ Storage = Annotated[
 Out = Annotated[
     Path,
     typer.Option(
-        help="Folder of the study, trials, summary, figure and tuned.toml.",
-        rich_help_panel=TUNE,
+        help="Folder of the study, trials, summary, figure and tuned.toml.", rich_help_panel=TUNE
     ),
 ]
 ConfigFile = Annotated[
@@ -96,56 +84,61 @@ ConfigFile = Annotated[
         rich_help_panel=TUNE,
     ),
 ]
-Init = Annotated[
-    Path | None,
-    typer.Option(help="Pre-trained checkpoint to fine-tune (s3rec).", rich_help_panel=opt.RUN),
-]
 
 
-@app.command()
-@opt.training_flags
+@dataclass(frozen=True)
+class TuneOptions:
+    """What `tune` tunes, with what budget, where, and from which pre-trained checkpoint (an
+    option group). The fields but `init` are `TuneRequest`'s, by name."""
+
+    dataset: Dataset = "synthetic"
+    model: Model = "sasrec"
+    losses: Losses = None
+    trials: Trials = None
+    timeout: Timeout = None
+    seed: Seed = 0
+    prune: Prune = True
+    storage: Storage = None
+    out: Out = DEFAULT_OUT
+    config_file: ConfigFile = None
+    init: opt.Init = None
+
+    def request(
+        self, training: opt.TrainingOptions, preset: str | None, data_dir: Path
+    ) -> TuneRequest:
+        """The tuning these options ask for, every trial trained with `training` and `preset`
+        (`init` is a training setting)."""
+        asked = {**vars(self), "losses": names_list(self.losses, "--losses")}
+        settings = training.settings(init=asked.pop("init"), preset=preset)
+        return TuneRequest(**asked, settings=settings, data_dir=data_dir)
+
+
+@command()
 def tune(
     context: typer.Context,
-    dataset: Dataset = "synthetic",
-    model: Model = "sasrec",
-    losses: Losses = None,
-    trials: Trials = None,
-    timeout: Timeout = None,
-    seed: Seed = 0,
-    prune: Prune = True,
-    storage: Storage = None,
-    out: Out = DEFAULT_OUT,
-    config_file: ConfigFile = None,
-    init: Init = None,
+    *,
+    tuning: TuneOptions,
     preset: opt.Preset = None,
-    training: opt.TrainingFlags = opt.NO_FLAGS,
-    json_output: ci.JsonOutput = False,
+    training: opt.TrainingOptions,
+    json_output: opt.JsonOutput = False,
     data_dir: DataDir = None,
 ) -> None:
     """Tune every loss on validation with the same budget, then write a grid that retrains each
     at its tuned settings on fresh seeds (`lossbench compare --config OUT/tuned.toml`)."""
-    settings = opt.training_overrides(locals(), skip=NOT_TRAINING)  # first: only the options
     from lossbench import api
 
-    request = api.TuneRequest(
-        dataset=dataset,
-        model=model,
-        losses=None if losses is None else tuple(p.strip() for p in losses.split(",") if p.strip()),
-        trials=trials,
-        timeout=timeout,
-        seed=seed,
-        prune=prune,
-        storage=storage,
-        out=out,
-        config_file=config_file,
-        settings=settings,
-        data_dir=current_data_dir(context),
-    )
-    display = console_err if json_output else console
-    result = api.tune(request, display, announce)
-    display.print(f"tuned settings in {out / 'tuned.toml'}; retrain and test them on fresh seeds:")
-    display.print(f"  {result.compare_command}", highlight=False, soft_wrap=True)
-    if json_output:  # tuning.json as written, with the files and the command that follows
+    request = tuning.request(training, preset, current_data_dir(context))
+    result = api.tune(request, display(json_output), announce)
+    show_tuned(result, tuning.out, json_output)
+
+
+def show_tuned(result: TuneResult, out: Path, json_output: bool) -> None:
+    """Where the tuned settings are and the command that retrains them; with `--json`,
+    tuning.json as written, with the files and that command."""
+    shown = display(json_output)
+    shown.print(f"tuned settings in {out / 'tuned.toml'}; retrain and test them on fresh seeds:")
+    shown.print(f"  {result.compare_command}", highlight=False, soft_wrap=True)
+    if json_output:
         from lossbench.tuning.output import SUMMARY_FILE
 
         document = json.loads((out / SUMMARY_FILE).read_text())
