@@ -119,12 +119,8 @@ def test_packed_encoder_equals_padded_encoder(
     assert torch.all(packed[~real] == 0)
 
 
-@pytest.mark.parametrize("model_name", ["sasrec", "bert4rec"])
-def test_forward_parts_equals_one_padded_call_per_part(
-    model_name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """All parts of a batch through the blocks at once (real items only) give each part's
-    states of its own padded call, at every real position."""
+def small_encoder(model_name: str, seed: int) -> torch.nn.Module:
+    """A width-8 SASRec or BERT4Rec (max length 12) over 30 items, float64, in eval mode."""
     config = build_config(
         overrides={
             "dataset": "synthetic",
@@ -133,15 +129,30 @@ def test_forward_parts_equals_one_padded_call_per_part(
             "model_settings": {"hidden_size": 8, "max_len": 12, "num_heads": 2},
         }
     )
-    torch.manual_seed(2)
+    torch.manual_seed(seed)
     model, _ = make_model(config, 30)
-    model = model.double().eval()
+    return model.double().eval()
+
+
+def ragged_parts(lengths_of_parts: list[list[int]]) -> list[Tensor]:
+    """One (B_p, W_p) part of left-padded random ids per list of lengths, W_p its longest."""
     parts = []
-    for lengths in ([3, 1, 2], [7, 5, 6, 4], [12, 9]):
+    for lengths in lengths_of_parts:
         width = max(lengths)
         columns = torch.arange(width)
         ids = torch.randint(1, 31, (len(lengths), width))
         parts.append(ids.where(columns >= width - torch.tensor(lengths)[:, None], 0))
+    return parts
+
+
+@pytest.mark.parametrize("model_name", ["sasrec", "bert4rec"])
+def test_forward_parts_equals_one_padded_call_per_part(
+    model_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All parts of a batch through the blocks at once (real items only) give each part's
+    states of its own padded call, at every real position."""
+    model = small_encoder(model_name, seed=2)
+    parts = ragged_parts([[3, 1, 2], [7, 5, 6, 4], [12, 9]])
     together = model.forward_parts(parts)
     monkeypatch.setattr(model.encoder, "pack_padding", False)
     for ids, mine in zip(parts, together, strict=True):
@@ -178,23 +189,8 @@ def test_bucketed_linear_equals_linear_under_bf16_autocast() -> None:
 def test_bucketed_shapes_change_no_state(model_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The bf16 path's padding (rows of every projection, the widths of the parts) changes
     no state: forced on in float64, the parts' states equal the unpadded path's."""
-    config = build_config(
-        overrides={
-            "dataset": "synthetic",
-            "model": model_name,
-            "loss": "mlm" if model_name == "bert4rec" else "improved",
-            "model_settings": {"hidden_size": 8, "max_len": 12, "num_heads": 2},
-        }
-    )
-    torch.manual_seed(5)
-    model, _ = make_model(config, 30)
-    model = model.double().eval()
-    parts = []
-    for lengths in ([3, 1, 2], [7, 5, 6, 4], [11, 9]):
-        width = max(lengths)
-        columns = torch.arange(width)
-        ids = torch.randint(1, 31, (len(lengths), width))
-        parts.append(ids.where(columns >= width - torch.tensor(lengths)[:, None], 0))
+    model = small_encoder(model_name, seed=5)
+    parts = ragged_parts([[3, 1, 2], [7, 5, 6, 4], [11, 9]])
     plain = model.forward_parts(parts)
     plain_calls = [model(ids) for ids in parts]  # one packed call: widths of sorted rows
     for module in (transformer, bucketed_linear):
